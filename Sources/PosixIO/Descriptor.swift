@@ -1,0 +1,102 @@
+import Glibc
+
+/// An owned file descriptor, closed exactly once: by `close()` or, failing that, on deinit.
+public final class Descriptor {
+    public private(set) var raw: Int32
+
+    public init(owning raw: Int32) {
+        self.raw = raw
+    }
+
+    public var isOpen: Bool { raw >= 0 }
+
+    public func close() {
+        guard raw >= 0 else { return }
+        // close() may report EINTR/EIO, but the descriptor is released either way on Linux.
+        _ = Glibc.close(raw)
+        raw = -1
+    }
+
+    deinit { close() }
+
+    /// Reads into `buffer`'s free space. `.done(0)` means end of stream.
+    public func read(into buffer: ByteBuffer) throws(IOError) -> IOResult<Int> {
+        buffer.makeRoomAtTail()
+        let space = buffer.freeSpace
+        guard space.count > 0 else { return .done(-1) }
+        let result = try syscall("read") { Glibc.read(raw, space.baseAddress, space.count) }
+        if case .done(let n) = result, n > 0 { buffer.didWrite(n) }
+        return result
+    }
+
+    /// Writes as much of `buffer`'s readable bytes as the socket takes, and consumes them.
+    public func write(from buffer: ByteBuffer) throws(IOError) -> IOResult<Int> {
+        let bytes = buffer.readable
+        guard bytes.count > 0 else { return .done(0) }
+        let result = try syscall("send") {
+            Glibc.send(raw, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
+        }
+        if case .done(let n) = result { buffer.consume(n) }
+        return result
+    }
+
+    /// Sets the socket's send and receive buffer sizes; the kernel may cap them.
+    public func setBufferSizes(send: Int32, receive: Int32) {
+        var s = send, r = receive
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        _ = setsockopt(raw, SOL_SOCKET, SO_SNDBUF, &s, size)
+        _ = setsockopt(raw, SOL_SOCKET, SO_RCVBUF, &r, size)
+    }
+}
+
+/// The monotonic clock in nanoseconds; libslirp's timers run on this timebase.
+public func monotonicNanoseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+/// Creates `path` and missing parents with `mode` (like `mkdir -p`), refusing a
+/// directory that another user owns: a shared /tmp must not let others plant sockets.
+public func makeRuntimeDirectory(_ path: String, mode: mode_t) throws(IOError) {
+    var prefix = path.hasPrefix("/") ? "" : "."
+    for component in path.split(separator: "/") {
+        prefix += "/" + component
+        if mkdir(prefix, mode) != 0, errno != EEXIST {
+            throw IOError(call: "mkdir", code: errno, detail: prefix)
+        }
+    }
+    var info = stat()
+    guard lstat(path, &info) == 0 else { throw IOError(call: "stat", code: errno, detail: path) }
+    guard (info.st_mode & S_IFMT) == S_IFDIR else {
+        throw IOError(call: "mkdir", code: ENOTDIR, detail: path)
+    }
+    if info.st_uid != geteuid() {
+        throw IOError(call: "mkdir", code: EPERM, detail: "\(path) is owned by uid \(info.st_uid)")
+    }
+}
+
+public func currentUserID() -> UInt32 { geteuid() }
+
+public func environmentValue(_ name: String) -> String? {
+    guard let value = getenv(name) else { return nil }
+    return String(cString: value)
+}
+
+/// Removes a file, ignoring its absence.
+public func removeFile(_ path: String) {
+    _ = unlink(path)
+}
+
+/// The absolute path of the running executable.
+public func executablePath() -> String? {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    guard n > 0 else { return nil }
+    return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+public func writeStandardError(_ text: String) {
+    var bytes = Array(text.utf8)
+    _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+}

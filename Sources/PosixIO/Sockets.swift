@@ -1,0 +1,264 @@
+import CLinux
+import Glibc
+
+/// A Unix socket address (a filesystem path), hashable so datagram peers can be looked up.
+public struct UnixAddress: Hashable, CustomStringConvertible {
+    fileprivate var storage = sockaddr_un()
+    fileprivate var length: socklen_t = socklen_t(MemoryLayout<sa_family_t>.size)
+
+    public init() {}
+
+    public init(path: String) throws(IOError) {
+        storage.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let limit = MemoryLayout.size(ofValue: storage.sun_path)
+        guard !bytes.isEmpty, bytes.count < limit else {
+            throw IOError(call: "bind", code: ENAMETOOLONG, detail: "\(path): Unix socket paths must be 1 to \(limit - 1) bytes")
+        }
+        withUnsafeMutableBytes(of: &storage.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+        }
+        length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
+    }
+
+    /// The path, or "" for an unnamed peer (one that never bound a path, so it can't be answered).
+    public var path: String {
+        let n = Int(length) - MemoryLayout<sa_family_t>.size
+        guard n > 0 else { return "" }
+        return withUnsafeBytes(of: storage.sun_path) { raw in
+            let bytes = raw.prefix(n)
+            let end = bytes.firstIndex(of: 0) ?? bytes.endIndex
+            return String(decoding: bytes[..<end], as: UTF8.self)
+        }
+    }
+
+    public var isNamed: Bool { Int(length) > MemoryLayout<sa_family_t>.size }
+    public var description: String { isNamed ? path : "(unnamed)" }
+
+    public static func == (a: UnixAddress, b: UnixAddress) -> Bool {
+        a.length == b.length && a.pathBytes == b.pathBytes
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(length)
+        withUnsafeBytes(of: storage.sun_path) { raw in
+            hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: raw.prefix(Int(length) - MemoryLayout<sa_family_t>.size)))
+        }
+    }
+
+    private var pathBytes: [UInt8] {
+        withUnsafeBytes(of: storage.sun_path) { Array($0.prefix(Int(length) - MemoryLayout<sa_family_t>.size)) }
+    }
+}
+
+public enum SocketKind {
+    case stream, datagram
+
+    var type: Int32 {
+        switch self {
+        case .stream: Int32(SOCK_STREAM.rawValue)
+        case .datagram: Int32(SOCK_DGRAM.rawValue)
+        }
+    }
+}
+
+private func newSocket(domain: Int32, kind: SocketKind) throws(IOError) -> Descriptor {
+    let fd = try syscallBlocking("socket") { socket(domain, kind.type | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    return Descriptor(owning: fd)
+}
+
+/// Binds a Unix socket at `path` with permission `mode`, replacing a stale socket file.
+///
+/// A socket file that still answers belongs to a live daemon and is never taken over;
+/// a file that is not a socket is never removed. The mode is set before `listen`, so
+/// no client can connect through a wider mode in between.
+public func bindUnixSocket(path: String, kind: SocketKind, mode: mode_t, backlog: Int32 = 128) throws(IOError) -> Descriptor {
+    let address = try UnixAddress(path: path)
+    try removeStaleSocket(path: path, address: address, kind: kind)
+    let socket = try newSocket(domain: AF_UNIX, kind: kind)
+    var storage = address.storage
+    _ = try withUnsafePointer(to: &storage) { (p) throws(IOError) in
+        try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(IOError) in
+            try syscallBlocking("bind", detail: path) { bind(socket.raw, sa, address.length) }
+        }
+    }
+    try syscallBlocking("chmod", detail: path) { chmod(path, mode) }
+    if kind == .stream { try syscallBlocking("listen", detail: path) { listen(socket.raw, backlog) } }
+    return socket
+}
+
+private func removeStaleSocket(path: String, address: UnixAddress, kind: SocketKind) throws(IOError) {
+    var info = stat()
+    guard lstat(path, &info) == 0 else { return }
+    guard (info.st_mode & S_IFMT) == S_IFSOCK else {
+        throw IOError(call: "bind", code: EEXIST, detail: "\(path) exists and is not a socket; not replacing it")
+    }
+    let probe = try newSocket(domain: AF_UNIX, kind: kind)
+    var storage = address.storage
+    let rc = withUnsafePointer(to: &storage) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(probe.raw, $0, address.length) }
+    }
+    let code = errno
+    probe.close()
+    if rc == 0 || code == EINPROGRESS || code == EAGAIN {
+        throw IOError(call: "bind", code: EADDRINUSE, detail: "\(path) is in use by a running process")
+    }
+    if code == ECONNREFUSED || code == ENOENT || code == EPROTOTYPE {
+        // Nobody listens: a leftover from a process that died. EPROTOTYPE: a leftover of the other kind.
+        unlink(path)
+        return
+    }
+    throw IOError(call: "connect", code: code, detail: path)
+}
+
+/// Listens on a TCP address. `host` is a name or numeric address; it binds the first that works.
+public func listenTCP(host: String, port: UInt16, backlog: Int32 = 128) throws(IOError) -> Descriptor {
+    var lastError = IOError(call: "getaddrinfo", code: EADDRNOTAVAIL, detail: host)
+    for candidate in try resolve(host: host, port: port, passive: true) {
+        do {
+            let socket = try newSocket(domain: candidate.family, kind: .stream)
+            var on: Int32 = 1
+            setsockopt(socket.raw, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+            _ = try candidate.withAddress { (sa, len) throws(IOError) in
+                try syscallBlocking("bind", detail: "\(host):\(port)") { bind(socket.raw, sa, len) }
+            }
+            try syscallBlocking("listen", detail: "\(host):\(port)") { listen(socket.raw, backlog) }
+            return socket
+        } catch {
+            lastError = error
+        }
+    }
+    throw lastError
+}
+
+/// Connects a blocking TCP socket (used by the guest-forward relay, outside the loop).
+public func connectTCP(host: String, port: UInt16) throws(IOError) -> Descriptor {
+    var lastError = IOError(call: "getaddrinfo", code: EADDRNOTAVAIL, detail: host)
+    for candidate in try resolve(host: host, port: port, passive: false) {
+        let fd = socket(candidate.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { lastError = IOError(call: "socket", code: errno); continue }
+        let socket = Descriptor(owning: fd)
+        do {
+            _ = try candidate.withAddress { (sa, len) throws(IOError) in
+                try syscallBlocking("connect", detail: "\(host):\(port)") { connect(socket.raw, sa, len) }
+            }
+            return socket
+        } catch {
+            lastError = error
+        }
+    }
+    throw lastError
+}
+
+private struct ResolvedAddress {
+    var family: Int32
+    var bytes: [UInt8]
+
+    func withAddress<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(IOError) -> R) throws(IOError) -> R {
+        let result: Result<R, IOError> = bytes.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress else { return .failure(IOError(call: "getaddrinfo", code: EINVAL)) }
+            return Result { () throws(IOError) in try body(base.assumingMemoryBound(to: sockaddr.self), socklen_t(raw.count)) }
+        }
+        return try result.get()
+    }
+}
+
+private func resolve(host: String, port: UInt16, passive: Bool) throws(IOError) -> [ResolvedAddress] {
+    var hints = addrinfo()
+    hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+    hints.ai_flags = passive ? AI_PASSIVE : 0
+    var list: UnsafeMutablePointer<addrinfo>?
+    let rc = getaddrinfo(host.isEmpty ? nil : host, String(port), &hints, &list)
+    guard rc == 0 else {
+        throw IOError(call: "getaddrinfo", code: EADDRNOTAVAIL, detail: "\(host): \(String(cString: gai_strerror(rc)))")
+    }
+    defer { freeaddrinfo(list) }
+    var result: [ResolvedAddress] = []
+    var node = list
+    while let entry = node {
+        if let addr = entry.pointee.ai_addr {
+            let raw = UnsafeRawBufferPointer(start: addr, count: Int(entry.pointee.ai_addrlen))
+            result.append(ResolvedAddress(family: entry.pointee.ai_family, bytes: Array(raw)))
+        }
+        node = entry.pointee.ai_next
+    }
+    return result
+}
+
+extension Descriptor {
+    /// Accepts one connection, non-blocking. The peer is described for logs.
+    public func accept() throws(IOError) -> IOResult<(Descriptor, String)> {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = try withUnsafeMutablePointer(to: &storage) { (p) throws(IOError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(IOError) in
+                try syscall("accept") {
+                    accept4(raw, sa, &length, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+                }
+            }
+        }
+        guard case .done(let fd) = result else { return .wouldBlock }
+        let conn = Descriptor(owning: fd)
+        return .done((conn, describe(&storage, length, fd: fd)))
+    }
+
+    /// Disables Nagle: frames are whole messages and latency matters more than packing.
+    public func setNoDelay() {
+        var on: Int32 = 1
+        _ = setsockopt(raw, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Receives one datagram into `buffer` (which must be empty), returning its sender.
+    public func receiveDatagram(into buffer: ByteBuffer) throws(IOError) -> IOResult<UnixAddress> {
+        buffer.removeAll()
+        let space = buffer.freeSpace
+        var from = UnixAddress()
+        var length = socklen_t(MemoryLayout<sockaddr_un>.size)
+        // MSG_TRUNC makes the call return the real size, so an oversized frame is seen, not silently cut.
+        let result = try withUnsafeMutablePointer(to: &from.storage) { (p) throws(IOError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(IOError) in
+                try syscall("recvfrom") { recvfrom(raw, space.baseAddress, space.count, Int32(MSG_TRUNC), sa, &length) }
+            }
+        }
+        guard case .done(let n) = result else { return .wouldBlock }
+        from.length = length
+        buffer.didWrite(Swift.min(n, space.count))
+        if n > space.count { buffer.truncatedBy = n - space.count } else { buffer.truncatedBy = 0 }
+        return .done(from)
+    }
+
+    /// Sends one datagram to a Unix peer.
+    public func sendDatagram(_ bytes: UnsafeRawBufferPointer, to address: UnixAddress) throws(IOError) -> IOResult<Int> {
+        var storage = address.storage
+        return try withUnsafePointer(to: &storage) { (p) throws(IOError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(IOError) in
+                try syscall("sendto", detail: address.path) {
+                    sendto(raw, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL), sa, address.length)
+                }
+            }
+        }
+    }
+}
+
+private func describe(_ storage: inout sockaddr_storage, _ length: socklen_t, fd: Int32) -> String {
+    switch Int32(storage.ss_family) {
+    case AF_INET, AF_INET6:
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        var service = [CChar](repeating: 0, count: Int(NI_MAXSERV))
+        let rc = withUnsafePointer(to: &storage) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                getnameinfo($0, length, &host, socklen_t(host.count), &service, socklen_t(service.count), NI_NUMERICHOST | NI_NUMERICSERV)
+            }
+        }
+        guard rc == 0 else { return "inet peer" }
+        let h = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let s = String(decoding: service.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return h.contains(":") ? "[\(h)]:\(s)" : "\(h):\(s)"
+    default:
+        // Unix peers have no address worth printing; their credentials say who they are.
+        var cred = clinux_ucred()
+        var size = socklen_t(MemoryLayout<clinux_ucred>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &size) == 0 else { return "unix peer" }
+        return "pid \(cred.pid) uid \(cred.uid)"
+    }
+}
