@@ -1,0 +1,74 @@
+import FrameSwitch
+import Testing
+
+@Suite("MAC-learning switch")
+struct EthernetSwitchTests {
+    let nat = PortID(0), a = PortID(1), b = PortID(2), c = PortID(3)
+    let macNAT = MACAddress(raw: 0x5255_0A00_0202)
+    let macA = MACAddress(raw: 0x5254_0000_000A)
+    let macB = MACAddress(raw: 0x5254_0000_000B)
+    let second: Int64 = 1_000_000_000
+
+    @Test("unknown and broadcast destinations flood; learned ones go to their port")
+    func learning() {
+        var sw = EthernetSwitch()
+        #expect(sw.ingress(from: a, source: macA, destination: .broadcast, now: 0) == .flood)
+        #expect(sw.ingress(from: b, source: macB, destination: macNAT, now: 1) == .flood)
+        #expect(sw.ingress(from: nat, source: macNAT, destination: macB, now: 2) == .forward(b))
+        #expect(sw.ingress(from: b, source: macB, destination: macA, now: 3) == .forward(a))
+        #expect(sw.ingress(from: a, source: macA, destination: macNAT, now: 4) == .forward(nat))
+        #expect(sw.port(of: macA) == a)
+    }
+
+    @Test("a MAC live on another port is a duplicate, and the owner keeps it")
+    func duplicate() {
+        var sw = EthernetSwitch()
+        _ = sw.ingress(from: a, source: macA, destination: .broadcast, now: 0)
+        #expect(sw.ingress(from: b, source: macA, destination: .broadcast, now: second) == .duplicate(owner: a))
+        #expect(sw.port(of: macA) == a)
+        #expect(sw.ingress(from: nat, source: macNAT, destination: macA, now: 2 * second) == .forward(a))
+    }
+
+    @Test("entries age out; then the MAC may move")
+    func aging() {
+        var sw = EthernetSwitch(agingTime: 10 * second)
+        _ = sw.ingress(from: a, source: macA, destination: .broadcast, now: 0)
+        #expect(sw.ingress(from: nat, source: macNAT, destination: macA, now: 9 * second) == .forward(a))
+        #expect(sw.ingress(from: nat, source: macNAT, destination: macA, now: 11 * second) == .flood)
+        #expect(sw.ingress(from: b, source: macA, destination: .broadcast, now: 11 * second) == .flood)
+        #expect(sw.port(of: macA) == b)
+        #expect(sw.expire(now: 100 * second) == 2)
+        #expect(sw.count == 0)
+    }
+
+    @Test("a closed port's entries go with it")
+    func removal() {
+        var sw = EthernetSwitch()
+        _ = sw.ingress(from: a, source: macA, destination: .broadcast, now: 0)
+        _ = sw.ingress(from: b, source: macB, destination: .broadcast, now: 0)
+        #expect(sw.removePort(a) == [macA])
+        #expect(sw.port(of: macA) == nil)
+        #expect(sw.ingress(from: c, source: macA, destination: macB, now: 1) == .forward(b))
+    }
+
+    @Test("group or zero sources are dropped; same-port destinations are not echoed")
+    func drops() {
+        var sw = EthernetSwitch()
+        #expect(sw.ingress(from: a, source: .broadcast, destination: macB, now: 0) == .drop(.invalidSource))
+        #expect(sw.ingress(from: a, source: .zero, destination: macB, now: 0) == .drop(.invalidSource))
+        _ = sw.ingress(from: a, source: macA, destination: .broadcast, now: 0)
+        let macA2 = MACAddress(raw: 0x5254_0000_00A2)
+        #expect(sw.ingress(from: a, source: macA2, destination: macA, now: 1) == .drop(.sameSegment))
+    }
+
+    @Test("a full table floods to new MACs instead of learning them")
+    func capacity() {
+        var sw = EthernetSwitch(capacity: 2)
+        _ = sw.ingress(from: a, source: macA, destination: .broadcast, now: 0)
+        _ = sw.ingress(from: b, source: macB, destination: .broadcast, now: 0)
+        let macC = MACAddress(raw: 0x5254_0000_000C)
+        _ = sw.ingress(from: c, source: macC, destination: .broadcast, now: 0)
+        #expect(sw.port(of: macC) == nil)
+        #expect(sw.ingress(from: a, source: macA, destination: macC, now: 1) == .flood)
+    }
+}
