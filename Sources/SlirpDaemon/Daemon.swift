@@ -1,0 +1,155 @@
+// SlirpDaemon: the event loop and the networks it drives.
+//
+// Theory of operation: one thread, the caller of `Daemon.run`, owns every libslirp
+// instance, socket and timer. Each iteration it (1) fills one poll set with the
+// signal descriptor, each network's listeners, datagram sockets and guest
+// connections, then libslirp's own sockets; (2) sleeps until the nearest timer;
+// (3) drains every readable guest socket until EAGAIN, switching frames as they
+// come; (4) lets libslirp handle its sockets; (5) fires due timers; (6) flushes the
+// guests' output queues and removes closed guests. Nothing here is Sendable: other
+// threads (the control API, later) will post work to the loop instead of touching it.
+import Logging
+import NetOptions
+import PosixIO
+import SlirpKit
+
+public struct DaemonError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+public final class Daemon {
+    private let log = Logger(label: "slirpd")
+    private let signals: SignalSource
+    private var networks: [Network] = []
+    private var pollSet = PollSet()
+    private var sources: [Source] = []
+    private var running = true
+    private var nextHousekeeping: Int64 = 0
+
+    private enum Source {
+        case signals
+        case network(Network, Network.Source)
+    }
+
+    /// How often learned MACs are checked for aging.
+    private static let housekeepingInterval: Int64 = 10_000_000_000
+
+    /// Binds every endpoint of every network, or throws and leaves nothing behind.
+    /// Signals are blocked here, before any other thread exists, so they reach only the loop.
+    public init(networks configs: [NetworkConfig]) throws(DaemonError) {
+        do {
+            signals = try SignalSource()
+        } catch {
+            throw DaemonError("cannot set up signal handling: \(error)")
+        }
+        let relay = Daemon.relayCommand
+        do {
+            for config in configs { networks.append(try Network(config: config, relayCommand: relay)) }
+        } catch {
+            for n in networks { n.shutdown() }
+            throw error
+        }
+    }
+
+    /// The command libslirp runs for each guest connection to a `guestfwd=...-tcp:HOST:PORT` rule.
+    static func relayCommand(host: String, port: UInt16) throws(SlirpError) -> String {
+        guard let exe = executablePath(), !exe.contains(" ") else {
+            throw SlirpError("cannot forward to tcp:\(host):\(port): the slirpd executable path is unknown or contains a space")
+        }
+        // libslirp splits the command line on spaces; a host never contains one.
+        return "\(exe) --guestfwd-relay \(host):\(port)"
+    }
+
+    /// Lines describing how to attach QEMU to each endpoint.
+    func attachInstructions() -> [String] {
+        networks.flatMap { net in
+            net.config.endpoints.flatMap { spec in
+                QEMUFlags.instructions(network: net.config.name, endpoint: spec, mtu: net.config.mtu)
+            }
+        }
+    }
+
+    /// Runs until SIGTERM or SIGINT, then closes every guest, socket and socket file.
+    public func run() throws(DaemonError) {
+        defer { shutdown() }
+        for net in networks {
+            let o = net.config.options
+            log.info("network \(net.config.name): \(o.network.address)/\(o.network.prefixLength), gateway \(o.host), DNS \(o.dns), DHCP from \(o.dhcpStart)\(net.config.mtu > 0 ? ", MTU \(net.config.mtu)" : "") (libslirp \(SlirpStack.libraryVersion))")
+        }
+        for line in attachInstructions() { log.notice("\(line)") }
+        while running {
+            try iterate()
+        }
+    }
+
+    private func iterate() throws(DaemonError) {
+        pollSet.removeAll()
+        sources.removeAll(keepingCapacity: true)
+        pollSet.add(signals.descriptor.raw, .input)
+        sources.append(.signals)
+        var netSources: [Network.Source] = []
+        for net in networks {
+            netSources.removeAll(keepingCapacity: true)
+            net.addPollDescriptors(to: &pollSet, sources: &netSources)
+            for s in netSources { sources.append(.network(net, s)) }
+        }
+        let ownCount = pollSet.count
+        var timeout: UInt32 = 1000
+        for net in networks { net.stack.addPollDescriptors(to: &pollSet, timeout: &timeout) }
+        let now = monotonicNanoseconds()
+        var deadline = nextHousekeeping
+        for net in networks { if let d = net.stack.nextTimerDeadline { deadline = min(deadline, d) } }
+        let untilTimer = max(0, (deadline - now + 999_999) / 1_000_000)
+        let waitMs = Int32(min(Int64(timeout), untilTimer))
+
+        let ok: Bool
+        do {
+            ok = try pollSet.wait(timeoutMilliseconds: waitMs)
+        } catch {
+            throw DaemonError("the event loop failed: \(error)")
+        }
+        let after = monotonicNanoseconds()
+        if ok {
+            for index in 0..<ownCount {
+                let events = pollSet.events(at: index)
+                guard !events.isEmpty else { continue }
+                switch sources[index] {
+                case .signals: handleSignals()
+                case .network(let net, let source): net.handle(source, events: events, now: after)
+                }
+            }
+        }
+        for net in networks { net.stack.processPoll(&pollSet, pollFailed: !ok) }
+        for net in networks { net.stack.runDueTimers(now: after) }
+        if after >= nextHousekeeping {
+            for net in networks { net.expireMACs(now: after) }
+            nextHousekeeping = after + Daemon.housekeepingInterval
+        }
+        for net in networks {
+            net.flushPending()
+            net.reapClosed()
+        }
+    }
+
+    private func handleSignals() {
+        while let number = signals.next() {
+            switch number {
+            case SignalNumber.hangup:
+                log.notice("SIGHUP: nothing to reload; networks are set on the command line")
+            default:
+                log.notice("\(signalName(number)): shutting down")
+                running = false
+            }
+        }
+    }
+
+    private func shutdown() {
+        for net in networks {
+            net.shutdown()
+            log.info("network \(net.config.name) stopped")
+        }
+        networks.removeAll()
+    }
+}

@@ -1,0 +1,83 @@
+import FrameSwitch
+import PosixIO
+
+/// Where guests attach, as given on the command line.
+public enum EndpointSpec: Equatable, Sendable, CustomStringConvertible {
+    /// A Unix stream socket at a path (`-netdev stream,addr.type=unix`).
+    case stream(path: String)
+    /// A Unix datagram socket at a path (`-netdev dgram,remote.type=unix`).
+    case dgram(path: String)
+    /// A TCP listener (`-netdev socket,connect=` or `-netdev stream,addr.type=inet`).
+    case tcp(host: String, port: UInt16)
+
+    public var description: String {
+        switch self {
+        case .stream(let path): "stream:\(path)"
+        case .dgram(let path): "dgram:\(path)"
+        case .tcp(let host, let port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
+        }
+    }
+
+    /// Parses `HOST:PORT` or `[V6]:PORT` for `--tcp`.
+    public static func tcp(parsing text: String) -> EndpointSpec? {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        var host = String(text[..<colon])
+        guard let port = UInt16(text[text.index(after: colon)...]), port > 0 else { return nil }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        return .tcp(host: host, port: port)
+    }
+}
+
+/// A listening stream socket: every accepted connection becomes a guest port.
+final class StreamListener {
+    let spec: EndpointSpec
+    let socket: Descriptor
+    let transport: GuestPort.Transport
+
+    init(spec: EndpointSpec, mode: UInt32) throws(IOError) {
+        self.spec = spec
+        switch spec {
+        case .stream(let path):
+            socket = try bindUnixSocket(path: path, kind: .stream, mode: mode)
+            transport = .stream
+        case .tcp(let host, let port):
+            socket = try listenTCP(host: host, port: port)
+            transport = .tcp
+        case .dgram:
+            preconditionFailure("a datagram endpoint is not a listener")
+        }
+    }
+
+    func close() {
+        socket.close()
+        if case .stream(let path) = spec { removeFile(path) }
+    }
+}
+
+/// A bound datagram socket shared by all its peers; each sender address is one guest.
+final class DatagramEndpoint {
+    /// Peers per endpoint; a bound on what an unauthenticated sender can make us hold.
+    static let maximumPeers = 1024
+
+    let spec: EndpointSpec
+    let path: String
+    let socket: Descriptor
+    /// One datagram at a time; a larger one is reported truncated and dropped.
+    let received = ByteBuffer(capacity: StreamFraming.maximumFrame)
+    var peers: [UnixAddress: GuestPort] = [:]
+    var badDatagrams = 0
+
+    init(path: String, mode: UInt32) throws(IOError) {
+        self.spec = .dgram(path: path)
+        self.path = path
+        socket = try bindUnixSocket(path: path, kind: .datagram, mode: mode)
+        // Room for bursts from many peers before the kernel drops on our side.
+        socket.setBufferSizes(send: 4 << 20, receive: 4 << 20)
+    }
+
+    func close() {
+        socket.close()
+        removeFile(path)
+    }
+}

@@ -1,0 +1,383 @@
+import FrameSwitch
+import Logging
+import NetOptions
+import PosixIO
+import SlirpKit
+
+/// What one virtual network is made of, as configured.
+public struct NetworkConfig: Sendable {
+    public var name: String
+    public var options: NetworkOptions
+    public var endpoints: [EndpointSpec]
+    /// 0 keeps libslirp's default (1500).
+    public var mtu: Int
+    /// Permission bits of the Unix socket files.
+    public var socketMode: UInt32
+
+    public init(name: String, options: NetworkOptions, endpoints: [EndpointSpec], mtu: Int, socketMode: UInt32) {
+        self.name = name
+        self.options = options
+        self.endpoints = endpoints
+        self.mtu = mtu
+        self.socketMode = socketMode
+    }
+}
+
+/// One virtual network: a libslirp instance, a switch, its endpoints and guests.
+///
+/// Theory of operation: every frame, from a guest or from the NAT, goes through
+/// `switchFrame`, which asks the `EthernetSwitch` where it belongs and copies it into
+/// the destination guests' queues or hands it to libslirp. libslirp's output arrives
+/// through the stack's `onOutput` while the loop is inside a libslirp call, so
+/// delivery only enqueues; closing a port is deferred to the end of the iteration.
+final class Network {
+    static let natPort = PortID(0)
+
+    let config: NetworkConfig
+    let stack: SlirpStack
+    let log: Logger
+    private(set) var listeners: [StreamListener] = []
+    private(set) var datagrams: [DatagramEndpoint] = []
+    private(set) var ports: [PortID: GuestPort] = [:]
+    private var bridge = EthernetSwitch()
+    private var nextPortID: UInt32 = 1
+    /// Stream guests with queued output; flushed once per loop iteration.
+    private var flushList: [GuestPort] = []
+    private var closing: [GuestPort] = []
+
+    init(config: NetworkConfig, relayCommand: (String, UInt16) throws(SlirpError) -> String) throws(DaemonError) {
+        self.config = config
+        var log = Logger(label: "slirpd")
+        log[metadataKey: "network"] = "\(config.name)"
+        self.log = log
+        do {
+            stack = try SlirpStack(options: config.options, mtu: config.mtu)
+            for rule in config.options.hostForwards { try stack.addHostForward(rule) }
+            for rule in config.options.guestForwards {
+                switch rule.target {
+                case .command(let command):
+                    try stack.addGuestExec(address: rule.address, port: rule.port, command: command, rule: rule.rule)
+                case .unix(let path):
+                    try stack.addGuestUnix(address: rule.address, port: rule.port, path: path, rule: rule.rule)
+                case .tcp(let host, let port):
+                    try stack.addGuestExec(address: rule.address, port: rule.port, command: relayCommand(host, port), rule: rule.rule)
+                }
+            }
+        } catch {
+            throw DaemonError(error.message)
+        }
+        stack.onOutput = { [unowned self] frame in self.fromNAT(frame) }
+        stack.onGuestError = { [log] message in log.warning("libslirp reports guest misbehaviour: \(message)") }
+        do {
+            for spec in config.endpoints {
+                switch spec {
+                case .stream, .tcp: listeners.append(try StreamListener(spec: spec, mode: config.socketMode))
+                case .dgram(let path): datagrams.append(try DatagramEndpoint(path: path, mode: config.socketMode))
+                }
+            }
+        } catch {
+            closeEndpoints()
+            throw DaemonError("cannot listen on \(config.endpoints[listeners.count + datagrams.count]): \(error)")
+        }
+    }
+
+    // MARK: Poll set
+
+    enum Source {
+        case listener(StreamListener)
+        case datagram(DatagramEndpoint)
+        case connection(GuestPort)
+    }
+
+    func addPollDescriptors(to set: inout PollSet, sources: inout [Source]) {
+        for l in listeners {
+            set.add(l.socket.raw, .input)
+            sources.append(.listener(l))
+        }
+        for d in datagrams {
+            set.add(d.socket.raw, .input)
+            sources.append(.datagram(d))
+        }
+        for port in ports.values {
+            guard case .connection(let socket, _, let queued) = port.link, port.closeReason == nil else { continue }
+            set.add(socket.raw, queued.isEmpty ? .input : [.input, .output])
+            sources.append(.connection(port))
+        }
+    }
+
+    func handle(_ source: Source, events: PollEvents, now: Int64) {
+        switch source {
+        case .listener(let l): acceptAll(l, now: now)
+        case .datagram(let d): receiveAll(d, now: now)
+        case .connection(let port):
+            if events.contains(.output) { flush(port) }
+            if !events.isDisjoint(with: [.input, .hangup, .error]) { readAll(port) }
+        }
+    }
+
+    // MARK: Stream guests
+
+    private func acceptAll(_ listener: StreamListener, now: Int64) {
+        while true {
+            let accepted: (Descriptor, String)
+            do {
+                guard case .done(let a) = try listener.socket.accept() else { return }
+                accepted = a
+            } catch {
+                // EMFILE and friends: the guest waits in the backlog; say so and stop for now.
+                log.error("cannot accept a guest on \(listener.spec): \(error)")
+                return
+            }
+            let (socket, peer) = accepted
+            if listener.transport == .tcp { socket.setNoDelay() }
+            let port = GuestPort(
+                id: allocatePortID(), transport: listener.transport, peer: peer, endpointName: "\(listener.spec)",
+                link: .connection(socket: socket, received: ByteBuffer(capacity: GuestPort.receiveCapacity),
+                                  queued: ByteBuffer(capacity: GuestPort.queueCapacity)),
+                now: now)
+            ports[port.id] = port
+            log.info("\(port.label) attached on \(listener.spec)")
+        }
+    }
+
+    /// Reads until the socket is drained, switching each complete frame.
+    private func readAll(_ port: GuestPort) {
+        guard case .connection(let socket, let received, _) = port.link else { return }
+        while port.closeReason == nil {
+            let result: IOResult<Int>
+            do {
+                result = try socket.read(into: received)
+            } catch {
+                port.close("read failed: \(error)")
+                break
+            }
+            guard case .done(let n) = result else { return }
+            if n == 0 {
+                port.close(received.isEmpty ? "disconnected" : "disconnected in the middle of a frame")
+                break
+            }
+            scanFrames(port, received)
+        }
+        scheduleClose(port)
+    }
+
+    private func scanFrames(_ port: GuestPort, _ received: ByteBuffer) {
+        while port.closeReason == nil {
+            let bytes = received.readable
+            switch StreamFraming.scan(bytes) {
+            case .needMore:
+                return
+            case .badLength(let length):
+                port.close("bad frame length \(length) from guest (valid: \(StreamFraming.minimumFrame)-\(StreamFraming.maximumFrame)); resetting its connection")
+                return
+            case .frame(let length):
+                let frame = UnsafeRawBufferPointer(rebasing: bytes[StreamFraming.prefixLength..<(StreamFraming.prefixLength + length)])
+                fromGuest(port, frame)
+                received.consume(StreamFraming.prefixLength + length)
+            }
+        }
+    }
+
+    private func flush(_ port: GuestPort) {
+        guard case .connection(let socket, _, let queued) = port.link, port.closeReason == nil else { return }
+        while !queued.isEmpty {
+            do {
+                guard case .done = try socket.write(from: queued) else { return }
+            } catch {
+                port.close("write failed: \(error)")
+                scheduleClose(port)
+                return
+            }
+        }
+    }
+
+    /// Writes every queue that gained frames this iteration.
+    func flushPending() {
+        for port in flushList {
+            port.inFlushList = false
+            flush(port)
+        }
+        flushList.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: Datagram guests
+
+    private func receiveAll(_ endpoint: DatagramEndpoint, now: Int64) {
+        while true {
+            let sender: UnixAddress
+            do {
+                guard case .done(let s) = try endpoint.socket.receiveDatagram(into: endpoint.received) else { return }
+                sender = s
+            } catch {
+                log.error("receiving on \(endpoint.spec) failed: \(error)")
+                return
+            }
+            let frame = endpoint.received.readable
+            if endpoint.received.truncatedBy > 0 || frame.count < StreamFraming.minimumFrame {
+                // No connection to reset: drop it, and log the 1st, 2nd, 4th, 8th... so a flood cannot flood the log.
+                endpoint.badDatagrams += 1
+                if endpoint.badDatagrams & (endpoint.badDatagrams - 1) == 0 {
+                    log.warning("bad datagram of \(frame.count + endpoint.received.truncatedBy) bytes from \(sender) on \(endpoint.spec) (valid: \(StreamFraming.minimumFrame)-\(StreamFraming.maximumFrame)); dropped (\(endpoint.badDatagrams) so far)")
+                }
+                continue
+            }
+            guard let port = datagramPort(endpoint, sender, now: now) else { continue }
+            fromGuest(port, frame)
+            scheduleClose(port)
+        }
+    }
+
+    private func datagramPort(_ endpoint: DatagramEndpoint, _ sender: UnixAddress, now: Int64) -> GuestPort? {
+        if let port = endpoint.peers[sender] { return port }
+        guard sender.isNamed else {
+            log.warning("dropping a datagram from an unnamed socket on \(endpoint.spec): replies need the sender's local.path")
+            return nil
+        }
+        guard endpoint.peers.count < DatagramEndpoint.maximumPeers else {
+            log.warning("dropping a datagram from \(sender): \(endpoint.spec) already has \(DatagramEndpoint.maximumPeers) peers")
+            return nil
+        }
+        let port = GuestPort(id: allocatePortID(), transport: .dgram, peer: sender.path, endpointName: "\(endpoint.spec)",
+                             link: .datagram(endpoint: endpoint, peer: sender), now: now)
+        endpoint.peers[sender] = port
+        ports[port.id] = port
+        log.info("\(port.label) attached on \(endpoint.spec)")
+        return port
+    }
+
+    // MARK: Switching
+
+    private func fromGuest(_ port: GuestPort, _ frame: UnsafeRawBufferPointer) {
+        guard let header = EthernetHeader(frame) else { return }
+        port.rxFrames += 1
+        port.rxBytes += frame.count
+        let verdict = bridge.ingress(from: port.id, source: header.source, destination: header.destination, now: monotonicNanoseconds())
+        if case .duplicate(let owner) = verdict {
+            refuseDuplicate(port, mac: header.source, owner: owner)
+            return
+        }
+        if port.mac == nil {
+            port.mac = header.source
+            log.info("\(port.label) is using MAC \(header.source)")
+        } else if let refused = port.refusedFor, refused == header.source {
+            port.refusedFor = nil
+            log.info("\(port.label) now owns MAC \(header.source): its previous holder is gone")
+        }
+        switch verdict {
+        case .forward(Network.natPort): stack.input(frame)
+        case .forward(let id): ports[id].map { deliver(frame, to: $0) }
+        case .flood:
+            stack.input(frame)
+            for other in ports.values where other !== port { deliver(frame, to: other) }
+        case .drop(.invalidSource):
+            port.drops += 1
+        case .drop(.sameSegment), .duplicate:
+            break
+        }
+    }
+
+    private func fromNAT(_ frame: UnsafeRawBufferPointer) {
+        guard let header = EthernetHeader(frame) else { return }
+        switch bridge.ingress(from: Network.natPort, source: header.source, destination: header.destination, now: monotonicNanoseconds()) {
+        case .forward(let id): ports[id].map { deliver(frame, to: $0) }
+        case .flood: for port in ports.values { deliver(frame, to: port) }
+        case .duplicate(let owner):
+            log.error("a guest (port \(owner.raw)) uses the NAT's own MAC \(header.source); frames from the NAT are dropped")
+        case .drop: break
+        }
+    }
+
+    private func refuseDuplicate(_ port: GuestPort, mac: MACAddress, owner: PortID) {
+        port.drops += 1
+        guard port.refusedFor != mac else { return }
+        let ownerLabel = owner == Network.natPort ? "the NAT itself" : (ports[owner]?.label ?? "port \(owner.raw)")
+        let advice = "give each QEMU its own MAC with mac= on its -device (e.g. mac=\(randomGuestMAC()))"
+        if port.isConnection {
+            port.close("refused: duplicate MAC \(mac), already used by \(ownerLabel); \(advice)")
+            scheduleClose(port)
+        } else {
+            port.refusedFor = mac
+            log.error("refusing \(port.label): duplicate MAC \(mac), already used by \(ownerLabel); its frames are dropped until that MAC is free; \(advice)")
+        }
+    }
+
+    private func deliver(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
+        guard port.closeReason == nil, port.refusedFor == nil else { return }
+        switch port.link {
+        case .connection(_, _, let queued):
+            guard queued.appendFrame(frame) else {
+                port.drops += 1
+                return
+            }
+            if !port.inFlushList {
+                port.inFlushList = true
+                flushList.append(port)
+            }
+        case .datagram(let endpoint, let peer):
+            do {
+                guard case .done = try endpoint.socket.sendDatagram(frame, to: peer) else {
+                    port.drops += 1
+                    return
+                }
+            } catch let error where error.peerIsGone {
+                port.close("its socket \(peer.path) is gone")
+                scheduleClose(port)
+                return
+            } catch {
+                port.drops += 1
+                return
+            }
+        }
+        port.txFrames += 1
+        port.txBytes += frame.count
+    }
+
+    // MARK: Lifecycle
+
+    private func allocatePortID() -> PortID {
+        defer { nextPortID &+= 1 }
+        if nextPortID == 0 { nextPortID = 1 }
+        return PortID(nextPortID)
+    }
+
+    private func scheduleClose(_ port: GuestPort) {
+        guard port.closeReason != nil, ports[port.id] === port else { return }
+        if !closing.contains(where: { $0 === port }) { closing.append(port) }
+    }
+
+    /// Removes the ports closed during this iteration.
+    func reapClosed() {
+        for port in closing {
+            guard let reason = port.closeReason, ports.removeValue(forKey: port.id) != nil else { continue }
+            let macs = bridge.removePort(port.id)
+            switch port.link {
+            case .connection(let socket, _, _): socket.close()
+            case .datagram(let endpoint, let peer): endpoint.peers[peer] = nil
+            }
+            let stats = "rx \(port.rxFrames) frames/\(port.rxBytes) B, tx \(port.txFrames) frames/\(port.txBytes) B, dropped \(port.drops)"
+            let level: Logger.Level = reason == "disconnected" ? .info : .warning
+            log.log(level: level, "\(port.label) detached: \(reason) (\(stats)\(macs.isEmpty ? "" : "; forgot \(macs.count) MAC"))")
+        }
+        closing.removeAll(keepingCapacity: true)
+    }
+
+    func expireMACs(now: Int64) {
+        bridge.expire(now: now)
+    }
+
+    var guestCount: Int { ports.count }
+
+    func closeEndpoints() {
+        for l in listeners { l.close() }
+        for d in datagrams { d.close() }
+    }
+
+    func shutdown() {
+        for port in ports.values {
+            if case .connection(let socket, _, _) = port.link { socket.close() }
+        }
+        ports.removeAll()
+        closeEndpoints()
+        stack.close()
+    }
+}

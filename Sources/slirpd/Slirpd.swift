@@ -1,0 +1,95 @@
+// slirpd: the daemon's command line. Parsing and validation happen here, before
+// anything is bound, so a bad option string exits non-zero with QEMU's wording.
+import ArgumentParser
+import Logging
+import NetOptions
+import PosixIO
+import SlirpDaemon
+
+@main
+struct Slirpd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "slirpd",
+        abstract: "A shared user-mode NAT (libslirp) for QEMU guests, over -netdev stream, dgram and socket.",
+        discussion: """
+            With no endpoint, listens on a Unix stream socket at $XDG_RUNTIME_DIR/slirpd/NAME.sock \
+            (/run/slirpd for root, /tmp/slirpd-UID otherwise) and prints the QEMU flags to attach a guest.
+            """)
+
+    @Option(help: "The network's name, used for the default socket path and in logs.")
+    var name = "default"
+
+    @Option(name: [.short, .customLong("options")], help: ArgumentHelp(
+        "QEMU -netdev user options, e.g. 'net=192.168.0.0/24,hostfwd=tcp::8080-:80'.", valueName: "OPTS"))
+    var options = ""
+
+    @Option(help: ArgumentHelp("Listen on a Unix stream socket (QEMU -netdev stream). Repeatable.", valueName: "PATH"))
+    var stream: [String] = []
+
+    @Option(help: ArgumentHelp("Listen on a Unix datagram socket (QEMU -netdev dgram). Repeatable.", valueName: "PATH"))
+    var dgram: [String] = []
+
+    @Option(help: ArgumentHelp("Listen on TCP (QEMU -netdev socket,connect= or stream over inet). Repeatable.", valueName: "HOST:PORT"))
+    var tcp: [String] = []
+
+    @Option(help: "Interface MTU for the NAT, 68-65521 (default 1500). Guests learn it from the printed host_mtu= flag.")
+    var mtu: Int?
+
+    @Option(help: ArgumentHelp("Permission bits of socket files, in octal.", valueName: "MODE"))
+    var socketMode = "0660"
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    @Option(help: .hidden)
+    var guestfwdRelay: String?
+
+    func run() throws {
+        if let target = guestfwdRelay { return try runRelay(target) }
+        guard let level = Logger.Level(rawValue: logLevel) else { throw fail("invalid log level '\(logLevel)'") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let parsed: NetworkOptions
+        do {
+            parsed = try NetworkOptions.parse(options)
+        } catch {
+            throw fail(error.message)
+        }
+        if let mtu, !(68...65521).contains(mtu) { throw fail("Invalid MTU \(mtu) (must be in range 68-65521)") }
+        guard let mode = UInt32(socketMode, radix: 8), mode <= 0o777 else { throw fail("invalid socket mode '\(socketMode)' (octal, e.g. 0660)") }
+        var endpoints: [EndpointSpec] = stream.map { .stream(path: $0) } + dgram.map { .dgram(path: $0) }
+        for t in tcp {
+            guard let spec = EndpointSpec.tcp(parsing: t) else { throw fail("invalid --tcp '\(t)' (expected HOST:PORT)") }
+            endpoints.append(spec)
+        }
+        do {
+            if endpoints.isEmpty {
+                guard !name.contains("/") else { throw fail("invalid network name '\(name)'") }
+                endpoints = [.stream(path: "\(try RuntimePaths.prepareDefaultDirectory())/\(name).sock")]
+            }
+            let config = NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode)
+            try Daemon(networks: [config]).run()
+        } catch let error as DaemonError {
+            throw fail(error.message)
+        }
+    }
+
+    /// The child side of a `guestfwd=...-tcp:HOST:PORT` connection: stdin/stdout are the guest's.
+    private func runRelay(_ target: String) throws {
+        guard case .tcp(let host, let port)? = EndpointSpec.tcp(parsing: target) else { throw fail("invalid relay target '\(target)'") }
+        do {
+            try relay(local: 0, host: host, port: port)
+        } catch {
+            throw fail("guest forward to \(target): \(error)")
+        }
+    }
+
+    /// Reports a user error in one line and makes the process exit with status 1.
+    private func fail(_ message: String) -> ExitCode {
+        writeStandardError("slirpd: \(message)\n")
+        return ExitCode.failure
+    }
+}
