@@ -1,0 +1,175 @@
+"""End-to-end: real Linux guests under QEMU (TCG) attached to the real slirpd.
+
+Each check is what a user would do: look at the DHCP lease, fetch a page from a
+host service through the gateway, reach a guest's server through a host forward,
+and have guests fetch from each other. Host services listen on 127.0.0.1 only.
+"""
+
+import socket
+import struct
+import time
+
+import pytest
+
+from daemon import (Slirpd, dgram_netdev, retry_http_get, stream_netdev,
+                    tcp_stream_netdev)
+from guest import Guest, HostHTTPServer, free_port
+
+pytestmark = pytest.mark.e2e
+
+MAC_A = "52:54:00:5a:00:01"
+MAC_B = "52:54:00:5a:00:02"
+MAC_C = "52:54:00:5a:00:03"
+
+
+def guest_get(guest: Guest, url: str, timeout: float = 30) -> str:
+    rc, out = guest.run(f"wget -q -O - {url}", timeout=timeout)
+    assert rc == 0, f"{guest.name}: wget {url} failed ({rc}):\n{out}"
+    return out.strip()
+
+
+class DefaultNetwork:
+    """One daemon on QEMU's default network with a stream guest, shared by the tests below."""
+
+    def __init__(self, tmp):
+        self.host_http = HostHTTPServer()
+        self.fwd_port = free_port()
+        self.sock = str(tmp / "net.sock")
+        self.dgram = str(tmp / "net.dgram")
+        opts = (f"hostfwd=tcp:127.0.0.1:{self.fwd_port}-:8080,"
+                f"guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:{self.host_http.port}")
+        self.daemon = Slirpd(["-o", opts, "--stream", self.sock, "--dgram", self.dgram], tmp)
+        self.guest = Guest("a", stream_netdev(self.sock), MAC_A, log_dir=tmp)
+
+    def close(self):
+        self.guest.stop()
+        self.daemon.stop()
+        self.host_http.stop()
+
+
+@pytest.fixture(scope="module")
+def default_net(tmp_path_factory):
+    net = DefaultNetwork(tmp_path_factory.mktemp("defnet"))
+    try:
+        net.guest.wait_ready()
+        yield net
+    finally:
+        net.close()
+
+
+def test_stream_guest_gets_qemu_default_lease(default_net):
+    lease = default_net.guest.lease
+    assert (lease["ip"], lease["router"], lease["dns"]) == ("10.0.2.15", "10.0.2.2", "10.0.2.3")
+    assert lease["mask"] == "255.255.255.0"
+    default_net.daemon.wait_log(f"is using MAC {MAC_A}")
+
+
+def test_guest_fetches_host_service_through_gateway(default_net):
+    body = guest_get(default_net.guest, default_net.host_http.url("10.0.2.2"))
+    assert body == default_net.host_http.body.decode()
+    # The host saw the request from loopback: the NAT mapped 10.0.2.2 to 127.0.0.1.
+    assert default_net.host_http.requests[-1][0] == "127.0.0.1"
+
+
+def test_hostfwd_reaches_server_in_guest(default_net):
+    body = retry_http_get(f"http://127.0.0.1:{default_net.fwd_port}/")
+    assert body.strip() == f"hello from guest {MAC_A}"
+
+
+def test_guestfwd_to_host_tcp_service(default_net):
+    body = guest_get(default_net.guest, "http://10.0.2.100/")
+    assert body == default_net.host_http.body.decode()
+
+
+@pytest.mark.parametrize("payload,expect", [
+    (struct.pack(">I", 0), "bad frame length 0"),
+    (struct.pack(">I", 5) + b"hello", "bad frame length 5"),
+    (struct.pack(">I", 0xFFFFFFFF), "bad frame length 4294967295"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "bad frame length 1195725856"),
+])
+def test_garbage_on_stream_closes_only_that_connection(default_net, payload, expect):
+    start = len(default_net.daemon.log)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(default_net.sock)
+        s.sendall(payload)
+        assert s.recv(100) == b"", "slirpd should close a connection that sends a bad frame"
+    line = default_net.daemon.wait_log(expect, start=start)
+    assert "resetting its connection" in line
+    assert default_net.daemon.alive()
+    # The attached guest is not disturbed.
+    assert guest_get(default_net.guest, default_net.host_http.url("10.0.2.2")) == default_net.host_http.body.decode()
+
+
+def test_client_that_connects_and_vanishes(default_net):
+    start = len(default_net.daemon.log)
+    for partial in (b"", b"\x00\x00", struct.pack(">I", 60) + b"\x00" * 10):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(default_net.sock)
+            s.sendall(partial)
+    default_net.daemon.wait_log("detached: disconnected in the middle of a frame", start=start)
+    assert default_net.daemon.wait_log("detached: disconnected (", start=start)
+    assert default_net.daemon.alive()
+    assert retry_http_get(f"http://127.0.0.1:{default_net.fwd_port}/").strip() == f"hello from guest {MAC_A}"
+
+
+def test_bad_datagrams_are_logged_and_dropped(default_net, tmp_path):
+    start = len(default_net.daemon.log)
+    local = str(tmp_path / "junk.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(local)
+        s.sendto(b"\x01\x02\x03", default_net.dgram)
+        s.sendto(b"\x00" * 70000, default_net.dgram)
+    default_net.daemon.wait_log("bad datagram of 3 bytes", start=start)
+    default_net.daemon.wait_log("bad datagram of 70000 bytes", start=start)
+    assert default_net.daemon.alive()
+    assert guest_get(default_net.guest, default_net.host_http.url("10.0.2.2")) == default_net.host_http.body.decode()
+
+
+def test_two_guests_stream_and_dgram_share_one_network(tmp_path, make_guest):
+    """net=192.168.0.0/24 with a stream guest and a datagram guest: leases .15 and .16,
+    each fetches from the other, both reach the host; a third guest reusing a MAC is refused."""
+    sock, dgram = str(tmp_path / "s.sock"), str(tmp_path / "d.sock")
+    with HostHTTPServer() as host_http, \
+            Slirpd(["-o", "net=192.168.0.0/24", "--stream", sock, "--dgram", dgram], tmp_path) as d:
+        a = make_guest("a", stream_netdev(sock), MAC_A)
+        a.wait_ready()
+        b = make_guest("b", dgram_netdev(str(tmp_path / "b.sock"), dgram), MAC_B)
+        b.wait_ready()
+        assert (a.lease["ip"], a.lease["router"], a.lease["dns"]) == ("192.168.0.15", "192.168.0.2", "192.168.0.3")
+        assert (b.lease["ip"], b.lease["router"]) == ("192.168.0.16", "192.168.0.2")
+        assert guest_get(a, "http://192.168.0.16:8080/") == f"hello from guest {MAC_B}"
+        assert guest_get(b, "http://192.168.0.15:8080/") == f"hello from guest {MAC_A}"
+        for g in (a, b):
+            assert guest_get(g, host_http.url("192.168.0.2")) == host_http.body.decode()
+        # Bulk both ways between guests: 1 MiB through the switch, checked by size.
+        rc, out = a.run("wget -q -O - http://192.168.0.16:8080/big | wc -c", timeout=60)
+        assert rc == 0 and out.strip() == str(1 << 20), out
+
+        # A third guest with A's MAC is refused by name, with advice; A keeps working.
+        start = len(d.log)
+        c = make_guest("c", stream_netdev(sock), MAC_A)
+        line = d.wait_log(f"duplicate MAC {MAC_A}", timeout=120, start=start)
+        assert "already used by guest" in line and "mac=" in line
+        c.stop()
+        assert guest_get(a, "http://192.168.0.16:8080/") == f"hello from guest {MAC_B}"
+        assert guest_get(b, "http://192.168.0.15:8080/") == f"hello from guest {MAC_A}"
+        assert d.alive()
+
+
+def test_tcp_endpoint_stream_inet_and_socket_connect(tmp_path, make_guest):
+    port = free_port()
+    fwd = free_port()
+    with HostHTTPServer() as host_http, \
+            Slirpd(["-o", f"hostfwd=tcp:127.0.0.1:{fwd}-10.0.2.16:8080", "--tcp", f"127.0.0.1:{port}"], tmp_path) as d:
+        a = make_guest("a", tcp_stream_netdev("127.0.0.1", port), MAC_A)
+        a.wait_ready()
+        b = make_guest("b", f"socket,id=n0,connect=127.0.0.1:{port}", MAC_B, model="e1000")
+        b.wait_ready()
+        assert (a.lease["ip"], a.lease["router"], a.lease["dns"]) == ("10.0.2.15", "10.0.2.2", "10.0.2.3")
+        assert b.lease["ip"] == "10.0.2.16"
+        for g in (a, b):
+            assert guest_get(g, host_http.url("10.0.2.2")) == host_http.body.decode()
+        assert guest_get(a, "http://10.0.2.16:8080/") == f"hello from guest {MAC_B}"
+        assert retry_http_get(f"http://127.0.0.1:{fwd}/").strip() == f"hello from guest {MAC_B}"
+        assert "tcp 127.0.0.1:" in d.log
