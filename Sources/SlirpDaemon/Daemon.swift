@@ -25,6 +25,7 @@ public final class Daemon {
     private var networks: [Network] = []
     private var pollSet = PollSet()
     private var sources: [Source] = []
+    private var networkSources: [Network.Source] = []
     private var running = true
     private var nextHousekeeping: Int64 = 0
 
@@ -89,11 +90,10 @@ public final class Daemon {
         sources.removeAll(keepingCapacity: true)
         pollSet.add(signals.descriptor.raw, .input)
         sources.append(.signals)
-        var netSources: [Network.Source] = []
         for net in networks {
-            netSources.removeAll(keepingCapacity: true)
-            net.addPollDescriptors(to: &pollSet, sources: &netSources)
-            for s in netSources { sources.append(.network(net, s)) }
+            networkSources.removeAll(keepingCapacity: true)
+            net.addPollDescriptors(to: &pollSet, sources: &networkSources)
+            for s in networkSources { sources.append(.network(net, s)) }
         }
         let ownCount = pollSet.count
         var timeout: UInt32 = 1000

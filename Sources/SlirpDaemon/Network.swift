@@ -54,13 +54,15 @@ final class Network {
             stack = try SlirpStack(options: config.options, mtu: config.mtu)
             for rule in config.options.hostForwards { try stack.addHostForward(rule) }
             for rule in config.options.guestForwards {
+                // Resolved here (empty means .4) so the duplicate check sees the address libslirp uses.
+                let address = rule.resolvedAddress(in: config.options)
                 switch rule.target {
                 case .command(let command):
-                    try stack.addGuestExec(address: rule.address, port: rule.port, command: command, rule: rule.rule)
+                    try stack.addGuestExec(address: address, port: rule.port, command: command, rule: rule.rule)
                 case .unix(let path):
-                    try stack.addGuestUnix(address: rule.address, port: rule.port, path: path, rule: rule.rule)
+                    try stack.addGuestUnix(address: address, port: rule.port, path: path, rule: rule.rule)
                 case .tcp(let host, let port):
-                    try stack.addGuestExec(address: rule.address, port: rule.port, command: relayCommand(host, port), rule: rule.rule)
+                    try stack.addGuestExec(address: address, port: rule.port, command: relayCommand(host, port), rule: rule.rule)
                 }
             }
         } catch {

@@ -29,6 +29,7 @@ public final class SlirpStack {
     private var strings: [UnsafeMutablePointer<CChar>] = []
     private var searchList: UnsafeMutablePointer<UnsafePointer<CChar>?>?
     private var timers: [Int: StackTimer] = [:]
+    private var dueTimers: [Int] = []
     private var nextTimerToken = 1
     private var guestForwards: Set<GuestForwardKey> = []
 
@@ -145,14 +146,21 @@ public final class SlirpStack {
 
     /// The earliest timer deadline in nanoseconds on the monotonic clock, if any is armed.
     public var nextTimerDeadline: Int64? {
-        timers.values.compactMap(\.deadline).min()
+        var earliest: Int64?
+        for timer in timers.values {
+            if let d = timer.deadline, d < (earliest ?? .max) { earliest = d }
+        }
+        return earliest
     }
 
-    /// Fires every timer whose deadline has passed.
+    /// Fires every timer whose deadline has passed. A timer's handler may re-arm or free
+    /// timers, so the due ones are collected first (into a reused array: no allocation).
     public func runDueTimers(now: Int64) {
         guard let slirp else { return }
-        let due = timers.filter { ($0.value.deadline ?? .max) <= now }
-        for (token, timer) in due {
+        dueTimers.removeAll(keepingCapacity: true)
+        for (token, timer) in timers where (timer.deadline ?? .max) <= now { dueTimers.append(token) }
+        for token in dueTimers {
+            guard let timer = timers[token] else { continue }
             timers[token]?.deadline = nil
             switch timer.action {
             case .handle(let id, let cbOpaque): slirp_handle_timer(slirp, id, cbOpaque)

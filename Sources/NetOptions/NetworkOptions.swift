@@ -1,0 +1,395 @@
+// NetOptions: QEMU's `-netdev user` option string, parsed into what libslirp needs.
+//
+// Theory of operation. The string is QemuOpts syntax (`OptionList`): comma-separated
+// `key=value` items, `,,` for a literal comma inside a value, a bare first word as the
+// backend type (`user`), later bare words as short-form booleans (`restrict` is
+// `restrict=on`, `norestrict` is `restrict=off`). The keys are QEMU 7.2's
+// NetdevUserOptions plus `ipv6-net`: net, ip, host, restrict, ipv4, ipv6, ipv6-net,
+// ipv6-prefix, ipv6-prefixlen, ipv6-host, ipv6-dns, hostname, dhcpstart, dns,
+// dnssearch, domainname, tftp, tftp-server-name, bootfile, hostfwd, guestfwd.
+// dnssearch, hostfwd and guestfwd may repeat and keep their order; any other key given
+// twice keeps its last value, and only that value is checked. `parse` then works in QEMU's order, so that of several
+// mistakes the one reported is the one QEMU would report:
+//   1. `ipv6-net` is split into prefix and length (QEMU's net_client_init);
+//   2. typed values: restrict, ipv4, ipv6, ipv6-prefixlen (the QAPI visitor);
+//   3. unknown keys (and smb/smbserver): the first in the text (QEMU names one in
+//      hash-table order, which is no order a user can predict);
+//   4. net_slirp_init's checks: addresses, derivations, lengths;
+//   5. forwarding rules: guestfwd before hostfwd, each from its last rule to its first,
+//      because QEMU prepends every rule to one list before applying them. The parsed
+//      rules are still stored in the order written.
+// The messages are QEMU 7.2's own words. All of this was checked against the
+// qemu-system-x86_64 7.2 binary, including the odd parts kept on purpose: `net=` without
+// a mask takes a classful one (10.x is /8, 192.168.x is /16), DNS outside the network is
+// an error only with restrict=on, `ipv4=on` alone turns IPv6 off (and `ipv6=on` alone
+// IPv4), a prefix length of 0 means 64, and an empty hostfwd host port means port 0.
+//
+// Where slirpd deliberately differs from QEMU:
+//   - IPv4 addresses are strict dotted quads. QEMU uses inet_aton, which reads `127.1`,
+//     hex and octal parts and ignores trailing blanks; `010.0.2.15` would be 8.0.2.15.
+//     Such text gets QEMU's error for that field ("Failed to parse host", "Bad host
+//     address", ...). A dotted netmask must be contiguous and /4 to /32.
+//   - smb and smbserver are refused: libslirp has no SMB server and slirpd starts none.
+//   - guestfwd devices are `cmd:`, `tcp:HOST:PORT` and `unix:PATH` only (QEMU accepts
+//     any chardev), and two rules for the same guest address and port are refused
+//     (libslirp 4.7 accepts duplicates through a byte-order bug).
+//   - Values libslirp would silently mangle are errors: a hostname over 32 bytes (it
+//     truncates), a bootfile of 128 bytes or more (slirp_new fails), a dnssearch name
+//     with an empty or over-63-byte label (it drops the name with a warning).
+//   - `id=` is ignored, `type=`/the bare first word may only be `user`, and an empty
+//     string means all defaults.
+
+/// The configuration of one user-mode network, with QEMU's defaults.
+public struct NetworkOptions: Hashable, Sendable {
+    /// `net=`; default 10.0.2.0/24.
+    public var network: IPv4Network
+    /// `host=`, the gateway and the host as seen from the guest; default network | .2.
+    public var host: IPv4Address
+    /// `dns=`; default network | .3.
+    public var dns: IPv4Address
+    /// `dhcpstart=`, the first of libslirp's 16 leases; default network | .15.
+    public var dhcpStart: IPv4Address
+    /// `restrict=`: isolate the guest from the host's networks.
+    public var restricted: Bool
+    public var ipv4: Bool
+    public var ipv6: Bool
+    /// `ipv6-net=` (or `ipv6-prefix=`), kept as written: QEMU does not mask it either.
+    public var ipv6Prefix: IPv6Address
+    public var ipv6PrefixLength: Int
+    /// `ipv6-host=`; default the prefix with its last byte ORed with 2.
+    public var ipv6Host: IPv6Address
+    /// `ipv6-dns=`; default the prefix with its last byte ORed with 3.
+    public var ipv6DNS: IPv6Address
+    /// Offered to the guest by DHCP.
+    public var hostname: String?
+    public var domainName: String?
+    public var dnsSearch: [String]
+    /// `tftp=`: the directory the read-only TFTP server exports.
+    public var tftpRoot: String?
+    public var tftpServerName: String?
+    public var bootfile: String?
+    public var hostForwards: [HostForward]
+    public var guestForwards: [GuestForward]
+
+    /// QEMU's defaults: 10.0.2.0/24 with host .2, DNS .3, DHCP from .15; fec0::/64 with
+    /// ::2 and ::3; both families on, not restricted, no forwards.
+    public init() {
+        network = IPv4Network(address: IPv4Address(10, 0, 2, 0), prefixLength: 24)
+        host = IPv4Address(10, 0, 2, 2)
+        dns = IPv4Address(10, 0, 2, 3)
+        dhcpStart = IPv4Address(10, 0, 2, 15)
+        restricted = false
+        ipv4 = true
+        ipv6 = true
+        let prefix = IPv6Address(uncheckedBytes: [0xFE, 0xC0] + [UInt8](repeating: 0, count: 14))
+        ipv6Prefix = prefix
+        ipv6PrefixLength = 64
+        ipv6Host = prefix.orLastByte(2)
+        ipv6DNS = prefix.orLastByte(3)
+        hostname = nil
+        domainName = nil
+        dnsSearch = []
+        tftpRoot = nil
+        tftpServerName = nil
+        bootfile = nil
+        hostForwards = []
+        guestForwards = []
+    }
+
+    /// Parses a `-netdev user` option string such as
+    /// `user,id=n0,net=192.168.76.0/24,hostfwd=tcp::2222-:22`.
+    public static func parse(_ text: String) throws(OptionError) -> NetworkOptions {
+        let raw = try RawOptions(OptionList(parsing: text))
+        return try raw.resolve()
+    }
+}
+
+extension IPv6Address {
+    func orLastByte(_ bits: UInt8) -> IPv6Address {
+        var copy = bytes
+        copy[15] |= bits
+        return IPv6Address(uncheckedBytes: copy)
+    }
+}
+
+/// The option values as text, before any meaning is given to them.
+private struct RawOptions {
+    static let scalarKeys: Set<String> = [
+        "net", "ip", "host", "restrict", "ipv4", "ipv6", "ipv6-net", "ipv6-prefix", "ipv6-prefixlen",
+        "ipv6-host", "ipv6-dns", "hostname", "dhcpstart", "dns", "domainname", "tftp",
+        "tftp-server-name", "bootfile",
+    ]
+
+    var scalars: [String: String] = [:]
+    var hostForwards: [String] = []
+    var guestForwards: [String] = []
+    var dnsSearch: [String] = []
+    /// The first unknown or refused key, reported after the typed values as QEMU does.
+    var rejected: OptionError?
+
+    init(_ list: OptionList) throws(OptionError) {
+        // An empty type word comes from a leading comma; treat it as absent.
+        if let type = list.type, !type.isEmpty, type != "user" { throw Self.wrongType(type) }
+        for item in list.items {
+            switch item.key {
+            case "id":
+                break  // QEMU needs it to name the netdev; slirpd names networks itself.
+            case "type":
+                if item.value != "user" { throw Self.wrongType(item.value) }
+            case "hostfwd": hostForwards.append(item.value)
+            case "guestfwd": guestForwards.append(item.value)
+            case "dnssearch": dnsSearch.append(item.value)
+            case "smb", "smbserver":
+                if rejected == nil {
+                    rejected = OptionError(
+                        "Parameter '\(item.key)' is not supported by slirpd (libslirp has no SMB server; "
+                            + "share files with tftp= or a hostfwd instead)")
+                }
+            case let key where Self.scalarKeys.contains(key):
+                scalars[key] = item.value
+            default:
+                if rejected == nil { rejected = .invalidParameter(item.key) }
+            }
+        }
+    }
+
+    static func wrongType(_ type: String) -> OptionError {
+        OptionError("slirpd implements only -netdev user, not '\(type)'")
+    }
+
+    /// QAPI's boolean words (qapi_bool_parse); nil when the key is absent.
+    func boolean(_ key: String) throws(OptionError) -> Bool? {
+        guard let text = scalars[key] else { return nil }
+        switch text {
+        case "on", "yes", "true", "y": return true
+        case "off", "no", "false", "n": return false
+        default: throw .expectsOnOff(key)
+        }
+    }
+
+    func resolve() throws(OptionError) -> NetworkOptions {
+        var options = NetworkOptions()
+
+        // 1. ipv6-net=PREFIX[/LEN] replaces ipv6-prefix and ipv6-prefixlen (net.c).
+        var prefixText = scalars["ipv6-prefix"]
+        var prefixLength: Int64?
+        if let net6 = scalars["ipv6-net"] {
+            guard !net6.isEmpty else { throw OptionError("Parameter 'ipv6-net' expects a valid IPv6 prefix") }
+            let parts = net6.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+            prefixText = String(parts[0])
+            prefixLength = 64
+            if parts.count == 2 {
+                // qemu_strtoul: a leading '-' negates, so any negative but -0 ends up out of range.
+                let number = CNumber(parts[1], base: 10)
+                guard number.sawDigits, number.consumedAll, !number.overflowed else {
+                    throw OptionError("Parameter 'ipv6-prefixlen' expects a number")
+                }
+                prefixLength = number.negative ? (number.magnitude == 0 ? 0 : -1) : Int64(clamping: number.magnitude)
+            }
+        }
+
+        // 2. Typed values, in the order QAPI visits them.
+        let restrictValue = try boolean("restrict")
+        let ipv4Value = try boolean("ipv4")
+        let ipv6Value = try boolean("ipv6")
+        if scalars["ipv6-net"] == nil, let text = scalars["ipv6-prefixlen"] {
+            guard let value = CNumber(Substring(text), base: 0).wholeInt64 else {
+                throw OptionError("Parameter 'ipv6-prefixlen' expects an int64 value")
+            }
+            prefixLength = value
+        }
+
+        // 3. Keys QEMU does not know, or slirpd does not support.
+        if let rejected { throw rejected }
+
+        // 4. net_slirp_init. Naming one family "on" alone turns the other off.
+        options.restricted = restrictValue ?? false
+        if (ipv6Value == true && ipv4Value == nil) || ipv4Value == false { options.ipv4 = false }
+        if (ipv4Value == true && ipv6Value == nil) || ipv6Value == false { options.ipv6 = false }
+        let vnet = scalars["net"] ?? scalars["ip"].map { "\($0)/24" }
+        if !options.ipv4 && (vnet != nil || scalars["host"] != nil || scalars["dns"] != nil) {
+            throw OptionError("IPv4 disabled but netmask/host/dns provided")
+        }
+        if !options.ipv6 && (prefixText != nil || scalars["ipv6-host"] != nil || scalars["ipv6-dns"] != nil) {
+            throw OptionError("IPv6 disabled but prefix/host6/dns6 provided")
+        }
+        if !options.ipv4 && !options.ipv6 { throw OptionError("IPv4 and IPv6 disabled") }
+
+        try resolveIPv4(vnet, into: &options)
+        try resolveIPv6(prefixText, prefixLength, into: &options)
+        try resolveStrings(into: &options)
+
+        // 5. Forwarding rules, in the order QEMU applies them.
+        var guestForwards: [GuestForward] = []
+        var taken: Set<UInt64> = []
+        for rule in self.guestForwards.reversed() {
+            let forward = try GuestForward.parse(rule)
+            // libslirp's check_guestfwd, plus the duplicate check its 4.7 release gets wrong.
+            let address = forward.resolvedAddress(in: options)
+            guard options.network.contains(address), address != options.host, address != options.dns,
+                  taken.insert(UInt64(address.value) << 16 | UInt64(forward.port)).inserted else {
+                throw .guestForwardConflict(rule)
+            }
+            guestForwards.append(forward)
+        }
+        var hostForwards: [HostForward] = []
+        for rule in self.hostForwards.reversed() {
+            hostForwards.append(try HostForward.parse(rule))
+        }
+        options.guestForwards = guestForwards.reversed()
+        options.hostForwards = hostForwards.reversed()
+        return options
+    }
+
+    private func resolveIPv4(_ vnet: String?, into options: inout NetworkOptions) throws(OptionError) {
+        if let vnet {
+            let network = try Self.parseNetwork(vnet)
+            options.network = network
+            // The defaults keep their host parts (.2, .3, .15) inside the new network.
+            options.host = network.host(0x0202)
+            options.dhcpStart = network.host(0x020F)
+            options.dns = network.host(0x0203)
+        }
+        let network = options.network
+
+        if let text = scalars["host"] {
+            guard let address = IPv4Address(text) else { throw OptionError("Failed to parse host") }
+            options.host = address
+        }
+        guard network.contains(options.host) else { throw OptionError("Host doesn't belong to network") }
+
+        if let text = scalars["dns"] {
+            guard let address = IPv4Address(text) else { throw OptionError("Failed to parse DNS") }
+            options.dns = address
+        }
+        if options.restricted && !network.contains(options.dns) {
+            throw OptionError("DNS doesn't belong to network")
+        }
+        guard options.dns != options.host else { throw OptionError("DNS must be different from host") }
+
+        if let text = scalars["dhcpstart"] {
+            guard let address = IPv4Address(text) else { throw OptionError("Failed to parse DHCP start address") }
+            options.dhcpStart = address
+        }
+        guard network.contains(options.dhcpStart) else { throw OptionError("DHCP doesn't belong to network") }
+        guard options.dhcpStart != options.host && options.dhcpStart != options.dns else {
+            throw OptionError("DHCP must be different from host and DNS")
+        }
+    }
+
+    /// `ADDR/LEN`, `ADDR/NETMASK` or `ADDR` (classful mask, as QEMU guesses it).
+    static func parseNetwork(_ text: String) throws(OptionError) -> IPv4Network {
+        let badAddress = OptionError("Failed to parse netmask")  // sic: QEMU's word for it
+        let badRange = OptionError("Invalid netmask provided (must be in range 4-32)")
+        guard let slash = text.firstIndex(of: "/") else {
+            guard let address = IPv4Address(text) else { throw badAddress }
+            return IPv4Network(address: address, prefixLength: classfulPrefixLength(address.value))
+        }
+        guard let address = IPv4Address(String(text[..<slash])) else { throw badAddress }
+        let maskText = text[text.index(after: slash)...]
+        // Like QEMU: a number (strtol base 10, so "" is 0) unless something follows it.
+        let number = CNumber(maskText, base: 10)
+        if number.consumedAll {
+            guard (4...32).contains(number.clamped) else { throw badRange }
+            return IPv4Network(address: address, prefixLength: Int(number.clamped))
+        }
+        guard let mask = IPv4Address(String(maskText)) else {
+            throw OptionError("Failed to parse netmask (trailing chars)")
+        }
+        guard let length = IPv4Network.prefixLength(ofMask: mask.value) else {
+            throw OptionError("Invalid netmask provided (\(mask) is not contiguous)")
+        }
+        guard (4...32).contains(length) else { throw badRange }
+        return IPv4Network(address: address, prefixLength: length)
+    }
+
+    /// QEMU's guess for `net=` without a mask, quirks included (224/3 gets /24, and
+    /// 192/3 outside 192.168/16 gets /28).
+    static func classfulPrefixLength(_ address: UInt32) -> Int {
+        if address & 0x8000_0000 == 0 { return 8 }
+        if address & 0xFFF0_0000 == 0xAC10_0000 { return 12 }  // 172.16/12
+        if address & 0xC000_0000 == 0x8000_0000 { return 16 }
+        if address & 0xFFFF_0000 == 0xC0A8_0000 { return 16 }  // 192.168/16
+        if address & 0xFFFF_0000 == 0xC612_0000 { return 15 }  // 198.18/15
+        if address & 0xE000_0000 == 0xE000_0000 { return 24 }
+        return 28
+    }
+
+    private func resolveIPv6(_ prefixText: String?, _ prefixLength: Int64?,
+                             into options: inout NetworkOptions) throws(OptionError) {
+        guard let prefix = IPv6Address(prefixText ?? "fec0::") else {
+            throw OptionError("Failed to parse IPv6 prefix")
+        }
+        var length = prefixLength ?? 0
+        if length == 0 { length = 64 }  // QEMU cannot tell 0 from "not given"
+        guard (0...126).contains(length) else {
+            throw OptionError("Invalid IPv6 prefix provided (IPv6 prefix length must be between 0 and 126)")
+        }
+        options.ipv6Prefix = prefix
+        options.ipv6PrefixLength = Int(length)
+
+        if let text = scalars["ipv6-host"] {
+            guard let address = IPv6Address(text) else { throw OptionError("Failed to parse IPv6 host") }
+            guard address.hasPrefix(prefix, length: Int(length)) else {
+                throw OptionError("IPv6 Host doesn't belong to network")
+            }
+            options.ipv6Host = address
+        } else {
+            options.ipv6Host = prefix.orLastByte(2)
+        }
+
+        if let text = scalars["ipv6-dns"] {
+            guard let address = IPv6Address(text) else { throw OptionError("Failed to parse IPv6 DNS") }
+            if options.restricted && !address.hasPrefix(prefix, length: Int(length)) {
+                throw OptionError("IPv6 DNS doesn't belong to network")
+            }
+            options.ipv6DNS = address
+        } else {
+            options.ipv6DNS = prefix.orLastByte(3)
+        }
+    }
+
+    private func resolveStrings(into options: inout NetworkOptions) throws(OptionError) {
+        if let domain = scalars["domainname"] {
+            guard !domain.isEmpty else { throw OptionError("'domainname' parameter cannot be empty") }
+            guard domain.utf8.count <= 255 else {
+                throw OptionError("'domainname' parameter cannot exceed 255 bytes")
+            }
+            options.domainName = domain
+        }
+        if let hostname = scalars["hostname"] {
+            // QEMU allows 255 bytes, but libslirp keeps only 32 and says nothing.
+            guard hostname.utf8.count <= 32 else {
+                throw OptionError("'hostname' parameter cannot exceed 32 bytes (libslirp would cut it short)")
+            }
+            options.hostname = hostname
+        }
+        if let name = scalars["tftp-server-name"] {
+            guard name.utf8.count <= 255 else {
+                throw OptionError("'tftp-server-name' parameter cannot exceed 255 bytes")
+            }
+            options.tftpServerName = name
+        }
+        if let bootfile = scalars["bootfile"] {
+            // It must fit BOOTP's 128-byte file field with its NUL, or slirp_new fails.
+            guard bootfile.utf8.count < 128 else {
+                throw OptionError("'bootfile' parameter must be shorter than 128 bytes (the BOOTP file field)")
+            }
+            options.bootfile = bootfile
+        }
+        options.tftpRoot = scalars["tftp"]
+        for name in dnsSearch where !Self.isSearchDomain(name) {
+            throw OptionError(
+                "Invalid 'dnssearch' domain name '\(name)' (labels must be 1 to 63 bytes; libslirp would drop it)")
+        }
+        options.dnsSearch = dnsSearch
+    }
+
+    /// libslirp's rule (domain_mklabels): dot-separated labels of 1-63 bytes; one
+    /// trailing dot is allowed.
+    static func isSearchDomain(_ name: String) -> Bool {
+        var labels = name.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        if labels.count > 1 && labels.last?.isEmpty == true { labels.removeLast() }
+        return labels.allSatisfy { (1...63).contains($0.count) }
+    }
+}
