@@ -36,19 +36,25 @@ public struct UnixAddress: Hashable, CustomStringConvertible {
     public var description: String { isNamed ? path : "(unnamed)" }
 
     public static func == (a: UnixAddress, b: UnixAddress) -> Bool {
-        a.length == b.length && a.pathBytes == b.pathBytes
+        guard a.length == b.length else { return false }
+        let n = a.pathLength
+        // Compared in place: this runs for every datagram received, so it must not allocate.
+        return withUnsafeBytes(of: a.storage.sun_path) { pa in
+            withUnsafeBytes(of: b.storage.sun_path) { pb in
+                guard let x = pa.baseAddress, let y = pb.baseAddress else { return n == 0 }
+                return memcmp(x, y, n) == 0
+            }
+        }
     }
 
     public func hash(into hasher: inout Hasher) {
         hasher.combine(length)
         withUnsafeBytes(of: storage.sun_path) { raw in
-            hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: raw.prefix(Int(length) - MemoryLayout<sa_family_t>.size)))
+            hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: raw.prefix(pathLength)))
         }
     }
 
-    private var pathBytes: [UInt8] {
-        withUnsafeBytes(of: storage.sun_path) { Array($0.prefix(Int(length) - MemoryLayout<sa_family_t>.size)) }
-    }
+    private var pathLength: Int { max(0, Int(length) - MemoryLayout<sa_family_t>.size) }
 }
 
 public enum SocketKind {
@@ -227,17 +233,34 @@ extension Descriptor {
         return .done(from)
     }
 
-    /// Sends one datagram to a Unix peer.
-    public func sendDatagram(_ bytes: UnsafeRawBufferPointer, to address: UnixAddress) throws(IOError) -> IOResult<Int> {
-        var storage = address.storage
-        return try withUnsafePointer(to: &storage) { (p) throws(IOError) in
-            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(IOError) in
-                try syscall("sendto", detail: address.path) {
-                    sendto(raw, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL), sa, address.length)
-                }
-            }
+    /// Sends each queued length-prefixed frame as one datagram (this socket must be
+    /// connected), until the queue is empty or the peer's receive queue is full.
+    public func sendFrames(from queue: ByteBuffer) throws(IOError) -> IOResult<Int> {
+        var sent = 0
+        while queue.count >= 4 {
+            let bytes = queue.readable
+            let length = Int(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)))
+            let frame = UnsafeRawBufferPointer(rebasing: bytes[4..<(4 + length)])
+            let result = try syscall("send") { send(raw, frame.baseAddress, frame.count, Int32(MSG_NOSIGNAL)) }
+            guard case .done = result else { return sent == 0 ? .wouldBlock : .done(sent) }
+            queue.consume(4 + length)
+            sent += 1
+        }
+        return .done(sent)
+    }
+}
+
+/// A datagram socket connected to a Unix peer, for sending to it alone. Connected, the
+/// socket polls writable only while the peer's receive queue has room.
+public func connectUnixDatagram(to peer: UnixAddress) throws(IOError) -> Descriptor {
+    let socket = try newSocket(domain: AF_UNIX, kind: .datagram)
+    var storage = peer.storage
+    _ = try withUnsafePointer(to: &storage) { (p) throws(IOError) in
+        try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(IOError) in
+            try syscallBlocking("connect", detail: peer.path) { Glibc.connect(socket.raw, sa, peer.length) }
         }
     }
+    return socket
 }
 
 private func describe(_ storage: inout sockaddr_storage, _ length: socklen_t, fd: Int32) -> String {

@@ -3,22 +3,25 @@ import PosixIO
 
 /// One attached guest: a stream connection (Unix or TCP) or a datagram peer.
 ///
-/// Frames to a stream guest wait in a bounded queue that the loop flushes after each
-/// iteration; a full queue drops the frame and counts it, so a guest that stops
-/// reading never blocks the loop or anyone else. Frames to a datagram guest are sent
-/// at once; when the peer's socket is full the frame is dropped and counted, as a
-/// congested link would.
+/// Every guest has its own socket and a bounded output queue of length-prefixed
+/// frames, flushed once per loop iteration and again when the socket turns writable.
+/// A full queue drops the frame and counts it, so a guest that stops reading never
+/// blocks the loop or anyone else. A datagram peer's socket is connected to the
+/// peer's path: only then does poll() report when the peer's receive queue (10
+/// datagrams by default, net.unix.max_dgram_qlen) has room again.
 final class GuestPort {
     enum Transport: String {
         case stream, tcp, dgram
     }
 
-    enum Link {
-        case connection(socket: Descriptor, received: ByteBuffer, queued: ByteBuffer)
+    enum Kind {
+        /// Frames arrive on `socket` with a length prefix and are reassembled in `received`.
+        case stream(received: ByteBuffer)
+        /// Frames arrive on the endpoint's shared socket; `socket` only sends to `peer`.
         case datagram(endpoint: DatagramEndpoint, peer: UnixAddress)
     }
 
-    /// A stream guest's output queue: about 700 full-size frames, or 16 of the largest.
+    /// The output queue: about 700 full-size frames, or 16 of the largest.
     static let queueCapacity = 1 << 20
     /// Room for two of the largest frames with their prefixes, so a read never stalls mid-frame.
     static let receiveCapacity = 2 * (StreamFraming.prefixLength + StreamFraming.maximumFrame)
@@ -27,7 +30,9 @@ final class GuestPort {
     let transport: Transport
     let peer: String
     let endpointName: String
-    let link: Link
+    let kind: Kind
+    let socket: Descriptor
+    let queued = ByteBuffer(capacity: GuestPort.queueCapacity)
     let connectedAt: Int64
 
     var mac: MACAddress?
@@ -39,12 +44,13 @@ final class GuestPort {
 
     var rxFrames = 0, rxBytes = 0, txFrames = 0, txBytes = 0, drops = 0
 
-    init(id: PortID, transport: Transport, peer: String, endpointName: String, link: Link, now: Int64) {
+    init(id: PortID, transport: Transport, peer: String, endpointName: String, kind: Kind, socket: Descriptor, now: Int64) {
         self.id = id
         self.transport = transport
         self.peer = peer
         self.endpointName = endpointName
-        self.link = link
+        self.kind = kind
+        self.socket = socket
         self.connectedAt = now
     }
 
@@ -53,8 +59,8 @@ final class GuestPort {
         return "guest \(id.raw) (\(transport.rawValue) \(peer)\(who))"
     }
 
-    var isConnection: Bool {
-        if case .connection = link { return true }
+    var isStream: Bool {
+        if case .stream = kind { return true }
         return false
     }
 

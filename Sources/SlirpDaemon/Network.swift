@@ -88,7 +88,7 @@ final class Network {
     enum Source {
         case listener(StreamListener)
         case datagram(DatagramEndpoint)
-        case connection(GuestPort)
+        case guest(GuestPort)
     }
 
     func addPollDescriptors(to set: inout PollSet, sources: inout [Source]) {
@@ -100,10 +100,13 @@ final class Network {
             set.add(d.socket.raw, .input)
             sources.append(.datagram(d))
         }
-        for port in ports.values {
-            guard case .connection(let socket, _, let queued) = port.link, port.closeReason == nil else { continue }
-            set.add(socket.raw, queued.isEmpty ? .input : [.input, .output])
-            sources.append(.connection(port))
+        for port in ports.values where port.closeReason == nil {
+            // A datagram guest's own socket only sends: poll it only while frames wait.
+            let events: PollEvents = port.isStream ? .input : []
+            let wanted = port.queued.isEmpty ? events : events.union(.output)
+            guard !wanted.isEmpty else { continue }
+            set.add(port.socket.raw, wanted)
+            sources.append(.guest(port))
         }
     }
 
@@ -111,9 +114,9 @@ final class Network {
         switch source {
         case .listener(let l): acceptAll(l, now: now)
         case .datagram(let d): receiveAll(d, now: now)
-        case .connection(let port):
+        case .guest(let port):
             if events.contains(.output) { flush(port) }
-            if !events.isDisjoint(with: [.input, .hangup, .error]) { readAll(port) }
+            if port.isStream, !events.isDisjoint(with: [.input, .hangup, .error]) { readAll(port) }
         }
     }
 
@@ -134,9 +137,7 @@ final class Network {
             if listener.transport == .tcp { socket.setNoDelay() }
             let port = GuestPort(
                 id: allocatePortID(), transport: listener.transport, peer: peer, endpointName: "\(listener.spec)",
-                link: .connection(socket: socket, received: ByteBuffer(capacity: GuestPort.receiveCapacity),
-                                  queued: ByteBuffer(capacity: GuestPort.queueCapacity)),
-                now: now)
+                kind: .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity)), socket: socket, now: now)
             ports[port.id] = port
             log.info("\(port.label) attached on \(listener.spec)")
         }
@@ -144,11 +145,11 @@ final class Network {
 
     /// Reads until the socket is drained, switching each complete frame.
     private func readAll(_ port: GuestPort) {
-        guard case .connection(let socket, let received, _) = port.link else { return }
+        guard case .stream(let received) = port.kind else { return }
         while port.closeReason == nil {
             let result: IOResult<Int>
             do {
-                result = try socket.read(into: received)
+                result = try port.socket.read(into: received)
             } catch {
                 port.close("read failed: \(error)")
                 break
@@ -180,17 +181,22 @@ final class Network {
         }
     }
 
+    /// Writes queued frames until the queue is empty or the guest's socket is full.
     private func flush(_ port: GuestPort) {
-        guard case .connection(let socket, _, let queued) = port.link, port.closeReason == nil else { return }
-        while !queued.isEmpty {
+        guard port.closeReason == nil else { return }
+        while !port.queued.isEmpty {
             do {
-                guard case .done = try socket.write(from: queued) else { return }
+                let result = port.isStream ? try port.socket.write(from: port.queued) : try port.socket.sendFrames(from: port.queued)
+                guard case .done = result else { return }
+            } catch let error where !port.isStream && error.peerIsGone {
+                port.close("its socket \(port.peer) is gone")
+                break
             } catch {
                 port.close("write failed: \(error)")
-                scheduleClose(port)
-                return
+                break
             }
         }
+        scheduleClose(port)
     }
 
     /// Writes every queue that gained frames this iteration.
@@ -239,8 +245,16 @@ final class Network {
             log.warning("dropping a datagram from \(sender): \(endpoint.spec) already has \(DatagramEndpoint.maximumPeers) peers")
             return nil
         }
+        let socket: Descriptor
+        do {
+            socket = try connectUnixDatagram(to: sender)
+            socket.setBufferSizes(send: 1 << 20, receive: 4096)
+        } catch {
+            log.warning("dropping a datagram from \(sender) on \(endpoint.spec): cannot answer it: \(error)")
+            return nil
+        }
         let port = GuestPort(id: allocatePortID(), transport: .dgram, peer: sender.path, endpointName: "\(endpoint.spec)",
-                             link: .datagram(endpoint: endpoint, peer: sender), now: now)
+                             kind: .datagram(endpoint: endpoint, peer: sender), socket: socket, now: now)
         endpoint.peers[sender] = port
         ports[port.id] = port
         log.info("\(port.label) attached on \(endpoint.spec)")
@@ -294,7 +308,7 @@ final class Network {
         guard port.refusedFor != mac else { return }
         let ownerLabel = owner == Network.natPort ? "the NAT itself" : (ports[owner]?.label ?? "port \(owner.raw)")
         let advice = "give each QEMU its own MAC with mac= on its -device (e.g. mac=\(randomGuestMAC()))"
-        if port.isConnection {
+        if port.isStream {
             port.close("refused: duplicate MAC \(mac), already used by \(ownerLabel); \(advice)")
             scheduleClose(port)
         } else {
@@ -305,30 +319,13 @@ final class Network {
 
     private func deliver(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
         guard port.closeReason == nil, port.refusedFor == nil else { return }
-        switch port.link {
-        case .connection(_, _, let queued):
-            guard queued.appendFrame(frame) else {
-                port.drops += 1
-                return
-            }
-            if !port.inFlushList {
-                port.inFlushList = true
-                flushList.append(port)
-            }
-        case .datagram(let endpoint, let peer):
-            do {
-                guard case .done = try endpoint.socket.sendDatagram(frame, to: peer) else {
-                    port.drops += 1
-                    return
-                }
-            } catch let error where error.peerIsGone {
-                port.close("its socket \(peer.path) is gone")
-                scheduleClose(port)
-                return
-            } catch {
-                port.drops += 1
-                return
-            }
+        guard port.queued.appendFrame(frame) else {
+            port.drops += 1
+            return
+        }
+        if !port.inFlushList {
+            port.inFlushList = true
+            flushList.append(port)
         }
         port.txFrames += 1
         port.txBytes += frame.count
@@ -352,10 +349,8 @@ final class Network {
         for port in closing {
             guard let reason = port.closeReason, ports.removeValue(forKey: port.id) != nil else { continue }
             let macs = bridge.removePort(port.id)
-            switch port.link {
-            case .connection(let socket, _, _): socket.close()
-            case .datagram(let endpoint, let peer): endpoint.peers[peer] = nil
-            }
+            port.socket.close()
+            if case .datagram(let endpoint, let peer) = port.kind { endpoint.peers[peer] = nil }
             let stats = "rx \(port.rxFrames) frames/\(port.rxBytes) B, tx \(port.txFrames) frames/\(port.txBytes) B, dropped \(port.drops)"
             let level: Logger.Level = reason == "disconnected" ? .info : .warning
             log.log(level: level, "\(port.label) detached: \(reason) (\(stats)\(macs.isEmpty ? "" : "; forgot \(macs.count) MAC"))")
@@ -375,9 +370,7 @@ final class Network {
     }
 
     func shutdown() {
-        for port in ports.values {
-            if case .connection(let socket, _, _) = port.link { socket.close() }
-        }
+        for port in ports.values { port.socket.close() }
         ports.removeAll()
         closeEndpoints()
         stack.close()
