@@ -37,7 +37,8 @@ class DefaultNetwork:
         self.sock = str(tmp / "net.sock")
         self.dgram = str(tmp / "net.dgram")
         opts = (f"hostfwd=tcp:127.0.0.1:{self.fwd_port}-:8080,"
-                f"guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:{self.host_http.port}")
+                f"guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:{self.host_http.port},"
+                f"guestfwd=tcp:10.0.2.101:7-cmd:/bin/echo exec-forward-ok")
         self.daemon = Slirpd(["-o", opts, "--stream", self.sock, "--dgram", self.dgram], tmp)
         self.guest = Guest("a", stream_netdev(self.sock), MAC_A, log_dir=tmp)
 
@@ -79,6 +80,11 @@ def test_hostfwd_reaches_server_in_guest(default_net):
 def test_guestfwd_to_host_tcp_service(default_net):
     body = guest_get(default_net.guest, "http://10.0.2.100/")
     assert body == default_net.host_http.body.decode()
+
+
+def test_guestfwd_to_command(default_net):
+    rc, out = default_net.guest.run("nc 10.0.2.101 7 </dev/null", timeout=30)
+    assert rc == 0 and out.strip() == "exec-forward-ok", out
 
 
 @pytest.mark.parametrize("payload,expect", [
@@ -173,3 +179,46 @@ def test_tcp_endpoint_stream_inet_and_socket_connect(tmp_path, make_guest):
         assert guest_get(a, "http://10.0.2.16:8080/") == f"hello from guest {MAC_B}"
         assert retry_http_get(f"http://127.0.0.1:{fwd}/").strip() == f"hello from guest {MAC_B}"
         assert "tcp 127.0.0.1:" in d.log
+
+
+def average_rx_frame(guest: Guest, cmd: str, expect: str) -> float:
+    """Runs cmd (which must print `expect`) and returns the mean size of frames eth0 received meanwhile."""
+    stats = "cat /sys/class/net/eth0/statistics/rx_bytes /sys/class/net/eth0/statistics/rx_packets"
+    b0, p0 = map(int, guest.check(stats).split())
+    rc, out = guest.run(cmd, timeout=60)
+    assert rc == 0 and out.strip() == expect, out
+    b1, p1 = map(int, guest.check(stats).split())
+    return (b1 - b0) / (p1 - p0)
+
+
+def test_mtu_option_with_host_mtu_carries_jumbo_frames(tmp_path, make_guest):
+    sock = str(tmp_path / "j.sock")
+    fwd = free_port()
+    with HostHTTPServer(body=b"j" * 3_000_000) as host_http, \
+            Slirpd(["--mtu", "9000", "-o", f"hostfwd=tcp:127.0.0.1:{fwd}-:8080", "--stream", sock], tmp_path) as d:
+        assert "host_mtu=9000" in d.log, "the printed flags must tell virtio-net the MTU"
+        g = make_guest("j", stream_netdev(sock), MAC_A, model="virtio-net-pci,host_mtu=9000")
+        g.wait_ready()
+        assert g.check("cat /sys/class/net/eth0/mtu").strip() == "9000"
+        assert average_rx_frame(g, f"wget -q -O - {host_http.url('10.0.2.2')} | wc -c", "3000000") > 3000, \
+            "the NAT should send the guest frames above 1500 bytes at --mtu 9000"
+        # Host to guest through the forward: 1 MiB, in 9000-byte frames.
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{fwd}/big", timeout=30) as r:
+            assert len(r.read()) == 1 << 20
+
+
+def test_dgram_guest_survives_daemon_restart(tmp_path, make_guest):
+    """QEMU's dgram backend keeps sending to the path; a restarted slirpd picks the guest up again."""
+    dgram = str(tmp_path / "r.dgram")
+    with HostHTTPServer() as host_http:
+        d = Slirpd(["--dgram", dgram], tmp_path, name="first")
+        try:
+            g = make_guest("r", dgram_netdev(str(tmp_path / "r.sock"), dgram), MAC_A)
+            g.wait_ready()
+            assert guest_get(g, host_http.url("10.0.2.2")) == host_http.body.decode()
+        finally:
+            assert d.stop() == 0
+        with Slirpd(["--dgram", dgram], tmp_path, name="second"):
+            # The guest's ARP entry for the gateway survives; the first frame re-creates its port.
+            assert guest_get(g, host_http.url("10.0.2.2")) == host_http.body.decode()
