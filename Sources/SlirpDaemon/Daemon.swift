@@ -86,21 +86,24 @@ public final class Daemon {
     }
 
     private func iterate() throws(DaemonError) {
+        let now = monotonicNanoseconds()
         pollSet.removeAll()
         sources.removeAll(keepingCapacity: true)
         pollSet.add(signals.descriptor.raw, .input)
         sources.append(.signals)
         for net in networks {
             networkSources.removeAll(keepingCapacity: true)
-            net.addPollDescriptors(to: &pollSet, sources: &networkSources)
+            net.addPollDescriptors(to: &pollSet, sources: &networkSources, now: now)
             for s in networkSources { sources.append(.network(net, s)) }
         }
         let ownCount = pollSet.count
         var timeout: UInt32 = 1000
         for net in networks { net.stack.addPollDescriptors(to: &pollSet, timeout: &timeout) }
-        let now = monotonicNanoseconds()
         var deadline = nextHousekeeping
-        for net in networks { if let d = net.stack.nextTimerDeadline { deadline = min(deadline, d) } }
+        for net in networks {
+            if let d = net.stack.nextTimerDeadline { deadline = min(deadline, d) }
+            if let d = net.nextListenerResume, d > now { deadline = min(deadline, d) }
+        }
         let untilTimer = max(0, (deadline - now + 999_999) / 1_000_000)
         let waitMs = Int32(min(Int64(timeout), untilTimer))
 

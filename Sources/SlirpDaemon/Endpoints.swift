@@ -34,6 +34,9 @@ final class StreamListener {
     let spec: EndpointSpec
     let socket: Descriptor
     let transport: GuestPort.Transport
+    /// After a failed accept (out of descriptors, say), the listener is left out of polls until then.
+    var pausedUntil: Int64 = 0
+    static let pauseAfterError: Int64 = 250_000_000
 
     init(spec: EndpointSpec, mode: UInt32) throws(IOError) {
         self.spec = spec

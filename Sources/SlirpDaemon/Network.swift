@@ -91,8 +91,8 @@ final class Network {
         case guest(GuestPort)
     }
 
-    func addPollDescriptors(to set: inout PollSet, sources: inout [Source]) {
-        for l in listeners {
+    func addPollDescriptors(to set: inout PollSet, sources: inout [Source], now: Int64) {
+        for l in listeners where l.pausedUntil <= now {
             set.add(l.socket.raw, .input)
             sources.append(.listener(l))
         }
@@ -129,8 +129,10 @@ final class Network {
                 guard case .done(let a) = try listener.socket.accept() else { return }
                 accepted = a
             } catch {
-                // EMFILE and friends: the guest waits in the backlog; say so and stop for now.
-                log.error("cannot accept a guest on \(listener.spec): \(error)")
+                // EMFILE and friends: the socket stays readable, so polling it again at once
+                // would spin. The guest waits in the backlog while the listener rests.
+                log.error("cannot accept a guest on \(listener.spec): \(error); retrying in \(StreamListener.pauseAfterError / 1_000_000) ms")
+                listener.pausedUntil = now + StreamListener.pauseAfterError
                 return
             }
             let (socket, peer) = accepted
@@ -356,6 +358,13 @@ final class Network {
             log.log(level: level, "\(port.label) detached: \(reason) (\(stats)\(macs.isEmpty ? "" : "; forgot \(macs.count) MAC"))")
         }
         closing.removeAll(keepingCapacity: true)
+    }
+
+    /// The earliest time a paused listener wants polling again.
+    var nextListenerResume: Int64? {
+        var earliest: Int64?
+        for l in listeners where l.pausedUntil > 0 { earliest = min(earliest ?? .max, l.pausedUntil) }
+        return earliest
     }
 
     func expireMACs(now: Int64) {
