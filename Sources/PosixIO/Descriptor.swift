@@ -19,11 +19,12 @@ public final class Descriptor {
 
     deinit { close() }
 
-    /// Reads into `buffer`'s free space. `.done(0)` means end of stream.
+    /// Reads into `buffer`'s free space, which must not be empty. `.done(0)` means end of stream.
     public func read(into buffer: ByteBuffer) throws(IOError) -> IOResult<Int> {
         buffer.makeRoomAtTail()
         let space = buffer.freeSpace
-        guard space.count > 0 else { return .done(-1) }
+        // Callers consume whole frames after each read and size buffers for two of the largest.
+        precondition(space.count > 0, "read into a full buffer")
         let result = try syscall("read") { Glibc.read(raw, space.baseAddress, space.count) }
         if case .done(let n) = result, n > 0 { buffer.didWrite(n) }
         return result
