@@ -20,16 +20,17 @@ let package = Package(
         .target(name: "FrameSwitch"),
         .target(name: "NetOptions"),
         .target(name: "SlirpKit", dependencies: ["CSlirp", "PosixIO", "NetOptions"]),
+        .target(name: "DaemonConfig", dependencies: ["NetOptions"]),
         .target(
             name: "SlirpDaemon",
             dependencies: [
-                "PosixIO", "SlirpKit", "FrameSwitch", "NetOptions",
+                "PosixIO", "SlirpKit", "FrameSwitch", "NetOptions", "DaemonConfig",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "slirpd",
             dependencies: [
-                "SlirpDaemon", "NetOptions",
+                "SlirpDaemon", "NetOptions", "DaemonConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

@@ -8,6 +8,7 @@
 // come; (4) lets libslirp handle its sockets; (5) fires due timers; (6) flushes the
 // guests' output queues and removes closed guests. Nothing here is Sendable: other
 // threads (the control API, later) will post work to the loop instead of touching it.
+import DaemonConfig
 import Logging
 import NetOptions
 import PosixIO

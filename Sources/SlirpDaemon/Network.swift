@@ -1,27 +1,9 @@
+import DaemonConfig
 import FrameSwitch
 import Logging
 import NetOptions
 import PosixIO
 import SlirpKit
-
-/// What one virtual network is made of, as configured.
-public struct NetworkConfig: Sendable {
-    public var name: String
-    public var options: NetworkOptions
-    public var endpoints: [EndpointSpec]
-    /// 0 keeps libslirp's default (1500).
-    public var mtu: Int
-    /// Permission bits of the Unix socket files.
-    public var socketMode: UInt32
-
-    public init(name: String, options: NetworkOptions, endpoints: [EndpointSpec], mtu: Int, socketMode: UInt32) {
-        self.name = name
-        self.options = options
-        self.endpoints = endpoints
-        self.mtu = mtu
-        self.socketMode = socketMode
-    }
-}
 
 /// One virtual network: a libslirp instance, a switch, its endpoints and guests.
 ///

@@ -1,3 +1,4 @@
+import DaemonConfig
 import FrameSwitch
 import PosixIO
 

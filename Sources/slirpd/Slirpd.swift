@@ -1,6 +1,7 @@
 // slirpd: the daemon's command line. Parsing and validation happen here, before
 // anything is bound, so a bad option string exits non-zero with QEMU's wording.
 import ArgumentParser
+import DaemonConfig
 import Logging
 import NetOptions
 import PosixIO

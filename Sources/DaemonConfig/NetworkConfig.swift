@@ -1,0 +1,50 @@
+// DaemonConfig: what the daemon runs, as the command line or a config file states it.
+// Pure values: binding sockets and starting networks is SlirpDaemon's job.
+import NetOptions
+
+/// What one virtual network is made of, as configured.
+public struct NetworkConfig: Sendable {
+    public var name: String
+    public var options: NetworkOptions
+    public var endpoints: [EndpointSpec]
+    /// 0 keeps libslirp's default (1500).
+    public var mtu: Int
+    /// Permission bits of the Unix socket files.
+    public var socketMode: UInt32
+
+    public init(name: String, options: NetworkOptions, endpoints: [EndpointSpec], mtu: Int, socketMode: UInt32) {
+        self.name = name
+        self.options = options
+        self.endpoints = endpoints
+        self.mtu = mtu
+        self.socketMode = socketMode
+    }
+}
+
+/// Where guests attach, as given on the command line.
+public enum EndpointSpec: Equatable, Sendable, CustomStringConvertible {
+    /// A Unix stream socket at a path (`-netdev stream,addr.type=unix`).
+    case stream(path: String)
+    /// A Unix datagram socket at a path (`-netdev dgram,remote.type=unix`).
+    case dgram(path: String)
+    /// A TCP listener (`-netdev socket,connect=` or `-netdev stream,addr.type=inet`).
+    case tcp(host: String, port: UInt16)
+
+    public var description: String {
+        switch self {
+        case .stream(let path): "stream:\(path)"
+        case .dgram(let path): "dgram:\(path)"
+        case .tcp(let host, let port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
+        }
+    }
+
+    /// Parses `HOST:PORT` or `[V6]:PORT` for `--tcp`.
+    public static func tcp(parsing text: String) -> EndpointSpec? {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        var host = String(text[..<colon])
+        guard let port = UInt16(text[text.index(after: colon)...]), port > 0 else { return nil }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        return .tcp(host: host, port: port)
+    }
+}
