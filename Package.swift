@@ -3,13 +3,14 @@ import PackageDescription
 
 let package = Package(
     name: "slirpd",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "slirpd", targets: ["slirpd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // libslirp through Debian's libslirp-dev; no pkg-config (slirp.pc drags in glib-2.0's).
@@ -20,7 +21,9 @@ let package = Package(
         .target(name: "FrameSwitch"),
         .target(name: "NetOptions"),
         .target(name: "SlirpKit", dependencies: ["CSlirp", "PosixIO", "NetOptions"]),
-        .target(name: "DaemonConfig", dependencies: ["NetOptions"]),
+        .target(
+            name: "DaemonConfig",
+            dependencies: ["NetOptions", .product(name: "TOMLKit", package: "TOMLKit")]),
         .target(
             name: "SlirpDaemon",
             dependencies: [
@@ -36,6 +39,8 @@ let package = Package(
             ]),
         .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch"]),
         .testTarget(name: "NetOptionsTests", dependencies: ["NetOptions"]),
+        .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit"]),
+        .testTarget(name: "DaemonConfigTests", dependencies: ["DaemonConfig", "NetOptions"]),
     ],
     swiftLanguageModes: [.v6]
 )

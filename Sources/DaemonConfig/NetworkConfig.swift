@@ -3,7 +3,7 @@
 import NetOptions
 
 /// What one virtual network is made of, as configured.
-public struct NetworkConfig: Sendable {
+public struct NetworkConfig: Sendable, Equatable {
     public var name: String
     public var options: NetworkOptions
     public var endpoints: [EndpointSpec]
@@ -11,13 +11,20 @@ public struct NetworkConfig: Sendable {
     public var mtu: Int
     /// Permission bits of the Unix socket files.
     public var socketMode: UInt32
+    /// Group to give the Unix socket files, by name; nil keeps the daemon's own group.
+    public var socketGroup: String?
+    /// The option string as the user wrote it, for display.
+    public var optionText: String
 
-    public init(name: String, options: NetworkOptions, endpoints: [EndpointSpec], mtu: Int, socketMode: UInt32) {
+    public init(name: String, options: NetworkOptions, endpoints: [EndpointSpec], mtu: Int, socketMode: UInt32,
+                socketGroup: String? = nil, optionText: String = "") {
+        self.optionText = optionText
         self.name = name
         self.options = options
         self.endpoints = endpoints
         self.mtu = mtu
         self.socketMode = socketMode
+        self.socketGroup = socketGroup
     }
 }
 

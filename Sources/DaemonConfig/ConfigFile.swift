@@ -1,0 +1,489 @@
+// The config file: TOML describing the control socket and any number of networks.
+//
+// Theory of operation. toml++ (through TOMLKit) checks the syntax and builds a tree; a
+// syntax error carries its line. The tree is then walked table by table, each table's
+// keys in file order so that of several mistakes the first in the file is reported.
+// Every key is checked against the keys its table allows (so a typo is an error, not a
+// silently ignored setting) and against its type. A network's option keys are turned
+// back into QEMU `-netdev user` syntax and appended to its `options` string, and the
+// whole string goes through NetworkOptions.parse: one parser, one set of QEMU-worded
+// errors, whether a setting is written as a key or inside `options`. Because
+// TOMLKit gives no positions for parsed nodes, KeyLines finds each key's line in the
+// text. An option error is pinned to the key that brings it about: the shortest prefix
+// of the option pieces (`options` first, then the keys in file order) that fails with
+// the very same error.
+internal import TOMLKit
+import NetOptions
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Reads slirpd's config file.
+///
+/// The format, TOML; every key is optional unless marked required:
+///
+/// ```toml
+/// [control]
+/// socket = "/run/slirpd/control.sock"  # default: chosen by the daemon
+/// mode = "0600"                        # octal string, at most 0777; default 0600
+/// allow-uids = [1000, 1001]            # users besides the daemon's own; default none
+///
+/// [[network]]                          # one table per network; at least one
+/// name = "lab"                         # required, unique, [A-Za-z0-9_.-]+
+/// options = "net=192.168.0.0/24,hostfwd=tcp::8080-:80"  # QEMU -netdev user string
+/// # QEMU's options as keys, instead of or besides `options`:
+/// net = "192.168.0.0/24"               # strings: net host dns dhcpstart ipv6-net
+/// restrict = true                      #   ipv6-host ipv6-dns hostname domainname
+/// ipv4 = true                          #   tftp tftp-server-name bootfile
+/// ipv6 = false                         # booleans: restrict ipv4 ipv6
+/// dnssearch = ["example.com"]          # arrays of strings: dnssearch hostfwd
+/// hostfwd = ["tcp::8080-:80"]          #   (or `forwards`) guestfwd
+/// guestfwd = ["tcp:10.0.2.100:80-tcp:127.0.0.1:8000"]
+/// # Endpoints; none at all means the daemon's default stream socket for the name:
+/// stream = ["/run/slirpd/lab.sock"]    # Unix stream socket paths
+/// dgram = ["/run/slirpd/lab.dgram"]    # Unix datagram socket paths
+/// tcp = ["127.0.0.1:5555"]             # HOST:PORT or [V6]:PORT
+/// mtu = 1500                           # 68 to 65521; default libslirp's 1500
+/// socket-mode = "0660"                 # octal string, at most 0777; default 0660
+/// socket-group = "kvm"                 # group of the socket files; default unchanged
+/// ```
+///
+/// Option keys become `key=value` items (`,` in a value doubled to `,,`, booleans as
+/// `on`/`off`, one item per array element) appended after `options` in file order, so
+/// a key also given in `options` wins, as the later item does in QEMU. Endpoints keep
+/// the order stream, dgram, tcp, as on the command line; a path or TCP address may
+/// serve only one endpoint in the whole file. Unknown keys, wrong types, duplicate
+/// network names and a file without networks are errors, each reported with its line
+/// where it has one; option errors use QEMU's wording, at the line of the key that
+/// causes them.
+public enum ConfigFile {
+    /// Reads and parses the file at `path`; errors name `path` as given.
+    public static func load(path: String) throws(ConfigError) -> DaemonConfiguration {
+        let bytes: [UInt8]
+        switch readFile(path) {
+        case .success(let contents): bytes = contents
+        case .failure(let error): throw ConfigError(file: path, line: nil, message: error.message)
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigError(
+                file: path, line: lineOfInvalidUTF8(bytes),
+                message: "not valid UTF-8 (TOML files must be UTF-8)")
+        }
+        return try parse(text, file: path)
+    }
+
+    /// Parses config text; `file` is only for error messages.
+    public static func parse(_ text: String, file: String) throws(ConfigError) -> DaemonConfiguration {
+        // TOMLKit hands toml++ a C string, which would silently end at a NUL.
+        if let nul = text.utf8.firstIndex(of: 0) {
+            throw ConfigError(
+                file: file, line: lineNumber(at: nul, in: text.utf8),
+                message: "NUL character (TOML allows no control characters)")
+        }
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError(file: file, line: error.source.begin.line, message: error.description)
+        } catch {
+            throw ConfigError(file: file, line: nil, message: "\(error)")
+        }
+        let lines = KeyLines(text)
+        if let line = lines.nulEscape {
+            throw ConfigError(file: file, line: line, message: "NUL character escape in a string (not supported)")
+        }
+        var loader = Loader(file: file, lines: lines)
+        return try loader.load(root)
+    }
+}
+
+/// Walks the parsed tree, collecting the configuration or the first mistake.
+private struct Loader {
+    let file: String
+    let lines: KeyLines
+    /// Every network name so far, with its line, for duplicate reports.
+    var names: [String: Int?] = [:]
+    /// Socket paths and TCP addresses so far, with the network that has each.
+    var endpointOwners: [(key: String, network: String)] = []
+
+    init(file: String, lines: KeyLines) {
+        self.file = file
+        self.lines = lines
+    }
+
+    static let rootKeys = ["control", "network"]
+    static let controlKeys = ["socket", "mode", "allow-uids"]
+    /// Network keys that are QEMU `-netdev user` options under the same name.
+    static let stringOptions: Set<String> = [
+        "net", "host", "dns", "dhcpstart", "ipv6-net", "ipv6-host", "ipv6-dns", "hostname", "domainname",
+        "tftp", "tftp-server-name", "bootfile",
+    ]
+    static let booleanOptions: Set<String> = ["restrict", "ipv4", "ipv6"]
+    /// Array keys, and the QEMU option each element becomes.
+    static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
+    static let networkKeys =
+        ["name", "options"] + stringOptions.sorted() + booleanOptions.sorted() + listOptions.keys.sorted()
+        + ["stream", "dgram", "tcp", "mtu", "socket-mode", "socket-group"]
+
+    func error(_ message: String, key: String?, in scope: KeyLines.Scope) -> ConfigError {
+        ConfigError(file: file, line: lines.line(of: key, in: scope), message: message)
+    }
+
+    /// A table's keys in file order; keys without a known line go last, by name.
+    func keysInFileOrder(_ table: TOMLTable, _ scope: KeyLines.Scope) -> [String] {
+        table.keys.map { (line: lines.line(of: $0, in: scope) ?? Int.max, key: $0) }
+            .sorted { ($0.line, $0.key) < ($1.line, $1.key) }
+            .map(\.key)
+    }
+
+    mutating func load(_ root: TOMLTable) throws(ConfigError) -> DaemonConfiguration {
+        var control = ControlConfig()
+        var networkTables: [TOMLTable] = []
+        for key in keysInFileOrder(root, .root) {
+            guard let value = root[key] else { continue }
+            switch key {
+            case "control":
+                guard let table = value.table else { throw typeError(key, "a table ([control])", value, .root) }
+                control = try loadControl(table)
+            case "network":
+                let wanted = "an array of tables ([[network]])"
+                guard let array = value.array else { throw typeError(key, wanted, value, .root) }
+                for (offset, element) in array.enumerated() {
+                    guard let table = element.table else {
+                        throw elementTypeError(key, wanted, offset + 1, element, .root)
+                    }
+                    networkTables.append(table)
+                }
+            default:
+                throw unknownKey(key, in: .root, known: Self.rootKeys, table: "the file")
+            }
+        }
+        var networks: [NetworkConfig] = []
+        for (index, table) in networkTables.enumerated() {
+            networks.append(try loadNetwork(table, .network(index)))
+        }
+        guard !networks.isEmpty else {
+            throw ConfigError(file: file, line: nil, message: "no networks (add a [[network]] table with a name)")
+        }
+        return DaemonConfiguration(control: control, networks: networks)
+    }
+
+    func loadControl(_ table: TOMLTable) throws(ConfigError) -> ControlConfig {
+        var control = ControlConfig()
+        for key in keysInFileOrder(table, .control) {
+            guard let value = table[key] else { continue }
+            switch key {
+            case "socket":
+                control.socketPath = try nonEmptyString(key, value, .control)
+            case "mode":
+                control.socketMode = try mode(key, value, .control)
+            case "allow-uids":
+                let wanted = "an array of user IDs"
+                for (number, element) in try elements(key, value, wanted, .control) {
+                    // uid_t's all-ones value is (uid_t)-1, "no user", never a real uid.
+                    guard let uid = element.int, let uid32 = UInt32(exactly: uid), uid32 != UInt32.max else {
+                        if element.type == .int {
+                            throw error(
+                                "'\(key)' element \(number) is \(element.debugDescription), not a user ID "
+                                    + "(0 to \(UInt32.max - 1))", key: key, in: .control)
+                        }
+                        throw elementTypeError(key, wanted, number, element, .control)
+                    }
+                    control.allowUIDs.append(uid32)
+                }
+            default:
+                throw unknownKey(key, in: .control, known: Self.controlKeys, table: "[control]")
+            }
+        }
+        return control
+    }
+
+    mutating func loadNetwork(_ table: TOMLTable, _ scope: KeyLines.Scope) throws(ConfigError) -> NetworkConfig {
+        var name: String?
+        var optionsString: (text: String, line: Int?)?
+        var pieces: [(text: String, line: Int?)] = []
+        var streams: [EndpointSpec] = [], dgrams: [EndpointSpec] = [], tcps: [EndpointSpec] = []
+        var endpointKeys: [(spec: EndpointSpec, key: String)] = []
+        var mtu = 0
+        var socketMode: UInt32 = 0o660
+        var socketGroup: String?
+
+        for key in keysInFileOrder(table, scope) {
+            guard let value = table[key] else { continue }
+            let line = lines.line(of: key, in: scope)
+            switch key {
+            case "name":
+                let text = try string(key, value, scope)
+                guard !text.isEmpty, text.utf8.allSatisfy(Self.isNameByte) else {
+                    throw error("invalid network name '\(text)' (use letters, digits, '_', '.' and '-')", key: key, in: scope)
+                }
+                if let first = names[text] {
+                    let place = first.map { " (first defined at line \($0))" } ?? ""
+                    throw error("duplicate network name '\(text)'\(place)", key: key, in: scope)
+                }
+                names[text] = line
+                name = text
+            case "options":
+                optionsString = (try string(key, value, scope), line)
+            case let key where Self.stringOptions.contains(key):
+                pieces.append(("\(key)=\(Self.escaped(try string(key, value, scope)))", line))
+            case let key where Self.booleanOptions.contains(key):
+                guard let flag = value.bool else { throw typeError(key, "a boolean (true or false)", value, scope) }
+                pieces.append(("\(key)=\(flag ? "on" : "off")", line))
+            case let key where Self.listOptions[key] != nil:
+                let option = Self.listOptions[key] ?? key
+                let items = try strings(key, value, scope)
+                if !items.isEmpty {
+                    pieces.append((items.map { "\(option)=\(Self.escaped($0))" }.joined(separator: ","), line))
+                }
+            case "stream", "dgram":
+                for path in try strings(key, value, scope) {
+                    guard !path.isEmpty else { throw error("'\(key)' has an empty path", key: key, in: scope) }
+                    let spec: EndpointSpec = key == "stream" ? .stream(path: path) : .dgram(path: path)
+                    if key == "stream" { streams.append(spec) } else { dgrams.append(spec) }
+                    endpointKeys.append((spec, key))
+                }
+            case "tcp":
+                for text in try strings(key, value, scope) {
+                    guard let spec = EndpointSpec.tcp(parsing: text) else {
+                        throw error("invalid tcp endpoint '\(text)' (expected HOST:PORT or [V6]:PORT)", key: key, in: scope)
+                    }
+                    tcps.append(spec)
+                    endpointKeys.append((spec, key))
+                }
+            case "mtu":
+                guard let number = value.int else { throw typeError(key, "an integer", value, scope) }
+                guard (68...65521).contains(number) else {
+                    throw error("Invalid MTU \(number) (must be in range 68-65521)", key: key, in: scope)
+                }
+                mtu = number
+            case "socket-mode":
+                socketMode = try mode(key, value, scope)
+            case "socket-group":
+                socketGroup = try nonEmptyString(key, value, scope)
+            default:
+                throw unknownKey(key, in: scope, known: Self.networkKeys, table: "[[network]]")
+            }
+        }
+
+        guard let name else {
+            throw error("[[network]] without a name (add name = \"...\")", key: nil, in: scope)
+        }
+        for (spec, key) in endpointKeys {
+            let resource: String
+            switch spec {
+            case .stream(let path), .dgram(let path): resource = "socket path '\(path)'"
+            case .tcp: resource = "TCP address \(spec.description.dropFirst("tcp:".count))"
+            }
+            if let owner = endpointOwners.first(where: { $0.key == resource }) {
+                throw error("\(resource) is already used by network '\(owner.network)'", key: key, in: scope)
+            }
+            endpointOwners.append((resource, name))
+        }
+        let options = try networkOptions(optionsString, pieces, scope)
+        return NetworkConfig(
+            name: name, options: options, endpoints: streams + dgrams + tcps, mtu: mtu, socketMode: socketMode,
+            socketGroup: socketGroup)
+    }
+
+    /// Parses `options` followed by the option keys, blaming the piece that fails.
+    func networkOptions(_ optionsString: (text: String, line: Int?)?,
+                        _ keyPieces: [(text: String, line: Int?)],
+                        _ scope: KeyLines.Scope) throws(ConfigError) -> NetworkOptions {
+        var pieces = keyPieces
+        if let optionsString, !optionsString.text.isEmpty { pieces.insert(optionsString, at: 0) }
+        let failure: OptionError
+        do {
+            return try NetworkOptions.parse(Self.join(pieces.map(\.text)))
+        } catch {
+            failure = error
+        }
+        // The first piece whose arrival produces exactly this error is the one to blame:
+        // QEMU keeps the last of repeated keys, so a prefix can fail where the whole
+        // would not, and the whole can fail for a reason no prefix shows.
+        var blamed = pieces.last?.line ?? lines.header(of: scope)
+        for count in pieces.indices.map({ $0 + 1 }) {
+            do {
+                _ = try NetworkOptions.parse(Self.join(pieces.prefix(count).map(\.text)))
+            } catch where error == failure {
+                blamed = pieces[count - 1].line
+                break
+            } catch {
+                continue
+            }
+        }
+        throw ConfigError(file: file, line: blamed, message: failure.message)
+    }
+
+    /// Joins option strings with one separating comma. A piece already ending in an odd
+    /// run of commas ends in a separator (`,,` is an escaped comma, and a lone trailing
+    /// comma ends the list), so adding another would glue the next item to its value.
+    static func join(_ pieces: [String]) -> String {
+        var result = ""
+        for piece in pieces {
+            if !result.isEmpty && result.reversed().prefix(while: { $0 == "," }).count % 2 == 0 {
+                result += ","
+            }
+            result += piece
+        }
+        return result
+    }
+
+    /// QemuOpts' escaping: `,,` is a comma inside a value.
+    static func escaped(_ value: String) -> String {
+        value.replacing(",", with: ",,")
+    }
+
+    static func isNameByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+             UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "-"):
+            return true
+        default:
+            return false
+        }
+    }
+
+    // MARK: Typed values
+
+    func string(_ key: String, _ value: TOMLValueConvertible, _ scope: KeyLines.Scope) throws(ConfigError) -> String {
+        guard let text = value.string else { throw typeError(key, "a string", value, scope) }
+        return text
+    }
+
+    func nonEmptyString(_ key: String, _ value: TOMLValueConvertible, _ scope: KeyLines.Scope) throws(ConfigError) -> String {
+        let text = try string(key, value, scope)
+        guard !text.isEmpty else { throw error("'\(key)' must not be empty", key: key, in: scope) }
+        return text
+    }
+
+    /// An array's elements, numbered from 1 for messages.
+    func elements(_ key: String, _ value: TOMLValueConvertible, _ wanted: String,
+                  _ scope: KeyLines.Scope) throws(ConfigError) -> [(number: Int, value: TOMLValue)] {
+        guard let array = value.array else { throw typeError(key, wanted, value, scope) }
+        return array.enumerated().map { ($0.offset + 1, $0.element.tomlValue) }
+    }
+
+    func strings(_ key: String, _ value: TOMLValueConvertible, _ scope: KeyLines.Scope) throws(ConfigError) -> [String] {
+        let wanted = "an array of strings"
+        var result: [String] = []
+        for (number, element) in try elements(key, value, wanted, scope) {
+            guard let text = element.string else { throw elementTypeError(key, wanted, number, element, scope) }
+            result.append(text)
+        }
+        return result
+    }
+
+    /// Permission bits as an octal string: TOML integers cannot be told apart by how
+    /// they were written, and `mode = 660` would silently mean 0o1224.
+    func mode(_ key: String, _ value: TOMLValueConvertible, _ scope: KeyLines.Scope) throws(ConfigError) -> UInt32 {
+        guard let text = value.string else {
+            throw typeError(key, "an octal string such as \"0660\"", value, scope)
+        }
+        guard !text.isEmpty, text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "7")).contains($0) }),
+              let mode = UInt32(text, radix: 8), mode <= 0o777 else {
+            throw error("invalid '\(key)' \"\(text)\" (octal permission bits, at most 0777, e.g. \"0660\")", key: key, in: scope)
+        }
+        return mode
+    }
+
+    // MARK: Messages
+
+    func typeError(_ key: String, _ wanted: String, _ value: TOMLValueConvertible, _ scope: KeyLines.Scope) -> ConfigError {
+        error("'\(key)' must be \(wanted), not \(Self.noun(value.type))", key: key, in: scope)
+    }
+
+    func elementTypeError(_ key: String, _ wanted: String, _ number: Int, _ element: TOMLValueConvertible,
+                          _ scope: KeyLines.Scope) -> ConfigError {
+        error("'\(key)' must be \(wanted), but element \(number) is \(Self.noun(element.type))", key: key, in: scope)
+    }
+
+    func unknownKey(_ key: String, in scope: KeyLines.Scope, known: [String], table: String) -> ConfigError {
+        var message = "unknown key '\(key)' in \(table)"
+        if let guess = Self.closest(to: key, among: known) { message += " (did you mean '\(guess)'?)" }
+        return error(message, key: key, in: scope)
+    }
+
+    static func noun(_ type: TOMLType) -> String {
+        switch type {
+        case .string: "a string"
+        case .int: "an integer"
+        case .double: "a floating-point number"
+        case .bool: "a boolean"
+        case .array: "an array"
+        case .table: "a table"
+        case .date: "a date"
+        case .time: "a time"
+        case .dateTime: "a date-time"
+        }
+    }
+
+    /// The known key within two edits of a typo, if exactly one is nearest.
+    static func closest(to key: String, among known: [String]) -> String? {
+        let scored = known.map { (key: $0, distance: editDistance(Array(key.lowercased().utf8), Array($0.utf8))) }
+        guard let best = scored.min(by: { $0.distance < $1.distance }), best.distance <= 2 else { return nil }
+        return scored.filter { $0.distance == best.distance }.count == 1 ? best.key : nil
+    }
+
+    /// Levenshtein distance, one row at a time.
+    static func editDistance(_ a: [UInt8], _ b: [UInt8]) -> Int {
+        var previous = Array(0...b.count)
+        for (i, x) in a.enumerated() {
+            var current = [i + 1]
+            for (j, y) in b.enumerated() {
+                current.append(min(previous[j + 1] + 1, current[j] + 1, previous[j] + (x == y ? 0 : 1)))
+            }
+            previous = current
+        }
+        return previous[b.count]
+    }
+}
+
+// MARK: - Reading the file
+
+private struct ReadError: Error {
+    var message: String
+}
+
+/// The whole file, with POSIX's words for any failure ("No such file or directory"):
+/// Foundation's messages on Linux hide the reason ("The operation could not be completed").
+private func readFile(_ path: String) -> Result<[UInt8], ReadError> {
+    let limit = 1 << 20  // far above any sane config; stops a mistaken /dev/zero
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return .failure(ReadError(message: String(cString: strerror(errno)))) }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 {
+            if errno == EINTR { continue }
+            return .failure(ReadError(message: String(cString: strerror(errno))))
+        }
+        if count == 0 { return .success(bytes) }
+        bytes.append(contentsOf: chunk[..<count])
+        if bytes.count > limit { return .failure(ReadError(message: "file too large (over 1 MiB)")) }
+    }
+}
+
+/// The line of the first byte that is not UTF-8.
+private func lineOfInvalidUTF8(_ bytes: [UInt8]) -> Int? {
+    var parser = Unicode.UTF8.ForwardParser()
+    var iterator = bytes.makeIterator()
+    var offset = 0
+    while true {
+        switch parser.parseScalar(from: &iterator) {
+        case .valid(let scalar): offset += scalar.count
+        case .error: return lineNumber(at: offset, in: bytes)
+        case .emptyInput: return nil
+        }
+    }
+}
+
+/// 1-based line of the byte at `index`.
+private func lineNumber<C: Collection>(at index: C.Index, in bytes: C) -> Int where C.Element == UInt8 {
+    bytes[..<index].reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 }
+}

@@ -1,0 +1,244 @@
+// Where each key of a config file sits, so that mistakes found after parsing can name a
+// line. TOMLKit 0.6.0 gives a source position only for syntax errors: parsed nodes carry
+// none (toml++ keeps them, but TOMLKit does not pass them on), and its tables list keys
+// sorted by name rather than in file order. So this file re-reads the text with a small
+// lexer of its own.
+//
+// Theory of operation. The lexer runs only on text toml++ has already accepted, so it
+// needs to know just enough TOML to find where statements start: strings (all four kinds,
+// multi-line ones included, so a `[[network]]` or `name =` inside a string is not taken
+// for one), comments, and brackets that keep an array open across lines. At each
+// statement start it reads either a table header or a dotted key, and records the first
+// line of each key per scope: the root table, `[control]`, or the Nth `[[network]]`.
+// A `[network.x]` header or a `control.x = ...` dotted key counts as key `x` of that
+// scope. Keys inside inline tables are not recorded; their lookups fall back to the
+// enclosing table's header, then to the line naming that table.
+
+struct KeyLines {
+    enum Scope: Hashable {
+        case root
+        case control
+        /// The Nth `[[network]]` table, from 0, matching its index in the parsed array.
+        case network(Int)
+    }
+
+    private var keys: [Scope: [String: Int]] = [:]
+    private var headers: [Scope: Int] = [:]
+    /// The first line with a `\u0000` escape in a string value: TOMLKit reads strings as
+    /// C strings, so such a value would silently end there.
+    fileprivate(set) var nulEscape: Int?
+
+    /// The line of `key` in `scope`, or failing that the best line for the table.
+    func line(of key: String?, in scope: Scope) -> Int? {
+        if let key, let line = keys[scope]?[key] { return line }
+        if let line = headers[scope] { return line }
+        switch scope {
+        case .root: return nil
+        case .control: return keys[.root]?["control"]
+        case .network: return keys[.root]?["network"]
+        }
+    }
+
+    /// The line a table's header is on, if it has one.
+    func header(of scope: Scope) -> Int? { headers[scope] }
+
+    init(_ text: String) {
+        let scanner = Scanner(Array(text.utf8))
+        scanner.run(into: &self)
+    }
+
+    fileprivate mutating func record(_ key: String, in scope: Scope, line: Int) {
+        if keys[scope]?[key] == nil { keys[scope, default: [:]][key] = line }
+    }
+
+    fileprivate mutating func recordHeader(of scope: Scope, line: Int) {
+        if headers[scope] == nil { headers[scope] = line }
+    }
+}
+
+private struct Scanner {
+    let bytes: [UInt8]
+
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    private static let newline = UInt8(ascii: "\n")
+
+    func run(into map: inout KeyLines) {
+        var i = 0
+        var line = 1
+        var depth = 0  // brackets and braces open inside a value
+        var atStatement = true
+        var scope: KeyLines.Scope? = .root  // nil: a table that is no scope of ours
+        var networks = -1
+        while i < bytes.count {
+            let c = bytes[i]
+            switch c {
+            case Self.newline:
+                line += 1
+                i += 1
+                if depth == 0 { atStatement = true }
+                continue
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"):
+                i += 1
+                continue
+            case UInt8(ascii: "#"):
+                while i < bytes.count && bytes[i] != Self.newline { i += 1 }
+                continue
+            default:
+                break
+            }
+            if atStatement {
+                atStatement = false
+                if c == UInt8(ascii: "[") {
+                    let isArray = i + 1 < bytes.count && bytes[i + 1] == UInt8(ascii: "[")
+                    i += isArray ? 2 : 1
+                    let path = keyPath(&i)
+                    guard let first = path.first else { continue }
+                    if isArray && path == ["network"] {
+                        networks += 1
+                        scope = .network(networks)
+                        map.recordHeader(of: .network(networks), line: line)
+                        map.record(first, in: .root, line: line)
+                    } else if !isArray && path == ["control"] {
+                        scope = .control
+                        map.recordHeader(of: .control, line: line)
+                        map.record(first, in: .root, line: line)
+                    } else {
+                        // A sub-table is a key of the table it extends.
+                        scope = nil
+                        if path.count > 1 && first == "network" && networks >= 0 {
+                            map.record(path[1], in: .network(networks), line: line)
+                        } else if path.count > 1 && first == "control" {
+                            map.record(path[1], in: .control, line: line)
+                        } else {
+                            map.record(first, in: .root, line: line)
+                        }
+                    }
+                    continue
+                }
+                let path = keyPath(&i)
+                if let scope, let first = path.first {
+                    map.record(first, in: scope, line: line)
+                    if scope == .root && first == "control" && path.count > 1 {
+                        map.record(path[1], in: .control, line: line)
+                    }
+                }
+                if path.isEmpty { i += 1 }  // not a key after all; never stall
+                continue
+            }
+            switch c {
+            case UInt8(ascii: "\""), UInt8(ascii: "'"):
+                skipString(&i, line: &line, nulEscape: &map.nulEscape)
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                i += 1
+            case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                depth = max(0, depth - 1)
+                i += 1
+            default:
+                i += 1
+            }
+        }
+    }
+
+    /// Reads `a."b c".'d'` up to whatever follows it (`=` or `]`), never past the line.
+    private func keyPath(_ i: inout Int) -> [String] {
+        var path: [String] = []
+        while i < bytes.count {
+            skipBlanks(&i)
+            guard i < bytes.count else { break }
+            let c = bytes[i]
+            if c == UInt8(ascii: "\"") || c == UInt8(ascii: "'") {
+                path.append(quotedKey(&i, quote: c))
+            } else {
+                let start = i
+                while i < bytes.count && Self.isBareKeyByte(bytes[i]) { i += 1 }
+                guard i > start else { break }
+                path.append(String(decoding: bytes[start..<i], as: UTF8.self))
+            }
+            skipBlanks(&i)
+            guard i < bytes.count && bytes[i] == UInt8(ascii: ".") else { break }
+            i += 1
+        }
+        return path
+    }
+
+    private func skipBlanks(_ i: inout Int) {
+        while i < bytes.count && (bytes[i] == UInt8(ascii: " ") || bytes[i] == UInt8(ascii: "\t")) { i += 1 }
+    }
+
+    private static func isBareKeyByte(_ c: UInt8) -> Bool {
+        switch c {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+             UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"), UInt8(ascii: "-"):
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// A quoted key. Only `\"` and `\\` are decoded: keys this loader knows are plain
+    /// ASCII, so any other escape makes an unknown key whichever way it is spelled.
+    private func quotedKey(_ i: inout Int, quote: UInt8) -> String {
+        var out: [UInt8] = []
+        i += 1
+        while i < bytes.count && bytes[i] != quote && bytes[i] != Self.newline {
+            if quote == UInt8(ascii: "\"") && bytes[i] == UInt8(ascii: "\\") && i + 1 < bytes.count {
+                i += 1
+            }
+            out.append(bytes[i])
+            i += 1
+        }
+        if i < bytes.count && bytes[i] == quote { i += 1 }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// `u0000` or `U00000000` after a backslash.
+    private func isNulEscape(at start: Int) -> Bool {
+        guard start < bytes.count else { return false }
+        let digits = bytes[start] == UInt8(ascii: "u") ? 4 : bytes[start] == UInt8(ascii: "U") ? 8 : 0
+        let end = start + 1 + digits
+        return digits > 0 && end <= bytes.count && bytes[(start + 1)..<end].allSatisfy { $0 == UInt8(ascii: "0") }
+    }
+
+    /// Skips a string value of any kind, counting the newlines inside multi-line ones.
+    private func skipString(_ i: inout Int, line: inout Int, nulEscape: inout Int?) {
+        let quote = bytes[i]
+        let escapes = quote == UInt8(ascii: "\"")
+        let multiline = i + 2 < bytes.count && bytes[i + 1] == quote && bytes[i + 2] == quote
+        i += multiline ? 3 : 1
+        while i < bytes.count {
+            let c = bytes[i]
+            if escapes && c == UInt8(ascii: "\\") {
+                // An escaped newline is a line-ending backslash in a multi-line string.
+                if i + 1 < bytes.count && bytes[i + 1] == Self.newline { line += 1 }
+                if nulEscape == nil && isNulEscape(at: i + 1) { nulEscape = line }
+                i += 2
+                continue
+            }
+            if c == Self.newline {
+                if !multiline { return }  // cannot happen in valid TOML; resync at the newline
+                line += 1
+                i += 1
+                continue
+            }
+            if c == quote {
+                guard multiline else {
+                    i += 1
+                    return
+                }
+                if i + 2 < bytes.count && bytes[i + 1] == quote && bytes[i + 2] == quote {
+                    i += 3
+                    // Up to two more quotes belong to the content, before the delimiter.
+                    var extra = 0
+                    while extra < 2 && i < bytes.count && bytes[i] == quote {
+                        i += 1
+                        extra += 1
+                    }
+                    return
+                }
+            }
+            i += 1
+        }
+    }
+}
