@@ -6,11 +6,14 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "slirpd", targets: ["slirpd"]),
+        .executable(name: "slirpctl", targets: ["slirpctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.20.0"),
     ],
     targets: [
         // libslirp through Debian's libslirp-dev; no pkg-config (slirp.pc drags in glib-2.0's).
@@ -24,18 +27,37 @@ let package = Package(
         .target(
             name: "DaemonConfig",
             dependencies: ["NetOptions", .product(name: "TOMLKit", package: "TOMLKit")]),
+        // The API's JSON vocabulary, shared by the daemon and slirpctl.
+        .target(name: "SlirpAPI"),
+        .target(
+            name: "ControlAPI",
+            dependencies: [
+                "SlirpAPI", "PosixIO",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .target(
             name: "SlirpDaemon",
             dependencies: [
-                "PosixIO", "SlirpKit", "FrameSwitch", "NetOptions", "DaemonConfig",
+                "PosixIO", "SlirpKit", "FrameSwitch", "NetOptions", "DaemonConfig", "SlirpAPI",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "slirpd",
             dependencies: [
-                "SlirpDaemon", "NetOptions", "DaemonConfig",
+                "SlirpDaemon", "NetOptions", "DaemonConfig", "ControlAPI", "SlirpAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "slirpctl",
+            dependencies: [
+                "SlirpAPI", "PosixIO",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
         .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch"]),
         .testTarget(name: "NetOptionsTests", dependencies: ["NetOptions"]),

@@ -98,6 +98,17 @@ public struct NetworkOptions: Hashable, Sendable {
 
     /// Parses a `-netdev user` option string such as
     /// `user,id=n0,net=192.168.76.0/24,hostfwd=tcp::2222-:22`.
+    /// Whether a guest forward may be added next to `existing` ones: libslirp's
+    /// check_guestfwd (inside the network, not the gateway or DNS address), plus the
+    /// duplicate check that libslirp 4.7 gets wrong.
+    public func checkGuestForward(_ forward: GuestForward, against existing: [GuestForward]) throws(OptionError) {
+        let address = forward.resolvedAddress(in: self)
+        guard network.contains(address), address != host, address != dns,
+              !existing.contains(where: { $0.port == forward.port && $0.resolvedAddress(in: self) == address }) else {
+            throw .guestForwardConflict(forward.rule)
+        }
+    }
+
     public static func parse(_ text: String) throws(OptionError) -> NetworkOptions {
         let raw = try RawOptions(OptionList(parsing: text))
         return try raw.resolve()
@@ -221,15 +232,9 @@ private struct RawOptions {
 
         // 5. Forwarding rules, in the order QEMU applies them.
         var guestForwards: [GuestForward] = []
-        var taken: Set<UInt64> = []
         for rule in self.guestForwards.reversed() {
             let forward = try GuestForward.parse(rule)
-            // libslirp's check_guestfwd, plus the duplicate check its 4.7 release gets wrong.
-            let address = forward.resolvedAddress(in: options)
-            guard options.network.contains(address), address != options.host, address != options.dns,
-                  taken.insert(UInt64(address.value) << 16 | UInt64(forward.port)).inserted else {
-                throw .guestForwardConflict(rule)
-            }
+            try options.checkGuestForward(forward, against: guestForwards)
             guestForwards.append(forward)
         }
         var hostForwards: [HostForward] = []

@@ -101,3 +101,55 @@ public func writeStandardError(_ text: String) {
     var bytes = Array(text.utf8)
     _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
 }
+
+/// Sets a file's permission bits.
+public func setFileMode(_ path: String, _ mode: UInt32) throws(IOError) {
+    try syscallBlocking("chmod", detail: path) { chmod(path, mode_t(mode)) }
+}
+
+/// SO_PEERCRED, for code that reads peer credentials through another library's socket API.
+public let peerCredentialsSocketOption: Int32 = SO_PEERCRED
+
+/// Nanoseconds since the Unix epoch (for capture timestamps).
+public func realtimeNanoseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+/// The current time as RFC 3339 in UTC, e.g. 2026-11-21T08:30:00Z.
+public func wallClockTimestamp() -> String {
+    var now = time(nil)
+    var parts = tm()
+    gmtime_r(&now, &parts)
+    var buffer = [CChar](repeating: 0, count: 32)
+    let n = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%SZ", &parts)
+    return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// Where slirpd's sockets go by default, and the directory's mode:
+/// `$XDG_RUNTIME_DIR/slirpd`, else `/run/slirpd` for root, else `/tmp/slirpd-UID`.
+public func defaultRuntimeDirectory() -> (path: String, mode: UInt32) {
+    if let xdg = environmentValue("XDG_RUNTIME_DIR"), !xdg.isEmpty { return ("\(xdg)/slirpd", 0o700) }
+    let uid = currentUserID()
+    // Root's sockets are meant for other users' QEMUs (socket mode and group decide who).
+    if uid == 0 { return ("/run/slirpd", 0o755) }
+    return ("/tmp/slirpd-\(uid)", 0o700)
+}
+
+/// Writes all of `bytes` to standard output; false once the reader has gone (EPIPE).
+@discardableResult
+public func writeStandardOutput(_ bytes: [UInt8]) -> Bool {
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeBytes { write(1, $0.baseAddress.map { $0 + offset }, $0.count - offset) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            return false
+        }
+        offset += n
+    }
+    return true
+}
+
+public func errorDescription(_ code: Int32) -> String { String(cString: strerror(code)) }

@@ -93,6 +93,12 @@ public func bindUnixSocket(path: String, kind: SocketKind, mode: mode_t, backlog
     return socket
 }
 
+/// Clears the way for binding a Unix socket at `path` elsewhere (another library binds it):
+/// a stale socket file is removed; a live one, or a file that is not a socket, is an error.
+public func removeStaleSocket(path: String, kind: SocketKind) throws(IOError) {
+    try removeStaleSocket(path: path, address: UnixAddress(path: path), kind: kind)
+}
+
 private func removeStaleSocket(path: String, address: UnixAddress, kind: SocketKind) throws(IOError) {
     var info = stat()
     guard lstat(path, &info) == 0 else { return }

@@ -25,6 +25,9 @@ public struct IOError: Error, Sendable, CustomStringConvertible, Equatable {
         return "\(call): \(reason)"
     }
 
+    /// The address is taken (by a live socket).
+    public var addressInUse: Bool { code == EADDRINUSE }
+
     /// A datagram's receiver no longer exists (its socket closed or its file was removed).
     public var peerIsGone: Bool { code == ECONNREFUSED || code == ENOENT }
 

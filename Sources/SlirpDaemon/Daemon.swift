@@ -10,6 +10,7 @@
 // threads (the control API, later) will post work to the loop instead of touching it.
 import DaemonConfig
 import Logging
+import SlirpAPI
 import NetOptions
 import PosixIO
 import SlirpKit
@@ -23,15 +24,20 @@ public struct DaemonError: Error, Sendable, CustomStringConvertible {
 public final class Daemon {
     private let log = Logger(label: "slirpd")
     private let signals: SignalSource
-    private var networks: [Network] = []
+    let mailbox: Mailbox
+    private(set) var networks: [Network] = []
+    private var eventSinks: [Int: AsyncStream<Event>.Continuation] = [:]
+    private var nextSinkID = 0
     private var pollSet = PollSet()
     private var sources: [Source] = []
     private var networkSources: [Network.Source] = []
     private var running = true
+    private var failure: String?
     private var nextHousekeeping: Int64 = 0
 
     private enum Source {
         case signals
+        case mailbox
         case network(Network, Network.Source)
     }
 
@@ -43,12 +49,17 @@ public final class Daemon {
     public init(networks configs: [NetworkConfig]) throws(DaemonError) {
         do {
             signals = try SignalSource()
+            mailbox = try Mailbox()
         } catch {
-            throw DaemonError("cannot set up signal handling: \(error)")
+            throw DaemonError("cannot set up the event loop: \(error)")
         }
         let relay = Daemon.relayCommand
         do {
-            for config in configs { networks.append(try Network(config: config, relayCommand: relay)) }
+            for config in configs {
+                let net = try Network(config: config, relayCommand: relay)
+                net.onEvent = { [unowned self] event in self.publish(event) }
+                networks.append(net)
+            }
         } catch {
             for n in networks { n.shutdown() }
             throw error
@@ -84,6 +95,18 @@ public final class Daemon {
         while running {
             try iterate()
         }
+        if let failure { throw DaemonError(failure) }
+    }
+
+    /// Stops the loop from any thread; with `error`, `run` then throws it.
+    public static func stop(_ control: DaemonControl, error: String?) {
+        control.mailbox.post { daemon in
+            if let error {
+                daemon.log.error("\(error); shutting down")
+                daemon.failure = error
+            }
+            daemon.running = false
+        }
     }
 
     private func iterate() throws(DaemonError) {
@@ -92,6 +115,8 @@ public final class Daemon {
         sources.removeAll(keepingCapacity: true)
         pollSet.add(signals.descriptor.raw, .input)
         sources.append(.signals)
+        pollSet.add(mailbox.wake.fd, .input)
+        sources.append(.mailbox)
         for net in networks {
             networkSources.removeAll(keepingCapacity: true)
             net.addPollDescriptors(to: &pollSet, sources: &networkSources, now: now)
@@ -121,6 +146,7 @@ public final class Daemon {
                 guard !events.isEmpty else { continue }
                 switch sources[index] {
                 case .signals: handleSignals()
+                case .mailbox: mailbox.wake.drain()
                 case .network(let net, let source): net.handle(source, events: events, now: after)
                 }
             }
@@ -131,10 +157,34 @@ public final class Daemon {
             for net in networks { net.expireMACs(now: after) }
             nextHousekeeping = after + Daemon.housekeepingInterval
         }
+        runPostedJobs()
         for net in networks {
             net.flushPending()
             net.reapClosed()
         }
+    }
+
+    private func runPostedJobs() {
+        for job in mailbox.take() { job(self) }
+    }
+
+    /// The API's handle on this daemon: safe to use from any thread.
+    public var control: DaemonControl { DaemonControl(mailbox: mailbox) }
+
+    // MARK: Events
+
+    private func publish(_ event: Event) {
+        for sink in eventSinks.values { sink.yield(event) }
+    }
+
+    /// A stream of events from now on. A slow reader loses the oldest events past 1024.
+    func subscribeEvents() -> AsyncStream<Event> {
+        let id = nextSinkID
+        nextSinkID += 1
+        let (stream, continuation) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .bufferingNewest(1024))
+        continuation.onTermination = { [mailbox] _ in mailbox.post { daemon in daemon.eventSinks[id] = nil } }
+        eventSinks[id] = continuation
+        return stream
     }
 
     private func handleSignals() {
@@ -155,5 +205,9 @@ public final class Daemon {
             log.info("network \(net.config.name) stopped")
         }
         networks.removeAll()
+        for sink in eventSinks.values { sink.finish() }
+        eventSinks.removeAll()
+        // Requests already posted get an answer (there are no networks left) rather than none.
+        runPostedJobs()
     }
 }

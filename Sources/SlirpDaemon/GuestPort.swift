@@ -34,6 +34,8 @@ final class GuestPort {
     let socket: Descriptor
     let queued = ByteBuffer(capacity: GuestPort.queueCapacity)
     let connectedAt: Int64
+    /// RFC 3339, for the API.
+    let connectedSince = wallClockTimestamp()
 
     var mac: MACAddress?
     /// Set once the port must go; the loop removes it at the end of the iteration.

@@ -3,6 +3,7 @@ import FrameSwitch
 import Logging
 import NetOptions
 import PosixIO
+import SlirpAPI
 import SlirpKit
 
 /// One virtual network: a libslirp instance, a switch, its endpoints and guests.
@@ -27,25 +28,35 @@ final class Network {
     private var flushList: [GuestPort] = []
     private var closing: [GuestPort] = []
 
-    init(config: NetworkConfig, relayCommand: (String, UInt16) throws(SlirpError) -> String) throws(DaemonError) {
+    // Control-plane state (NetworkControl.swift).
+    var forwards: [ForwardEntry] = []
+    var guestForwardRules: [GuestForward] = []
+    var leases: [MACAddress: Lease] = [:]
+    /// Hostnames guests asked for in their DHCP requests, until the NAT acknowledges a lease.
+    var requestedHostnames: [MACAddress: String] = [:]
+    /// Counters of guests that have left, so network totals never go backwards.
+    var closedCounters = Counters()
+    var onEvent: ((Event) -> Void)?
+    var captures: [Int: CaptureSink] = [:]
+    var nextCaptureID = 0
+
+    private let relayCommand: (String, UInt16) throws(SlirpError) -> String
+
+    init(config: NetworkConfig, relayCommand: @escaping (String, UInt16) throws(SlirpError) -> String) throws(DaemonError) {
         self.config = config
         var log = Logger(label: "slirpd")
         log[metadataKey: "network"] = "\(config.name)"
         self.log = log
         do {
             stack = try SlirpStack(options: config.options, mtu: config.mtu)
-            for rule in config.options.hostForwards { try stack.addHostForward(rule) }
+            self.relayCommand = relayCommand
+            for rule in config.options.hostForwards {
+                try stack.addHostForward(rule)
+                forwards.append(ForwardEntry(rule: rule, selector: .address(rule.guestAddress), installed: rule))
+            }
             for rule in config.options.guestForwards {
-                // Resolved here (empty means .4) so the duplicate check sees the address libslirp uses.
-                let address = rule.resolvedAddress(in: config.options)
-                switch rule.target {
-                case .command(let command):
-                    try stack.addGuestExec(address: address, port: rule.port, command: command, rule: rule.rule)
-                case .unix(let path):
-                    try stack.addGuestUnix(address: address, port: rule.port, path: path, rule: rule.rule)
-                case .tcp(let host, let port):
-                    try stack.addGuestExec(address: address, port: rule.port, command: relayCommand(host, port), rule: rule.rule)
-                }
+                try installGuestForward(rule)
+                guestForwardRules.append(rule)
             }
         } catch {
             throw DaemonError(error.message)
@@ -62,6 +73,20 @@ final class Network {
         } catch {
             closeEndpoints()
             throw DaemonError("cannot listen on \(config.endpoints[listeners.count + datagrams.count]): \(error)")
+        }
+    }
+
+    /// Hands a guest forward to libslirp. The address is resolved (empty means .4) so that
+    /// its duplicate check sees the address libslirp uses.
+    func installGuestForward(_ rule: GuestForward) throws(SlirpError) {
+        let address = rule.resolvedAddress(in: config.options)
+        switch rule.target {
+        case .command(let command):
+            try stack.addGuestExec(address: address, port: rule.port, command: command, rule: rule.rule)
+        case .unix(let path):
+            try stack.addGuestUnix(address: address, port: rule.port, path: path, rule: rule.rule)
+        case .tcp(let host, let port):
+            try stack.addGuestExec(address: address, port: rule.port, command: relayCommand(host, port), rule: rule.rule)
         }
     }
 
@@ -124,6 +149,7 @@ final class Network {
                 kind: .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity)), socket: socket, now: now)
             ports[port.id] = port
             log.info("\(port.label) attached on \(listener.spec)")
+            emit(.guestAttached, guest: port, detail: "\(listener.spec)")
         }
     }
 
@@ -242,6 +268,7 @@ final class Network {
         endpoint.peers[sender] = port
         ports[port.id] = port
         log.info("\(port.label) attached on \(endpoint.spec)")
+        emit(.guestAttached, guest: port, detail: "\(endpoint.spec)")
         return port
     }
 
@@ -251,6 +278,8 @@ final class Network {
         guard let header = EthernetHeader(frame) else { return }
         port.rxFrames += 1
         port.rxBytes += frame.count
+        if !captures.isEmpty { capture(frame, header) }
+        snoopGuestDHCP(frame)
         let verdict = bridge.ingress(from: port.id, source: header.source, destination: header.destination, now: monotonicNanoseconds())
         if case .duplicate(let owner) = verdict {
             refuseDuplicate(port, mac: header.source, owner: owner)
@@ -278,6 +307,8 @@ final class Network {
 
     private func fromNAT(_ frame: UnsafeRawBufferPointer) {
         guard let header = EthernetHeader(frame) else { return }
+        if !captures.isEmpty { capture(frame, header) }
+        snoopNATDHCP(frame)
         switch bridge.ingress(from: Network.natPort, source: header.source, destination: header.destination, now: monotonicNanoseconds()) {
         case .forward(let id): ports[id].map { deliver(frame, to: $0) }
         case .flood: for port in ports.values { deliver(frame, to: port) }
@@ -292,6 +323,7 @@ final class Network {
         guard port.refusedFor != mac else { return }
         let ownerLabel = owner == Network.natPort ? "the NAT itself" : (ports[owner]?.label ?? "port \(owner.raw)")
         let advice = "give each QEMU its own MAC with mac= on its -device (e.g. mac=\(randomGuestMAC()))"
+        emit(.duplicateMACRefused, guest: port, mac: mac, detail: "already used by \(ownerLabel)")
         if port.isStream {
             port.close("refused: duplicate MAC \(mac), already used by \(ownerLabel); \(advice)")
             scheduleClose(port)
@@ -336,6 +368,8 @@ final class Network {
             port.socket.close()
             if case .datagram(let endpoint, let peer) = port.kind { endpoint.peers[peer] = nil }
             let stats = "rx \(port.rxFrames) frames/\(port.rxBytes) B, tx \(port.txFrames) frames/\(port.txBytes) B, dropped \(port.drops)"
+            closedCounters = closedCounters + port.counters
+            emit(.guestDetached, guest: port, detail: reason)
             let level: Logger.Level = reason == "disconnected" ? .info : .warning
             log.log(level: level, "\(port.label) detached: \(reason) (\(stats)\(macs.isEmpty ? "" : "; forgot \(macs.count) MAC"))")
         }
@@ -361,6 +395,7 @@ final class Network {
     }
 
     func shutdown() {
+        finishCaptures()
         for port in ports.values { port.socket.close() }
         ports.removeAll()
         closeEndpoints()

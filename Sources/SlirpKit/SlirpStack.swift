@@ -206,6 +206,13 @@ public final class SlirpStack {
         }
     }
 
+    /// Removes a guest forward added by `addGuestExec` or `addGuestUnix`.
+    /// The C call is `slirp_remove_guestfwd`.
+    public func removeGuestForward(address: IPv4Address, port: UInt16) {
+        guard let slirp, guestForwards.remove(GuestForwardKey(address: address, port: port)) != nil else { return }
+        _ = slirp_remove_guestfwd(slirp, inAddr(address), Int32(port))
+    }
+
     private func addGuestForward(address: IPv4Address, port: UInt16, rule: String,
                                  _ add: (OpaquePointer, UnsafeMutablePointer<in_addr>) -> Int32) throws(SlirpError) {
         guard let slirp else { throw SlirpError("network is closed") }

@@ -1,6 +1,7 @@
 // slirpd: the daemon's command line. Parsing and validation happen here, before
 // anything is bound, so a bad option string exits non-zero with QEMU's wording.
 import ArgumentParser
+import ControlAPI
 import DaemonConfig
 import Logging
 import NetOptions
@@ -39,6 +40,18 @@ struct Slirpd: ParsableCommand {
     @Option(help: ArgumentHelp("Permission bits of socket files, in octal.", valueName: "MODE"))
     var socketMode = "0660"
 
+    @Option(help: ArgumentHelp("The control API's Unix socket (default: control.sock in the runtime directory).", valueName: "PATH"))
+    var control: String?
+
+    @Option(help: ArgumentHelp("Permission bits of the control socket, in octal.", valueName: "MODE"))
+    var controlMode = "0600"
+
+    @Option(help: ArgumentHelp("Also let this uid use the control API (the daemon's own uid and root always may). Repeatable.", valueName: "UID"))
+    var allowUid: [UInt32] = []
+
+    @Flag(help: "Serve no control API.")
+    var noControl = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -61,6 +74,7 @@ struct Slirpd: ParsableCommand {
         }
         if let mtu, !(68...65521).contains(mtu) { throw fail("Invalid MTU \(mtu) (must be in range 68-65521)") }
         guard let mode = UInt32(socketMode, radix: 8), mode <= 0o777 else { throw fail("invalid socket mode '\(socketMode)' (octal, e.g. 0660)") }
+        guard let apiMode = UInt32(controlMode, radix: 8), apiMode <= 0o777 else { throw fail("invalid control socket mode '\(controlMode)' (octal, e.g. 0600)") }
         var endpoints: [EndpointSpec] = stream.map { .stream(path: $0) } + dgram.map { .dgram(path: $0) }
         for t in tcp {
             guard let spec = EndpointSpec.tcp(parsing: t) else { throw fail("invalid --tcp '\(t)' (expected HOST:PORT)") }
@@ -71,10 +85,41 @@ struct Slirpd: ParsableCommand {
                 guard !name.contains("/") else { throw fail("invalid network name '\(name)'") }
                 endpoints = [.stream(path: "\(try RuntimePaths.prepareDefaultDirectory())/\(name).sock")]
             }
-            let config = NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode)
-            try Daemon(networks: [config]).run()
+            let config = NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode,
+                                       optionText: options)
+            let daemon = try Daemon(networks: [config])
+            let api: ControlServerConfig? = noControl ? nil : ControlServerConfig(
+                socketPath: try control ?? "\(RuntimePaths.prepareDefaultDirectory())/control.sock",
+                socketMode: apiMode, allowedUIDs: Set(allowUid))
+            let server = api.map { startControlServer($0, daemon.control) }
+            defer {
+                server?.cancel()
+                if let api { removeFile(api.socketPath) }
+            }
+            try daemon.run()
         } catch let error as DaemonError {
             throw fail(error.message)
+        }
+    }
+
+    /// Serves the API on Hummingbird's threads; if it cannot start, the daemon stops with the reason.
+    private func startControlServer(_ config: ControlServerConfig, _ control: DaemonControl) -> Task<Void, Never> {
+        let log = Logger(label: "slirpd")
+        do {
+            try removeStaleSocket(path: config.socketPath, kind: .stream)
+        } catch {
+            let hint = error.addressInUse ? " (another slirpd serves it: give this one its own --control PATH, or --no-control)" : ""
+            Daemon.stop(control, error: "cannot serve the control API at \(config.socketPath): \(error)\(hint)")
+        }
+        return Task.detached {
+            do {
+                try await ControlServer.run(config: config, service: control, ownUID: currentUserID(), logger: log) {
+                    log.notice("control API listening on \(config.socketPath) (mode \(String(config.socketMode, radix: 8)))")
+                }
+            } catch is CancellationError {
+            } catch {
+                Daemon.stop(control, error: "the control API at \(config.socketPath) failed: \(error)")
+            }
         }
     }
 

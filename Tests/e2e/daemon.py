@@ -23,7 +23,10 @@ class Slirpd:
 
     def __init__(self, args: list[str], log_dir: Path, name: str = "slirpd",
                  env: Optional[dict] = None, ready: bool = True):
-        self.args = [SLIRPD, "--log-level", "debug", *args]
+        # Each daemon gets its own control socket, so several can run at once.
+        self.control = str(Path(log_dir) / f"{name}.ctl")
+        extra = [] if ("--control" in args or "--no-control" in args) else ["--control", self.control]
+        self.args = [SLIRPD, "--log-level", "debug", *extra, *args]
         self.log_path = Path(log_dir) / f"{name}.log"
         self._log = ""
         self._lock = threading.Lock()
@@ -33,8 +36,8 @@ class Slirpd:
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
         if ready:
-            wait_for(lambda: "attach a guest" in self.log or self.proc.poll() is not None, 30,
-                     what="slirpd to start")
+            started = "control API listening" if extra else "attach a guest"
+            wait_for(lambda: started in self.log or self.proc.poll() is not None, 30, what="slirpd to start")
             if self.proc.poll() is not None:
                 self._reader.join(5)
                 raise RuntimeError(f"slirpd exited with {self.proc.returncode}:\n{self.log}")

@@ -1,0 +1,208 @@
+// ControlAPI: the HTTP/1.1 + JSON control API on a Unix socket, served by Hummingbird.
+//
+// Theory of operation: Hummingbird runs on its own NIO threads and Swift's concurrency
+// pool, never on the daemon's loop thread. Each request is authorised by the peer
+// credentials of its connection (SO_PEERCRED, checked by `PeerCredentialCheck` before
+// any request is read), routed here, and answered by asking the `ControlService`,
+// which posts the work to the loop and awaits the reply. Paths are versioned (/v1);
+// every error is a 4xx (or 5xx for our own faults) with a JSON body {"error": "..."}.
+// The API is only ever bound to a Unix socket, so no guest network can reach it.
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import PosixIO
+import SlirpAPI
+
+public struct ControlServerConfig: Sendable {
+    public var socketPath: String
+    /// Permission bits of the socket file; the credential check applies whatever they are.
+    public var socketMode: UInt32
+    /// Users allowed besides the daemon's own (and root).
+    public var allowedUIDs: Set<UInt32>
+
+    public init(socketPath: String, socketMode: UInt32, allowedUIDs: Set<UInt32>) {
+        self.socketPath = socketPath
+        self.socketMode = socketMode
+        self.allowedUIDs = allowedUIDs
+    }
+}
+
+public enum ControlServer {
+    /// Serves the API until the calling task is cancelled. `onReady` runs once the socket
+    /// is bound and has its mode.
+    public static func run(
+        config: ControlServerConfig, service: some ControlService, ownUID: UInt32, logger: Logger,
+        onReady: @escaping @Sendable () -> Void = {}
+    ) async throws {
+        let router = Router(context: BasicRequestContext.self)
+        routes(router, service: service)
+        let allowed = config.allowedUIDs.union([ownUID, 0])
+        let check = PeerCredentialCheck.Policy(allowed: allowed, logger: logger)
+        let app = Application(
+            router: router,
+            server: .http1(configuration: .init(additionalChannelHandlers: [PeerCredentialCheck(policy: check)])),
+            configuration: .init(address: .unixDomainSocket(path: config.socketPath), serverName: "slirpd"),
+            onServerRunning: { _ in
+                // Hummingbird binds with the process umask; set the documented mode at once
+                // (the credential check guards the moment in between).
+                try? setFileMode(config.socketPath, config.socketMode)
+                onReady()
+            },
+            logger: logger)
+        // No signal handlers: the daemon's loop owns SIGTERM/SIGINT/SIGHUP (through a
+        // signalfd) and stops this server by cancelling its task.
+        try await app.runService(gracefulShutdownSignals: [])
+    }
+
+    static func routes(_ router: Router<BasicRequestContext>, service: some ControlService) {
+        router.get("/v1/networks") { _, _ in try await json { () throws(APIError) in try await service.networks() } }
+        router.get("/v1/networks/:network") { _, context in
+            try await json { () throws(APIError) in
+                let name = try context.parameter("network")
+                guard let net = try await service.networks().first(where: { $0.name == name }) else {
+                    throw .notFound("no network named '\(name)'")
+                }
+                return net
+            }
+        }
+        router.get("/v1/guests") { _, _ in try await json { () throws(APIError) in try await service.guests(network: nil) } }
+        router.get("/v1/networks/:network/guests") { _, context in
+            try await json { () throws(APIError) in try await service.guests(network: context.parameter("network")) }
+        }
+        router.get("/v1/forwards") { _, _ in try await json { () throws(APIError) in try await service.forwards(network: nil) } }
+        router.get("/v1/networks/:network/forwards") { _, context in
+            try await json { () throws(APIError) in try await service.forwards(network: context.parameter("network")) }
+        }
+        router.post("/v1/networks/:network/forwards") { request, context in
+            try await json(status: .created) { () throws(APIError) in
+                let body = try await decode(ForwardRequest.self, request)
+                return try await service.addForward(network: context.parameter("network"), body)
+            }
+        }
+        router.delete("/v1/networks/:network/forwards/:rule") { _, context in
+            try await json { () throws(APIError) in
+                try await service.removeForward(network: context.parameter("network"), rule: context.parameter("rule"))
+            }
+        }
+        router.get("/v1/guestfwds") { _, _ in try await json { () throws(APIError) in try await service.guestForwards(network: nil) } }
+        router.get("/v1/networks/:network/guestfwds") { _, context in
+            try await json { () throws(APIError) in try await service.guestForwards(network: context.parameter("network")) }
+        }
+        router.post("/v1/networks/:network/guestfwds") { request, context in
+            try await json(status: .created) { () throws(APIError) in
+                let body = try await decode(GuestForwardRequest.self, request)
+                return try await service.addGuestForward(network: context.parameter("network"), body)
+            }
+        }
+        router.delete("/v1/networks/:network/guestfwds/:rule") { _, context in
+            try await json { () throws(APIError) in
+                try await service.removeGuestForward(network: context.parameter("network"), rule: context.parameter("rule"))
+            }
+        }
+        router.get("/v1/connections") { _, _ in try await json { () throws(APIError) in try await service.connections(network: nil) } }
+        router.get("/v1/networks/:network/connections") { request, context in
+            if request.uri.queryParameters.get("format") == "text" {
+                return try await respond { () throws(APIError) in
+                    let text = try await service.usernet(network: context.parameter("network"))
+                    return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
+                                    body: .init(byteBuffer: ByteBuffer(string: text)))
+                }
+            }
+            return try await json { () throws(APIError) in try await service.connections(network: context.parameter("network")) }
+        }
+        router.get("/v1/leases") { _, _ in try await json { () throws(APIError) in try await service.leases(network: nil) } }
+        router.get("/v1/networks/:network/leases") { _, context in
+            try await json { () throws(APIError) in try await service.leases(network: context.parameter("network")) }
+        }
+        router.get("/v1/events") { _, _ in
+            try await respond { () throws(APIError) in
+                let events = try await service.events()
+                let lines = events.map { event in
+                    var line = (try? encoder.encode(event)) ?? Data()
+                    line.append(0x0A)
+                    return ByteBuffer(bytes: line)
+                }
+                return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: .init(asyncSequence: lines))
+            }
+        }
+        router.get("/v1/networks/:network/capture") { request, context in
+            try await respond { () throws(APIError) in
+                let frames = try await service.capture(network: context.parameter("network"),
+                                                       guest: request.uri.queryParameters.get("guest"))
+                return Response(status: .ok, headers: [.contentType: "application/vnd.tcpdump.pcap"],
+                                body: .init(asyncSequence: frames.map { ByteBuffer(bytes: $0) }))
+            }
+        }
+        router.get("/metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(string: await service.metrics())))
+        }
+    }
+}
+
+// MARK: Encoding and errors
+
+private let encoder: JSONEncoder = {
+    let e = JSONEncoder()
+    e.outputFormatting = [.sortedKeys]
+    return e
+}()
+
+/// Runs `body` and encodes its value as JSON, or its APIError as a JSON error response.
+func json<T: Encodable>(status: HTTPResponse.Status = .ok, _ body: () async throws(APIError) -> T) async throws -> Response {
+    try await respond { () throws(APIError) in
+        let value = try await body()
+        guard let data = try? encoder.encode(value) else { throw APIError(500, "cannot encode the response") }
+        return Response(status: status, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: data + [0x0A])))
+    }
+}
+
+func respond(_ body: () async throws(APIError) -> Response) async throws -> Response {
+    do {
+        return try await body()
+    } catch {
+        return errorResponse(error)
+    }
+}
+
+func errorResponse(_ error: APIError) -> Response {
+    let data = (try? encoder.encode(APIError.Body(error: error.message))) ?? Data("{\"error\":\"internal error\"}".utf8)
+    return Response(status: .init(code: error.status), headers: [.contentType: "application/json"],
+                    body: .init(byteBuffer: ByteBuffer(bytes: data + [0x0A])))
+}
+
+/// Reads and decodes a JSON request body of at most 64 KiB.
+func decode<T: Decodable>(_ type: T.Type, _ request: Request) async throws(APIError) -> T {
+    let buffer: ByteBuffer
+    do {
+        buffer = try await request.body.collect(upTo: 64 * 1024)
+    } catch {
+        throw .badRequest("request body missing or larger than 64 KiB")
+    }
+    do {
+        return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+    } catch {
+        throw .badRequest("request body is not a valid \(T.self) JSON object: \(describe(error))")
+    }
+}
+
+private func describe(_ error: any Error) -> String {
+    switch error {
+    case DecodingError.keyNotFound(let key, _): "missing key '\(key.stringValue)'"
+    case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx):
+        "wrong type at '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))'"
+    case DecodingError.dataCorrupted: "malformed JSON"
+    default: "\(error)"
+    }
+}
+
+extension BasicRequestContext {
+    /// A path parameter, decoded from percent-encoding (rules contain ':').
+    func parameter(_ name: String) throws(APIError) -> String {
+        guard let raw = parameters.get(name) else { throw .badRequest("missing path parameter '\(name)'") }
+        return raw.removingPercentEncoding ?? raw
+    }
+}

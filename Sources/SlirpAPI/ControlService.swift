@@ -1,0 +1,30 @@
+/// What the control API asks of the daemon. The daemon implements it by posting work
+/// to its loop thread; the HTTP layer (and its tests) only see this protocol.
+/// `network: nil` means every network.
+public protocol ControlService: Sendable {
+    func networks() async throws(APIError) -> [NetworkInfo]
+    func guests(network: String?) async throws(APIError) -> [GuestInfo]
+
+    func forwards(network: String?) async throws(APIError) -> [ForwardInfo]
+    func addForward(network: String, _ request: ForwardRequest) async throws(APIError) -> ForwardInfo
+    /// `rule` is the host part, as QEMU's hostfwd_remove takes it: `[tcp|udp]:[HOSTADDR]:HOSTPORT`.
+    func removeForward(network: String, rule: String) async throws(APIError) -> ForwardInfo
+
+    func guestForwards(network: String?) async throws(APIError) -> [GuestForwardInfo]
+    func addGuestForward(network: String, _ request: GuestForwardRequest) async throws(APIError) -> GuestForwardInfo
+    /// `rule` is the guest side: `[tcp]:ADDR:PORT`.
+    func removeGuestForward(network: String, rule: String) async throws(APIError) -> GuestForwardInfo
+
+    func connections(network: String?) async throws(APIError) -> [ConnectionInfo]
+    /// libslirp's table as QEMU's `info usernet` prints it.
+    func usernet(network: String) async throws(APIError) -> String
+    func leases(network: String?) async throws(APIError) -> [LeaseInfo]
+
+    /// Prometheus text exposition format.
+    func metrics() async -> String
+
+    /// Events from now on, one per change; the stream ends when the daemon stops.
+    func events() async throws(APIError) -> AsyncStream<Event>
+    /// A live pcap stream (file header first) of a network's frames, or one guest's by MAC.
+    func capture(network: String, guest: String?) async throws(APIError) -> AsyncStream<[UInt8]>
+}

@@ -1,0 +1,251 @@
+// SlirpAPI: the control API's vocabulary, shared by the daemon and slirpctl.
+//
+// Theory of operation: these are plain Codable values, the JSON bodies of the /v1 API
+// described in openapi.yaml. `ControlService` is what the HTTP layer asks of the daemon;
+// the daemon answers by running work on its loop thread, so every method is async and
+// every value crossing it is Sendable. Errors carry the HTTP status they map to.
+
+/// An error for the API's client: a status (4xx for the client's mistakes) and one line.
+public struct APIError: Error, Codable, Sendable, Equatable, CustomStringConvertible {
+    public var status: Int
+    public var message: String
+
+    public init(_ status: Int, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+
+    public static func badRequest(_ message: String) -> APIError { APIError(400, message) }
+    public static func forbidden(_ message: String) -> APIError { APIError(403, message) }
+    public static func notFound(_ message: String) -> APIError { APIError(404, message) }
+    public static func conflict(_ message: String) -> APIError { APIError(409, message) }
+
+    public var description: String { message }
+
+    /// The JSON body of an error response.
+    public struct Body: Codable, Sendable, Equatable {
+        public var error: String
+        public init(error: String) { self.error = error }
+    }
+}
+
+/// Frame and byte counters, per guest and summed per network.
+public struct Counters: Codable, Sendable, Equatable {
+    public var rxFrames: Int
+    public var rxBytes: Int
+    public var txFrames: Int
+    public var txBytes: Int
+    public var drops: Int
+
+    public init(rxFrames: Int = 0, rxBytes: Int = 0, txFrames: Int = 0, txBytes: Int = 0, drops: Int = 0) {
+        self.rxFrames = rxFrames
+        self.rxBytes = rxBytes
+        self.txFrames = txFrames
+        self.txBytes = txBytes
+        self.drops = drops
+    }
+
+    public static func + (a: Counters, b: Counters) -> Counters {
+        Counters(rxFrames: a.rxFrames + b.rxFrames, rxBytes: a.rxBytes + b.rxBytes,
+                 txFrames: a.txFrames + b.txFrames, txBytes: a.txBytes + b.txBytes, drops: a.drops + b.drops)
+    }
+}
+
+public struct NetworkInfo: Codable, Sendable, Equatable {
+    public var name: String
+    /// The option string it was started with (QEMU -netdev user syntax).
+    public var options: String
+    public var network: String
+    public var gateway: String
+    public var dns: String
+    public var dhcpStart: String
+    public var mtu: Int
+    public var restricted: Bool
+    public var endpoints: [String]
+    public var guests: Int
+    public var counters: Counters
+
+    public init(name: String, options: String, network: String, gateway: String, dns: String, dhcpStart: String,
+                mtu: Int, restricted: Bool, endpoints: [String], guests: Int, counters: Counters) {
+        self.name = name
+        self.options = options
+        self.network = network
+        self.gateway = gateway
+        self.dns = dns
+        self.dhcpStart = dhcpStart
+        self.mtu = mtu
+        self.restricted = restricted
+        self.endpoints = endpoints
+        self.guests = guests
+        self.counters = counters
+    }
+}
+
+public struct GuestInfo: Codable, Sendable, Equatable {
+    public var id: UInt32
+    public var network: String
+    /// stream, tcp or dgram.
+    public var transport: String
+    public var endpoint: String
+    /// Who is attached: the peer's pid and uid, its TCP address, or its datagram socket path.
+    public var peer: String
+    public var macs: [String]
+    public var ips: [String]
+    public var hostname: String?
+    public var counters: Counters
+    /// RFC 3339, UTC.
+    public var connectedSince: String
+
+    public init(id: UInt32, network: String, transport: String, endpoint: String, peer: String, macs: [String],
+                ips: [String], hostname: String?, counters: Counters, connectedSince: String) {
+        self.id = id
+        self.network = network
+        self.transport = transport
+        self.endpoint = endpoint
+        self.peer = peer
+        self.macs = macs
+        self.ips = ips
+        self.hostname = hostname
+        self.counters = counters
+        self.connectedSince = connectedSince
+    }
+}
+
+/// A host forward to add: a QEMU hostfwd rule, optionally aimed at a guest by MAC or
+/// DHCP hostname instead of an address, in which case it follows that guest's lease.
+public struct ForwardRequest: Codable, Sendable, Equatable {
+    public var rule: String
+    public var guest: String?
+
+    public init(rule: String, guest: String? = nil) {
+        self.rule = rule
+        self.guest = guest
+    }
+}
+
+public struct ForwardInfo: Codable, Sendable, Equatable {
+    public var network: String
+    /// The rule in QEMU's hostfwd syntax, with the guest address in force now.
+    public var rule: String
+    public var proto: String
+    public var hostAddress: String
+    public var hostPort: Int
+    /// How the guest was named: an address, or a MAC or hostname the forward follows.
+    public var guest: String
+    /// The guest address libslirp forwards to now; nil while a followed guest has no lease.
+    public var guestAddress: String?
+    public var guestPort: Int
+
+    public init(network: String, rule: String, proto: String, hostAddress: String, hostPort: Int, guest: String,
+                guestAddress: String?, guestPort: Int) {
+        self.network = network
+        self.rule = rule
+        self.proto = proto
+        self.hostAddress = hostAddress
+        self.hostPort = hostPort
+        self.guest = guest
+        self.guestAddress = guestAddress
+        self.guestPort = guestPort
+    }
+}
+
+public struct GuestForwardRequest: Codable, Sendable, Equatable {
+    /// QEMU guestfwd syntax: `[tcp]:ADDR:PORT-cmd:COMMAND`, `-tcp:HOST:PORT` or `-unix:PATH`.
+    public var rule: String
+    public init(rule: String) { self.rule = rule }
+}
+
+public struct GuestForwardInfo: Codable, Sendable, Equatable {
+    public var network: String
+    public var rule: String
+    public var address: String
+    public var port: Int
+    public var target: String
+
+    public init(network: String, rule: String, address: String, port: Int, target: String) {
+        self.network = network
+        self.rule = rule
+        self.address = address
+        self.port = port
+        self.target = target
+    }
+}
+
+/// One NAT connection, a row of libslirp's `info usernet` table.
+public struct ConnectionInfo: Codable, Sendable, Equatable {
+    /// TCP, UDP or ICMP, with `[HOST_FORWARD]` rows marked by `hostForward`.
+    public var proto: String
+    public var state: String
+    public var hostForward: Bool
+    public var fd: Int
+    public var sourceAddress: String
+    public var sourcePort: Int
+    public var destinationAddress: String
+    public var destinationPort: Int
+    public var recvQueue: Int
+    public var sendQueue: Int
+
+    public init(proto: String, state: String, hostForward: Bool, fd: Int, sourceAddress: String, sourcePort: Int,
+                destinationAddress: String, destinationPort: Int, recvQueue: Int, sendQueue: Int) {
+        self.proto = proto
+        self.state = state
+        self.hostForward = hostForward
+        self.fd = fd
+        self.sourceAddress = sourceAddress
+        self.sourcePort = sourcePort
+        self.destinationAddress = destinationAddress
+        self.destinationPort = destinationPort
+        self.recvQueue = recvQueue
+        self.sendQueue = sendQueue
+    }
+}
+
+public struct LeaseInfo: Codable, Sendable, Equatable {
+    public var network: String
+    public var mac: String
+    public var ip: String
+    public var hostname: String?
+    /// RFC 3339, UTC: when the NAT last acknowledged it.
+    public var granted: String
+
+    public init(network: String, mac: String, ip: String, hostname: String?, granted: String) {
+        self.network = network
+        self.mac = mac
+        self.ip = ip
+        self.hostname = hostname
+        self.granted = granted
+    }
+}
+
+/// One line of the event stream.
+public struct Event: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        case guestAttached = "guest-attached"
+        case guestDetached = "guest-detached"
+        case leaseGranted = "lease-granted"
+        case duplicateMACRefused = "duplicate-mac-refused"
+        case forwardAdded = "forward-added"
+        case forwardRemoved = "forward-removed"
+    }
+
+    public var time: String
+    public var type: Kind
+    public var network: String
+    public var guest: UInt32?
+    public var mac: String?
+    public var ip: String?
+    public var hostname: String?
+    public var detail: String?
+
+    public init(time: String, type: Kind, network: String, guest: UInt32? = nil, mac: String? = nil, ip: String? = nil,
+                hostname: String? = nil, detail: String? = nil) {
+        self.time = time
+        self.type = type
+        self.network = network
+        self.guest = guest
+        self.mac = mac
+        self.ip = ip
+        self.hostname = hostname
+        self.detail = detail
+    }
+}

@@ -1,0 +1,59 @@
+/// The QEMU flags that attach a guest to an endpoint, shared by slirpd's start-up
+/// banner and `slirpctl qemu-args`. Endpoints are given as the API lists them:
+/// `stream:PATH`, `dgram:PATH` or `tcp:HOST:PORT` (`tcp:[V6]:PORT`).
+public enum QEMUArgs {
+    public enum Failure: Error, Equatable { case unknownEndpoint(String) }
+
+    /// - Parameters:
+    ///   - model: a `-device` NIC (virtio-net-pci, e1000, ...).
+    ///   - localPath: for datagram endpoints, the guest's own socket path (unique per guest).
+    ///   - legacySocket: for TCP endpoints, QEMU's older `-netdev socket,connect=` form (same framing).
+    public static func flags(endpoint: String, mac: String, model: String = "virtio-net-pci", mtu: Int = 0,
+                             localPath: String? = nil, legacySocket: Bool = false) throws(Failure) -> String {
+        // virtio-net tells the guest driver the MTU through host_mtu; other NICs have no such flag.
+        let device = "-device \(model),netdev=n0,mac=\(mac)" + (mtu > 0 && mtu != 1500 && model.hasPrefix("virtio-net") ? ",host_mtu=\(mtu)" : "")
+        if let path = endpoint.dropPrefix("stream:") {
+            return "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=\(path) \(device)"
+        }
+        if let path = endpoint.dropPrefix("dgram:") {
+            let local = localPath ?? sibling(of: path, named: "guest-\(mac.filter { $0 != ":" }).sock")
+            return "-netdev dgram,id=n0,local.type=unix,local.path=\(local),remote.type=unix,remote.path=\(path) \(device)"
+        }
+        if let target = endpoint.dropPrefix("tcp:"), let colon = target.lastIndex(of: ":") {
+            var host = String(target[..<colon])
+            let port = target[target.index(after: colon)...]
+            if host.hasPrefix("[") { host = String(host.dropFirst().dropLast()) }
+            // A wildcard listener is reached through loopback.
+            if host == "0.0.0.0" || host == "::" || host.isEmpty { host = "127.0.0.1" }
+            if legacySocket {
+                return "-netdev socket,id=n0,connect=\(host.contains(":") ? "[\(host)]" : host):\(port) \(device)"
+            }
+            return "-netdev stream,id=n0,server=off,addr.type=inet,addr.host=\(host),addr.port=\(port) \(device)"
+        }
+        throw .unknownEndpoint(endpoint)
+    }
+
+    /// A random unicast MAC under QEMU's 52:54:00 prefix (0x52 has the locally
+    /// administered bit set), avoiding `taken`.
+    public static func freshMAC(avoiding taken: Set<String> = []) -> String {
+        while true {
+            let n = UInt32.random(in: 0...0xFF_FFFF)
+            let mac = "52:54:00:" + [n >> 16, (n >> 8) & 0xFF, n & 0xFF].map { b in
+                let s = String(b, radix: 16)
+                return b < 16 ? "0" + s : s
+            }.joined(separator: ":")
+            if !taken.contains(mac) { return mac }
+        }
+    }
+
+    private static func sibling(of path: String, named name: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return name }
+        return String(path[...slash]) + name
+    }
+}
+
+extension String {
+    fileprivate func dropPrefix(_ prefix: String) -> String? {
+        hasPrefix(prefix) ? String(dropFirst(prefix.count)) : nil
+    }
+}

@@ -1,0 +1,53 @@
+import SlirpAPI
+import SlirpKit
+
+/// The Prometheus text exposition format (version 0.0.4) for every network and guest.
+enum Metrics {
+    static func render(_ networks: [Network]) -> String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String, _ samples: [(labels: String, value: Int)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for s in samples { out += "\(name){\(s.labels)} \(s.value)\n" }
+        }
+        let nets = networks.map { (label: "network=\"\(escape($0.config.name))\"", net: $0) }
+        family("slirpd_guests", "gauge", "Guests attached.", nets.map { ($0.label, $0.net.ports.count) })
+        family("slirpd_leases", "gauge", "DHCP leases the NAT has acknowledged.", nets.map { ($0.label, $0.net.leases.count) })
+        family("slirpd_forwards", "gauge", "Host forwards configured.", nets.map { ($0.label, $0.net.forwards.count) })
+        let totals: [(name: String, help: String, key: KeyPath<Counters, Int>)] = [
+            ("rx_frames", "Frames received from guests.", \.rxFrames),
+            ("rx_bytes", "Bytes received from guests.", \.rxBytes),
+            ("tx_frames", "Frames queued to guests.", \.txFrames),
+            ("tx_bytes", "Bytes queued to guests.", \.txBytes),
+            ("dropped_frames", "Frames dropped: full guest queues, refused or invalid sources.", \.drops),
+        ]
+        for (name, help, key) in totals {
+            family("slirpd_\(name)_total", "counter", help + " Per network, including guests that have left.",
+                   nets.map { ($0.label, $0.net.totalCounters[keyPath: key]) })
+        }
+        for (name, help, key) in totals {
+            family("slirpd_guest_\(name)_total", "counter", help + " Per attached guest.", nets.flatMap { n in
+                n.net.ports.values.sorted { $0.id < $1.id }.map { port in
+                    let mac = port.mac.map { ",mac=\"\($0)\"" } ?? ""
+                    return ("\(n.label),guest=\"\(port.id.raw)\",transport=\"\(port.transport.rawValue)\"\(mac)", port.counters[keyPath: key])
+                }
+            })
+        }
+        out += "# HELP slirpd_build_info The libslirp in use.\n# TYPE slirpd_build_info gauge\n"
+        out += "slirpd_build_info{libslirp=\"\(escape(SlirpStack.libraryVersion))\"} 1\n"
+        return out
+    }
+
+    /// Label values escape backslash, quote and newline.
+    static func escape(_ value: String) -> String {
+        var s = ""
+        for c in value {
+            switch c {
+            case "\\": s += "\\\\"
+            case "\"": s += "\\\""
+            case "\n": s += "\\n"
+            default: s.append(c)
+            }
+        }
+        return s
+    }
+}

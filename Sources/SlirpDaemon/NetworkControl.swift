@@ -1,0 +1,254 @@
+import FrameSwitch
+import NetOptions
+import PosixIO
+import SlirpAPI
+import SlirpKit
+
+/// Which guest a host forward points at. By MAC or hostname, the forward follows that
+/// guest's DHCP lease: it is (re)installed whenever the NAT acknowledges a lease for it.
+enum GuestSelector: Equatable {
+    case address(IPv4Address)
+    case mac(MACAddress)
+    case hostname(String)
+
+    var description: String {
+        switch self {
+        case .address(let a): a == .any ? "" : "\(a)"
+        case .mac(let m): "\(m)"
+        case .hostname(let h): h
+        }
+    }
+}
+
+/// A host forward as configured, and what is installed in libslirp for it now.
+struct ForwardEntry {
+    var rule: HostForward
+    var selector: GuestSelector
+    /// The rule libslirp has, with the guest address in force; nil while the guest has no lease.
+    var installed: HostForward?
+
+    func matches(proto: ForwardProtocol, hostAddress: IPv4Address, hostPort: UInt16) -> Bool {
+        rule.proto == proto && rule.hostAddress == hostAddress && rule.hostPort == hostPort
+    }
+}
+
+struct Lease {
+    var ip: IPv4Address
+    var hostname: String?
+    var granted: String
+}
+
+extension Network {
+    // MARK: Information
+
+    func info() -> NetworkInfo {
+        let o = config.options
+        return NetworkInfo(
+            name: config.name, options: config.optionText, network: "\(o.network.address)/\(o.network.prefixLength)",
+            gateway: "\(o.host)", dns: "\(o.dns)", dhcpStart: "\(o.dhcpStart)", mtu: config.mtu == 0 ? 1500 : config.mtu,
+            restricted: o.restricted, endpoints: config.endpoints.map(\.description), guests: ports.count,
+            counters: totalCounters)
+    }
+
+    var totalCounters: Counters {
+        ports.values.reduce(closedCounters) { $0 + $1.counters }
+    }
+
+    func guestInfos() -> [GuestInfo] {
+        ports.values.sorted { $0.id < $1.id }.map { port in
+            let lease = port.mac.flatMap { leases[$0] }
+            return GuestInfo(
+                id: port.id.raw, network: config.name, transport: port.transport.rawValue, endpoint: port.endpointName,
+                peer: port.peer, macs: port.mac.map { ["\($0)"] } ?? [], ips: lease.map { ["\($0.ip)"] } ?? [],
+                hostname: lease?.hostname, counters: port.counters, connectedSince: port.connectedSince)
+        }
+    }
+
+    func leaseInfos() -> [LeaseInfo] {
+        leases.sorted { $0.value.ip < $1.value.ip }.map { mac, lease in
+            LeaseInfo(network: config.name, mac: "\(mac)", ip: "\(lease.ip)", hostname: lease.hostname, granted: lease.granted)
+        }
+    }
+
+    func connectionInfos() -> [ConnectionInfo] {
+        ConnectionTable.parse(stack.connectionInfo()).map { c in
+            ConnectionInfo(proto: c.proto, state: c.state, hostForward: c.hostForward, fd: c.fd, sourceAddress: c.sourceAddress,
+                           sourcePort: c.sourcePort, destinationAddress: c.destinationAddress,
+                           destinationPort: c.destinationPort, recvQueue: c.recvQueue, sendQueue: c.sendQueue)
+        }
+    }
+
+    // MARK: Host forwards
+
+    func forwardInfos() -> [ForwardInfo] {
+        forwards.map(forwardInfo)
+    }
+
+    private func forwardInfo(_ entry: ForwardEntry) -> ForwardInfo {
+        let r = entry.rule
+        let guestAddress = entry.installed.map { "\($0.guestAddress == .any ? config.options.dhcpStart : $0.guestAddress)" }
+        let host = r.hostAddress == .any ? "" : "\(r.hostAddress)"
+        return ForwardInfo(
+            network: config.name, rule: "\(r.proto.rawValue):\(host):\(r.hostPort)-\(guestAddress ?? ""):\(r.guestPort)",
+            proto: r.proto.rawValue, hostAddress: host.isEmpty ? "0.0.0.0" : host, hostPort: Int(r.hostPort),
+            guest: entry.selector.description.isEmpty ? "\(config.options.dhcpStart)" : entry.selector.description,
+            guestAddress: guestAddress, guestPort: Int(r.guestPort))
+    }
+
+    func addForward(_ request: ForwardRequest) throws(APIError) -> ForwardInfo {
+        let rule: HostForward
+        do {
+            rule = try HostForward.parse(request.rule)
+        } catch {
+            throw .badRequest(error.message)
+        }
+        if forwards.contains(where: { $0.matches(proto: rule.proto, hostAddress: rule.hostAddress, hostPort: rule.hostPort) }) {
+            throw .conflict("a \(rule.proto.rawValue) forward from \(rule.hostAddress):\(rule.hostPort) already exists on network \(config.name)")
+        }
+        let selector = try Self.selector(request.guest, rule: rule)
+        var entry = ForwardEntry(rule: rule, selector: selector, installed: nil)
+        if let target = resolve(selector) {
+            var concrete = rule
+            concrete.guestAddress = target
+            do {
+                try stack.addHostForward(concrete)
+            } catch {
+                throw .conflict(error.message)
+            }
+            entry.installed = concrete
+        }
+        forwards.append(entry)
+        log.info("forward added: \(request.rule)\(request.guest.map { " to guest \($0)" } ?? "")\(entry.installed == nil ? " (waiting for that guest's lease)" : "")")
+        emit(.forwardAdded, detail: forwardInfo(entry).rule)
+        return forwardInfo(entry)
+    }
+
+    private static func selector(_ guest: String?, rule: HostForward) throws(APIError) -> GuestSelector {
+        guard let guest, !guest.isEmpty else { return .address(rule.guestAddress) }
+        if rule.guestAddress != .any {
+            throw .badRequest("give the guest either in the rule or as 'guest', not both")
+        }
+        if let mac = MACAddress(guest) { return .mac(mac) }
+        if let ip = IPv4Address(guest) { return .address(ip) }
+        guard guest.utf8.count <= 63, guest.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." }) else {
+            throw .badRequest("'\(guest)' is not an IPv4 address, a MAC address or a DHCP hostname")
+        }
+        return .hostname(guest)
+    }
+
+    /// The address a selector points at now, or nil when the guest has no lease.
+    private func resolve(_ selector: GuestSelector) -> IPv4Address? {
+        switch selector {
+        case .address(let a): return a
+        case .mac(let m): return leases[m]?.ip
+        case .hostname(let h): return leases.values.first { $0.hostname == h }?.ip
+        }
+    }
+
+    func removeForward(hostPart: String) throws(APIError) -> ForwardInfo {
+        let parts = hostPart.split(separator: ":", omittingEmptySubsequences: false)
+        let proto = parts.first.flatMap { $0.isEmpty ? .tcp : ForwardProtocol(rawValue: String($0)) }
+        let address = parts.count == 3 ? (parts[1].isEmpty ? .any : IPv4Address(String(parts[1]))) : nil
+        guard parts.count == 3, let proto, let address, let port = UInt16(parts[2]) else {
+            throw .badRequest("Invalid host forwarding rule '\(hostPart)' (expected [tcp|udp]:[HOSTADDR]:HOSTPORT)")
+        }
+        guard let index = forwards.firstIndex(where: { $0.matches(proto: proto, hostAddress: address, hostPort: port) }) else {
+            throw .notFound("no \(proto.rawValue) forward from \(address):\(port) on network \(config.name)")
+        }
+        let entry = forwards.remove(at: index)
+        if let installed = entry.installed { try? stack.removeHostForward(installed) }
+        log.info("forward removed: \(hostPart)")
+        emit(.forwardRemoved, detail: forwardInfo(entry).rule)
+        return forwardInfo(entry)
+    }
+
+    /// Points forwards that follow `mac` or `hostname` at the guest's new address.
+    func followLease(mac: MACAddress, lease: Lease) {
+        for i in forwards.indices {
+            let follows: Bool
+            switch forwards[i].selector {
+            case .mac(let m): follows = m == mac
+            case .hostname(let h): follows = h == lease.hostname
+            case .address: follows = false
+            }
+            guard follows, forwards[i].installed?.guestAddress != lease.ip else { continue }
+            if let old = forwards[i].installed { try? stack.removeHostForward(old) }
+            var concrete = forwards[i].rule
+            concrete.guestAddress = lease.ip
+            do {
+                try stack.addHostForward(concrete)
+                forwards[i].installed = concrete
+                log.info("forward \(forwards[i].rule.rule) now points at \(lease.ip) (\(forwards[i].selector.description))")
+            } catch {
+                forwards[i].installed = nil
+                log.error("cannot re-point forward \(forwards[i].rule.rule) at \(lease.ip): \(error)")
+            }
+        }
+    }
+
+    // MARK: Guest forwards
+
+    func guestForwardInfos() -> [GuestForwardInfo] {
+        guestForwardRules.map(guestForwardInfo)
+    }
+
+    private func guestForwardInfo(_ rule: GuestForward) -> GuestForwardInfo {
+        let target: String
+        switch rule.target {
+        case .command(let c): target = "cmd:\(c)"
+        case .tcp(let h, let p): target = "tcp:\(h):\(p)"
+        case .unix(let path): target = "unix:\(path)"
+        }
+        return GuestForwardInfo(network: config.name, rule: rule.rule, address: "\(rule.resolvedAddress(in: config.options))",
+                                port: Int(rule.port), target: target)
+    }
+
+    func addGuestForward(_ text: String) throws(APIError) -> GuestForwardInfo {
+        let rule: GuestForward
+        do {
+            rule = try GuestForward.parse(text)
+            try config.options.checkGuestForward(rule, against: guestForwardRules)
+        } catch {
+            throw .badRequest(error.message)
+        }
+        do {
+            try installGuestForward(rule)
+        } catch {
+            throw .conflict(error.message)
+        }
+        guestForwardRules.append(rule)
+        log.info("guest forward added: \(text)")
+        return guestForwardInfo(rule)
+    }
+
+    func removeGuestForward(_ text: String) throws(APIError) -> GuestForwardInfo {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        let address = parts.count == 3 ? (parts[1].isEmpty ? .any : IPv4Address(String(parts[1]))) : nil
+        guard parts.count == 3, parts[0] == "tcp" || parts[0].isEmpty, let address, let port = UInt16(parts[2]) else {
+            throw .badRequest("Invalid guest forwarding rule '\(text)' (expected [tcp]:[ADDR]:PORT)")
+        }
+        let probe = GuestForward(address: address, port: port, target: .command(""), rule: text)
+        let wanted = probe.resolvedAddress(in: config.options)
+        guard let index = guestForwardRules.firstIndex(where: { $0.resolvedAddress(in: config.options) == wanted && $0.port == port }) else {
+            throw .notFound("no guest forward for \(wanted):\(port) on network \(config.name)")
+        }
+        let rule = guestForwardRules.remove(at: index)
+        stack.removeGuestForward(address: wanted, port: port)
+        log.info("guest forward removed: \(rule.rule)")
+        return guestForwardInfo(rule)
+    }
+
+    // MARK: Events
+
+    func emit(_ kind: Event.Kind, guest: GuestPort? = nil, mac: MACAddress? = nil, ip: IPv4Address? = nil,
+              hostname: String? = nil, detail: String? = nil) {
+        onEvent?(Event(time: wallClockTimestamp(), type: kind, network: config.name, guest: guest?.id.raw,
+                       mac: (mac ?? guest?.mac).map { "\($0)" }, ip: ip.map { "\($0)" }, hostname: hostname, detail: detail))
+    }
+}
+
+extension GuestPort {
+    var counters: Counters {
+        Counters(rxFrames: rxFrames, rxBytes: rxBytes, txFrames: txFrames, txBytes: txBytes, drops: drops)
+    }
+}
