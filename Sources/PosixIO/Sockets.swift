@@ -78,7 +78,8 @@ private func newSocket(domain: Int32, kind: SocketKind) throws(IOError) -> Descr
 /// A socket file that still answers belongs to a live daemon and is never taken over;
 /// a file that is not a socket is never removed. The mode is set before `listen`, so
 /// no client can connect through a wider mode in between.
-public func bindUnixSocket(path: String, kind: SocketKind, mode: mode_t, backlog: Int32 = 128) throws(IOError) -> Descriptor {
+public func bindUnixSocket(path: String, kind: SocketKind, mode: mode_t, group: String? = nil,
+                           backlog: Int32 = 128) throws(IOError) -> Descriptor {
     let address = try UnixAddress(path: path)
     try removeStaleSocket(path: path, address: address, kind: kind)
     let socket = try newSocket(domain: AF_UNIX, kind: kind)
@@ -89,6 +90,10 @@ public func bindUnixSocket(path: String, kind: SocketKind, mode: mode_t, backlog
         }
     }
     try syscallBlocking("chmod", detail: path) { chmod(path, mode) }
+    if let group {
+        let gid = try groupID(named: group)
+        try syscallBlocking("chown", detail: "\(path) to group \(group)") { chown(path, uid_t.max, gid) }
+    }
     if kind == .stream { try syscallBlocking("listen", detail: path) { listen(socket.raw, backlog) } }
     return socket
 }
@@ -290,4 +295,17 @@ private func describe(_ storage: inout sockaddr_storage, _ length: socklen_t, fd
         guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &size) == 0 else { return "unix peer" }
         return "pid \(cred.pid) uid \(cred.uid)"
     }
+}
+
+/// A group's id by name (or a number given as text).
+public func groupID(named name: String) throws(IOError) -> gid_t {
+    if let number = gid_t(name) { return number }
+    var entry = group()
+    var result: UnsafeMutablePointer<group>?
+    var buffer = [CChar](repeating: 0, count: 16384)
+    let rc = getgrnam_r(name, &entry, &buffer, buffer.count, &result)
+    guard rc == 0, result != nil else {
+        throw IOError(call: "getgrnam", code: rc == 0 ? ENOENT : rc, detail: "no group named '\(name)'")
+    }
+    return entry.gr_gid
 }

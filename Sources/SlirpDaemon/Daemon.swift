@@ -22,10 +22,12 @@ public struct DaemonError: Error, Sendable, CustomStringConvertible {
 }
 
 public final class Daemon {
-    private let log = Logger(label: "slirpd")
+    let log = Logger(label: "slirpd")
     private let signals: SignalSource
     let mailbox: Mailbox
-    private(set) var networks: [Network] = []
+    var networks: [Network] = []
+    /// Reads the config file again (SIGHUP); nil when networks came from the command line.
+    let reloadSource: (() throws(DaemonError) -> [NetworkConfig])?
     private var eventSinks: [Int: AsyncStream<Event>.Continuation] = [:]
     private var nextSinkID = 0
     private var pollSet = PollSet()
@@ -46,24 +48,29 @@ public final class Daemon {
 
     /// Binds every endpoint of every network, or throws and leaves nothing behind.
     /// Signals are blocked here, before any other thread exists, so they reach only the loop.
-    public init(networks configs: [NetworkConfig]) throws(DaemonError) {
+    public init(networks configs: [NetworkConfig], reloadSource: (() throws(DaemonError) -> [NetworkConfig])? = nil) throws(DaemonError) {
+        self.reloadSource = reloadSource
         do {
             signals = try SignalSource()
             mailbox = try Mailbox()
         } catch {
             throw DaemonError("cannot set up the event loop: \(error)")
         }
-        let relay = Daemon.relayCommand
         do {
-            for config in configs {
-                let net = try Network(config: config, relayCommand: relay)
-                net.onEvent = { [unowned self] event in self.publish(event) }
-                networks.append(net)
-            }
+            for config in configs { try startNetwork(config) }
         } catch {
             for n in networks { n.shutdown() }
             throw error
         }
+    }
+
+    /// Binds a network's endpoints and adds it to the loop.
+    @discardableResult
+    func startNetwork(_ config: NetworkConfig) throws(DaemonError) -> Network {
+        let net = try Network(config: config, relayCommand: Daemon.relayCommand)
+        net.onEvent = { [unowned self] event in self.publish(event) }
+        networks.append(net)
+        return net
     }
 
     /// The command libslirp runs for each guest connection to a `guestfwd=...-tcp:HOST:PORT` rule.
@@ -75,13 +82,9 @@ public final class Daemon {
         return "\(exe) --guestfwd-relay \(host):\(port)"
     }
 
-    /// Lines describing how to attach QEMU to each endpoint.
-    func attachInstructions() -> [String] {
-        networks.flatMap { net in
-            net.config.endpoints.flatMap { spec in
-                QEMUFlags.instructions(network: net.config.name, endpoint: spec, mtu: net.config.mtu)
-            }
-        }
+    /// Lines describing how to attach QEMU to each of a network's endpoints.
+    func attachLines(_ net: Network) -> [String] {
+        net.config.endpoints.flatMap { QEMUFlags.instructions(network: net.config.name, endpoint: $0, mtu: net.config.mtu) }
     }
 
     /// Runs until SIGTERM or SIGINT, then closes every guest, socket and socket file.
@@ -91,7 +94,7 @@ public final class Daemon {
             let o = net.config.options
             log.info("network \(net.config.name): \(o.network.address)/\(o.network.prefixLength), gateway \(o.host), DNS \(o.dns), DHCP from \(o.dhcpStart)\(net.config.mtu > 0 ? ", MTU \(net.config.mtu)" : "") (libslirp \(SlirpStack.libraryVersion))")
         }
-        for line in attachInstructions() { log.notice("\(line)") }
+        for line in networks.flatMap(attachLines) { log.notice("\(line)") }
         while running {
             try iterate()
         }
@@ -191,7 +194,7 @@ public final class Daemon {
         while let number = signals.next() {
             switch number {
             case SignalNumber.hangup:
-                log.notice("SIGHUP: nothing to reload; networks are set on the command line")
+                reload()
             default:
                 log.notice("\(signalName(number)): shutting down")
                 running = false

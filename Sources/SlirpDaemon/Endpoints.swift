@@ -11,11 +11,11 @@ final class StreamListener {
     var pausedUntil: Int64 = 0
     static let pauseAfterError: Int64 = 250_000_000
 
-    init(spec: EndpointSpec, mode: UInt32) throws(IOError) {
+    init(spec: EndpointSpec, mode: UInt32, group: String?) throws(IOError) {
         self.spec = spec
         switch spec {
         case .stream(let path):
-            socket = try bindUnixSocket(path: path, kind: .stream, mode: mode)
+            socket = try bindUnixSocket(path: path, kind: .stream, mode: mode, group: group)
             transport = .stream
         case .tcp(let host, let port):
             socket = try listenTCP(host: host, port: port)
@@ -44,10 +44,10 @@ final class DatagramEndpoint {
     var peers: [UnixAddress: GuestPort] = [:]
     var badDatagrams = 0
 
-    init(path: String, mode: UInt32) throws(IOError) {
+    init(path: String, mode: UInt32, group: String?) throws(IOError) {
         self.spec = .dgram(path: path)
         self.path = path
-        socket = try bindUnixSocket(path: path, kind: .datagram, mode: mode)
+        socket = try bindUnixSocket(path: path, kind: .datagram, mode: mode, group: group)
         // Room for bursts from many peers before the kernel drops on our side.
         socket.setBufferSizes(send: 4 << 20, receive: 4 << 20)
     }

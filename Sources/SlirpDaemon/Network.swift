@@ -16,7 +16,8 @@ import SlirpKit
 final class Network {
     static let natPort = PortID(0)
 
-    let config: NetworkConfig
+    /// Replaced by a reload that changes only forwards.
+    var config: NetworkConfig
     let stack: SlirpStack
     let log: Logger
     private(set) var listeners: [StreamListener] = []
@@ -66,8 +67,8 @@ final class Network {
         do {
             for spec in config.endpoints {
                 switch spec {
-                case .stream, .tcp: listeners.append(try StreamListener(spec: spec, mode: config.socketMode))
-                case .dgram(let path): datagrams.append(try DatagramEndpoint(path: path, mode: config.socketMode))
+                case .stream, .tcp: listeners.append(try StreamListener(spec: spec, mode: config.socketMode, group: config.socketGroup))
+                case .dgram(let path): datagrams.append(try DatagramEndpoint(path: path, mode: config.socketMode, group: config.socketGroup))
                 }
             }
         } catch {

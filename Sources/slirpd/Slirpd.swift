@@ -43,8 +43,11 @@ struct Slirpd: ParsableCommand {
     @Option(help: ArgumentHelp("The control API's Unix socket (default: control.sock in the runtime directory).", valueName: "PATH"))
     var control: String?
 
-    @Option(help: ArgumentHelp("Permission bits of the control socket, in octal.", valueName: "MODE"))
-    var controlMode = "0600"
+    @Option(help: ArgumentHelp("Permission bits of the control socket, in octal (default 0600).", valueName: "MODE"))
+    var controlMode: String?
+
+    @Option(help: ArgumentHelp("Read the networks (and control settings) from a TOML file instead of the network flags; SIGHUP re-reads it.", valueName: "FILE"))
+    var config: String?
 
     @Option(help: ArgumentHelp("Also let this uid use the control API (the daemon's own uid and root always may). Repeatable.", valueName: "UID"))
     var allowUid: [UInt32] = []
@@ -74,23 +77,38 @@ struct Slirpd: ParsableCommand {
         }
         if let mtu, !(68...65521).contains(mtu) { throw fail("Invalid MTU \(mtu) (must be in range 68-65521)") }
         guard let mode = UInt32(socketMode, radix: 8), mode <= 0o777 else { throw fail("invalid socket mode '\(socketMode)' (octal, e.g. 0660)") }
-        guard let apiMode = UInt32(controlMode, radix: 8), apiMode <= 0o777 else { throw fail("invalid control socket mode '\(controlMode)' (octal, e.g. 0600)") }
+        var apiMode: UInt32?
+        if let controlMode {
+            guard let m = UInt32(controlMode, radix: 8), m <= 0o777 else { throw fail("invalid control socket mode '\(controlMode)' (octal, e.g. 0600)") }
+            apiMode = m
+        }
         var endpoints: [EndpointSpec] = stream.map { .stream(path: $0) } + dgram.map { .dgram(path: $0) }
         for t in tcp {
             guard let spec = EndpointSpec.tcp(parsing: t) else { throw fail("invalid --tcp '\(t)' (expected HOST:PORT)") }
             endpoints.append(spec)
         }
         do {
-            if endpoints.isEmpty {
+            var networks: [NetworkConfig]
+            var controlConfig = ControlConfig()
+            var reloadSource: (() throws(DaemonError) -> [NetworkConfig])?
+            if let path = config {
+                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, mtu == nil, name == "default", socketMode == "0660" else {
+                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --name, --mtu and --socket-mode: set those in \(path)")
+                }
+                let loaded = try Self.load(path)
+                networks = loaded.networks
+                controlConfig = loaded.control
+                reloadSource = { () throws(DaemonError) in try Self.load(path).networks }
+            } else {
+                networks = [NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode,
+                                          optionText: options)]
                 guard !name.contains("/") else { throw fail("invalid network name '\(name)'") }
-                endpoints = [.stream(path: "\(try RuntimePaths.prepareDefaultDirectory())/\(name).sock")]
+                networks = try Self.withDefaultEndpoints(networks)
             }
-            let config = NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode,
-                                       optionText: options)
-            let daemon = try Daemon(networks: [config])
+            let daemon = try Daemon(networks: networks, reloadSource: reloadSource)
             let api: ControlServerConfig? = noControl ? nil : ControlServerConfig(
-                socketPath: try control ?? "\(RuntimePaths.prepareDefaultDirectory())/control.sock",
-                socketMode: apiMode, allowedUIDs: Set(allowUid))
+                socketPath: try control ?? controlConfig.socketPath ?? "\(RuntimePaths.prepareDefaultDirectory())/control.sock",
+                socketMode: apiMode ?? controlConfig.socketMode, allowedUIDs: Set(allowUid + controlConfig.allowUIDs))
             let server = api.map { startControlServer($0, daemon.control) }
             defer {
                 server?.cancel()
@@ -100,6 +118,29 @@ struct Slirpd: ParsableCommand {
         } catch let error as DaemonError {
             throw fail(error.message)
         }
+    }
+
+    /// Reads the config file; networks that name no endpoint get the default socket.
+    private static func load(_ path: String) throws(DaemonError) -> DaemonConfiguration {
+        do {
+            var loaded = try ConfigFile.load(path: path)
+            loaded.networks = try withDefaultEndpoints(loaded.networks)
+            return loaded
+        } catch let error as ConfigError {
+            throw DaemonError(error.description)
+        } catch let error as DaemonError {
+            throw error
+        } catch {
+            throw DaemonError("\(error)")
+        }
+    }
+
+    private static func withDefaultEndpoints(_ networks: [NetworkConfig]) throws(DaemonError) -> [NetworkConfig] {
+        var result = networks
+        for i in result.indices where result[i].endpoints.isEmpty {
+            result[i].endpoints = [.stream(path: "\(try RuntimePaths.prepareDefaultDirectory())/\(result[i].name).sock")]
+        }
+        return result
     }
 
     /// Serves the API on Hummingbird's threads; if it cannot start, the daemon stops with the reason.
