@@ -89,12 +89,18 @@ public func bindUnixSocket(path: String, kind: SocketKind, mode: mode_t, group: 
             try syscallBlocking("bind", detail: path) { bind(socket.raw, sa, address.length) }
         }
     }
-    try syscallBlocking("chmod", detail: path) { chmod(path, mode) }
-    if let group {
-        let gid = try groupID(named: group)
-        try syscallBlocking("chown", detail: "\(path) to group \(group)") { chown(path, uid_t.max, gid) }
+    do {
+        try syscallBlocking("chmod", detail: path) { chmod(path, mode) }
+        if let group {
+            let gid = try groupID(named: group)
+            try syscallBlocking("chown", detail: "\(path) to group \(group)") { chown(path, uid_t.max, gid) }
+        }
+        if kind == .stream { try syscallBlocking("listen", detail: path) { listen(socket.raw, backlog) } }
+    } catch {
+        // The file is ours from bind on: leave nothing behind on failure.
+        unlink(path)
+        throw error
     }
-    if kind == .stream { try syscallBlocking("listen", detail: path) { listen(socket.raw, backlog) } }
     return socket
 }
 

@@ -153,3 +153,17 @@ def test_descriptor_exhaustion_pauses_accept_instead_of_spinning(tmp_path):
             c.close()
         proc.terminate()
         proc.wait(10)
+
+
+def test_socket_group_from_config_and_cleanup_on_failure(tmp_path):
+    import grp
+    s = tmp_path / "g.sock"
+    good = tmp_path / "good.toml"
+    good.write_text(f'[[network]]\nname = "g"\nstream = ["{s}"]\nsocket-group = "users"\n')
+    with Slirpd(["--config", str(good)], tmp_path):
+        assert os.stat(s).st_gid == grp.getgrnam("users").gr_gid
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[[network]]\nname = "g"\nstream = ["{s}"]\nsocket-group = "no-such-group-here"\n')
+    r = run_slirpd(["--config", str(bad), "--no-control"])
+    assert r.returncode == 1 and "no group named 'no-such-group-here'" in r.stderr, r.stderr
+    assert not s.exists(), "a failed start must not leave its socket file behind"
