@@ -53,7 +53,7 @@ final class Network {
             self.relayCommand = relayCommand
             for rule in config.options.hostForwards {
                 try stack.addHostForward(rule)
-                forwards.append(ForwardEntry(rule: rule, selector: .address(rule.guestAddress), installed: rule))
+                forwards.append(ForwardEntry(rule: rule, hostAddress6: nil, guestAddress6: nil, selector: .address(rule.guestAddress), installed: rule))
             }
             for rule in config.options.guestForwards {
                 try installGuestForward(rule)

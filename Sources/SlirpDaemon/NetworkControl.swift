@@ -1,4 +1,5 @@
 import FrameSwitch
+import Foundation
 import NetOptions
 import PosixIO
 import SlirpAPI
@@ -23,13 +24,46 @@ enum GuestSelector: Equatable {
 /// A host forward as configured, and what is installed in libslirp for it now.
 struct ForwardEntry {
     var rule: HostForward
+    /// IPv6 host and guest addresses (`tcp:[::1]:8080-[fec0::15]:80`), which replace the rule's.
+    var hostAddress6: IPv6Address?
+    var guestAddress6: IPv6Address?
     var selector: GuestSelector
     /// The rule libslirp has, with the guest address in force; nil while the guest has no lease.
     var installed: HostForward?
 
-    func matches(proto: ForwardProtocol, hostAddress: IPv4Address, hostPort: UInt16) -> Bool {
-        rule.proto == proto && rule.hostAddress == hostAddress && rule.hostPort == hostPort
+    func matches(_ other: HostSide) -> Bool {
+        rule.proto == other.proto && rule.hostPort == other.port && hostAddress6 == other.address6
+            && (other.address6 != nil || rule.hostAddress == other.address)
     }
+}
+
+/// The host side of a forward, which identifies it: `[tcp|udp]:[HOSTADDR]:HOSTPORT`.
+struct HostSide {
+    var proto: ForwardProtocol
+    var address: IPv4Address
+    var address6: IPv6Address?
+    var port: UInt16
+}
+
+/// QEMU 7.2's hostfwd syntax has no IPv6; slirpd accepts bracketed addresses
+/// (`tcp:[::1]:8080-[fec0::15]:80`). Returns the text with them emptied, and the addresses
+/// before and after the `-`.
+private func splitIPv6(_ text: String) throws(APIError) -> (String, host: IPv6Address?, guest: IPv6Address?) {
+    var rest = Substring(text)
+    var out = ""
+    var host: IPv6Address?, guest: IPv6Address?
+    var guestSide = false
+    while let c = rest.first {
+        rest = rest.dropFirst()
+        if c == "-" { guestSide = true }
+        guard c == "[" else { out.append(c); continue }
+        guard let close = rest.firstIndex(of: "]"), let address = IPv6Address(String(rest[..<close])) else {
+            throw .badRequest("Invalid host forwarding rule '\(text)' (Bad \(guestSide ? "guest" : "host") address)")
+        }
+        if guestSide { guest = address } else { host = address }
+        rest = rest[rest.index(after: close)...]
+    }
+    return (out, host, guest)
 }
 
 struct Lease {
@@ -86,36 +120,46 @@ extension Network {
 
     private func forwardInfo(_ entry: ForwardEntry) -> ForwardInfo {
         let r = entry.rule
-        let guestAddress = entry.installed.map { "\($0.guestAddress == .any ? config.options.dhcpStart : $0.guestAddress)" }
-        let host = r.hostAddress == .any ? "" : "\(r.hostAddress)"
+        let guestAddress = entry.guestAddress6.map { "\($0)" }
+            ?? entry.installed.map { "\($0.guestAddress == .any ? config.options.dhcpStart : $0.guestAddress)" }
+        let host = entry.hostAddress6.map { "[\($0)]" } ?? (r.hostAddress == .any ? "" : "\(r.hostAddress)")
         return ForwardInfo(
-            network: config.name, rule: "\(r.proto.rawValue):\(host):\(r.hostPort)-\(guestAddress ?? ""):\(r.guestPort)",
-            proto: r.proto.rawValue, hostAddress: host.isEmpty ? "0.0.0.0" : host, hostPort: Int(r.hostPort),
-            guest: entry.selector.description.isEmpty ? "\(config.options.dhcpStart)" : entry.selector.description,
+            network: config.name,
+            rule: "\(r.proto.rawValue):\(host):\(r.hostPort)-\(entry.guestAddress6.map { "[\($0)]" } ?? guestAddress ?? ""):\(r.guestPort)",
+            proto: r.proto.rawValue, hostAddress: entry.hostAddress6.map { "\($0)" } ?? (host.isEmpty ? "0.0.0.0" : host),
+            hostPort: Int(r.hostPort),
+            guest: entry.guestAddress6.map { "\($0)" }
+                ?? (entry.selector.description.isEmpty ? "\(config.options.dhcpStart)" : entry.selector.description),
             guestAddress: guestAddress, guestPort: Int(r.guestPort))
     }
 
     func addForward(_ request: ForwardRequest) throws(APIError) -> ForwardInfo {
-        let rule: HostForward
-        do {
-            rule = try HostForward.parse(request.rule)
-        } catch {
-            throw .badRequest(error.message)
+        let (text, address6, guest6) = try splitIPv6(request.rule)
+        guard (address6 == nil) == (guest6 == nil) else {
+            throw .badRequest("Invalid host forwarding rule '\(request.rule)' (an IPv6 forward needs IPv6 addresses on both sides, e.g. tcp:[::1]:8080-[fec0::15]:80: libslirp does not forward between IPv4 and IPv6)")
         }
-        if forwards.contains(where: { $0.matches(proto: rule.proto, hostAddress: rule.hostAddress, hostPort: rule.hostPort) }) {
-            throw .conflict("a \(rule.proto.rawValue) forward from \(rule.hostAddress):\(rule.hostPort) already exists on network \(config.name)")
+        if guest6 != nil, request.guest != nil {
+            throw .badRequest("an IPv6 forward names its guest by address; following a lease works for IPv4 only")
+        }
+        var rule: HostForward
+        do {
+            rule = try HostForward.parse(text)
+        } catch {
+            throw .badRequest(error.message.replacingOccurrences(of: text, with: request.rule))
+        }
+        rule.rule = request.rule
+        let side = HostSide(proto: rule.proto, address: rule.hostAddress, address6: address6, port: rule.hostPort)
+        if forwards.contains(where: { $0.matches(side) }) {
+            throw .conflict("a \(rule.proto.rawValue) forward from \(address6.map { "[\($0)]" } ?? "\(rule.hostAddress)"):\(rule.hostPort) already exists on network \(config.name)")
         }
         let selector = try Self.selector(request.guest, rule: rule)
-        var entry = ForwardEntry(rule: rule, selector: selector, installed: nil)
+        var entry = ForwardEntry(rule: rule, hostAddress6: address6, guestAddress6: guest6, selector: selector, installed: nil)
         if let target = resolve(selector) {
-            var concrete = rule
-            concrete.guestAddress = target
             do {
-                try stack.addHostForward(concrete)
+                entry.installed = try install(entry, guestAddress: target)
             } catch {
                 throw .conflict(error.message)
             }
-            entry.installed = concrete
         }
         forwards.append(entry)
         log.info("forward added: \(request.rule)\(request.guest.map { " to guest \($0)" } ?? "")\(entry.installed == nil ? " (waiting for that guest's lease)" : "")")
@@ -145,19 +189,42 @@ extension Network {
         }
     }
 
-    func removeForward(hostPart: String) throws(APIError) -> ForwardInfo {
+    /// Hands an entry to libslirp aimed at `guestAddress`; returns the rule installed.
+    private func install(_ entry: ForwardEntry, guestAddress: IPv4Address) throws(SlirpError) -> HostForward {
+        var concrete = entry.rule
+        concrete.guestAddress = guestAddress
+        if let address6 = entry.hostAddress6, let guest6 = entry.guestAddress6 {
+            try stack.addHostForward(concrete, ipv6Host: address6, ipv6Guest: guest6)
+        } else {
+            try stack.addHostForward(concrete)
+        }
+        return concrete
+    }
+
+    private func uninstall(_ entry: ForwardEntry) {
+        guard let installed = entry.installed else { return }
+        if let address6 = entry.hostAddress6 {
+            try? stack.removeHostForward(installed, ipv6Host: address6)
+        } else {
+            try? stack.removeHostForward(installed)
+        }
+    }
+
+    func removeForward(hostPart original: String) throws(APIError) -> ForwardInfo {
+        let (hostPart, address6, _) = try splitIPv6(original)
         let parts = hostPart.split(separator: ":", omittingEmptySubsequences: false)
         let proto = parts.first.flatMap { $0.isEmpty ? .tcp : ForwardProtocol(rawValue: String($0)) }
         let address = parts.count == 3 ? (parts[1].isEmpty ? .any : IPv4Address(String(parts[1]))) : nil
         guard parts.count == 3, let proto, let address, let port = UInt16(parts[2]) else {
-            throw .badRequest("Invalid host forwarding rule '\(hostPart)' (expected [tcp|udp]:[HOSTADDR]:HOSTPORT)")
+            throw .badRequest("Invalid host forwarding rule '\(original)' (expected [tcp|udp]:[HOSTADDR]:HOSTPORT)")
         }
-        guard let index = forwards.firstIndex(where: { $0.matches(proto: proto, hostAddress: address, hostPort: port) }) else {
-            throw .notFound("no \(proto.rawValue) forward from \(address):\(port) on network \(config.name)")
+        let side = HostSide(proto: proto, address: address, address6: address6, port: port)
+        guard let index = forwards.firstIndex(where: { $0.matches(side) }) else {
+            throw .notFound("no \(proto.rawValue) forward from \(address6.map { "[\($0)]" } ?? "\(address)"):\(port) on network \(config.name)")
         }
         let entry = forwards.remove(at: index)
-        if let installed = entry.installed { try? stack.removeHostForward(installed) }
-        log.info("forward removed: \(hostPart)")
+        uninstall(entry)
+        log.info("forward removed: \(original)")
         emit(.forwardRemoved, detail: forwardInfo(entry).rule)
         return forwardInfo(entry)
     }
@@ -172,12 +239,9 @@ extension Network {
             case .address: follows = false
             }
             guard follows, forwards[i].installed?.guestAddress != lease.ip else { continue }
-            if let old = forwards[i].installed { try? stack.removeHostForward(old) }
-            var concrete = forwards[i].rule
-            concrete.guestAddress = lease.ip
+            uninstall(forwards[i])
             do {
-                try stack.addHostForward(concrete)
-                forwards[i].installed = concrete
+                forwards[i].installed = try install(forwards[i], guestAddress: lease.ip)
                 log.info("forward \(forwards[i].rule.rule) now points at \(lease.ip) (\(forwards[i].selector.description))")
             } catch {
                 forwards[i].installed = nil

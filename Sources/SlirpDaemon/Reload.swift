@@ -54,7 +54,7 @@ extension Network {
         for rule in new.options.hostForwards where !oldHost.contains(key(rule)) {
             do {
                 try stack.addHostForward(rule)
-                forwards.append(ForwardEntry(rule: rule, selector: .address(rule.guestAddress), installed: rule))
+                forwards.append(ForwardEntry(rule: rule, hostAddress6: nil, guestAddress6: nil, selector: .address(rule.guestAddress), installed: rule))
                 log.notice("reload: forward added: \(rule.rule)")
                 emit(.forwardAdded, detail: rule.rule)
                 changes += 1

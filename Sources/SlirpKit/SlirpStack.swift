@@ -190,6 +190,43 @@ public final class SlirpStack {
         }
     }
 
+    /// Listens on an IPv6 host address and forwards to a guest's IPv6 address (libslirp 4.7
+    /// does not translate between families). IPv6 only: the IPv4 side of the port stays
+    /// free for an IPv4 forward.
+    /// The C call is `slirp_add_hostxfwd`.
+    public func addHostForward(_ rule: HostForward, ipv6Host: IPv6Address, ipv6Guest: IPv6Address) throws(SlirpError) {
+        guard let slirp else { throw SlirpError("network is closed") }
+        var host = sockaddr_in6(ipv6Host, port: rule.hostPort)
+        var guest = sockaddr_in6(ipv6Guest, port: rule.guestPort)
+        let flags = (rule.proto == .udp ? Int32(SLIRP_HOSTFWD_UDP) : 0) | Int32(SLIRP_HOSTFWD_V6ONLY)
+        let rc = withUnsafePointer(to: &host) { h in
+            withUnsafePointer(to: &guest) { g in
+                h.withMemoryRebound(to: sockaddr.self, capacity: 1) { hs in
+                    g.withMemoryRebound(to: sockaddr.self, capacity: 1) { gs in
+                        slirp_add_hostxfwd(slirp, hs, socklen_t(MemoryLayout<sockaddr_in6>.size),
+                                           gs, socklen_t(MemoryLayout<sockaddr_in6>.size), flags)
+                    }
+                }
+            }
+        }
+        guard rc == 0 else {
+            throw SlirpError("Could not set up host forwarding rule '\(rule.rule)' (\(String(cString: strerror(errno))))")
+        }
+    }
+
+    /// The C call is `slirp_remove_hostxfwd`.
+    public func removeHostForward(_ rule: HostForward, ipv6Host: IPv6Address) throws(SlirpError) {
+        guard let slirp else { throw SlirpError("network is closed") }
+        var host = sockaddr_in6(ipv6Host, port: rule.hostPort)
+        let flags = (rule.proto == .udp ? Int32(SLIRP_HOSTFWD_UDP) : 0) | Int32(SLIRP_HOSTFWD_V6ONLY)
+        let rc = withUnsafePointer(to: &host) { h in
+            h.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                slirp_remove_hostxfwd(slirp, $0, socklen_t(MemoryLayout<sockaddr_in6>.size), flags)
+            }
+        }
+        guard rc == 0 else { throw SlirpError("host forwarding rule for '\(rule.rule)' not found") }
+    }
+
     /// A guest connection to `address:port` runs `command` (split on spaces by libslirp)
     /// with the connection as its stdin and stdout. The C call is `slirp_add_exec`.
     public func addGuestExec(address: IPv4Address, port: UInt16, command: String, rule: String) throws(SlirpError) {
@@ -301,6 +338,15 @@ private struct StackTimer {
 private struct GuestForwardKey: Hashable {
     var address: IPv4Address
     var port: UInt16
+}
+
+extension sockaddr_in6 {
+    init(_ address: IPv6Address, port: UInt16) {
+        self.init()
+        sin6_family = sa_family_t(AF_INET6)
+        sin6_port = port.bigEndian
+        sin6_addr = in6Addr(address)
+    }
 }
 
 private func inAddr(_ address: IPv4Address) -> in_addr {

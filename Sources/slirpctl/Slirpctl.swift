@@ -215,7 +215,7 @@ struct Forward: ParsableCommand {
             let (forwards, raw) = try global.get(path, as: [ForwardInfo].self)
             if global.json { return printJSON(raw) }
             table(["NETWORK", "PROTO", "HOST", "GUEST", "TO", "RULE"], forwards.map { f in
-                [f.network, f.proto, "\(f.hostAddress):\(f.hostPort)", f.guest,
+                [f.network, f.proto, "\(f.hostAddress.contains(":") ? "[\(f.hostAddress)]" : f.hostAddress):\(f.hostPort)", f.guest,
                  f.guestAddress.map { "\($0):\(f.guestPort)" } ?? "(no lease yet)", f.rule]
             })
         }
