@@ -69,24 +69,6 @@ struct Slirpd: ParsableCommand {
             handler.logLevel = level
             return handler
         }
-        let parsed: NetworkOptions
-        do {
-            parsed = try NetworkOptions.parse(options)
-        } catch {
-            throw fail(error.message)
-        }
-        if let mtu, !(68...65521).contains(mtu) { throw fail("Invalid MTU \(mtu) (must be in range 68-65521)") }
-        guard let mode = UInt32(socketMode, radix: 8), mode <= 0o777 else { throw fail("invalid socket mode '\(socketMode)' (octal, e.g. 0660)") }
-        var apiMode: UInt32?
-        if let controlMode {
-            guard let m = UInt32(controlMode, radix: 8), m <= 0o777 else { throw fail("invalid control socket mode '\(controlMode)' (octal, e.g. 0600)") }
-            apiMode = m
-        }
-        var endpoints: [EndpointSpec] = stream.map { .stream(path: $0) } + dgram.map { .dgram(path: $0) }
-        for t in tcp {
-            guard let spec = EndpointSpec.tcp(parsing: t) else { throw fail("invalid --tcp '\(t)' (expected HOST:PORT)") }
-            endpoints.append(spec)
-        }
         do {
             var networks: [NetworkConfig]
             var controlConfig = ControlConfig()
@@ -100,15 +82,10 @@ struct Slirpd: ParsableCommand {
                 controlConfig = loaded.control
                 reloadSource = { () throws(DaemonError) in try Self.load(path).networks }
             } else {
-                networks = [NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode,
-                                          optionText: options)]
-                guard !name.contains("/") else { throw fail("invalid network name '\(name)'") }
-                networks = try Self.withDefaultEndpoints(networks)
+                networks = try Self.withDefaultEndpoints([commandLineNetwork()])
             }
             let daemon = try Daemon(networks: networks, reloadSource: reloadSource)
-            let api: ControlServerConfig? = noControl ? nil : ControlServerConfig(
-                socketPath: try control ?? controlConfig.socketPath ?? "\(RuntimePaths.prepareDefaultDirectory())/control.sock",
-                socketMode: apiMode ?? controlConfig.socketMode, allowedUIDs: Set(allowUid + controlConfig.allowUIDs))
+            let api = try noControl ? nil : controlServerConfig(controlConfig)
             let server = api.map { startControlServer($0, daemon.control) }
             defer {
                 server?.cancel()
@@ -118,6 +95,37 @@ struct Slirpd: ParsableCommand {
         } catch let error as DaemonError {
             throw fail(error.message)
         }
+    }
+
+    /// The one network the flags describe, checked before anything is bound.
+    private func commandLineNetwork() throws -> NetworkConfig {
+        let parsed: NetworkOptions
+        do {
+            parsed = try NetworkOptions.parse(options)
+        } catch {
+            throw fail(error.message)
+        }
+        if let mtu, !(68...65521).contains(mtu) { throw fail("Invalid MTU \(mtu) (must be in range 68-65521)") }
+        guard let mode = UInt32(socketMode, radix: 8), mode <= 0o777 else { throw fail("invalid socket mode '\(socketMode)' (octal, e.g. 0660)") }
+        guard !name.isEmpty, !name.contains("/") else { throw fail("invalid network name '\(name)'") }
+        var endpoints: [EndpointSpec] = stream.map { .stream(path: $0) } + dgram.map { .dgram(path: $0) }
+        for t in tcp {
+            guard let spec = EndpointSpec.tcp(parsing: t) else { throw fail("invalid --tcp '\(t)' (expected HOST:PORT)") }
+            endpoints.append(spec)
+        }
+        return NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode, optionText: options)
+    }
+
+    /// The control socket's settings: the flags win over the config file's [control].
+    private func controlServerConfig(_ file: ControlConfig) throws -> ControlServerConfig {
+        var mode = file.socketMode
+        if let controlMode {
+            guard let m = UInt32(controlMode, radix: 8), m <= 0o777 else { throw fail("invalid control socket mode '\(controlMode)' (octal, e.g. 0600)") }
+            mode = m
+        }
+        return ControlServerConfig(
+            socketPath: try control ?? file.socketPath ?? "\(RuntimePaths.prepareDefaultDirectory())/control.sock",
+            socketMode: mode, allowedUIDs: Set(allowUid + file.allowUIDs))
     }
 
     /// Reads the config file; networks that name no endpoint get the default socket.

@@ -121,7 +121,7 @@ def test_descriptor_exhaustion_pauses_accept_instead_of_spinning(tmp_path):
     s = tmp_path / "fd.sock"
     log = tmp_path / "fd.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([SLIRPD, "--stream", str(s)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+        proc = subprocess.Popen([SLIRPD, "--no-control", "--stream", str(s)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32)))
     clients = []
     try:
