@@ -23,7 +23,7 @@ let package = Package(
         .target(name: "PosixIO", dependencies: ["CLinux"]),
         .target(name: "FrameSwitch"),
         .target(name: "NetOptions"),
-        .target(name: "SlirpKit", dependencies: ["CSlirp", "PosixIO", "NetOptions"]),
+        .target(name: "SlirpKit", dependencies: ["CSlirp", "PosixIO", "NetOptions", "SlirpAPI"]),
         .target(
             name: "DaemonConfig",
             dependencies: ["NetOptions", .product(name: "TOMLKit", package: "TOMLKit")]),
@@ -61,7 +61,7 @@ let package = Package(
             ]),
         .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch"]),
         .testTarget(name: "NetOptionsTests", dependencies: ["NetOptions"]),
-        .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit"]),
+        .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit", "SlirpAPI"]),
         .testTarget(name: "DaemonConfigTests", dependencies: ["DaemonConfig", "NetOptions"]),
     ],
     swiftLanguageModes: [.v6]

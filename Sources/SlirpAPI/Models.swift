@@ -171,18 +171,28 @@ public struct GuestForwardInfo: Codable, Sendable, Equatable {
     }
 }
 
-/// One NAT connection, a row of libslirp's `info usernet` table.
+/// One NAT connection, a row of libslirp's `slirp_connection_info` table (QEMU's
+/// `info usernet`). libslirp 4.7 lists IPv4 sockets only: TCP, then UDP, then ICMP. For a
+/// host forward (and a connection accepted through one) the source is the host-side
+/// listening address, `*` when bound to any; otherwise it is the guest's end.
 public struct ConnectionInfo: Codable, Sendable, Equatable {
-    /// TCP, UDP or ICMP, with `[HOST_FORWARD]` rows marked by `hostForward`.
+    /// "TCP", "UDP" or "ICMP".
     public var proto: String
+    /// The text between the brackets: a TCP state ("ESTABLISHED", "SYN_SENT", ...),
+    /// "HOST_FORWARD", "NONE", or for UDP and ICMP the time left before expiry ("236 sec").
     public var state: String
     public var hostForward: Bool
+    /// The host socket, -1 when libslirp has none.
     public var fd: Int
     public var sourceAddress: String
+    /// 0 for ICMP, which libslirp prints as "-".
     public var sourcePort: Int
     public var destinationAddress: String
+    /// 0 for ICMP, which libslirp prints as "-".
     public var destinationPort: Int
+    /// Bytes from the guest not yet written to the host socket.
     public var recvQueue: Int
+    /// Bytes from the host socket not yet acknowledged by the guest.
     public var sendQueue: Int
 
     public init(proto: String, state: String, hostForward: Bool, fd: Int, sourceAddress: String, sourcePort: Int,

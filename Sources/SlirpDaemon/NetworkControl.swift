@@ -105,11 +105,7 @@ extension Network {
     }
 
     func connectionInfos() -> [ConnectionInfo] {
-        ConnectionTable.parse(stack.connectionInfo()).map { c in
-            ConnectionInfo(proto: c.proto, state: c.state, hostForward: c.hostForward, fd: c.fd, sourceAddress: c.sourceAddress,
-                           sourcePort: c.sourcePort, destinationAddress: c.destinationAddress,
-                           destinationPort: c.destinationPort, recvQueue: c.recvQueue, sendQueue: c.sendQueue)
-        }
+        ConnectionTable.parse(stack.connectionInfo())
     }
 
     // MARK: Host forwards

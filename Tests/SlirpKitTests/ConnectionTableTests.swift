@@ -1,3 +1,4 @@
+import SlirpAPI
 import SlirpKit
 import Testing
 
@@ -24,19 +25,19 @@ struct ConnectionTableTests {
     func realSample() {
         let rows = ConnectionTable.parse(Self.sample)
         #expect(rows == [
-            NATConnection(proto: "TCP", state: "SYN_SENT", hostForward: false, fd: 11, sourceAddress: "127.0.0.1", sourcePort: 5555,
+            ConnectionInfo(proto: "TCP", state: "SYN_SENT", hostForward: false, fd: 11, sourceAddress: "127.0.0.1", sourcePort: 5555,
                           destinationAddress: "10.0.2.15", destinationPort: 22, recvQueue: 0, sendQueue: 0),
-            NATConnection(proto: "TCP", state: "ESTABLISHED", hostForward: false, fd: 7, sourceAddress: "10.0.2.15", sourcePort: 40512,
+            ConnectionInfo(proto: "TCP", state: "ESTABLISHED", hostForward: false, fd: 7, sourceAddress: "10.0.2.15", sourcePort: 40512,
                           destinationAddress: "10.0.2.2", destinationPort: 6000, recvQueue: 0, sendQueue: 100),
-            NATConnection(proto: "TCP", state: "HOST_FORWARD", hostForward: true, fd: 4, sourceAddress: "*", sourcePort: 5557,
+            ConnectionInfo(proto: "TCP", state: "HOST_FORWARD", hostForward: true, fd: 4, sourceAddress: "*", sourcePort: 5557,
                           destinationAddress: "10.0.2.15", destinationPort: 80, recvQueue: 0, sendQueue: 0),
-            NATConnection(proto: "TCP", state: "HOST_FORWARD", hostForward: true, fd: 3, sourceAddress: "127.0.0.1", sourcePort: 5555,
+            ConnectionInfo(proto: "TCP", state: "HOST_FORWARD", hostForward: true, fd: 3, sourceAddress: "127.0.0.1", sourcePort: 5555,
                           destinationAddress: "10.0.2.15", destinationPort: 22, recvQueue: 0, sendQueue: 0),
-            NATConnection(proto: "UDP", state: "237 sec", hostForward: false, fd: 13, sourceAddress: "10.0.2.15", sourcePort: 35061,
+            ConnectionInfo(proto: "UDP", state: "237 sec", hostForward: false, fd: 13, sourceAddress: "10.0.2.15", sourcePort: 35061,
                           destinationAddress: "10.0.2.2", destinationPort: 7000, recvQueue: 0, sendQueue: 0),
-            NATConnection(proto: "UDP", state: "HOST_FORWARD", hostForward: true, fd: 5, sourceAddress: "127.0.0.1", sourcePort: 5556,
+            ConnectionInfo(proto: "UDP", state: "HOST_FORWARD", hostForward: true, fd: 5, sourceAddress: "127.0.0.1", sourcePort: 5556,
                           destinationAddress: "10.0.2.15", destinationPort: 53, recvQueue: 0, sendQueue: 0),
-            NATConnection(proto: "ICMP", state: "240 sec", hostForward: false, fd: 14, sourceAddress: "10.0.2.15", sourcePort: 0,
+            ConnectionInfo(proto: "ICMP", state: "240 sec", hostForward: false, fd: 14, sourceAddress: "10.0.2.15", sourcePort: 0,
                           destinationAddress: "127.0.0.1", destinationPort: 0, recvQueue: 0, sendQueue: 0),
         ])
     }
@@ -53,7 +54,7 @@ struct ConnectionTableTests {
             + "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n"
             + "  TCP[ESTABLISHED] 1024       10.0.2.15 40512        10.0.2.2  6000  4096     0\r\n"
         #expect(ConnectionTable.parse(text) == [
-            NATConnection(proto: "TCP", state: "ESTABLISHED", hostForward: false, fd: 1024, sourceAddress: "10.0.2.15", sourcePort: 40512,
+            ConnectionInfo(proto: "TCP", state: "ESTABLISHED", hostForward: false, fd: 1024, sourceAddress: "10.0.2.15", sourcePort: 40512,
                           destinationAddress: "10.0.2.2", destinationPort: 6000, recvQueue: 4096, sendQueue: 0),
         ])
     }
