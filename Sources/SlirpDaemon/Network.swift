@@ -35,6 +35,7 @@ final class Network {
     var leases: [MACAddress: Lease] = [:]
     /// Hostnames guests asked for in their DHCP requests, until the NAT acknowledges a lease.
     var requestedHostnames: [MACAddress: String] = [:]
+    var leaseSequence = 0
     /// Counters of guests that have left, so network totals never go backwards.
     var closedCounters = Counters()
     var onEvent: ((Event) -> Void)?

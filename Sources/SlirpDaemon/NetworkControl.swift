@@ -70,6 +70,8 @@ struct Lease {
     var ip: IPv4Address
     var hostname: String?
     var granted: String
+    /// Orders grants; the wall-clock time above is too coarse to tell two apart.
+    var sequence: Int
 }
 
 extension Network {
@@ -144,6 +146,9 @@ extension Network {
             throw .badRequest(error.message.replacingOccurrences(of: text, with: request.rule))
         }
         rule.rule = request.rule
+        guard rule.hostPort != 0 else {
+            throw .badRequest("Invalid host forwarding rule '\(request.rule)' (host port 0 would bind a port slirpd cannot report; name one)")
+        }
         let side = HostSide(proto: rule.proto, address: rule.hostAddress, address6: address6, port: rule.hostPort)
         if forwards.contains(where: { $0.matches(side) }) {
             throw .conflict("a \(rule.proto.rawValue) forward from \(address6.map { "[\($0)]" } ?? "\(rule.hostAddress)"):\(rule.hostPort) already exists on network \(config.name)")
@@ -181,7 +186,13 @@ extension Network {
         switch selector {
         case .address(let a): return a
         case .mac(let m): return leases[m]?.ip
-        case .hostname(let h): return leases.values.first { $0.hostname == h }?.ip
+        case .hostname(let h):
+            // libslirp keeps a departed guest's lease, so a name can have several: prefer an
+            // attached guest's, then the newest.
+            let attached = Set(ports.values.compactMap(\.mac))
+            return leases.filter { $0.value.hostname == h }
+                .max { (attached.contains($0.key) ? 1 : 0, $0.value.sequence) < (attached.contains($1.key) ? 1 : 0, $1.value.sequence) }
+                .map(\.value.ip)
         }
     }
 

@@ -70,14 +70,15 @@ extension Network {
         guard let message = DHCPMessage.parse(frame: frame), message.op == 2, message.kind == .ack,
               message.yourAddress != 0 else { return }
         let mac = message.clientMAC
-        let lease = Lease(ip: IPv4Address(message.yourAddress),
-                          hostname: requestedHostnames[mac] ?? leases[mac]?.hostname, granted: wallClockTimestamp())
+        leaseSequence += 1
+        let lease = Lease(ip: IPv4Address(message.yourAddress), hostname: requestedHostnames[mac] ?? leases[mac]?.hostname,
+                          granted: wallClockTimestamp(), sequence: leaseSequence)
         let changed = leases[mac].map { $0.ip != lease.ip || $0.hostname != lease.hostname } ?? true
         leases[mac] = lease
         if changed {
             log.info("lease: \(mac) has \(lease.ip)\(lease.hostname.map { " (\($0))" } ?? "")")
         }
-        emit(.leaseGranted, mac: mac, ip: lease.ip, hostname: lease.hostname)
+        emit(.leaseGranted, guest: ports.values.first { $0.mac == mac }, mac: mac, ip: lease.ip, hostname: lease.hostname)
         followLease(mac: mac, lease: lease)
     }
 }
