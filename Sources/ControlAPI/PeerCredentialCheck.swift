@@ -1,8 +1,10 @@
+import Foundation
 import HTTPTypes
 import Logging
 import NIOCore
 import NIOHTTPTypes
 import PosixIO
+import SlirpAPI
 
 /// Refuses API connections from users not on the allow-list, whatever the socket's mode.
 ///
@@ -62,7 +64,7 @@ final class PeerCredentialCheck: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func refuse(_ context: ChannelHandlerContext) {
         let message = refusal ?? "peer credentials not checked"
-        let body = ByteBuffer(string: "{\"error\":\"\(message)\"}\n")
+        let body = ByteBuffer(bytes: ((try? JSONEncoder().encode(APIError.Body(error: message))) ?? Data("{}".utf8)) + [0x0A])
         var head = HTTPResponse(status: .forbidden)
         head.headerFields[.contentType] = "application/json"
         head.headerFields[.contentLength] = String(body.readableBytes)

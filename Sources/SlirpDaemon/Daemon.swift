@@ -74,12 +74,11 @@ public final class Daemon {
     }
 
     /// The command libslirp runs for each guest connection to a `guestfwd=...-tcp:HOST:PORT` rule.
-    static func relayCommand(host: String, port: UInt16) throws(SlirpError) -> String {
-        guard let exe = executablePath(), !exe.contains(" ") else {
-            throw SlirpError("cannot forward to tcp:\(host):\(port): the slirpd executable path is unknown or contains a space")
-        }
-        // libslirp splits the command line on spaces; a host never contains one.
-        return "\(exe) --guestfwd-relay \(host):\(port)"
+    /// /proc/self/exe, read in the forked child, is this very image, even after the file on
+    /// disk was replaced (its path then reads "... (deleted)"). libslirp splits the command
+    /// on spaces, and a host never contains one.
+    static func relayCommand(host: String, port: UInt16) -> String {
+        "/proc/self/exe --guestfwd-relay \(host):\(port)"
     }
 
     /// Lines describing how to attach QEMU to each of a network's endpoints.

@@ -57,11 +57,15 @@ private func splitIPv6(_ text: String) throws(APIError) -> (String, host: IPv6Ad
         rest = rest.dropFirst()
         if c == "-" { guestSide = true }
         guard c == "[" else { out.append(c); continue }
-        guard let close = rest.firstIndex(of: "]"), let address = IPv6Address(String(rest[..<close])) else {
+        guard let close = rest.firstIndex(of: "]"), let address = IPv6Address(String(rest[..<close])),
+              (guestSide ? guest : host) == nil, out.last == ":" || out.last == "-" else {
             throw .badRequest("Invalid host forwarding rule '\(text)' (Bad \(guestSide ? "guest" : "host") address)")
         }
         if guestSide { guest = address } else { host = address }
         rest = rest[rest.index(after: close)...]
+        guard rest.first == ":" else {
+            throw .badRequest("Invalid host forwarding rule '\(text)' (Bad \(guestSide ? "guest" : "host") address)")
+        }
     }
     return (out, host, guest)
 }
@@ -136,8 +140,14 @@ extension Network {
         guard (address6 == nil) == (guest6 == nil) else {
             throw .badRequest("Invalid host forwarding rule '\(request.rule)' (an IPv6 forward needs IPv6 addresses on both sides, e.g. tcp:[::1]:8080-[fec0::15]:80: libslirp does not forward between IPv4 and IPv6)")
         }
-        if guest6 != nil, request.guest != nil {
-            throw .badRequest("an IPv6 forward names its guest by address; following a lease works for IPv4 only")
+        if let guest6 {
+            if let g = request.guest, !g.isEmpty {
+                throw .badRequest("an IPv6 forward names its guest by address; following a lease works for IPv4 only")
+            }
+            let o = config.options
+            guard o.ipv6, guest6.hasPrefix(o.ipv6Prefix, length: o.ipv6PrefixLength) else {
+                throw .badRequest("Invalid host forwarding rule '\(request.rule)' (Bad guest address: \(guest6) is not in this network's IPv6 prefix \(o.ipv6Prefix)/\(o.ipv6PrefixLength))")
+            }
         }
         var rule: HostForward
         do {
@@ -219,12 +229,11 @@ extension Network {
 
     func removeForward(hostPart original: String) throws(APIError) -> ForwardInfo {
         let (hostPart, address6, _) = try splitIPv6(original)
-        let parts = hostPart.split(separator: ":", omittingEmptySubsequences: false)
-        let proto = parts.first.flatMap { $0.isEmpty ? .tcp : ForwardProtocol(rawValue: String($0)) }
-        let address = parts.count == 3 ? (parts[1].isEmpty ? .any : IPv4Address(String(parts[1]))) : nil
-        guard parts.count == 3, let proto, let address, let port = UInt16(parts[2]) else {
+        // The host side is parsed as a whole rule would be, so ports read the same both ways.
+        guard let parsed = try? HostForward.parse(hostPart + "-:1"), !hostPart.contains("-") else {
             throw .badRequest("Invalid host forwarding rule '\(original)' (expected [tcp|udp]:[HOSTADDR]:HOSTPORT)")
         }
+        let (proto, address, port) = (parsed.proto, parsed.hostAddress, parsed.hostPort)
         let side = HostSide(proto: proto, address: address, address6: address6, port: port)
         guard let index = forwards.firstIndex(where: { $0.matches(side) }) else {
             throw .notFound("no \(proto.rawValue) forward from \(address6.map { "[\($0)]" } ?? "\(address)"):\(port) on network \(config.name)")
@@ -275,6 +284,10 @@ extension Network {
     }
 
     func addGuestForward(_ text: String) throws(APIError) -> GuestForwardInfo {
+        // A NUL would cut the command short on its way to libslirp; no control character belongs here.
+        guard !text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+            throw .badRequest("Invalid guest forwarding rule '\(text.debugDescription)' (control characters)")
+        }
         let rule: GuestForward
         do {
             rule = try GuestForward.parse(text)
@@ -293,11 +306,11 @@ extension Network {
     }
 
     func removeGuestForward(_ text: String) throws(APIError) -> GuestForwardInfo {
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        let address = parts.count == 3 ? (parts[1].isEmpty ? .any : IPv4Address(String(parts[1]))) : nil
-        guard parts.count == 3, parts[0] == "tcp" || parts[0].isEmpty, let address, let port = UInt16(parts[2]) else {
+        // Parsed as a whole rule would be, so the address and port read the same both ways.
+        guard !text.contains("-"), let parsed = try? GuestForward.parse(text + "-cmd:x") else {
             throw .badRequest("Invalid guest forwarding rule '\(text)' (expected [tcp]:[ADDR]:PORT)")
         }
+        let (address, port) = (parsed.address, parsed.port)
         let probe = GuestForward(address: address, port: port, target: .command(""), rule: text)
         let wanted = probe.resolvedAddress(in: config.options)
         guard let index = guestForwardRules.firstIndex(where: { $0.resolvedAddress(in: config.options) == wanted && $0.port == port }) else {

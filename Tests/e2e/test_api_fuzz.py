@@ -1,0 +1,213 @@
+"""Integration: schemathesis fuzzes the control API of the real slirpd against openapi.yaml.
+
+No guest is booted. The daemon's Unix control socket is bridged to a loopback TCP port
+with socat, because schemathesis speaks HTTP over TCP only. The checks: no 5xx, every
+status code and content type is documented, every body matches its schema, and the
+daemon is still alive and answering afterwards.
+
+The two streaming operations (tag `streams`: /v1/events and capture) never end and are
+left out. The fuzzer adds random forwards; a `before_call` hook (written next to the
+run) keeps them harmless: a host forward may only listen on 127.0.0.1 or ::1 or on
+every address (empty, 0.0.0.0, ::); a guest forward's `cmd:` target becomes
+`cmd:true` and its `tcp:` target 127.0.0.1 (they only act when a guest connects).
+Nothing attaches to the network, so no forward ever carries traffic, and everything
+the fuzzer adds goes away with the daemon at the end.
+
+SLIRPD_FUZZ_EXAMPLES (default 30) sets the examples per operation for a deeper run.
+"""
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import pytest
+
+from daemon import Slirpd
+from guest import REPO
+
+SCHEMA = REPO / "openapi.yaml"
+MAX_EXAMPLES = int(os.environ.get("SLIRPD_FUZZ_EXAMPLES", "30"))
+RUN_TIMEOUT = 240
+
+# Loaded by schemathesis through SCHEMATHESIS_HOOKS. It rewrites a generated rule's
+# address fields in place, keeping the rest of what the fuzzer made, so parse errors
+# are still exercised but nothing valid can name another host.
+HOOKS = r'''
+import schemathesis
+
+SAFE_HOSTS = ("", "127.0.0.1", "0.0.0.0")
+SAFE_HOSTS6 = ("::1", "::")
+
+
+def _dotted(text):
+    # Anything else is refused by slirpd's strict dotted-quad parser.
+    return bool(text) and all(c.isdigit() or c == "." for c in text)
+
+
+def _host_forward(rule):
+    # Like slirpd, first lift out bracketed IPv6 addresses: those before the first '-'
+    # outside brackets are the host address it binds.
+    out, i, host_side, has_v6 = [], 0, True, False
+    while i < len(rule):
+        c = rule[i]
+        close = rule.find("]", i + 1) if c == "[" else -1
+        if close < 0:
+            host_side = host_side and c != "-"
+            out.append(c)
+            i += 1
+            continue
+        inner = rule[i + 1:close]
+        if host_side:
+            has_v6 = True
+            inner = inner if inner in SAFE_HOSTS6 else "::1"
+        out.append("[" + inner + "]")
+        i = close + 1
+    rule = "".join(out)
+    if has_v6:
+        return rule  # an IPv6 forward binds only its IPv6 host address
+    # [tcp|udp]:HOSTADDR:... ; fields end at the first ':' as in slirpd's parser.
+    parts = rule.split(":", 2)
+    if len(parts) == 3 and parts[1] not in SAFE_HOSTS and _dotted(parts[1]):
+        parts[1] = "127.0.0.1"
+    return ":".join(parts)
+
+
+def _guest_forward(rule):
+    # [tcp]:ADDR:PORT-TARGET: only the target reaches outside the NAT.
+    parts = rule.split(":", 2)
+    if len(parts) < 3 or "-" not in parts[2]:
+        return rule
+    port, target = parts[2].split("-", 1)
+    if target.startswith("cmd:") and len(target) > 4:
+        target = "cmd:true"
+    elif target.startswith("tcp:") and ":" in target[4:]:
+        host, remote_port = target[4:].rsplit(":", 1)
+        if host:
+            target = "tcp:127.0.0.1:" + remote_port
+    return parts[0] + ":" + parts[1] + ":" + port + "-" + target
+
+
+@schemathesis.hook
+def before_call(context, case, **kwargs):
+    if case.method.upper() != "POST" or not isinstance(case.body, dict):
+        return
+    rule = case.body.get("rule")
+    if not isinstance(rule, str):
+        return
+    if case.path.endswith("/forwards"):
+        case.body = {**case.body, "rule": _host_forward(rule)}
+    elif case.path.endswith("/guestfwds"):
+        case.body = {**case.body, "rule": _guest_forward(rule)}
+'''
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP straight to the control socket, bypassing socat."""
+
+    def __init__(self, path: str, timeout: float = 10):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def get_json(control: str, path: str):
+    conn = UnixHTTPConnection(control)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        body = r.read()
+        assert r.status == 200, (path, r.status, body)
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"socat exited with {proc.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"socat not listening on 127.0.0.1:{port}")
+
+
+def test_control_api_survives_schemathesis(tmp_path):
+    pytest.importorskip("schemathesis", reason="Scripts/test installs schemathesis")
+    if subprocess.run(["sh", "-c", "command -v socat"], capture_output=True).returncode != 0:
+        pytest.skip("socat is not installed (Scripts/test installs it)")
+
+    fwd_port, api_port = free_port(), free_port()
+    daemon = Slirpd(["-o", f"hostfwd=tcp:127.0.0.1:{fwd_port}-:8080", "--stream", str(tmp_path / "s.sock")],
+                    tmp_path)
+    socat = None
+    socat_log = open(tmp_path / "socat.log", "wb")
+    try:
+        # `fork`: schemathesis may open several connections at once.
+        socat = subprocess.Popen(
+            ["socat", f"TCP-LISTEN:{api_port},bind=127.0.0.1,reuseaddr,fork", f"UNIX-CONNECT:{daemon.control}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=socat_log)
+        wait_for_port(api_port, socat)
+
+        hooks = tmp_path / "fuzz_hooks.py"
+        hooks.write_text(HOOKS)
+        cmd = [
+            sys.executable, "-m", "schemathesis.cli", "run", str(SCHEMA),
+            "--url", f"http://127.0.0.1:{api_port}",
+            "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                        "response_schema_conformance",
+            "--exclude-tag", "streams",
+            "--max-examples", str(MAX_EXAMPLES),
+            "--request-timeout", "5",
+            "--workers", "1",  # 2 trips CPython 3.11's non-thread-safe ast.parse inside hypothesis
+            "--generation-database", "none",
+            "--no-color",
+        ]
+        # cwd: schemathesis may leave report or cache files behind; keep them in tmp_path.
+        env = {**os.environ, "SCHEMATHESIS_HOOKS": str(hooks)}
+        try:
+            run = subprocess.run(cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                 text=True, timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            raise AssertionError(f"schemathesis ran over {RUN_TIMEOUT} s:\n{out[-6000:]}") from None
+        report = f"{' '.join(cmd)}\n{run.stdout[-12000:]}\n{run.stderr[-3000:]}\n--- slirpd log tail:\n{daemon.log[-4000:]}"
+        assert run.returncode == 0, report
+        generated = re.search(r"(\d+) generated", run.stdout)
+        assert generated and int(generated.group(1)) > 0, report
+        print(f"schemathesis: {generated.group(0)}")
+
+        assert daemon.alive(), f"slirpd died under the fuzzer:\n{daemon.log[-4000:]}"
+        networks = get_json(daemon.control, "/v1/networks")
+        assert [n["name"] for n in networks] == ["default"]
+        # The hook's guarantee, checked: every forward listens on loopback or an any address.
+        for f in get_json(daemon.control, "/v1/forwards"):
+            assert f["hostAddress"] in ("127.0.0.1", "0.0.0.0", "::1", "::"), f
+        assert get_json(daemon.control, "/v1/guests") == [], "nothing may have attached"
+    finally:
+        if socat is not None and socat.poll() is None:
+            os.kill(socat.pid, signal.SIGTERM)
+            try:
+                socat.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(socat.pid, signal.SIGKILL)
+                socat.wait()
+        socat_log.close()
+        assert daemon.stop() == 0, daemon.log[-4000:]
