@@ -57,6 +57,7 @@ public enum ControlServer {
     }
 
     static func routes(_ router: Router<BasicRequestContext>, service: some ControlService) {
+        router.middlewares.add(JSONErrors())
         router.get("/v1/networks") { _, _ in try await json { () throws(APIError) in try await service.networks() } }
         router.get("/v1/networks/:network") { _, context in
             try await json { () throws(APIError) in
@@ -143,6 +144,20 @@ public enum ControlServer {
 }
 
 // MARK: Encoding and errors
+
+/// Errors Hummingbird raises itself (no such route, a malformed request) also get a JSON body.
+struct JSONErrors: RouterMiddleware {
+    typealias Context = BasicRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError {
+            let message = error.body ?? (error.status == .notFound ? "no route for \(request.method) \(request.uri.path)" : error.status.reasonPhrase)
+            return errorResponse(APIError(Int(error.status.code), message))
+        }
+    }
+}
 
 private let encoder: JSONEncoder = {
     let e = JSONEncoder()
