@@ -1,10 +1,24 @@
 // Linux interfaces that Glibc's Swift module leaves out; only PosixIO imports this.
 #include <stdint.h>
+#include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 
 // Both are _GNU_SOURCE declarations; spelled out here so the Glibc module needs no macro.
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 
 struct clinux_ucred { int32_t pid; uint32_t uid; uint32_t gid; };
+
+// ioctl is variadic, which Swift cannot call: attach fd (from /dev/net/tun) to the tap
+// device `name`, frames without the packet-information header.
+static inline int clinux_tap_attach(int fd, const char *name) {
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    request.ifr_flags = IFF_TAP | IFF_NO_PI;
+    return ioctl(fd, TUNSETIFF, &request);
+}

@@ -126,7 +126,7 @@ private struct Loader {
     static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
     static let networkKeys =
         ["name", "options"] + stringOptions.sorted() + booleanOptions.sorted() + listOptions.keys.sorted()
-        + ["stream", "dgram", "tcp", "mtu", "socket-mode", "socket-group"]
+        + ["stream", "dgram", "tcp", "tap", "mtu", "socket-mode", "socket-group"]
 
     func error(_ message: String, key: String?, in scope: KeyLines.Scope) -> ConfigError {
         ConfigError(file: file, line: lines.line(of: key, in: scope), message: message)
@@ -205,7 +205,7 @@ private struct Loader {
         var name: String?
         var optionsString: (text: String, line: Int?)?
         var pieces: [(text: String, line: Int?)] = []
-        var streams: [EndpointSpec] = [], dgrams: [EndpointSpec] = [], tcps: [EndpointSpec] = []
+        var streams: [EndpointSpec] = [], dgrams: [EndpointSpec] = [], tcps: [EndpointSpec] = [], taps: [EndpointSpec] = []
         var endpointKeys: [(spec: EndpointSpec, key: String)] = []
         var mtu = 0
         var socketMode: UInt32 = 0o660
@@ -254,6 +254,14 @@ private struct Loader {
                     tcps.append(spec)
                     endpointKeys.append((spec, key))
                 }
+            case "tap":
+                for name in try strings(key, value, scope) {
+                    guard !name.isEmpty, name.utf8.count < 16, !name.contains("/") else {
+                        throw error("invalid tap device name '\(name)' (1 to 15 characters)", key: key, in: scope)
+                    }
+                    taps.append(.tap(name: name))
+                    endpointKeys.append((.tap(name: name), key))
+                }
             case "mtu":
                 guard let number = value.int else { throw typeError(key, "an integer", value, scope) }
                 guard (68...65521).contains(number) else {
@@ -277,6 +285,7 @@ private struct Loader {
             switch spec {
             case .stream(let path), .dgram(let path): resource = "socket path '\(path)'"
             case .tcp: resource = "TCP address \(spec.description.dropFirst("tcp:".count))"
+            case .tap(let device): resource = "tap device '\(device)'"
             }
             if let owner = endpointOwners.first(where: { $0.key == resource }) {
                 throw error("\(resource) is already used by network '\(owner.network)'", key: key, in: scope)
@@ -285,7 +294,7 @@ private struct Loader {
         }
         let options = try networkOptions(optionsString, pieces, scope)
         return NetworkConfig(
-            name: name, options: options, endpoints: streams + dgrams + tcps, mtu: mtu, socketMode: socketMode,
+            name: name, options: options, endpoints: streams + dgrams + tcps + taps, mtu: mtu, socketMode: socketMode,
             socketGroup: socketGroup)
     }
 

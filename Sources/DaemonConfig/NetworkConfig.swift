@@ -36,12 +36,20 @@ public enum EndpointSpec: Equatable, Sendable, CustomStringConvertible {
     case dgram(path: String)
     /// A TCP listener (`-netdev socket,connect=` or `-netdev stream,addr.type=inet`).
     case tcp(host: String, port: UInt16)
+    /// A tap device: a network namespace or container joins the network through it.
+    case tap(name: String)
+
+    public var isTap: Bool {
+        if case .tap = self { return true }
+        return false
+    }
 
     public var description: String {
         switch self {
         case .stream(let path): "stream:\(path)"
         case .dgram(let path): "dgram:\(path)"
         case .tcp(let host, let port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
+        case .tap(let name): "tap:\(name)"
         }
     }
 

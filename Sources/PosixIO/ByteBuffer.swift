@@ -64,6 +64,19 @@ public final class ByteBuffer {
         return true
     }
 
+    /// Drops every queued length-prefixed frame; returns how many there were.
+    public func removeAllFrames() -> Int {
+        var frames = 0
+        var bytes = readable
+        while bytes.count >= 4 {
+            let length = Int(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)))
+            frames += 1
+            bytes = UnsafeRawBufferPointer(rebasing: bytes.dropFirst(min(bytes.count, 4 + length)))
+        }
+        removeAll()
+        return frames
+    }
+
     /// Appends raw bytes (tests and tools use it to build input).
     public func append(_ bytes: UnsafeRawBufferPointer) -> Bool {
         if capacity - tail < bytes.count { makeRoomAtTail() }

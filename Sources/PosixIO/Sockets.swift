@@ -250,15 +250,16 @@ extension Descriptor {
         return .done(from)
     }
 
-    /// Sends each queued length-prefixed frame as one datagram (this socket must be
-    /// connected), until the queue is empty or the peer's receive queue is full.
-    public func sendFrames(from queue: ByteBuffer) throws(IOError) -> IOResult<Int> {
+    /// Writes each queued length-prefixed frame as one datagram (on a connected socket) or
+    /// one tap frame, until the queue is empty or the peer is full.
+    public func writeFrames(from queue: ByteBuffer) throws(IOError) -> IOResult<Int> {
         var sent = 0
         while queue.count >= 4 {
             let bytes = queue.readable
             let length = Int(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)))
             let frame = UnsafeRawBufferPointer(rebasing: bytes[4..<(4 + length)])
-            let result = try syscall("send") { send(raw, frame.baseAddress, frame.count, Int32(MSG_NOSIGNAL)) }
+            // write(), not send(): a tap device takes frames the same way and is no socket.
+            let result = try syscall("write") { Glibc.write(raw, frame.baseAddress, frame.count) }
             guard case .done = result else { return sent == 0 ? .wouldBlock : .done(sent) }
             queue.consume(4 + length)
             sent += 1
@@ -314,4 +315,24 @@ public func groupID(named name: String) throws(IOError) -> gid_t {
         throw IOError(call: "getgrnam", code: rc == 0 ? ENOENT : rc, detail: "no group named '\(name)'")
     }
     return entry.gr_gid
+}
+
+/// Opens the tap device `name` for frames (one per read or write). The device must
+/// exist and the caller may use it: `ip tuntap add mode tap user USER name NAME`.
+public func openTap(name: String) throws(IOError) -> Descriptor {
+    guard !name.isEmpty, name.utf8.count < 16 else {
+        throw IOError(call: "open", code: EINVAL, detail: "tap name '\(name)': 1 to 15 characters")
+    }
+    let fd = try syscallBlocking("open", detail: "/dev/net/tun") { open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC) }
+    let tap = Descriptor(owning: fd)
+    try syscallBlocking("ioctl(TUNSETIFF)", detail: name) { clinux_tap_attach(fd, name) }
+    return tap
+}
+
+extension Descriptor {
+    /// Reads one frame from a tap device into `buffer` (which must be empty).
+    public func readFrame(into buffer: ByteBuffer) throws(IOError) -> IOResult<Int> {
+        buffer.removeAll()
+        return try read(into: buffer)
+    }
 }

@@ -25,6 +25,9 @@ public struct IOError: Error, Sendable, CustomStringConvertible, Equatable {
         return "\(call): \(reason)"
     }
 
+    /// A tap device whose interface is down (it refuses frames until brought up).
+    public var interfaceDown: Bool { code == EIO }
+
     /// The address is taken (by a live socket).
     public var addressInUse: Bool { code == EADDRINUSE }
 

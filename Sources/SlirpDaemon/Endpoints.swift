@@ -20,8 +20,8 @@ final class StreamListener {
         case .tcp(let host, let port):
             socket = try listenTCP(host: host, port: port)
             transport = .tcp
-        case .dgram:
-            preconditionFailure("a datagram endpoint is not a listener")
+        case .dgram, .tap:
+            preconditionFailure("only stream and TCP endpoints are listeners")
         }
     }
 

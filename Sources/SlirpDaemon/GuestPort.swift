@@ -11,7 +11,7 @@ import PosixIO
 /// datagrams by default, net.unix.max_dgram_qlen) has room again.
 final class GuestPort {
     enum Transport: String {
-        case stream, tcp, dgram
+        case stream, tcp, dgram, tap
     }
 
     enum Kind {
@@ -19,6 +19,8 @@ final class GuestPort {
         case stream(received: ByteBuffer)
         /// Frames arrive on the endpoint's shared socket; `socket` only sends to `peer`.
         case datagram(endpoint: DatagramEndpoint, peer: UnixAddress)
+        /// A tap device: each read or write on `socket` is one frame.
+        case tap(name: String, received: ByteBuffer)
     }
 
     /// The output queue: about 700 full-size frames, or 16 of the largest.
@@ -64,6 +66,12 @@ final class GuestPort {
     var isStream: Bool {
         if case .stream = kind { return true }
         return false
+    }
+
+    /// Whether frames arrive on the port's own descriptor (not on a shared endpoint socket).
+    var readsOwnDescriptor: Bool {
+        if case .datagram = kind { return false }
+        return true
     }
 
     func close(_ reason: String) {

@@ -68,14 +68,28 @@ final class Network {
         do {
             for spec in config.endpoints {
                 switch spec {
+                case .tap(let name): try attachTap(name)
                 case .stream, .tcp: listeners.append(try StreamListener(spec: spec, mode: config.socketMode, group: config.socketGroup))
                 case .dgram(let path): datagrams.append(try DatagramEndpoint(path: path, mode: config.socketMode, group: config.socketGroup))
                 }
             }
         } catch {
             closeEndpoints()
-            throw DaemonError("cannot listen on \(config.endpoints[listeners.count + datagrams.count]): \(error)")
+            for port in ports.values { port.socket.close() }
+            let failed = config.endpoints[listeners.count + datagrams.count + ports.count]
+            throw DaemonError("cannot \(failed.isTap ? "open" : "listen on") \(failed): \(error)")
         }
+    }
+
+    /// A tap device is one guest port from the start: whatever sits behind it is the guest.
+    private func attachTap(_ name: String) throws(IOError) {
+        let socket = try openTap(name: name)
+        let port = GuestPort(id: allocatePortID(), transport: .tap, peer: "tap \(name)", endpointName: "tap:\(name)",
+                             kind: .tap(name: name, received: ByteBuffer(capacity: StreamFraming.maximumFrame)),
+                             socket: socket, now: monotonicNanoseconds())
+        ports[port.id] = port
+        log.info("\(port.label) attached on tap:\(name)")
+        emit(.guestAttached, guest: port, detail: "tap:\(name)")
     }
 
     /// Hands a guest forward to libslirp. The address is resolved (empty means .4) so that
@@ -111,7 +125,7 @@ final class Network {
         }
         for port in ports.values where port.closeReason == nil {
             // A datagram guest's own socket only sends: poll it only while frames wait.
-            let events: PollEvents = port.isStream ? .input : []
+            let events: PollEvents = port.readsOwnDescriptor ? .input : []
             let wanted = port.queued.isEmpty ? events : events.union(.output)
             guard !wanted.isEmpty else { continue }
             set.add(port.socket.raw, wanted)
@@ -125,7 +139,7 @@ final class Network {
         case .datagram(let d): receiveAll(d, now: now)
         case .guest(let port):
             if events.contains(.output) { flush(port) }
-            if port.isStream, !events.isDisjoint(with: [.input, .hangup, .error]) { readAll(port) }
+            if port.readsOwnDescriptor, !events.isDisjoint(with: [.input, .hangup, .error]) { readAll(port) }
         }
     }
 
@@ -157,6 +171,7 @@ final class Network {
 
     /// Reads until the socket is drained, switching each complete frame.
     private func readAll(_ port: GuestPort) {
+        if case .tap(let name, let received) = port.kind { return readTap(port, name, received) }
         guard case .stream(let received) = port.kind else { return }
         while port.closeReason == nil {
             let result: IOResult<Int>
@@ -172,6 +187,26 @@ final class Network {
                 break
             }
             scanFrames(port, received)
+        }
+        scheduleClose(port)
+    }
+
+    /// A tap gives one frame per read; it has no connection to reset, so bad frames are dropped.
+    private func readTap(_ port: GuestPort, _ name: String, _ received: ByteBuffer) {
+        while port.closeReason == nil {
+            let result: IOResult<Int>
+            do {
+                result = try port.socket.readFrame(into: received)
+            } catch {
+                port.close("tap \(name) failed: \(error)")
+                break
+            }
+            guard case .done(let n) = result, n > 0 else { return }
+            guard n >= StreamFraming.minimumFrame else {
+                port.drops += 1
+                continue
+            }
+            fromGuest(port, received.readable)
         }
         scheduleClose(port)
     }
@@ -198,11 +233,15 @@ final class Network {
         guard port.closeReason == nil else { return }
         while !port.queued.isEmpty {
             do {
-                let result = port.isStream ? try port.socket.write(from: port.queued) : try port.socket.sendFrames(from: port.queued)
+                let result = port.isStream ? try port.socket.write(from: port.queued) : try port.socket.writeFrames(from: port.queued)
                 guard case .done = result else { return }
             } catch let error where !port.isStream && error.peerIsGone {
                 port.close("its socket \(port.peer) is gone")
                 break
+            } catch let error where error.interfaceDown {
+                // A tap whose interface is down refuses frames until it is up: drop them.
+                port.drops += port.queued.removeAllFrames()
+                return
             } catch {
                 port.close("write failed: \(error)")
                 break

@@ -7,6 +7,10 @@ enum QEMUFlags {
     /// One block per endpoint, ready to paste. Each draws a fresh MAC, since two guests
     /// with QEMU's default MAC would collide on a shared network.
     static func instructions(network: String, endpoint: EndpointSpec, mtu: Int) -> [String] {
+        if case .tap(let name) = endpoint {
+            return ["attach a network namespace or container to network \(network) over \(endpoint):",
+                    "  ip link set \(name) netns NS, then inside NS: ip link set \(name) up and run a DHCP client on \(name)"]
+        }
         let mac = QEMUArgs.freshMAC()
         let text = "\(endpoint)"
         var lines = ["attach a guest to network \(network) over \(text)\(text.hasPrefix("dgram:") ? " (local.path must be unique per guest)" : ""):"]

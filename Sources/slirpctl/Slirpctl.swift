@@ -317,7 +317,8 @@ struct QemuArgs: ParsableCommand {
         let name = try resolveNetwork(network, global)
         let (net, _) = try global.get("/v1/networks/\(pathComponent(name))", as: NetworkInfo.self)
         let (guests, _) = try global.get("/v1/networks/\(pathComponent(name))/guests", as: [GuestInfo].self)
-        let candidates = net.endpoints.filter { transport == nil || $0.hasPrefix("\(transport ?? ""):") }
+        // Tap endpoints take namespaces, not QEMU guests.
+        let candidates = net.endpoints.filter { !$0.hasPrefix("tap:") && (transport == nil || $0.hasPrefix("\(transport ?? ""):")) }
         guard let endpoint = candidates.first else {
             throw ClientError.failed("network \(name) has no \(transport ?? "") endpoint (it has: \(net.endpoints.joined(separator: ", ")))")
         }

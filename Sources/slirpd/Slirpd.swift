@@ -34,6 +34,9 @@ struct Slirpd: ParsableCommand {
     @Option(help: ArgumentHelp("Listen on TCP (QEMU -netdev socket,connect= or stream over inet). Repeatable.", valueName: "HOST:PORT"))
     var tcp: [String] = []
 
+    @Option(help: ArgumentHelp("Attach a tap device you may use (ip tuntap add mode tap user USER name IFNAME), so a network namespace or container joins the network. Repeatable.", valueName: "IFNAME"))
+    var tap: [String] = []
+
     @Option(help: "Interface MTU for the NAT, 68-65521 (default 1500). Guests learn it from the printed host_mtu= flag.")
     var mtu: Int?
 
@@ -74,8 +77,8 @@ struct Slirpd: ParsableCommand {
             var controlConfig = ControlConfig()
             var reloadSource: (() throws(DaemonError) -> [NetworkConfig])?
             if let path = config {
-                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, mtu == nil, name == "default", socketMode == "0660" else {
-                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --name, --mtu and --socket-mode: set those in \(path)")
+                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, tap.isEmpty, mtu == nil, name == "default", socketMode == "0660" else {
+                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --tap, --name, --mtu and --socket-mode: set those in \(path)")
                 }
                 let loaded = try Self.load(path)
                 networks = loaded.networks
@@ -113,6 +116,7 @@ struct Slirpd: ParsableCommand {
             guard let spec = EndpointSpec.tcp(parsing: t) else { throw fail("invalid --tcp '\(t)' (expected HOST:PORT)") }
             endpoints.append(spec)
         }
+        endpoints += tap.map { .tap(name: $0) }
         return NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode, optionText: options)
     }
 
