@@ -161,6 +161,7 @@ public final class Daemon {
         }
         runPostedJobs()
         for net in networks {
+            net.injectPending()
             net.flushPending()
             net.reapClosed()
         }

@@ -13,6 +13,8 @@ enum Metrics {
         family("slirpd_guests", "gauge", "Guests attached.", nets.map { ($0.label, $0.net.ports.count) })
         family("slirpd_leases", "gauge", "DHCP leases the NAT has acknowledged.", nets.map { ($0.label, $0.net.leases.count) })
         family("slirpd_forwards", "gauge", "Host forwards configured.", nets.map { ($0.label, $0.net.forwards.count) })
+        family("slirpd_arp_proxied_total", "counter", "ARP requests from the NAT answered by the switch for attached guests.",
+               nets.map { ($0.label, $0.net.arpProxied) })
         let totals: [(name: String, help: String, key: KeyPath<Counters, Int>)] = [
             ("rx_frames", "Frames received from guests.", \.rxFrames),
             ("rx_bytes", "Bytes received from guests.", \.rxBytes),

@@ -42,6 +42,14 @@ final class Network {
     var captures: [Int: CaptureSink] = [:]
     var nextCaptureID = 0
 
+    /// Which guest MAC holds which IPv4 address, learnt from guests' ARP and IPv4 frames.
+    /// libslirp's own ARP table has 16 entries; past that it keeps asking, and the switch
+    /// answers from here instead of flooding every guest and waiting.
+    private var neighbors: [UInt32: MACAddress] = [:]
+    /// Frames for libslirp made while inside one of its callbacks, which must not call it.
+    private var pendingToNAT: [[UInt8]] = []
+    private(set) var arpProxied = 0
+
     private let relayCommand: (String, UInt16) throws(SlirpError) -> String
 
     init(config: NetworkConfig, relayCommand: @escaping (String, UInt16) throws(SlirpError) -> String) throws(DaemonError) {
@@ -333,6 +341,7 @@ final class Network {
             port.refusedFor = nil
             log.info("\(port.label) now owns MAC \(header.source): its previous holder is gone")
         }
+        learnNeighbor(frame, header)
         switch verdict {
         case .forward(Network.natPort): stack.input(frame)
         case .forward(let id): ports[id].map { deliver(frame, to: $0) }
@@ -350,12 +359,44 @@ final class Network {
         guard let header = EthernetHeader(frame) else { return }
         if !captures.isEmpty { capture(frame, header) }
         snoopNATDHCP(frame)
+        if header.etherType == ARPPacket.etherType, answerForGuest(frame) { return }
         switch bridge.ingress(from: Network.natPort, source: header.source, destination: header.destination, now: monotonicNanoseconds()) {
         case .forward(let id): ports[id].map { deliver(frame, to: $0) }
         case .flood: for port in ports.values { deliver(frame, to: port) }
         case .duplicate(let owner):
             log.error("a guest (port \(owner.raw)) uses the NAT's own MAC \(header.source); frames from the NAT are dropped")
         case .drop: break
+        }
+    }
+
+    private func learnNeighbor(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader) {
+        let address: UInt32
+        if header.etherType == ARPPacket.etherType {
+            guard let arp = ARPPacket.parse(frame: frame), arp.senderMAC == header.source else { return }
+            address = arp.senderIP
+        } else {
+            guard let source = ipv4Source(frame: frame) else { return }
+            address = source
+        }
+        guard address != 0, config.options.network.contains(IPv4Address(address)), neighbors[address] != header.source else { return }
+        neighbors[address] = header.source
+    }
+
+    /// Answers libslirp's ARP request for an attached guest's address; true when answered.
+    private func answerForGuest(_ frame: UnsafeRawBufferPointer) -> Bool {
+        guard let arp = ARPPacket.parse(frame: frame), arp.operation == ARPPacket.request,
+              let mac = neighbors[arp.targetIP], bridge.port(of: mac) != nil else { return false }
+        pendingToNAT.append(arp.reply(from: mac))
+        arpProxied += 1
+        return true
+    }
+
+    /// Hands libslirp the frames made while it was busy (between its calls, never inside one).
+    func injectPending() {
+        while !pendingToNAT.isEmpty {
+            let batch = pendingToNAT
+            pendingToNAT.removeAll()
+            for frame in batch { frame.withUnsafeBytes { stack.input($0) } }
         }
     }
 
@@ -406,6 +447,7 @@ final class Network {
         for port in closing {
             guard let reason = port.closeReason, ports.removeValue(forKey: port.id) != nil else { continue }
             let macs = bridge.removePort(port.id)
+            if !macs.isEmpty { neighbors = neighbors.filter { !macs.contains($0.value) } }
             port.socket.close()
             if case .datagram(let endpoint, let peer) = port.kind { endpoint.peers[peer] = nil }
             let stats = "rx \(port.rxFrames) frames/\(port.rxBytes) B, tx \(port.txFrames) frames/\(port.txBytes) B, dropped \(port.drops)"

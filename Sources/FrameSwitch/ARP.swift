@@ -1,0 +1,56 @@
+/// ARP for IPv4 over Ethernet (RFC 826), and the IPv4 source of a frame: what the
+/// switch reads to learn which guest MAC holds which address.
+public struct ARPPacket: Equatable, Sendable {
+    public static let etherType: UInt16 = 0x0806
+    public static let request: UInt16 = 1
+    public static let reply: UInt16 = 2
+
+    public var operation: UInt16
+    public var senderMAC: MACAddress
+    public var senderIP: UInt32
+    public var targetMAC: MACAddress
+    public var targetIP: UInt32
+
+    public init(operation: UInt16, senderMAC: MACAddress, senderIP: UInt32, targetMAC: MACAddress, targetIP: UInt32) {
+        self.operation = operation
+        self.senderMAC = senderMAC
+        self.senderIP = senderIP
+        self.targetMAC = targetMAC
+        self.targetIP = targetIP
+    }
+
+    /// Reads an Ethernet/IPv4 ARP packet; nil for anything else.
+    @inlinable
+    public static func parse<C: RandomAccessCollection<UInt8>>(frame: C) -> ARPPacket? where C.Index == Int {
+        guard frame.count >= 42 else { return nil }
+        let s = frame.startIndex
+        func u16(_ at: Int) -> UInt16 { UInt16(frame[s + at]) << 8 | UInt16(frame[s + at + 1]) }
+        func u32(_ at: Int) -> UInt32 { UInt32(u16(at)) << 16 | UInt32(u16(at + 2)) }
+        guard u16(12) == etherType, u16(14) == 1, u16(16) == 0x0800, frame[s + 18] == 6, frame[s + 19] == 4 else { return nil }
+        return ARPPacket(operation: u16(20), senderMAC: MACAddress(frame, at: 22), senderIP: u32(28),
+                         targetMAC: MACAddress(frame, at: 32), targetIP: u32(38))
+    }
+
+    /// The reply `owner` would send to this request: "targetIP is at owner".
+    public func reply(from owner: MACAddress) -> [UInt8] {
+        var frame: [UInt8] = []
+        frame.reserveCapacity(42)
+        frame += senderMAC.bytes + owner.bytes + [0x08, 0x06]
+        frame += [0, 1, 0x08, 0x00, 6, 4, 0, UInt8(ARPPacket.reply)]
+        frame += owner.bytes + bigEndian(targetIP) + senderMAC.bytes + bigEndian(senderIP)
+        return frame
+    }
+
+    private func bigEndian(_ value: UInt32) -> [UInt8] {
+        [UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16), UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)]
+    }
+}
+
+/// The source address of an IPv4 frame (ethertype 0x0800, version 4), or nil.
+@inlinable
+public func ipv4Source<C: RandomAccessCollection<UInt8>>(frame: C) -> UInt32? where C.Index == Int {
+    guard frame.count >= 34 else { return nil }
+    let s = frame.startIndex
+    guard frame[s + 12] == 0x08, frame[s + 13] == 0x00, frame[s + 14] >> 4 == 4 else { return nil }
+    return UInt32(frame[s + 26]) << 24 | UInt32(frame[s + 27]) << 16 | UInt32(frame[s + 28]) << 8 | UInt32(frame[s + 29])
+}
