@@ -45,7 +45,7 @@ final class Network {
     /// Which guest MAC holds which IPv4 address, learnt from guests' ARP and IPv4 frames.
     /// libslirp's own ARP table has 16 entries; past that it keeps asking, and the switch
     /// answers from here instead of flooding every guest and waiting.
-    private var neighbors: [UInt32: MACAddress] = [:]
+    private(set) var neighbors: [UInt32: MACAddress] = [:]
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     private var pendingToNAT: [[UInt8]] = []
     private(set) var arpProxied = 0

@@ -97,9 +97,14 @@ extension Network {
     func guestInfos() -> [GuestInfo] {
         ports.values.sorted { $0.id < $1.id }.map { port in
             let lease = port.mac.flatMap { leases[$0] }
+            // The leased address first, then any other the guest was seen using (a static one, say).
+            var ips = lease.map { [$0.ip] } ?? []
+            if let mac = port.mac {
+                ips += neighbors.filter { $0.value == mac && $0.key != lease?.ip.value }.keys.sorted().map(IPv4Address.init)
+            }
             return GuestInfo(
                 id: port.id.raw, network: config.name, transport: port.transport.rawValue, endpoint: port.endpointName,
-                peer: port.peer, macs: port.mac.map { ["\($0)"] } ?? [], ips: lease.map { ["\($0.ip)"] } ?? [],
+                peer: port.peer, macs: port.mac.map { ["\($0)"] } ?? [], ips: ips.map { "\($0)" },
                 hostname: lease?.hostname, counters: port.counters, connectedSince: port.connectedSince)
         }
     }

@@ -14,13 +14,14 @@ import uuid
 
 import pytest
 
-from daemon import Slirpd
+from daemon import SLIRPD, Slirpd
 from guest import HostHTTPServer
 
 pytestmark = pytest.mark.e2e
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 COUNT = 20
+SLIRPCTL = os.environ.get("SLIRPCTL", os.path.join(os.path.dirname(SLIRPD), "slirpctl"))
 
 
 def sh(*args, check=True, timeout=30):
@@ -60,6 +61,10 @@ def test_twenty_namespaces_fetch_through_the_nat_at_once(tmp_path):
             guests = int(re.search(r'^slirpd_guests\{network="default"\} (\d+)$', metrics, re.M).group(1))
             assert guests == COUNT
             assert proxied > 0, "with 20 guests libslirp must have asked the switch for some of them"
+            # Static addresses show in the guest list too, learnt from the guests' own frames.
+            import json
+            listed = json.loads(sh(SLIRPCTL, "--control", d.control, "--json", "guests").stdout)
+            assert sorted(ip for g in listed for ip in g["ips"]) == sorted(f"10.0.2.{100 + i}" for i in range(COUNT))
     finally:
         for tap, ns in names:
             sh("ip", "netns", "delete", ns, check=False)
