@@ -23,6 +23,7 @@ let package = Package(
         .target(name: "PosixIO", dependencies: ["CLinux"]),
         .target(name: "FrameSwitch"),
         .target(name: "NetOptions"),
+        .target(name: "NetServices", dependencies: ["FrameSwitch", "NetOptions"]),
         .target(name: "SlirpKit", dependencies: ["CSlirp", "PosixIO", "NetOptions", "SlirpAPI"]),
         .target(
             name: "DaemonConfig",
@@ -61,6 +62,7 @@ let package = Package(
             ]),
         .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch"]),
         .testTarget(name: "NetOptionsTests", dependencies: ["NetOptions"]),
+        .testTarget(name: "NetServicesTests", dependencies: ["NetServices", "FrameSwitch", "NetOptions", "SlirpKit"]),
         .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit", "SlirpAPI"]),
         .testTarget(name: "DaemonConfigTests", dependencies: ["DaemonConfig", "NetOptions"]),
     ],
