@@ -60,9 +60,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
-        .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch"]),
+        // Shared by test targets only.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch", "TestSupport"]),
         .testTarget(name: "NetOptionsTests", dependencies: ["NetOptions"]),
-        .testTarget(name: "NetServicesTests", dependencies: ["NetServices", "FrameSwitch", "NetOptions", "SlirpKit"]),
+        .testTarget(name: "NetServicesTests", dependencies: ["NetServices", "FrameSwitch", "NetOptions", "SlirpKit", "TestSupport"]),
         .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit", "SlirpAPI"]),
         .testTarget(name: "DaemonConfigTests", dependencies: ["DaemonConfig", "NetOptions"]),
     ],

@@ -1,4 +1,5 @@
 import FrameSwitch
+import TestSupport
 import Testing
 
 /// Builders for DHCP frames. Namespaced: other test files in this target define free helpers.
@@ -94,17 +95,6 @@ enum DHCPFixture {
     }
 }
 
-/// SplitMix64, so the fuzz cases are the same on every run.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 @Suite("DHCP snooping")
 struct DHCPSnoopTests {

@@ -1,5 +1,6 @@
 import FrameSwitch
 import NetOptions
+import TestSupport
 import Testing
 
 @testable import NetServices
@@ -162,17 +163,6 @@ enum DHCPTestKit {
     }
 }
 
-/// SplitMix64, so the fuzz cases are the same on every run.
-struct DHCPTestGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 @Suite("DHCP server")
 struct DHCPServerTests {
@@ -501,7 +491,7 @@ struct DHCPServerTests {
         var server = try K.server(
             "net=10.0.2.0/28,dhcpstart=10.0.2.4",
             statics: [StaticLease(mac: K.mac(0), address: IPv4Address(10, 0, 2, 9), hostname: "s")])
-        var rng = DHCPTestGenerator(state: 2132)
+        var rng = SeededGenerator(state: 2132)
         var now: Int64 = 0
         for _ in 0..<20_000 {
             now += Int64.random(in: 0...600, using: &rng)
@@ -552,7 +542,7 @@ struct DHCPServerTests {
             K.message(7, ciaddr: K.ip(10, 0, 2, 4)), K.message(4, requested: K.ip(10, 0, 2, 4)),
             K.message(8, ciaddr: K.ip(10, 0, 2, 9)), K.message(nil),
         ]
-        var rng = DHCPTestGenerator(state: 2131)
+        var rng = SeededGenerator(state: 2131)
         var answered = 0
         for round in 0..<20_000 {
             var f = seeds[round % seeds.count]
