@@ -126,3 +126,19 @@ def retry_http_get(url: str, timeout: float = 30) -> str:
             last = e
             time.sleep(0.5)
     raise AssertionError(f"GET {url} kept failing: {last}")
+
+
+class NetworkWithGuest:
+    """One daemon with a stream endpoint and one guest attached to it, for module
+    fixtures; `args` are the daemon's other arguments. close() stops both."""
+
+    def __init__(self, tmp: Path, args: list[str], mac: str, name: str = "a"):
+        from guest import Guest
+        self.tmp = tmp
+        self.sock = str(Path(tmp) / "net.sock")
+        self.daemon = Slirpd([*args, "--stream", self.sock], tmp)
+        self.guest = Guest(name, stream_netdev(self.sock), mac, log_dir=tmp)
+
+    def close(self):
+        self.guest.stop()
+        self.daemon.stop()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import Slirpd, retry_http_get, stream_netdev
+from daemon import NetworkWithGuest, Slirpd, retry_http_get, stream_netdev
 from guest import REPO, Guest, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -79,18 +79,11 @@ def control_get(d: Slirpd, path: str, user: int | None = None) -> tuple[int, str
 
 # --- one daemon and one guest for the read-only checks and forwards ---------
 
-class ControlNet:
+class ControlNet(NetworkWithGuest):
     def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.sock = str(tmp / "net.sock")
         # A fixed forward to guest A: host traffic that must not show in another guest's capture.
         self.fwd_port = free_port()
-        self.daemon = Slirpd(["-o", f"hostfwd=tcp:127.0.0.1:{self.fwd_port}-:8080", "--stream", self.sock], tmp)
-        self.guest = Guest("a", stream_netdev(self.sock), MAC_A, log_dir=tmp)
-
-    def close(self):
-        self.guest.stop()
-        self.daemon.stop()
+        super().__init__(tmp, ["-o", f"hostfwd=tcp:127.0.0.1:{self.fwd_port}-:8080"], MAC_A)
 
 
 @pytest.fixture(scope="module")

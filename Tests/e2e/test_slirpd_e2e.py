@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from daemon import (Slirpd, dgram_netdev, retry_http_get, stream_netdev,
+from daemon import (NetworkWithGuest, Slirpd, dgram_netdev, retry_http_get, stream_netdev,
                     tcp_stream_netdev)
 from guest import Guest, HostHTTPServer, free_port
 
@@ -28,23 +28,20 @@ def guest_get(guest: Guest, url: str, timeout: float = 30) -> str:
     return out.strip()
 
 
-class DefaultNetwork:
+class DefaultNetwork(NetworkWithGuest):
     """One daemon on QEMU's default network with a stream guest, shared by the tests below."""
 
     def __init__(self, tmp):
         self.host_http = HostHTTPServer()
         self.fwd_port = free_port()
-        self.sock = str(tmp / "net.sock")
         self.dgram = str(tmp / "net.dgram")
         opts = (f"hostfwd=tcp:127.0.0.1:{self.fwd_port}-:8080,"
                 f"guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:{self.host_http.port},"
                 f"guestfwd=tcp:10.0.2.101:7-cmd:/bin/echo exec-forward-ok")
-        self.daemon = Slirpd(["-o", opts, "--stream", self.sock, "--dgram", self.dgram], tmp)
-        self.guest = Guest("a", stream_netdev(self.sock), MAC_A, log_dir=tmp)
+        super().__init__(tmp, ["-o", opts, "--dgram", self.dgram], MAC_A)
 
     def close(self):
-        self.guest.stop()
-        self.daemon.stop()
+        super().close()
         self.host_http.stop()
 
 
