@@ -178,6 +178,10 @@ def test_control_api_survives_schemathesis(tmp_path):
             "--request-timeout", "5",
             "--workers", "1",  # 2 trips CPython 3.11's non-thread-safe ast.parse inside hypothesis
             "--generation-database", "none",
+            # A fixed seed: CI sees the same inputs every run, so a failure reproduces and a
+            # crash inside hypothesis itself (seen once, an IndexError in its target optimiser)
+            # cannot make CI flaky. SLIRPD_FUZZ_SEED picks other inputs for a deeper look.
+            "--seed", os.environ.get("SLIRPD_FUZZ_SEED", "20261121"),
             "--no-color",
         ]
         # cwd: schemathesis may leave report or cache files behind; keep them in tmp_path.
