@@ -7,21 +7,6 @@ enum DHCPFixture {
     static let guestMAC = MACAddress(raw: 0x5254_0012_3456)
     static let xid: UInt32 = 0x3C1D_9A42
 
-    static func bytes(_ hex: String) -> [UInt8] {
-        var out: [UInt8] = []
-        var pending: UInt8?
-        for ch in hex where !ch.isWhitespace {
-            guard let nibble = ch.hexDigitValue.map(UInt8.init) else { continue }
-            if let high = pending {
-                out.append(high << 4 | nibble)
-                pending = nil
-            } else {
-                pending = nibble
-            }
-        }
-        return out
-    }
-
     static func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(truncatingIfNeeded: v >> 16), UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v)] }
 
     static func ip(_ a: UInt8, _ b: UInt8, _ c: UInt8, _ d: UInt8) -> UInt32 {
@@ -78,21 +63,6 @@ enum DHCPFixture {
         return ~UInt16(sum)
     }
 
-    /// libslirp 4.7.0's DHCPOFFER (or DHCPACK, `kind` 5) to the client above, captured from
-    /// its send_packet callback: 10.0.2.0/24, host 10.0.2.2, DNS 10.0.2.3, lease 86400 s.
-    /// All bytes not spelled out are zero.
-    static func slirpReply(kind: UInt8) -> [UInt8] {
-        let ipID: [UInt8] = kind == 2 ? [0x00, 0x00] : [0x00, 0x01]
-        let ipSum: [UInt8] = kind == 2 ? [0x6c, 0x9c] : [0x6c, 0x9b]
-        let udpSum: [UInt8] = kind == 2 ? [0xe5, 0x11] : [0xe2, 0x11]
-        var f = bytes("ffffffffffff 52550a000202 0800 45100240") + ipID + bytes("0000 4011") + ipSum
-            + bytes("0a000202 ffffffff 0043 0044 022c") + udpSum
-            + bytes("02010600 3c1d9a42 00000000 00000000 0a00020f 0a000202 00000000 525400123456")
-        f += [UInt8](repeating: 0, count: 278 - f.count)
-        f += bytes("63825363 3501") + [kind] + bytes("36040a000202 0104ffffff00 03040a000202 06040a000203 330400015180 ff")
-        f += [UInt8](repeating: 0, count: 590 - f.count)
-        return f
-    }
 }
 
 
@@ -103,7 +73,7 @@ struct DHCPSnoopTests {
     @Test("libslirp's real DHCPOFFER and DHCPACK parse in full")
     func slirpOfferAndAck() {
         for (kind, expectedKind) in [(UInt8(2), DHCPMessage.Kind.offer), (5, .ack)] {
-            let frame = F.slirpReply(kind: kind)
+            let frame = libslirpDHCPReply(kind: kind)
             #expect(frame.count == 590)
             let expected = DHCPMessage(
                 op: 2, kind: expectedKind, transactionID: 0x3C1D_9A42, clientMAC: F.guestMAC,
@@ -241,7 +211,7 @@ struct DHCPSnoopTests {
 
     @Test("works on slices and raw buffers, whose indices do not start at 0")
     func collectionKinds() {
-        let frame = F.slirpReply(kind: 2)
+        let frame = libslirpDHCPReply(kind: 2)
         let expected = DHCPMessage.parse(frame: frame)
         #expect(expected != nil)
         let padded = [UInt8](repeating: 0xEE, count: 7) + frame
@@ -251,7 +221,7 @@ struct DHCPSnoopTests {
 
     @Test("every prefix and thousands of mutations parse or return nil, never trap")
     func fuzz() {
-        let seeds = [F.slirpReply(kind: 2), F.frame(options: F.clientOptions(kind: 3, extra: [50, 4, 10, 0, 2, 15]), vlan: 3)]
+        let seeds = [libslirpDHCPReply(kind: 2), F.frame(options: F.clientOptions(kind: 3, extra: [50, 4, 10, 0, 2, 15]), vlan: 3)]
         for seed in seeds {
             for n in 0...seed.count { _ = DHCPMessage.parse(frame: seed[0..<n]) }
         }

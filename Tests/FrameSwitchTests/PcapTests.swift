@@ -1,4 +1,5 @@
 import FrameSwitch
+import TestSupport
 import Testing
 
 @Suite("pcap files")
@@ -55,7 +56,7 @@ struct PcapTests {
     func threeFrames() {
         let frames = [
             DHCPFixture.frame(options: DHCPFixture.clientOptions(kind: 1)),
-            DHCPFixture.slirpReply(kind: 2),
+            libslirpDHCPReply(kind: 2),
             [UInt8](repeating: 0xAB, count: 60),
         ]
         var file = Pcap.fileHeader()

@@ -17,21 +17,6 @@ enum DHCPTestKit {
 
     static func ip(_ a: UInt8, _ b: UInt8, _ c: UInt8, _ d: UInt8) -> UInt32 { IPv4Address(a, b, c, d).value }
 
-    static func bytes(_ hex: String) -> [UInt8] {
-        var out: [UInt8] = []
-        var pending: UInt8?
-        for ch in hex where !ch.isWhitespace {
-            guard let nibble = ch.hexDigitValue.map(UInt8.init) else { continue }
-            if let high = pending {
-                out.append(high << 4 | nibble)
-                pending = nil
-            } else {
-                pending = nibble
-            }
-        }
-        return out
-    }
-
     static func be32(_ v: UInt32) -> [UInt8] { DHCPFrameBuilder.bytes32(v) }
 
     /// A client message: Ethernet / IPv4 / UDP 68->67 / BOOTP, with `kind` as option 53
@@ -68,20 +53,6 @@ enum DHCPTestKit {
         return ethDestination.bytes + mac.bytes + [0x08, 0x00] + ipHeader + udp
     }
 
-    /// libslirp 4.7.0's DHCPOFFER (`kind` 2) or DHCPACK (5) to `message(1)`, captured
-    /// from its send_packet callback (the same bytes as in FrameSwitchTests).
-    static func slirpReply(kind: UInt8) -> [UInt8] {
-        let ipID: [UInt8] = kind == 2 ? [0x00, 0x00] : [0x00, 0x01]
-        let ipSum: [UInt8] = kind == 2 ? [0x6c, 0x9c] : [0x6c, 0x9b]
-        let udpSum: [UInt8] = kind == 2 ? [0xe5, 0x11] : [0xe2, 0x11]
-        var f = bytes("ffffffffffff 52550a000202 0800 45100240") + ipID + bytes("0000 4011") + ipSum
-            + bytes("0a000202 ffffffff 0043 0044 022c") + udpSum
-            + bytes("02010600 3c1d9a42 00000000 00000000 0a00020f 0a000202 00000000 525400123456")
-        f += [UInt8](repeating: 0, count: 278 - f.count)
-        f += bytes("63825363 3501") + [kind] + bytes("36040a000202 0104ffffff00 03040a000202 06040a000203 330400015180 ff")
-        f += [UInt8](repeating: 0, count: 590 - f.count)
-        return f
-    }
 
     /// The options of an untagged reply frame, in order.
     static func options(_ frame: [UInt8]) -> [(code: UInt8, value: [UInt8])] {
@@ -172,10 +143,10 @@ struct DHCPServerTests {
     func slirpParity() throws {
         var server = try K.server()
         let offer = server.handle(frame: K.message(1), now: 0)
-        #expect(offer?.replies == [K.slirpReply(kind: 2)])
+        #expect(offer?.replies == [libslirpDHCPReply(kind: 2)])
         #expect(offer?.events == [])
         let ack = server.handle(frame: K.message(3, requested: K.ip(10, 0, 2, 15), serverID: K.ip(10, 0, 2, 2)), now: 0)
-        #expect(ack?.replies == [K.slirpReply(kind: 5)])
+        #expect(ack?.replies == [libslirpDHCPReply(kind: 5)])
         let lease = DHCPLease(mac: K.guestMAC, address: IPv4Address(10, 0, 2, 15), hostname: "guest", expires: 86400, isStatic: false)
         #expect(ack?.events == [.granted(lease)])
         #expect(server.leases == [lease])
@@ -404,7 +375,7 @@ struct DHCPServerTests {
     @Test("frames that are not requests to this server are left alone")
     func notForUs() throws {
         var server = try K.server()
-        #expect(server.handle(frame: K.slirpReply(kind: 2), now: 0) == nil)  // a reply
+        #expect(server.handle(frame: libslirpDHCPReply(kind: 2), now: 0) == nil)  // a reply
         #expect(server.handle(frame: [UInt8](repeating: 0, count: 60), now: 0) == nil)
         var tagged = K.message(1)
         tagged.insert(contentsOf: [0x81, 0x00, 0x00, 0x05], at: 12)
