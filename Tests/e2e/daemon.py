@@ -142,3 +142,12 @@ class NetworkWithGuest:
     def close(self):
         self.guest.stop()
         self.daemon.stop()
+
+    def serve(self):
+        """For pytest fixtures (`yield from net.serve()`): waits for the guest, yields
+        this network, and closes it whatever happens."""
+        try:
+            self.guest.wait_ready()
+            yield self
+        finally:
+            self.close()

@@ -88,12 +88,7 @@ class ControlNet(NetworkWithGuest):
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
-    n = ControlNet(tmp_path_factory.mktemp("ctlnet"))
-    try:
-        n.guest.wait_ready()
-        yield n
-    finally:
-        n.close()
+    yield from ControlNet(tmp_path_factory.mktemp("ctlnet")).serve()
 
 
 def test_forward_add_list_remove(net):

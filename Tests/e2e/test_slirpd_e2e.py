@@ -47,12 +47,7 @@ class DefaultNetwork(NetworkWithGuest):
 
 @pytest.fixture(scope="module")
 def default_net(tmp_path_factory):
-    net = DefaultNetwork(tmp_path_factory.mktemp("defnet"))
-    try:
-        net.guest.wait_ready()
-        yield net
-    finally:
-        net.close()
+    yield from DefaultNetwork(tmp_path_factory.mktemp("defnet")).serve()
 
 
 def test_stream_guest_gets_qemu_default_lease(default_net):
