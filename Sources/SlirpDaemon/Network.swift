@@ -328,12 +328,13 @@ final class Network {
         port.rxFrames += 1
         port.rxBytes += frame.count
         if !captures.isEmpty { capture(frame, header) }
-        snoopGuestDHCP(frame)
         let verdict = bridge.ingress(from: port.id, source: header.source, destination: header.destination, now: monotonicNanoseconds())
         if case .duplicate(let owner) = verdict {
             refuseDuplicate(port, mac: header.source, owner: owner)
             return
         }
+        // Only after the duplicate check: a refused guest must not rename the MAC's owner.
+        snoopGuestDHCP(frame)
         if port.mac == nil {
             port.mac = header.source
             log.info("\(port.label) is using MAC \(header.source)")
