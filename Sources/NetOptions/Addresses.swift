@@ -235,3 +235,68 @@ public struct IPv4Network: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { "\(address)/\(prefixLength)" }
 }
+
+/// Where the network's DNS server sends queries it does not answer itself.
+public struct DNSUpstream: Hashable, Sendable, CustomStringConvertible {
+    public enum Address: Hashable, Sendable {
+        case v4(IPv4Address)
+        case v6(IPv6Address)
+    }
+
+    public var address: Address
+    public var port: UInt16
+
+    public init(_ address: Address, port: UInt16 = 53) {
+        self.address = address
+        self.port = port
+    }
+
+    /// `IP`, `IP:PORT`, a bare IPv6 address, or `[IPv6]:PORT`. Port 0 is refused.
+    public init?(_ text: String) {
+        var host = Substring(text)
+        var port: UInt16 = 53
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return nil }
+            let rest = host[host.index(after: close)...]
+            host = host[host.index(after: host.startIndex)..<close]
+            if !rest.isEmpty {
+                guard rest.hasPrefix(":"), let p = UInt16(rest.dropFirst()), p != 0 else { return nil }
+                port = p
+            }
+            guard let v6 = IPv6Address(String(host)) else { return nil }
+            self.init(.v6(v6), port: port)
+            return
+        }
+        if let v6 = IPv6Address(String(host)), host.contains(":") {
+            self.init(.v6(v6), port: 53)
+            return
+        }
+        if let colon = host.lastIndex(of: ":") {
+            guard let p = UInt16(host[host.index(after: colon)...]), p != 0 else { return nil }
+            port = p
+            host = host[..<colon]
+        }
+        guard let v4 = IPv4Address(String(host)) else { return nil }
+        self.init(.v4(v4), port: port)
+    }
+
+    public var description: String {
+        switch address {
+        case .v4(let a): return port == 53 ? "\(a)" : "\(a):\(port)"
+        case .v6(let a): return port == 53 ? "\(a)" : "[\(a)]:\(port)"
+        }
+    }
+
+    /// The first `nameserver` line of a resolv.conf text, if it holds an address.
+    public static func fromResolvConf(_ text: String) -> DNSUpstream? {
+        for line in text.split(whereSeparator: \.isNewline) {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard fields.count >= 2, fields[0] == "nameserver" else { continue }
+            // A zone id (fe80::1%eth0) cannot be used from here; skip such a server.
+            let host = String(fields[1])
+            if let v4 = IPv4Address(host) { return DNSUpstream(.v4(v4)) }
+            if let v6 = IPv6Address(host) { return DNSUpstream(.v6(v6)) }
+        }
+        return nil
+    }
+}

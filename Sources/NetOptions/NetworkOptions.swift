@@ -38,6 +38,9 @@
 //     with an empty or over-63-byte label (it drops the name with a warning).
 //   - `id=` is ignored, `type=`/the bare first word may only be `user`, and an empty
 //     string means all defaults.
+//   - Two keys of slirpd's own, for the DNS server it runs in place of libslirp's:
+//     `dns-upstream=IP[:PORT]` (`[IPv6]:PORT`) names where queries for other names go,
+//     and `dns-domain=NAME` the domain whose names it answers itself.
 
 /// The configuration of one user-mode network, with QEMU's defaults.
 public struct NetworkOptions: Hashable, Sendable {
@@ -70,6 +73,12 @@ public struct NetworkOptions: Hashable, Sendable {
     public var bootfile: String?
     public var hostForwards: [HostForward]
     public var guestForwards: [GuestForward]
+    /// `dns-upstream=`: nil means the first nameserver of the host's resolv.conf.
+    public var dnsUpstream: DNSUpstream?
+    /// `dns-domain=`: the names slirpd's DNS answers itself, without a trailing dot.
+    public var dnsDomain: String
+
+    public static let defaultDNSDomain = "slirpd.internal"
 
     /// QEMU's defaults: 10.0.2.0/24 with host .2, DNS .3, DHCP from .15; fec0::/64 with
     /// ::2 and ::3; both families on, not restricted, no forwards.
@@ -94,6 +103,8 @@ public struct NetworkOptions: Hashable, Sendable {
         bootfile = nil
         hostForwards = []
         guestForwards = []
+        dnsUpstream = nil
+        dnsDomain = Self.defaultDNSDomain
     }
 
     /// Parses a `-netdev user` option string such as
@@ -128,7 +139,7 @@ private struct RawOptions {
     static let scalarKeys: Set<String> = [
         "net", "ip", "host", "restrict", "ipv4", "ipv6", "ipv6-net", "ipv6-prefix", "ipv6-prefixlen",
         "ipv6-host", "ipv6-dns", "hostname", "dhcpstart", "dns", "domainname", "tftp",
-        "tftp-server-name", "bootfile",
+        "tftp-server-name", "bootfile", "dns-upstream", "dns-domain",
     ]
 
     var scalars: [String: String] = [:]
@@ -388,6 +399,19 @@ private struct RawOptions {
                 "Invalid 'dnssearch' domain name '\(name)' (labels must be 1 to 63 bytes; libslirp would drop it)")
         }
         options.dnsSearch = dnsSearch
+        if let text = scalars["dns-upstream"] {
+            guard let upstream = DNSUpstream(text) else {
+                throw OptionError("Parameter 'dns-upstream' expects IP[:PORT] or [IPv6]:PORT, not '\(text)'")
+            }
+            options.dnsUpstream = upstream
+        }
+        if let text = scalars["dns-domain"] {
+            let domain = text.hasSuffix(".") ? String(text.dropLast()) : text
+            guard !domain.isEmpty, domain.utf8.count <= 253, Self.isSearchDomain(domain) else {
+                throw OptionError("Parameter 'dns-domain' expects a domain name (labels of 1 to 63 bytes), not '\(text)'")
+            }
+            options.dnsDomain = domain.lowercased()
+        }
     }
 
     /// libslirp's rule (domain_mklabels): dot-separated labels of 1-63 bytes; one

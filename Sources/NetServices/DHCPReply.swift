@@ -67,43 +67,12 @@ enum DHCPFrameBuilder {
     static func frame(
         bootp: [UInt8], ipID: UInt16, source: (mac: MACAddress, ip: UInt32), destination: (mac: MACAddress, ip: UInt32)
     ) -> [UInt8] {
-        let udpLength = 8 + bootp.count
-        let totalLength = 20 + udpLength
-        var frame = destination.mac.bytes + source.mac.bytes + [0x08, 0x00]
-        var ip: [UInt8] = [0x45, 0x10, UInt8(totalLength >> 8), UInt8(totalLength & 0xFF),
-                           UInt8(ipID >> 8), UInt8(ipID & 0xFF), 0, 0, 64, 17, 0, 0]
-        ip += bytes32(source.ip) + bytes32(destination.ip)
-        let ipSum = ~onesComplementSum(ip, initial: 0)
-        ip[10] = UInt8(ipSum >> 8)
-        ip[11] = UInt8(ipSum & 0xFF)
-
-        var udp: [UInt8] = [0, 67, 0, 68, UInt8(udpLength >> 8), UInt8(udpLength & 0xFF), 0, 0] + bootp
-        let pseudo = bytes32(source.ip) + bytes32(destination.ip) + [0, 17, UInt8(udpLength >> 8), UInt8(udpLength & 0xFF)]
-        var udpSum = ~onesComplementSum(udp, initial: onesComplementSum(pseudo, initial: 0))
-        if udpSum == 0 { udpSum = 0xFFFF }  // 0 would mean "no checksum"
-        udp[6] = UInt8(udpSum >> 8)
-        udp[7] = UInt8(udpSum & 0xFF)
-        frame += ip
-        frame += udp
-        return frame
+        UDPDatagram(sourceMAC: source.mac, destinationMAC: destination.mac,
+                    addresses: .v4(source: source.ip, destination: destination.ip),
+                    sourcePort: 67, destinationPort: 68, payload: bootp).frame(ipID: ipID, typeOfService: 0x10)
     }
 
-    /// The folded 16-bit one's complement sum (RFC 1071), not yet complemented.
-    static func onesComplementSum(_ bytes: [UInt8], initial: UInt16) -> UInt16 {
-        var sum = UInt32(initial)
-        var i = 0
-        while i + 1 < bytes.count {
-            sum += UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1])
-            i += 2
-        }
-        if i < bytes.count { sum += UInt32(bytes[i]) << 8 }
-        while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
-        return UInt16(sum)
-    }
-
-    static func bytes32(_ v: UInt32) -> [UInt8] {
-        [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)]
-    }
+    static func bytes32(_ v: UInt32) -> [UInt8] { be32(v) }
 
     static func put32(_ v: UInt32, into b: inout [UInt8], at offset: Int) {
         b.replaceSubrange(offset..<(offset + 4), with: bytes32(v))

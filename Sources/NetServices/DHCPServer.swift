@@ -427,3 +427,40 @@ public struct DHCPServer: Sendable {
             source: (serverMAC, config.server.value), destination: destination)
     }
 }
+
+extension StaticLease {
+    /// Why this lease cannot be used on a network with `options`, or nil if it can. The
+    /// config file and the API both ask, so both refuse the same leases in the same words.
+    public func problem(in options: NetworkOptions) -> String? {
+        if mac.isGroup { return "MAC \(mac) is a group (multicast) address, not a guest's" }
+        if let problem = addressProblem(in: options) { return problem }
+        if let hostname, !Self.isLabel(hostname) {
+            return "invalid hostname '\(hostname)' (a single DNS label: 1 to 63 letters, digits and '-')"
+        }
+        return nil
+    }
+
+    /// Why the address cannot be fixed for a guest: outside the network, or one that
+    /// libslirp or the network itself uses.
+    public func addressProblem(in options: NetworkOptions) -> String? {
+        let network = options.network
+        // /31 and /32 have no network or broadcast address (RFC 3021).
+        let hasBroadcast = network.prefixLength <= 30
+        let what: String? =
+            if !network.contains(address) { "outside the network \(network)" }
+            else if address == options.host { "the gateway's address (host)" }
+            else if address == options.dns { "the DNS address (dns)" }
+            else if hasBroadcast && address == network.address { "the network address" }
+            else if hasBroadcast && address.value == network.address.value | ~network.mask { "the broadcast address" }
+            else if options.guestForwards.contains(where: { $0.resolvedAddress(in: options) == address }) {
+                "a guest forward's address (guestfwd)"
+            } else { nil }
+        return what.map { "IP \(address) is \($0)" }
+    }
+
+    public static func isLabel(_ name: String) -> Bool {
+        (1...63).contains(name.utf8.count) && name.utf8.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7A) || byte == UInt8(ascii: "-")
+        }
+    }
+}

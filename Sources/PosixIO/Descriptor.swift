@@ -153,3 +153,52 @@ public func writeStandardOutput(_ bytes: [UInt8]) -> Bool {
 }
 
 public func errorDescription(_ code: Int32) -> String { String(cString: strerror(code)) }
+
+/// The whole file as text, or nil if it does not exist.
+public func readTextFile(_ path: String) throws(IOError) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0 {
+        if errno == ENOENT { return nil }
+        throw IOError(call: "open", code: errno, detail: path)
+    }
+    let file = Descriptor(owning: fd)
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { Glibc.read(file.raw, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw IOError(call: "read", code: errno, detail: path)
+        }
+        if n == 0 { break }
+        bytes += chunk[0..<n]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// Replaces `path` with `text` in one step (a temporary file renamed over it), so a
+/// crash leaves the old file or the new one, never half of one.
+public func writeFileAtomically(_ path: String, _ text: String, mode: mode_t = 0o600) throws(IOError) {
+    let temporary = path + ".tmp"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+    guard fd >= 0 else { throw IOError(call: "open", code: errno, detail: temporary) }
+    let file = Descriptor(owning: fd)
+    let bytes = Array(text.utf8)
+    var written = 0
+    while written < bytes.count {
+        let n = bytes[written...].withUnsafeBytes { Glibc.write(file.raw, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            let code = errno
+            unlink(temporary)
+            throw IOError(call: "write", code: code, detail: temporary)
+        }
+        written += n
+    }
+    file.close()
+    guard rename(temporary, path) == 0 else {
+        let code = errno
+        unlink(temporary)
+        throw IOError(call: "rename", code: code, detail: path)
+    }
+}

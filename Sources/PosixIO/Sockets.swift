@@ -173,6 +173,20 @@ public func connectTCP(host: String, port: UInt16) throws(IOError) -> Descriptor
     throw lastError
 }
 
+/// A non-blocking UDP socket connected to a numeric address (a DNS upstream). Connected,
+/// it receives only that peer's datagrams, and an unreachable peer shows as
+/// ECONNREFUSED on the next call.
+public func connectUDP(host: String, port: UInt16) throws(IOError) -> Descriptor {
+    guard let candidate = try resolve(host: host, port: port, passive: false, kind: .datagram).first else {
+        throw IOError(call: "getaddrinfo", code: EADDRNOTAVAIL, detail: host)
+    }
+    let socket = try newSocket(domain: candidate.family, kind: .datagram)
+    _ = try candidate.withAddress { (sa, len) throws(IOError) in
+        try syscallBlocking("connect", detail: "\(host):\(port)") { connect(socket.raw, sa, len) }
+    }
+    return socket
+}
+
 private struct ResolvedAddress {
     var family: Int32
     var bytes: [UInt8]
@@ -186,9 +200,9 @@ private struct ResolvedAddress {
     }
 }
 
-private func resolve(host: String, port: UInt16, passive: Bool) throws(IOError) -> [ResolvedAddress] {
+private func resolve(host: String, port: UInt16, passive: Bool, kind: SocketKind = .stream) throws(IOError) -> [ResolvedAddress] {
     var hints = addrinfo()
-    hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+    hints.ai_socktype = kind.type
     hints.ai_flags = passive ? AI_PASSIVE : 0
     var list: UnsafeMutablePointer<addrinfo>?
     let rc = getaddrinfo(host.isEmpty ? nil : host, String(port), &hints, &list)
@@ -209,6 +223,24 @@ private func resolve(host: String, port: UInt16, passive: Bool) throws(IOError) 
 }
 
 extension Descriptor {
+    /// Sends one datagram on a connected socket.
+    public func send(_ bytes: [UInt8]) throws(IOError) -> IOResult<Int> {
+        let fd = raw
+        let result: Result<IOResult<Int>, IOError> = bytes.withUnsafeBytes { bytes in
+            Result { () throws(IOError) in try syscall("send") { Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) } }
+        }
+        return try result.get()
+    }
+
+    /// Receives one datagram into `buffer` (whose size bounds it); returns its length.
+    public func receive(into buffer: inout [UInt8]) throws(IOError) -> IOResult<Int> {
+        let fd = raw
+        let result: Result<IOResult<Int>, IOError> = buffer.withUnsafeMutableBytes { space in
+            Result { () throws(IOError) in try syscall("recv") { Glibc.recv(fd, space.baseAddress, space.count, 0) } }
+        }
+        return try result.get()
+    }
+
     /// Accepts one connection, non-blocking. The peer is described for logs.
     public func accept() throws(IOError) -> IOResult<(Descriptor, String)> {
         var storage = sockaddr_storage()

@@ -38,7 +38,13 @@ public final class SlirpStack {
 
     /// Creates an instance for `options`. `mtu` 0 keeps libslirp's default of 1500.
     /// The corresponding C call is `slirp_new`, with a version 4 `SlirpConfig`.
-    public init(options: NetworkOptions, mtu: Int) throws(SlirpError) {
+    ///
+    /// With `ownServices` the caller answers DHCP and DNS itself: libslirp's are off
+    /// (`disable_dhcp`, `disable_dns`), and libslirp is told its DNS address is
+    /// `parkedDNSAddress(for:)`, which no guest is ever told about. That frees the real DNS
+    /// address to be a guest forward (for DNS over TCP), which libslirp refuses for its
+    /// own DNS address.
+    public init(options: NetworkOptions, mtu: Int, ownServices: Bool = false) throws(SlirpError) {
         callbacks = UnsafeMutablePointer<SlirpCb>.allocate(capacity: 1)
         callbacks.initialize(to: Self.makeCallbacks())
         var config = SlirpConfig()
@@ -49,7 +55,9 @@ public final class SlirpStack {
         config.vnetmask = in_addr(s_addr: options.network.mask.bigEndian)
         config.vhost = inAddr(options.host)
         config.vdhcp_start = inAddr(options.dhcpStart)
-        config.vnameserver = inAddr(options.dns)
+        config.vnameserver = inAddr(ownServices ? Self.parkedDNSAddress(for: options) : options.dns)
+        config.disable_dhcp = ownServices
+        config.disable_dns = ownServices
         config.in6_enabled = options.ipv6
         config.vprefix_addr6 = in6Addr(options.ipv6Prefix)
         config.vprefix_len = UInt8(clamping: options.ipv6PrefixLength)
@@ -80,6 +88,14 @@ public final class SlirpStack {
             throw SlirpError("libslirp refused the configuration (slirp_new returned NULL)")
         }
         slirp = created
+    }
+
+    /// Where libslirp's own DNS address goes when the caller runs DNS: the network's own
+    /// address, which guests never use, or the real one on a /31 or /32 that has none.
+    public static func parkedDNSAddress(for options: NetworkOptions) -> IPv4Address {
+        let network = options.network.address
+        guard options.network.prefixLength <= 30, network != options.host, network != options.dns else { return options.dns }
+        return network
     }
 
     deinit {

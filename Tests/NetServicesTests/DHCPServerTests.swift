@@ -47,7 +47,7 @@ enum DHCPTestKit {
         let total = 20 + udp.count
         var ipHeader: [UInt8] = [0x45, 0x10, UInt8(total >> 8), UInt8(total & 0xFF), 0, 0, 0, 0, 64, 17, 0, 0]
             + be32(ipSource) + be32(ipDestination)
-        let sum = ~DHCPFrameBuilder.onesComplementSum(ipHeader, initial: 0)
+        let sum = ~IPChecksum.sum(ipHeader)
         ipHeader[10] = UInt8(sum >> 8)
         ipHeader[11] = UInt8(sum & 0xFF)
         return ethDestination.bytes + mac.bytes + [0x08, 0x00] + ipHeader + udp
