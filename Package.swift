@@ -7,6 +7,10 @@ let package = Package(
     products: [
         .executable(name: "slirpd", targets: ["slirpd"]),
         .executable(name: "slirpctl", targets: ["slirpctl"]),
+        // For the fuzz package in Fuzz/, which builds these with -sanitize=fuzzer.
+        .library(name: "FrameSwitch", targets: ["FrameSwitch"]),
+        .library(name: "NetOptions", targets: ["NetOptions"]),
+        .library(name: "NetServices", targets: ["NetServices"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -27,7 +31,7 @@ let package = Package(
         .target(name: "SlirpKit", dependencies: ["CSlirp", "PosixIO", "NetOptions", "SlirpAPI"]),
         .target(
             name: "DaemonConfig",
-            dependencies: ["NetOptions", .product(name: "TOMLKit", package: "TOMLKit")]),
+            dependencies: ["NetOptions", "NetServices", "FrameSwitch", .product(name: "TOMLKit", package: "TOMLKit")]),
         // The API's JSON vocabulary, shared by the daemon and slirpctl.
         .target(name: "SlirpAPI"),
         .target(

@@ -11,9 +11,12 @@
 // TOMLKit gives no positions for parsed nodes, KeyLines finds each key's line in the
 // text. An option error is pinned to the key that brings it about: the shortest prefix
 // of the option pieces (`options` first, then the keys in file order) that fails with
-// the very same error.
+// the very same error. Static leases are checked on their own while the walk meets
+// them, and against the network's addresses and each other once the options are parsed.
 internal import TOMLKit
+import FrameSwitch
 import NetOptions
+import NetServices
 
 #if canImport(Glibc)
 import Glibc
@@ -38,10 +41,14 @@ import Darwin
 /// net = "192.168.0.0/24"               # strings: net host dns dhcpstart ipv6-net
 /// restrict = true                      #   ipv6-host ipv6-dns hostname domainname
 /// ipv4 = true                          #   tftp tftp-server-name bootfile
-/// ipv6 = false                         # booleans: restrict ipv4 ipv6
-/// dnssearch = ["example.com"]          # arrays of strings: dnssearch hostfwd
-/// hostfwd = ["tcp::8080-:80"]          #   (or `forwards`) guestfwd
-/// guestfwd = ["tcp:10.0.2.100:80-tcp:127.0.0.1:8000"]
+/// ipv6 = false                         #   dns-upstream dns-domain
+/// dnssearch = ["example.com"]          # booleans: restrict ipv4 ipv6
+/// hostfwd = ["tcp::8080-:80"]          # arrays of strings: dnssearch hostfwd
+/// guestfwd = ["tcp:10.0.2.100:80-tcp:127.0.0.1:8000"]  #   (or `forwards`) guestfwd
+/// # slirpd's own keys, for the DNS server it runs in place of libslirp's:
+/// dns-upstream = "192.168.1.1:53"      # where other names go: IP[:PORT] or [V6]:PORT;
+///                                      #   default the host's first resolv.conf server
+/// dns-domain = "lab.internal"          # names it answers itself; default slirpd.internal
 /// # Endpoints; none at all means the daemon's default stream socket for the name:
 /// stream = ["/run/slirpd/lab.sock"]    # Unix stream socket paths
 /// dgram = ["/run/slirpd/lab.dgram"]    # Unix datagram socket paths
@@ -49,7 +56,17 @@ import Darwin
 /// mtu = 1500                           # 68 to 65521; default libslirp's 1500
 /// socket-mode = "0660"                 # octal string, at most 0777; default 0660
 /// socket-group = "kvm"                 # group of the socket files; default unchanged
+///
+/// [[network.static-lease]]             # a fixed DHCP address; any number per network
+/// mac = "52:54:00:12:34:56"            # required; unicast, one lease per MAC
+/// ip = "192.168.0.50"                  # required; inside net, one lease per IP, not
+///                                      #   the host, dns, guestfwd, network or broadcast
+/// hostname = "web1"                    # offered to the guest; one DNS label [A-Za-z0-9-]
 /// ```
+///
+/// Static leases may instead be inline tables in the network's own table, under the same
+/// key: `static-lease = [{ mac = "52:54:00:12:34:56", ip = "192.168.0.50" }]`. Either
+/// way they are numbered from 1 in file order for messages, and kept in that order.
 ///
 /// Option keys become `key=value` items (`,` in a value doubled to `,,`, booleans as
 /// `on`/`off`, one item per array element) appended after `options` in file order, so
@@ -119,14 +136,15 @@ private struct Loader {
     /// Network keys that are QEMU `-netdev user` options under the same name.
     static let stringOptions: Set<String> = [
         "net", "host", "dns", "dhcpstart", "ipv6-net", "ipv6-host", "ipv6-dns", "hostname", "domainname",
-        "tftp", "tftp-server-name", "bootfile",
+        "tftp", "tftp-server-name", "bootfile", "dns-upstream", "dns-domain",
     ]
     static let booleanOptions: Set<String> = ["restrict", "ipv4", "ipv6"]
     /// Array keys, and the QEMU option each element becomes.
     static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
     static let networkKeys =
         ["name", "options"] + stringOptions.sorted() + booleanOptions.sorted() + listOptions.keys.sorted()
-        + ["stream", "dgram", "tcp", "tap", "mtu", "socket-mode", "socket-group"]
+        + ["stream", "dgram", "tcp", "tap", "mtu", "socket-mode", "socket-group", "static-lease"]
+    static let leaseKeys = ["mac", "ip", "hostname"]
 
     func error(_ message: String, key: String?, in scope: KeyLines.Scope) -> ConfigError {
         ConfigError(file: file, line: lines.line(of: key, in: scope), message: message)
@@ -163,7 +181,7 @@ private struct Loader {
         }
         var networks: [NetworkConfig] = []
         for (index, table) in networkTables.enumerated() {
-            networks.append(try loadNetwork(table, .network(index)))
+            networks.append(try loadNetwork(table, index: index))
         }
         guard !networks.isEmpty else {
             throw ConfigError(file: file, line: nil, message: "no networks (add a [[network]] table with a name)")
@@ -201,7 +219,8 @@ private struct Loader {
         return control
     }
 
-    mutating func loadNetwork(_ table: TOMLTable, _ scope: KeyLines.Scope) throws(ConfigError) -> NetworkConfig {
+    mutating func loadNetwork(_ table: TOMLTable, index: Int) throws(ConfigError) -> NetworkConfig {
+        let scope = KeyLines.Scope.network(index)
         var name: String?
         var optionsString: (text: String, line: Int?)?
         var pieces: [(text: String, line: Int?)] = []
@@ -210,6 +229,7 @@ private struct Loader {
         var mtu = 0
         var socketMode: UInt32 = 0o660
         var socketGroup: String?
+        var leases: [(lease: StaticLease, scope: KeyLines.Scope)] = []
 
         for key in keysInFileOrder(table, scope) {
             guard let value = table[key] else { continue }
@@ -272,6 +292,13 @@ private struct Loader {
                 socketMode = try mode(key, value, scope)
             case "socket-group":
                 socketGroup = try nonEmptyString(key, value, scope)
+            case "static-lease":
+                let wanted = "an array of tables ([[network.static-lease]])"
+                for (number, element) in try elements(key, value, wanted, scope) {
+                    guard let lease = element.table else { throw elementTypeError(key, wanted, number, element, scope) }
+                    let leaseScope = KeyLines.Scope.staticLease(network: index, lease: number - 1)
+                    leases.append((try staticLease(lease, number, leaseScope), leaseScope))
+                }
             default:
                 throw unknownKey(key, in: scope, known: Self.networkKeys, table: "[[network]]")
             }
@@ -293,9 +320,71 @@ private struct Loader {
             endpointOwners.append((resource, name))
         }
         let options = try networkOptions(optionsString, pieces, scope)
+        try checkLeases(leases, options)
         return NetworkConfig(
             name: name, options: options, endpoints: streams + dgrams + tcps + taps, mtu: mtu, socketMode: socketMode,
-            socketGroup: socketGroup)
+            socketGroup: socketGroup, staticLeases: leases.map(\.lease))
+    }
+
+    /// One static lease table, checked on its own; `number` counts from 1.
+    func staticLease(_ table: TOMLTable, _ number: Int, _ scope: KeyLines.Scope) throws(ConfigError) -> StaticLease {
+        let lease = "static lease \(number)"
+        var mac: MACAddress?
+        var address: IPv4Address?
+        var hostname: String?
+        for key in keysInFileOrder(table, scope) {
+            guard let value = table[key] else { continue }
+            switch key {
+            case "mac":
+                let text = try string(key, value, scope)
+                guard let parsed = MACAddress(text) else {
+                    throw error("\(lease): invalid MAC '\(text)' (expected six hex pairs such as 52:54:00:12:34:56)",
+                                key: key, in: scope)
+                }
+                // No frame comes from a group address, so no guest could ask for this lease.
+                guard !parsed.isGroup else {
+                    throw error("\(lease): MAC \(parsed) is a group (multicast) address, not a guest's", key: key, in: scope)
+                }
+                mac = parsed
+            case "ip":
+                let text = try string(key, value, scope)
+                guard let parsed = IPv4Address(text) else {
+                    throw error("\(lease): invalid IP '\(text)' (expected an IPv4 address such as 10.0.2.50)",
+                                key: key, in: scope)
+                }
+                address = parsed
+            case "hostname":
+                let text = try string(key, value, scope)
+                guard StaticLease.isLabel(text) else {
+                    throw error("\(lease): invalid hostname '\(text)' (a single DNS label: 1 to 63 letters, digits "
+                                    + "and '-')", key: key, in: scope)
+                }
+                hostname = text
+            default:
+                throw unknownKey(key, in: scope, known: Self.leaseKeys, table: lease)
+            }
+        }
+        guard let mac else { throw error("\(lease) without a MAC (add mac = \"...\")", key: nil, in: scope) }
+        guard let address else { throw error("\(lease) without an IP (add ip = \"...\")", key: nil, in: scope) }
+        return StaticLease(mac: mac, address: address, hostname: hostname)
+    }
+
+    /// Checks static leases against the parsed options and each other. Reserved are the
+    /// addresses libslirp itself answers ARP for, which DHCP would never hand out.
+    func checkLeases(_ leases: [(lease: StaticLease, scope: KeyLines.Scope)],
+                     _ options: NetworkOptions) throws(ConfigError) {
+        for (offset, (lease, scope)) in leases.enumerated() {
+            let name = "static lease \(offset + 1)"
+            let ip = lease.address
+            if let problem = lease.addressProblem(in: options) { throw error("\(name): \(problem)", key: "ip", in: scope) }
+            let earlier = leases[..<offset]
+            if let first = earlier.firstIndex(where: { $0.lease.mac == lease.mac }) {
+                throw error("\(name): MAC \(lease.mac) is already in static lease \(first + 1)", key: "mac", in: scope)
+            }
+            if let first = earlier.firstIndex(where: { $0.lease.address == ip }) {
+                throw error("\(name): IP \(ip) is already in static lease \(first + 1)", key: "ip", in: scope)
+            }
+        }
     }
 
     /// Parses `options` followed by the option keys, blaming the piece that fails.

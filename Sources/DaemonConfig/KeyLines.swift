@@ -9,10 +9,12 @@
 // multi-line ones included, so a `[[network]]` or `name =` inside a string is not taken
 // for one), comments, and brackets that keep an array open across lines. At each
 // statement start it reads either a table header or a dotted key, and records the first
-// line of each key per scope: the root table, `[control]`, or the Nth `[[network]]`.
-// A `[network.x]` header or a `control.x = ...` dotted key counts as key `x` of that
-// scope. Keys inside inline tables are not recorded; their lookups fall back to the
-// enclosing table's header, then to the line naming that table.
+// line of each key per scope: the root table, `[control]`, the Nth `[[network]]`, or
+// the Nth static lease of a network. A `[network.x]` header or a `control.x = ...`
+// dotted key counts as key `x` of that scope. Keys inside inline tables are not
+// recorded; their lookups fall back to the enclosing table's header, then to the line
+// naming that table. An inline table directly inside a network's `static-lease = [...]`
+// is a lease of its own, so its line serves as that lease's header.
 
 struct KeyLines {
     enum Scope: Hashable {
@@ -20,6 +22,9 @@ struct KeyLines {
         case control
         /// The Nth `[[network]]` table, from 0, matching its index in the parsed array.
         case network(Int)
+        /// A network's Nth static lease, from 0: a `[[network.static-lease]]` table or an
+        /// inline table in `static-lease = [...]` (TOML allows only one form per network).
+        case staticLease(network: Int, lease: Int)
     }
 
     private var keys: [Scope: [String: Int]] = [:]
@@ -36,6 +41,7 @@ struct KeyLines {
         case .root: return nil
         case .control: return keys[.root]?["control"]
         case .network: return keys[.root]?["network"]
+        case .staticLease(let network, _): return line(of: "static-lease", in: .network(network))
         }
     }
 
@@ -70,6 +76,8 @@ private struct Scanner {
         var atStatement = true
         var scope: KeyLines.Scope? = .root  // nil: a table that is no scope of ours
         var networks = -1
+        var leases = 0  // static leases of the current network so far
+        var inlineLeases: Int?  // the network whose `static-lease = [...]` is being read
         while i < bytes.count {
             let c = bytes[i]
             switch c {
@@ -89,6 +97,7 @@ private struct Scanner {
             }
             if atStatement {
                 atStatement = false
+                inlineLeases = nil
                 if c == UInt8(ascii: "[") {
                     let isArray = i + 1 < bytes.count && bytes[i + 1] == UInt8(ascii: "[")
                     i += isArray ? 2 : 1
@@ -96,9 +105,16 @@ private struct Scanner {
                     guard let first = path.first else { continue }
                     if isArray && path == ["network"] {
                         networks += 1
+                        leases = 0
                         scope = .network(networks)
                         map.recordHeader(of: .network(networks), line: line)
                         map.record(first, in: .root, line: line)
+                    } else if isArray && path == ["network", "static-lease"] && networks >= 0 {
+                        let lease = KeyLines.Scope.staticLease(network: networks, lease: leases)
+                        leases += 1
+                        scope = lease
+                        map.recordHeader(of: lease, line: line)
+                        map.record(path[1], in: .network(networks), line: line)
                     } else if !isArray && path == ["control"] {
                         scope = .control
                         map.recordHeader(of: .control, line: line)
@@ -119,6 +135,7 @@ private struct Scanner {
                 let path = keyPath(&i)
                 if let scope, let first = path.first {
                     map.record(first, in: scope, line: line)
+                    if case .network(let network) = scope, path == ["static-lease"] { inlineLeases = network }
                     if scope == .root && first == "control" && path.count > 1 {
                         map.record(path[1], in: .control, line: line)
                     }
@@ -130,6 +147,10 @@ private struct Scanner {
             case UInt8(ascii: "\""), UInt8(ascii: "'"):
                 skipString(&i, line: &line, nulEscape: &map.nulEscape)
             case UInt8(ascii: "["), UInt8(ascii: "{"):
+                if c == UInt8(ascii: "{"), depth == 1, let network = inlineLeases {
+                    map.recordHeader(of: .staticLease(network: network, lease: leases), line: line)
+                    leases += 1
+                }
                 depth += 1
                 i += 1
             case UInt8(ascii: "]"), UInt8(ascii: "}"):

@@ -1,6 +1,7 @@
 // DaemonConfig: what the daemon runs, as the command line or a config file states it.
 // Pure values: binding sockets and starting networks is SlirpDaemon's job.
 import NetOptions
+import NetServices
 
 /// What one virtual network is made of, as configured.
 public struct NetworkConfig: Sendable, Equatable {
@@ -15,10 +16,13 @@ public struct NetworkConfig: Sendable, Equatable {
     public var socketGroup: String?
     /// The option string as the user wrote it, for display.
     public var optionText: String
+    /// Fixed DHCP addresses (and names) by MAC; the API can add more at run time.
+    public var staticLeases: [StaticLease]
 
     public init(name: String, options: NetworkOptions, endpoints: [EndpointSpec], mtu: Int, socketMode: UInt32,
-                socketGroup: String? = nil, optionText: String = "") {
+                socketGroup: String? = nil, optionText: String = "", staticLeases: [StaticLease] = []) {
         self.optionText = optionText
+        self.staticLeases = staticLeases
         self.name = name
         self.options = options
         self.endpoints = endpoints

@@ -161,6 +161,26 @@ private func expectError(_ text: String, line: Int?, _ message: String,
         #expect(parsed.dhcpStart.description.hasSuffix(".20"))
     }
 
+    @Test func dnsKeys() throws {
+        let config = try parse("""
+            [[network]]
+            name = "lab"
+            dns-upstream = "192.168.1.1:5353"
+            dns-domain = "Lab.Internal."
+            [[network]]
+            name = "v6"
+            options = "dns-upstream=[fd00::53]:53"
+            [[network]]
+            name = "defaults"
+            """)
+        let options = config.networks.map(\.options)
+        #expect(options[0].dnsUpstream == DNSUpstream(.v4(IPv4Address(192, 168, 1, 1)), port: 5353))
+        #expect(options[0].dnsDomain == "lab.internal")
+        #expect(options[1].dnsUpstream?.description == "fd00::53")
+        #expect(options[2].dnsUpstream == nil)
+        #expect(options[2].dnsDomain == NetworkOptions.defaultDNSDomain)
+    }
+
     @Test func errorDescription() {
         #expect(ConfigError(file: "a.toml", line: 3, message: "bad").description == "a.toml:3: bad")
         #expect(ConfigError(file: "a.toml", line: nil, message: "bad").description == "a.toml: bad")
@@ -295,6 +315,27 @@ private func expectError(_ text: String, line: Int?, _ message: String,
             name = "lab"
             net = "192.168.0.300/24"
             """, line: 3, "Failed to parse netmask")
+    }
+
+    @Test func dnsKeyErrorsAtTheKeysLine() {
+        expectError("""
+            [[network]]
+            name = "lab"
+            dns-domain = "lab.internal"
+            dns-upstream = "x"
+            mtu = 1500
+            """, line: 4, "Parameter 'dns-upstream' expects IP[:PORT] or [IPv6]:PORT, not 'x'")
+        expectError("""
+            [[network]]
+            name = "lab"
+            options = "dns-upstream=10.0.0.1"
+            dns-domain = "a..b"
+            """, line: 4, "Parameter 'dns-domain' expects a domain name (labels of 1 to 63 bytes), not 'a..b'")
+        expectError("""
+            [[network]]
+            name = "lab"
+            dns-upstream = 53
+            """, line: 3, "'dns-upstream' must be a string, not an integer")
     }
 
     @Test func optionErrorIsBlamedOnTheKeyThatCausesIt() throws {
