@@ -1,5 +1,6 @@
 import FrameSwitch
 import NetOptions
+import NetServices
 import SlirpAPI
 
 /// The daemon as the control API sees it: every call becomes a job on the loop thread.
@@ -53,6 +54,35 @@ public struct DaemonControl: ControlService {
         try await mailbox.ask { d throws(APIError) in try d.select(network).flatMap { $0.leaseInfos() } }
     }
 
+    public func staticLeases(network: String?) async throws(APIError) -> [StaticLeaseInfo] {
+        try await mailbox.ask { d throws(APIError) in try d.select(network).flatMap { $0.staticLeaseInfos() } }
+    }
+
+    public func addStaticLease(network: String, _ request: StaticLeaseRequest) async throws(APIError) -> StaticLeaseInfo {
+        // Parsed here, off the loop thread; the network checks what depends on its settings.
+        guard let mac = MACAddress(request.mac) else {
+            throw .badRequest("static lease: '\(request.mac)' is not a MAC address (expected e.g. 52:54:00:12:34:56)")
+        }
+        guard let ip = IPv4Address(request.ip) else {
+            throw .badRequest("static lease: '\(request.ip)' is not an IPv4 address (expected a dotted quad, e.g. 10.0.2.50)")
+        }
+        let lease = StaticLease(mac: mac, address: ip, hostname: request.hostname.flatMap { $0.isEmpty ? nil : $0 })
+        return try await mailbox.ask { d throws(APIError) in
+            let net = try d.network(network)
+            return net.staticLeaseInfo(try net.addStaticLease(lease))
+        }
+    }
+
+    public func removeStaticLease(network: String, mac text: String) async throws(APIError) -> StaticLeaseInfo {
+        guard let mac = MACAddress(text) else {
+            throw .badRequest("static lease: '\(text)' is not a MAC address (expected e.g. 52:54:00:12:34:56)")
+        }
+        return try await mailbox.ask { d throws(APIError) in
+            let net = try d.network(network)
+            return net.staticLeaseInfo(try net.removeStaticLease(mac: mac), source: .api)
+        }
+    }
+
     public func metrics() async -> String {
         (try? await mailbox.ask { d in Metrics.render(d.networks) }) ?? ""
     }
@@ -84,5 +114,17 @@ extension Daemon {
     func select(_ name: String?) throws(APIError) -> [Network] {
         guard let name else { return networks }
         return [try network(name)]
+    }
+}
+
+extension Network {
+    func staticLeaseInfos() -> [StaticLeaseInfo] {
+        effectiveStaticLeases.map { staticLeaseInfo($0) }
+    }
+
+    /// `source` defaults to where the lease in force for that MAC comes from.
+    func staticLeaseInfo(_ lease: StaticLease, source: StaticLeaseInfo.Source? = nil) -> StaticLeaseInfo {
+        StaticLeaseInfo(network: config.name, mac: "\(lease.mac)", ip: "\(lease.address)", hostname: lease.hostname,
+                        source: source ?? (apiStaticLeases.contains { $0.mac == lease.mac } ? .api : .config))
     }
 }

@@ -28,6 +28,8 @@ public final class Daemon {
     var networks: [Network] = []
     /// Reads the config file again (SIGHUP); nil when networks came from the command line.
     let reloadSource: (() throws(DaemonError) -> [NetworkConfig])?
+    /// Lease files and DNS sockets go here (see Network.stateDirectory).
+    let stateDirectory: String?
     private var eventSinks: [Int: AsyncStream<Event>.Continuation] = [:]
     private var nextSinkID = 0
     private var pollSet = PollSet()
@@ -48,8 +50,10 @@ public final class Daemon {
 
     /// Binds every endpoint of every network, or throws and leaves nothing behind.
     /// Signals are blocked here, before any other thread exists, so they reach only the loop.
-    public init(networks configs: [NetworkConfig], reloadSource: (() throws(DaemonError) -> [NetworkConfig])? = nil) throws(DaemonError) {
+    public init(networks configs: [NetworkConfig], stateDirectory: String? = nil,
+                reloadSource: (() throws(DaemonError) -> [NetworkConfig])? = nil) throws(DaemonError) {
         self.reloadSource = reloadSource
+        self.stateDirectory = stateDirectory
         do {
             signals = try SignalSource()
             mailbox = try Mailbox()
@@ -67,7 +71,7 @@ public final class Daemon {
     /// Binds a network's endpoints and adds it to the loop.
     @discardableResult
     func startNetwork(_ config: NetworkConfig) throws(DaemonError) -> Network {
-        let net = try Network(config: config, relayCommand: Daemon.relayCommand)
+        let net = try Network(config: config, stateDirectory: stateDirectory, relayCommand: Daemon.relayCommand)
         net.onEvent = { [unowned self] event in self.publish(event) }
         networks.append(net)
         return net
@@ -131,6 +135,7 @@ public final class Daemon {
         for net in networks {
             if let d = net.stack.nextTimerDeadline { deadline = min(deadline, d) }
             if let d = net.nextListenerResume, d > now { deadline = min(deadline, d) }
+            if let d = net.nextServiceDeadline { deadline = min(deadline, d) }
         }
         let untilTimer = max(0, (deadline - now + 999_999) / 1_000_000)
         let waitMs = Int32(min(Int64(timeout), untilTimer))
@@ -154,7 +159,10 @@ public final class Daemon {
             }
         }
         for net in networks { net.stack.processPoll(&pollSet, pollFailed: !ok) }
-        for net in networks { net.stack.runDueTimers(now: after) }
+        for net in networks {
+            net.stack.runDueTimers(now: after)
+            net.runTimers(now: after)
+        }
         if after >= nextHousekeeping {
             for net in networks { net.expireMACs(now: after) }
             nextHousekeeping = after + Daemon.housekeepingInterval

@@ -11,10 +11,18 @@ enum Metrics {
         }
         let nets = networks.map { (label: "network=\"\(escape($0.config.name))\"", net: $0) }
         family("slirpd_guests", "gauge", "Guests attached.", nets.map { ($0.label, $0.net.ports.count) })
-        family("slirpd_leases", "gauge", "DHCP leases the NAT has acknowledged.", nets.map { ($0.label, $0.net.leases.count) })
+        family("slirpd_leases", "gauge", "DHCP leases granted (including restored ones).", nets.map { ($0.label, $0.net.leases.count) })
         family("slirpd_forwards", "gauge", "Host forwards configured.", nets.map { ($0.label, $0.net.forwards.count) })
         family("slirpd_arp_proxied_total", "counter", "ARP requests from the NAT answered by the switch for attached guests.",
                nets.map { ($0.label, $0.net.arpProxied) })
+        family("slirpd_ndp_proxied_total", "counter", "Neighbor Solicitations from the NAT answered by the switch for attached guests.",
+               nets.map { ($0.label, $0.net.ndpProxied) })
+        family("slirpd_dns_queries_total", "counter", "DNS queries answered from the network's own names.",
+               nets.map { ($0.label, $0.net.dns?.answeredLocally ?? 0) })
+        family("slirpd_dns_forwarded_total", "counter", "DNS queries sent to the upstream resolver.",
+               nets.map { ($0.label, $0.net.dns?.forwarded ?? 0) })
+        family("slirpd_dns_failures_total", "counter", "DNS queries answered SERVFAIL (upstream timeout, error or none).",
+               nets.map { ($0.label, $0.net.dns?.failed ?? 0) })
         let totals: [(name: String, help: String, key: KeyPath<Counters, Int>)] = [
             ("rx_frames", "Frames received from guests.", \.rxFrames),
             ("rx_bytes", "Bytes received from guests.", \.rxBytes),

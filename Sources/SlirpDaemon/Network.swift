@@ -2,6 +2,7 @@ import DaemonConfig
 import FrameSwitch
 import Logging
 import NetOptions
+import NetServices
 import PosixIO
 import SlirpAPI
 import SlirpKit
@@ -33,8 +34,6 @@ final class Network {
     var forwards: [ForwardEntry] = []
     var guestForwardRules: [GuestForward] = []
     var leases: [MACAddress: Lease] = [:]
-    /// Hostnames guests asked for in their DHCP requests, until the NAT acknowledges a lease.
-    var requestedHostnames: [MACAddress: String] = [:]
     var leaseSequence = 0
     /// Counters of guests that have left, so network totals never go backwards.
     var closedCounters = Counters()
@@ -45,20 +44,38 @@ final class Network {
     /// Which guest MAC holds which IPv4 address, learnt from guests' ARP and IPv4 frames.
     /// libslirp's own ARP table has 16 entries; past that it keeps asking, and the switch
     /// answers from here instead of flooding every guest and waiting.
-    private(set) var neighbors: [UInt32: MACAddress] = [:]
+    var neighbors: [UInt32: MACAddress] = [:]
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     private var pendingToNAT: [[UInt8]] = []
     private(set) var arpProxied = 0
+    /// The IPv6 twin of `neighbors`, for libslirp's 16-entry NDP table.
+    private(set) var neighbors6: [IPv6Key: MACAddress] = [:]
+    private(set) var ndpProxied = 0
+
+    // Own services (NetworkServices.swift).
+    /// Where the lease file and the DNS-over-TCP socket live; nil: no lease file, UDP DNS only.
+    let stateDirectory: String?
+    var dhcp: DHCPServer?
+    var dns: DNSService?
+    var dnsOverTCP = false
+    var leasesDirty = false
+    var leasesSavedAt: Int64 = 0
+    var poolFullCount = 0
+    /// Static leases added through the API, kept apart from the configured ones so a
+    /// reload does not drop them.
+    var apiStaticLeases: [StaticLease] = []
 
     private let relayCommand: (String, UInt16) throws(SlirpError) -> String
 
-    init(config: NetworkConfig, relayCommand: @escaping (String, UInt16) throws(SlirpError) -> String) throws(DaemonError) {
+    init(config: NetworkConfig, stateDirectory: String?,
+         relayCommand: @escaping (String, UInt16) throws(SlirpError) -> String) throws(DaemonError) {
         self.config = config
+        self.stateDirectory = stateDirectory
         var log = Logger(label: "slirpd")
         log[metadataKey: "network"] = "\(config.name)"
         self.log = log
         do {
-            stack = try SlirpStack(options: config.options, mtu: config.mtu)
+            stack = try SlirpStack(options: config.options, mtu: config.mtu, ownServices: true)
             self.relayCommand = relayCommand
             for rule in config.options.hostForwards {
                 try stack.addHostForward(rule)
@@ -87,6 +104,7 @@ final class Network {
             let failed = config.endpoints[listeners.count + datagrams.count + ports.count]
             throw DaemonError("cannot \(failed.isTap ? "open" : "listen on") \(failed): \(error)")
         }
+        startServices()
     }
 
     /// A tap device is one guest port from the start: whatever sits behind it is the guest.
@@ -120,6 +138,9 @@ final class Network {
         case listener(StreamListener)
         case datagram(DatagramEndpoint)
         case guest(GuestPort)
+        case dnsUpstream
+        case dnsListener
+        case dnsConnection(DNSConnection)
     }
 
     func addPollDescriptors(to set: inout PollSet, sources: inout [Source], now: Int64) {
@@ -139,6 +160,19 @@ final class Network {
             set.add(port.socket.raw, wanted)
             sources.append(.guest(port))
         }
+        guard let dns else { return }
+        if let socket = dns.upstreamSocket {
+            set.add(socket.raw, .input)
+            sources.append(.dnsUpstream)
+        }
+        if let listener = dns.listener {
+            set.add(listener.raw, .input)
+            sources.append(.dnsListener)
+        }
+        for connection in dns.connections {
+            set.add(connection.socket.raw, connection.output.isEmpty ? .input : [.input, .output])
+            sources.append(.dnsConnection(connection))
+        }
     }
 
     func handle(_ source: Source, events: PollEvents, now: Int64) {
@@ -148,7 +182,23 @@ final class Network {
         case .guest(let port):
             if events.contains(.output) { flush(port) }
             if port.readsOwnDescriptor, !events.isDisjoint(with: [.input, .hangup, .error]) { readAll(port) }
+        case .dnsUpstream: dns?.receiveUpstream()
+        case .dnsListener: dns?.acceptConnections()
+        case .dnsConnection(let connection): dns?.service(connection, events: events, now: now)
         }
+    }
+
+    /// Work due by time rather than by a descriptor: DNS timeouts, the lease file.
+    func runTimers(now: Int64) {
+        dns?.expire(now: now)
+        dns?.reapConnections()
+        saveLeases()
+    }
+
+    /// The earliest time `runTimers` has something to do.
+    var nextServiceDeadline: Int64? {
+        let save = leasesDirty ? leasesSavedAt + 1_000_000_000 : nil
+        return [dns?.nextDeadline, save].compactMap { $0 }.min()
     }
 
     // MARK: Stream guests
@@ -333,8 +383,6 @@ final class Network {
             refuseDuplicate(port, mac: header.source, owner: owner)
             return
         }
-        // Only after the duplicate check: a refused guest must not rename the MAC's owner.
-        snoopGuestDHCP(frame)
         if port.mac == nil {
             port.mac = header.source
             log.info("\(port.label) is using MAC \(header.source)")
@@ -344,14 +392,21 @@ final class Network {
         }
         learnNeighbor(frame, header)
         switch verdict {
+        case .drop(.invalidSource):
+            port.drops += 1
+            return
+        case .drop(.sameSegment), .duplicate:
+            return
+        case .forward, .flood:
+            if serveLocally(port, frame, header) { return }
+        }
+        switch verdict {
         case .forward(Network.natPort): stack.input(frame)
         case .forward(let id): ports[id].map { deliver(frame, to: $0) }
         case .flood:
             stack.input(frame)
             for other in ports.values where other !== port { deliver(frame, to: other) }
-        case .drop(.invalidSource):
-            port.drops += 1
-        case .drop(.sameSegment), .duplicate:
+        case .drop, .duplicate:
             break
         }
     }
@@ -359,8 +414,8 @@ final class Network {
     private func fromNAT(_ frame: UnsafeRawBufferPointer) {
         guard let header = EthernetHeader(frame) else { return }
         if !captures.isEmpty { capture(frame, header) }
-        snoopNATDHCP(frame)
         if header.etherType == ARPPacket.etherType, answerForGuest(frame) { return }
+        if header.etherType == 0x86DD, header.destination.isGroup, answerSolicitation(frame) { return }
         switch bridge.ingress(from: Network.natPort, source: header.source, destination: header.destination, now: monotonicNanoseconds()) {
         case .forward(let id): ports[id].map { deliver(frame, to: $0) }
         case .flood: for port in ports.values { deliver(frame, to: port) }
@@ -375,12 +430,20 @@ final class Network {
         if header.etherType == ARPPacket.etherType {
             guard let arp = ARPPacket.parse(frame: frame), arp.senderMAC == header.source else { return }
             address = arp.senderIP
+        } else if header.etherType == 0x86DD {
+            guard config.options.ipv6, let source = ipv6Source(frame: frame), neighbors6[source] != header.source else { return }
+            neighbors6[source] = header.source
+            return
         } else {
             guard let source = ipv4Source(frame: frame) else { return }
             address = source
         }
-        guard address != 0, config.options.network.contains(IPv4Address(address)), neighbors[address] != header.source else { return }
-        neighbors[address] = header.source
+        learnNeighbor(address, header.source)
+    }
+
+    func learnNeighbor(_ address: UInt32, _ mac: MACAddress) {
+        guard address != 0, config.options.network.contains(IPv4Address(address)), neighbors[address] != mac else { return }
+        neighbors[address] = mac
     }
 
     /// Answers libslirp's ARP request for an attached guest's address; true when answered.
@@ -389,6 +452,15 @@ final class Network {
               let mac = neighbors[arp.targetIP], bridge.port(of: mac) != nil else { return false }
         pendingToNAT.append(arp.reply(from: mac))
         arpProxied += 1
+        return true
+    }
+
+    /// Answers libslirp's Neighbor Solicitation for an attached guest's IPv6 address.
+    private func answerSolicitation(_ frame: UnsafeRawBufferPointer) -> Bool {
+        guard let solicitation = NeighborSolicitation.parse(frame: frame), let mac = neighbors6[solicitation.targetKey],
+              bridge.port(of: mac) != nil else { return false }
+        pendingToNAT.append(solicitation.advertisement(from: mac))
+        ndpProxied += 1
         return true
     }
 
@@ -416,7 +488,7 @@ final class Network {
         }
     }
 
-    private func deliver(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
+    func deliver(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
         guard port.closeReason == nil, port.refusedFor == nil else { return }
         guard port.queued.appendFrame(frame) else {
             port.drops += 1
@@ -448,7 +520,10 @@ final class Network {
         for port in closing {
             guard let reason = port.closeReason, ports.removeValue(forKey: port.id) != nil else { continue }
             let macs = bridge.removePort(port.id)
-            if !macs.isEmpty { neighbors = neighbors.filter { !macs.contains($0.value) } }
+            if !macs.isEmpty {
+                neighbors = neighbors.filter { !macs.contains($0.value) }
+                neighbors6 = neighbors6.filter { !macs.contains($0.value) }
+            }
             port.socket.close()
             if case .datagram(let endpoint, let peer) = port.kind { endpoint.peers[peer] = nil }
             let stats = "rx \(port.rxFrames) frames/\(port.rxBytes) B, tx \(port.txFrames) frames/\(port.txBytes) B, dropped \(port.drops)"
@@ -479,6 +554,7 @@ final class Network {
     }
 
     func shutdown() {
+        stopServices()
         finishCaptures()
         for port in ports.values { port.socket.close() }
         ports.removeAll()

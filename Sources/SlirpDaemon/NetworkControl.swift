@@ -76,6 +76,9 @@ struct Lease {
     var granted: String
     /// Orders grants; the wall-clock time above is too coarse to tell two apart.
     var sequence: Int
+    var isStatic = false
+    /// Wall-clock seconds.
+    var expires: Int64 = 0
 }
 
 extension Network {
@@ -111,7 +114,8 @@ extension Network {
 
     func leaseInfos() -> [LeaseInfo] {
         leases.sorted { $0.value.ip < $1.value.ip }.map { mac, lease in
-            LeaseInfo(network: config.name, mac: "\(mac)", ip: "\(lease.ip)", hostname: lease.hostname, granted: lease.granted)
+            LeaseInfo(network: config.name, mac: "\(mac)", ip: "\(lease.ip)", hostname: lease.hostname, granted: lease.granted,
+                      isStatic: lease.isStatic, expires: lease.expires == 0 ? nil : rfc3339(unixSeconds: lease.expires))
         }
     }
 

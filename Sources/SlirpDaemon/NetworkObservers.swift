@@ -55,30 +55,4 @@ extension Network {
             sink.continuation.yield(record)
         }
     }
-
-    // MARK: DHCP leases
-
-    /// Notes the hostname a guest asks for; the NAT's acknowledgement makes it a lease.
-    func snoopGuestDHCP(_ frame: UnsafeRawBufferPointer) {
-        guard let message = DHCPMessage.parse(frame: frame), message.op == 1, let hostname = message.hostname,
-              !hostname.isEmpty else { return }
-        requestedHostnames[message.clientMAC] = hostname
-    }
-
-    /// Records a lease when libslirp's DHCP server acknowledges one.
-    func snoopNATDHCP(_ frame: UnsafeRawBufferPointer) {
-        guard let message = DHCPMessage.parse(frame: frame), message.op == 2, message.kind == .ack,
-              message.yourAddress != 0 else { return }
-        let mac = message.clientMAC
-        leaseSequence += 1
-        let lease = Lease(ip: IPv4Address(message.yourAddress), hostname: requestedHostnames[mac] ?? leases[mac]?.hostname,
-                          granted: wallClockTimestamp(), sequence: leaseSequence)
-        let changed = leases[mac].map { $0.ip != lease.ip || $0.hostname != lease.hostname } ?? true
-        leases[mac] = lease
-        if changed {
-            log.info("lease: \(mac) has \(lease.ip)\(lease.hostname.map { " (\($0))" } ?? "")")
-        }
-        emit(.leaseGranted, guest: ports.values.first { $0.mac == mac }, mac: mac, ip: lease.ip, hostname: lease.hostname)
-        followLease(mac: mac, lease: lease)
-    }
 }

@@ -8,7 +8,7 @@ import SlirpAPI
 // wrong the running configuration stays and the error is logged with its line. Then
 // networks are matched by name: removed ones stop, new ones start, and one whose shape
 // changed (options other than forwards, endpoints, MTU, socket mode or group) restarts,
-// which disconnects its guests. For the rest only forwards change: those the old file
+// which disconnects its guests. For the rest only forwards and static leases change: those the old file
 // listed and the new one does not are removed, new ones added. Forwards added through
 // the API are not the file's to remove, so they stay. Guests of these networks keep
 // their connections.
@@ -23,6 +23,8 @@ extension NetworkConfig {
         b.options.guestForwards = []
         a.optionText = ""
         b.optionText = ""
+        a.staticLeases = []
+        b.staticLeases = []
         return a == b
     }
 }
@@ -81,7 +83,13 @@ extension Network {
                 log.error("reload: \(error.message)")
             }
         }
+        let staticLeasesChanged = config.staticLeases != new.staticLeases
         config = new
+        if staticLeasesChanged {
+            applyStaticLeases()
+            log.notice("reload: static leases now \(new.staticLeases.count)")
+            changes += 1
+        }
         return changes
     }
 }
@@ -116,7 +124,7 @@ extension Daemon {
                 let net = networks[index]
                 if net.config.sameShape(as: config) {
                     let changes = net.applyForwards(from: config)
-                    if changes > 0 { log.notice("reload: network \(config.name): \(changes) forward change(s)") }
+                    if changes > 0 { log.notice("reload: network \(config.name): \(changes) change(s) to forwards or static leases") }
                     continue
                 }
                 log.notice("reload: network \(config.name) changed beyond its forwards: restarting it (its guests must reconnect)")

@@ -55,6 +55,9 @@ struct Slirpd: ParsableCommand {
     @Option(help: ArgumentHelp("Also let this uid use the control API (the daemon's own uid and root always may). Repeatable.", valueName: "UID"))
     var allowUid: [UInt32] = []
 
+    @Option(help: ArgumentHelp("Where DHCP lease files (NAME.leases) and DNS-over-TCP sockets go (default: the runtime directory).", valueName: "DIR"))
+    var stateDir: String?
+
     @Flag(help: "Serve no control API.")
     var noControl = false
 
@@ -87,7 +90,7 @@ struct Slirpd: ParsableCommand {
             } else {
                 networks = try Self.withDefaultEndpoints([commandLineNetwork()])
             }
-            let daemon = try Daemon(networks: networks, reloadSource: reloadSource)
+            let daemon = try Daemon(networks: networks, stateDirectory: try stateDirectory(), reloadSource: reloadSource)
             let api = try noControl ? nil : controlServerConfig(controlConfig)
             let server = api.map { startControlServer($0, daemon.control) }
             defer {
@@ -118,6 +121,16 @@ struct Slirpd: ParsableCommand {
         }
         endpoints += tap.map { .tap(name: $0) }
         return NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode, optionText: options)
+    }
+
+    private func stateDirectory() throws(DaemonError) -> String {
+        guard let stateDir else { return try RuntimePaths.prepareDefaultDirectory() }
+        do {
+            try makeRuntimeDirectory(stateDir, mode: 0o700)
+        } catch {
+            throw DaemonError("cannot use state directory: \(error)")
+        }
+        return stateDir
     }
 
     /// The control socket's settings: the flags win over the config file's [control].

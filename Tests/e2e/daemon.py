@@ -26,7 +26,11 @@ class Slirpd:
         # Each daemon gets its own control socket, so several can run at once.
         self.control = str(Path(log_dir) / f"{name}.ctl")
         extra = [] if ("--control" in args or "--no-control" in args) else ["--control", self.control]
-        self.args = [SLIRPD, "--log-level", "debug", *extra, *args]
+        # And its own lease files and DNS socket: a shared state directory would hand one
+        # test's leases to the next.
+        self.state_dir = str(Path(log_dir) / f"{name}.state")
+        state = [] if "--state-dir" in args else ["--state-dir", self.state_dir]
+        self.args = [SLIRPD, "--log-level", "debug", *extra, *state, *args]
         self.log_path = Path(log_dir) / f"{name}.log"
         self._log = ""
         self._lock = threading.Lock()
