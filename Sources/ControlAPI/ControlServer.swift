@@ -117,6 +117,21 @@ public enum ControlServer {
         router.get("/v1/networks/:network/leases") { _, context in
             try await json { () throws(APIError) in try await service.leases(network: context.parameter("network")) }
         }
+        router.get("/v1/static-leases") { _, _ in try await json { () throws(APIError) in try await service.staticLeases(network: nil) } }
+        router.get("/v1/networks/:network/static-leases") { _, context in
+            try await json { () throws(APIError) in try await service.staticLeases(network: context.parameter("network")) }
+        }
+        router.post("/v1/networks/:network/static-leases") { request, context in
+            try await json(status: .created) { () throws(APIError) in
+                let body = try await decode(StaticLeaseRequest.self, request)
+                return try await service.addStaticLease(network: context.parameter("network"), body)
+            }
+        }
+        router.delete("/v1/networks/:network/static-leases/:mac") { _, context in
+            try await json { () throws(APIError) in
+                try await service.removeStaticLease(network: context.parameter("network"), mac: context.parameter("mac"))
+            }
+        }
         router.get("/v1/events") { _, _ in
             try await respond { () throws(APIError) in
                 let events = try await service.events()
@@ -209,6 +224,8 @@ private func describe(_ error: any Error) -> String {
     case DecodingError.keyNotFound(let key, _): "missing key '\(key.stringValue)'"
     case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx):
         "wrong type at '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))'"
+    // With a coding path it is a key's fault (StaticLeaseRequest's unknown keys), not the syntax's.
+    case DecodingError.dataCorrupted(let ctx) where !ctx.codingPath.isEmpty: ctx.debugDescription
     case DecodingError.dataCorrupted: "malformed JSON"
     default: "\(error)"
     }

@@ -20,6 +20,12 @@ public protocol ControlService: Sendable {
     func usernet(network: String) async throws(APIError) -> String
     func leases(network: String?) async throws(APIError) -> [LeaseInfo]
 
+    /// Static leases in force: the config file's, then those added here.
+    func staticLeases(network: String?) async throws(APIError) -> [StaticLeaseInfo]
+    func addStaticLease(network: String, _ request: StaticLeaseRequest) async throws(APIError) -> StaticLeaseInfo
+    /// Only leases added through the API can be removed; `mac` as in `52:54:00:12:34:56`.
+    func removeStaticLease(network: String, mac: String) async throws(APIError) -> StaticLeaseInfo
+
     /// Prometheus text exposition format.
     func metrics() async -> String
 

@@ -217,13 +217,87 @@ public struct LeaseInfo: Codable, Sendable, Equatable {
     public var hostname: String?
     /// RFC 3339, UTC: when the NAT last acknowledged it.
     public var granted: String
+    /// Given by a static lease (config file or API) rather than from the pool.
+    public var isStatic: Bool
+    /// RFC 3339, UTC; nil when unknown.
+    public var expires: String?
 
-    public init(network: String, mac: String, ip: String, hostname: String?, granted: String) {
+    // `static` is a Swift keyword, hence the different property name.
+    enum CodingKeys: String, CodingKey {
+        case network, mac, ip, hostname, granted, expires
+        case isStatic = "static"
+    }
+
+    public init(network: String, mac: String, ip: String, hostname: String?, granted: String, isStatic: Bool = false,
+                expires: String? = nil) {
         self.network = network
         self.mac = mac
         self.ip = ip
         self.hostname = hostname
         self.granted = granted
+        self.isStatic = isStatic
+        self.expires = expires
+    }
+}
+
+/// A static lease to add: this MAC always gets this IPv4 address from DHCP.
+public struct StaticLeaseRequest: Codable, Sendable, Equatable {
+    public var mac: String
+    public var ip: String
+    /// The DHCP hostname to hand out, in place of the one the guest asks for. Empty is
+    /// the same as absent.
+    public var hostname: String?
+
+    public init(mac: String, ip: String, hostname: String? = nil) {
+        self.mac = mac
+        self.ip = ip
+        self.hostname = hostname
+    }
+
+    private enum CodingKeys: String, CodingKey, CaseIterable { case mac, ip, hostname }
+
+    private struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    /// Refuses unknown keys: a misspelt `hostname` would otherwise be dropped silently
+    /// and the lease added without it.
+    public init(from decoder: any Decoder) throws {
+        let all = try decoder.container(keyedBy: AnyKey.self)
+        if let unknown = all.allKeys.first(where: { CodingKeys(stringValue: $0.stringValue) == nil }) {
+            throw DecodingError.dataCorrupted(.init(
+                codingPath: [unknown], debugDescription: "unknown key '\(unknown.stringValue)'"))
+        }
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        mac = try c.decode(String.self, forKey: .mac)
+        ip = try c.decode(String.self, forKey: .ip)
+        hostname = try c.decodeIfPresent(String.self, forKey: .hostname)
+    }
+}
+
+public struct StaticLeaseInfo: Codable, Sendable, Equatable {
+    public enum Source: String, Codable, Sendable {
+        /// From the config file; changes only with it.
+        case config
+        /// Added through the API; lost when the daemon or the network restarts.
+        case api
+    }
+
+    public var network: String
+    public var mac: String
+    public var ip: String
+    public var hostname: String?
+    public var source: Source
+
+    public init(network: String, mac: String, ip: String, hostname: String?, source: Source) {
+        self.network = network
+        self.mac = mac
+        self.ip = ip
+        self.hostname = hostname
+        self.source = source
     }
 }
 
@@ -258,4 +332,30 @@ public struct Event: Codable, Sendable, Equatable {
         self.hostname = hostname
         self.detail = detail
     }
+}
+
+// MARK: Time
+
+/// Unix seconds as RFC 3339 in UTC (`2026-11-21T08:30:00Z`), the form of
+/// PosixIO's `wallClockTimestamp`. Pure arithmetic (Hinnant's civil-from-days), so it
+/// needs no libc and takes any value: ones outside 1970 to 9999 are clamped, since a
+/// lease file could hold anything and RFC 3339 has four-digit years.
+public func rfc3339(unixSeconds: Int64) -> String {
+    let seconds = min(max(unixSeconds, 0), 253_402_300_799)  // 9999-12-31T23:59:59Z
+    let days = seconds / 86400, time = seconds % 86400
+    // Days since 0000-03-01, so the leap day ends each 400-year era's years.
+    let z = days + 719_468
+    let era = z / 146_097                                                // z >= 0 here
+    let dayOfEra = z - era * 146_097                                     // 0...146096
+    let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36524 - dayOfEra / 146_096) / 365  // 0...399
+    let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)  // 0...365, from March
+    let shiftedMonth = (5 * dayOfYear + 2) / 153                         // 0...11, March is 0
+    let day = dayOfYear - (153 * shiftedMonth + 2) / 5 + 1
+    let month = shiftedMonth < 10 ? shiftedMonth + 3 : shiftedMonth - 9
+    let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+    func pad(_ n: Int64, _ width: Int) -> String {
+        let s = String(n)
+        return String(repeating: "0", count: max(0, width - s.count)) + s
+    }
+    return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(time / 3600, 2)):\(pad(time / 60 % 60, 2)):\(pad(time % 60, 2))Z"
 }

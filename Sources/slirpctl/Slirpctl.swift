@@ -81,8 +81,8 @@ struct Slirpctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "slirpctl",
         abstract: "Control a running slirpd: guests, forwards, connections, captures, events.",
-        subcommands: [Networks.self, Guests.self, Connections.self, Leases.self, Forward.self, GuestFwd.self,
-                      Capture.self, Events.self, QemuArgs.self])
+        subcommands: [Networks.self, Guests.self, Connections.self, Leases.self, StaticLeaseCommand.self, Forward.self,
+                      GuestFwd.self, Capture.self, Events.self, QemuArgs.self])
 
     // Declared here and in each subcommand, so `slirpctl --control P guests` and
     // `slirpctl guests --control P` both work.
@@ -165,7 +165,64 @@ struct Leases: ParsableCommand {
         let path = network.map { "/v1/networks/\(pathComponent($0))/leases" } ?? "/v1/leases"
         let (leases, raw) = try global.get(path, as: [LeaseInfo].self)
         if global.json { return printJSON(raw) }
-        table(["NETWORK", "MAC", "IP", "HOSTNAME", "GRANTED"], leases.map { [$0.network, $0.mac, $0.ip, $0.hostname ?? "", $0.granted] })
+        table(["NETWORK", "MAC", "IP", "HOSTNAME", "STATIC", "GRANTED", "EXPIRES"], leases.map {
+            [$0.network, $0.mac, $0.ip, $0.hostname ?? "", $0.isStatic ? "yes" : "no", $0.granted, $0.expires ?? ""]
+        })
+    }
+}
+
+struct StaticLeaseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "static-lease", abstract: "Add, remove or list static DHCP leases (a fixed IP per MAC).",
+        subcommands: [Add.self, Remove.self, List.self])
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Fix a MAC's IP and hostname, from its next DHCP exchange.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "The network (needed when slirpd runs several).") var network: String?
+        @Option(help: "The DHCP hostname to give the guest.") var hostname: String?
+        @Argument(help: "The guest's MAC, e.g. 52:54:00:12:34:56") var mac: String
+        @Argument(help: "Its IPv4 address, inside the network, e.g. 10.0.2.50") var ip: String
+
+        func run() throws {
+            let name = try resolveNetwork(network, global)
+            let (info, raw) = try global.send(.POST, "/v1/networks/\(pathComponent(name))/static-leases",
+                                              body: StaticLeaseRequest(mac: mac, ip: ip, hostname: hostname),
+                                              as: StaticLeaseInfo.self)
+            if global.json { return printJSON(raw) }
+            print("added \(info.mac) -> \(info.ip)\(info.hostname.map { " (\($0))" } ?? "")")
+        }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a static lease added with slirpctl or the API.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "The network (needed when slirpd runs several).") var network: String?
+        @Argument(help: "The guest's MAC.") var mac: String
+
+        func run() throws {
+            let name = try resolveNetwork(network, global)
+            let (info, raw) = try global.send(.DELETE, "/v1/networks/\(pathComponent(name))/static-leases/\(pathComponent(mac))",
+                                              as: StaticLeaseInfo.self)
+            if global.json { return printJSON(raw) }
+            print("removed \(info.mac) -> \(info.ip)")
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List static leases, from the config file and the API.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Only this network.") var network: String?
+
+        func run() throws {
+            let path = network.map { "/v1/networks/\(pathComponent($0))/static-leases" } ?? "/v1/static-leases"
+            let (rows, raw) = try global.get(path, as: [StaticLeaseInfo].self)
+            if global.json { return printJSON(raw) }
+            table(["NETWORK", "MAC", "IP", "HOSTNAME", "SOURCE"], rows.map {
+                [$0.network, $0.mac, $0.ip, $0.hostname ?? "", $0.source.rawValue]
+            })
+        }
     }
 }
 
