@@ -82,9 +82,10 @@ class Namespaces:
         self.procs.append(p)
         return p
 
-    def dhcp_command(self, i: int, hostname: Optional[str] = None, requested: Optional[str] = None) -> list[str]:
+    def dhcp_command(self, i: int, hostname: Optional[str] = None, requested: Optional[str] = None,
+                     tries: int = 20) -> list[str]:
         cmd = ["ip", "netns", "exec", self.ns(i), BUSYBOX, "udhcpc", "-i", self.tap(i), "-s", str(self.script),
-               "-q", "-n", "-t", "20", "-T", "2", "-A", "1"]
+               "-q", "-n", "-t", str(tries), "-T", "2", "-A", "1"]
         if hostname:
             cmd += ["-x", f"hostname:{hostname}"]
         if requested:

@@ -130,3 +130,17 @@ def test_leases_survive_a_restart(tmp_path):
             r = query_in(nss, 1, "a.slirpd.internal")
             assert r["answers"] == [("A", a)], r
             assert "saved leases still valid" in second.log
+
+
+def test_a_full_pool_is_logged_and_the_last_guest_gets_no_lease(tmp_path):
+    # A /29 from .4 has .4, .5 and .6 to lease: the fourth namespace must go without.
+    with LoopbackDNS({}) as upstream, Namespaces(4, tmp_path) as nss, \
+            Slirpd(["-o", f"net=10.0.2.0/29,dhcpstart=10.0.2.4,dns-upstream={upstream.address}", *nss.tap_args],
+                   tmp_path) as d:
+        nss.move()
+        leases = nss.dhcp([0, 1, 2])
+        assert sorted(lease["ip"] for lease in leases.values()) == ["10.0.2.4", "10.0.2.5", "10.0.2.6"]
+        r = subprocess.run(nss.dhcp_command(3, tries=2), capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "LEASE" not in r.stdout
+        line = d.wait_log("DHCP pool full")
+        assert "10.0.2.4-10.0.2.6" in line
