@@ -24,7 +24,9 @@ let clientMAC = MACAddress(raw: 0x5254_0012_3456)
 
 let config = DHCPServerConfig(
     options: NetworkOptions(), mtu: nil,
-    staticLeases: [StaticLease(mac: MACAddress(raw: 0x5254_0000_0009), address: IPv4Address(10, 0, 2, 9), hostname: "fixed")])
+    staticLeases: [
+        StaticLease(mac: MACAddress(raw: 0x5254_0000_0009), address: IPv4Address(10, 0, 2, 9), hostname: "fixed"),
+    ])
 
 /// The clock the replays start from; any fixed value keeps runs reproducible.
 let start: Int64 = 1_763_712_000
