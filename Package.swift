@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "SlirpKit", dependencies: ["CSlirp", "PosixIO", "NetOptions", "SlirpAPI"]),
         .target(
             name: "DaemonConfig",
-            dependencies: ["NetOptions", "NetServices", "FrameSwitch", .product(name: "TOMLKit", package: "TOMLKit")]),
+            dependencies: ["NetOptions", "NetServices", "FrameSwitch", "PosixIO", .product(name: "TOMLKit", package: "TOMLKit")]),
         // The API's JSON vocabulary, shared by the daemon and slirpctl.
         .target(name: "SlirpAPI"),
         .target(

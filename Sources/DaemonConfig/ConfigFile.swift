@@ -17,12 +17,7 @@ internal import TOMLKit
 import FrameSwitch
 import NetOptions
 import NetServices
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import PosixIO
 
 /// Reads slirpd's config file.
 ///
@@ -80,9 +75,12 @@ public enum ConfigFile {
     /// Reads and parses the file at `path`; errors name `path` as given.
     public static func load(path: String) throws(ConfigError) -> DaemonConfiguration {
         let bytes: [UInt8]
-        switch readFile(path) {
-        case .success(let contents): bytes = contents
-        case .failure(let error): throw ConfigError(file: path, line: nil, message: error.message)
+        do {
+            // 1 MiB is far above any sane config, and stops a mistaken /dev/zero.
+            bytes = try readWholeFile(path, limit: 1 << 20)
+        } catch {
+            // POSIX's words ("No such file or directory"), without the call's name.
+            throw ConfigError(file: path, line: nil, message: error.fileTooLarge ? "file too large (over 1 MiB)" : error.reason)
         }
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw ConfigError(
@@ -537,33 +535,6 @@ private struct Loader {
             previous = current
         }
         return previous[b.count]
-    }
-}
-
-// MARK: - Reading the file
-
-private struct ReadError: Error {
-    var message: String
-}
-
-/// The whole file, with POSIX's words for any failure ("No such file or directory"):
-/// Foundation's messages on Linux hide the reason ("The operation could not be completed").
-private func readFile(_ path: String) -> Result<[UInt8], ReadError> {
-    let limit = 1 << 20  // far above any sane config; stops a mistaken /dev/zero
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return .failure(ReadError(message: String(cString: strerror(errno)))) }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-    while true {
-        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count < 0 {
-            if errno == EINTR { continue }
-            return .failure(ReadError(message: String(cString: strerror(errno))))
-        }
-        if count == 0 { return .success(bytes) }
-        bytes.append(contentsOf: chunk[..<count])
-        if bytes.count > limit { return .failure(ReadError(message: "file too large (over 1 MiB)")) }
     }
 }
 

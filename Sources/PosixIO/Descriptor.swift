@@ -154,26 +154,24 @@ public func writeStandardOutput(_ bytes: [UInt8]) -> Bool {
 
 public func errorDescription(_ code: Int32) -> String { String(cString: strerror(code)) }
 
-/// The whole file as text, or nil if it does not exist.
-public func readTextFile(_ path: String) throws(IOError) -> String? {
+/// The whole file, with POSIX's reasons for failures (a missing file is ENOENT, one over
+/// `limit` bytes EFBIG): the config file and the lease files are read with it.
+public func readWholeFile(_ path: String, limit: Int) throws(IOError) -> [UInt8] {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
-    if fd < 0 {
-        if errno == ENOENT { return nil }
-        throw IOError(call: "open", code: errno, detail: path)
-    }
+    guard fd >= 0 else { throw IOError(call: "open", code: errno, detail: path) }
     let file = Descriptor(owning: fd)
     var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
+    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
     while true {
         let n = chunk.withUnsafeMutableBytes { Glibc.read(file.raw, $0.baseAddress, $0.count) }
         if n < 0 {
             if errno == EINTR { continue }
             throw IOError(call: "read", code: errno, detail: path)
         }
-        if n == 0 { break }
+        if n == 0 { return bytes }
         bytes += chunk[0..<n]
+        if bytes.count > limit { throw IOError(call: "read", code: EFBIG, detail: path) }
     }
-    return String(decoding: bytes, as: UTF8.self)
 }
 
 /// Replaces `path` with `text` in one step (a temporary file renamed over it), so a

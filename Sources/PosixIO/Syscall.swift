@@ -31,6 +31,15 @@ public struct IOError: Error, Sendable, CustomStringConvertible, Equatable {
     /// The address is taken (by a live socket).
     public var addressInUse: Bool { code == EADDRINUSE }
 
+    /// The file or directory does not exist.
+    public var fileIsMissing: Bool { code == ENOENT }
+
+    /// The file is over the size the reader accepts (`readWholeFile`).
+    public var fileTooLarge: Bool { code == EFBIG }
+
+    /// POSIX's words for the failure alone, e.g. "No such file or directory".
+    public var reason: String { String(cString: strerror(code)) }
+
     /// A datagram's receiver no longer exists (its socket closed or its file was removed).
     public var peerIsGone: Bool { code == ECONNREFUSED || code == ENOENT }
 

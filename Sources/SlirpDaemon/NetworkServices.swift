@@ -44,7 +44,9 @@ extension Network {
             var saved: [DHCPLease] = []
             if let path = leaseFilePath {
                 do {
-                    if let text = try readTextFile(path) { saved = DHCPServer.decodeLeases(text) }
+                    saved = DHCPServer.decodeLeases(String(decoding: try readWholeFile(path, limit: 64 << 20), as: UTF8.self))
+                } catch where error.fileIsMissing {
+                    // First start: nothing saved yet.
                 } catch {
                     log.warning("DHCP: cannot read saved leases: \(error); starting with none")
                 }
@@ -96,14 +98,12 @@ extension Network {
 
     /// The first nameserver of /etc/resolv.conf, as libslirp would have used.
     static func hostResolver(log: Logger) -> DNSUpstream? {
-        let text: String?
         do {
-            text = try readTextFile("/etc/resolv.conf")
+            return DNSUpstream.fromResolvConf(String(decoding: try readWholeFile("/etc/resolv.conf", limit: 1 << 20), as: UTF8.self))
         } catch {
             log.warning("DNS: cannot read /etc/resolv.conf: \(error)")
             return nil
         }
-        return text.flatMap(DNSUpstream.fromResolvConf)
     }
 
     // MARK: Frames from guests
