@@ -26,17 +26,8 @@ public struct NeighborSolicitation: Equatable, Sendable {
     public func advertisement(from owner: MACAddress) -> [UInt8] {
         var icmp: [UInt8] = [136, 0, 0, 0, 0x60, 0, 0, 0] + target + [2, 1] + owner.bytes
         let length = icmp.count
-        var sum = UInt32(0)
         let pseudo = target + sourceIP + [0, 0, UInt8(length >> 8), UInt8(length & 0xFF), 0, 0, 0, 58]
-        for bytes in [pseudo, icmp] {
-            var i = 0
-            while i + 1 < bytes.count {
-                sum += UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1])
-                i += 2
-            }
-        }
-        while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
-        let checksum = ~UInt16(sum)
+        let checksum = ~IPChecksum.sum(icmp, initial: IPChecksum.sum(pseudo))
         icmp[2] = UInt8(checksum >> 8)
         icmp[3] = UInt8(checksum & 0xFF)
         return sourceMAC.bytes + owner.bytes + [0x86, 0xDD, 0x60, 0, 0, 0, 0, UInt8(length), 58, 255]
@@ -68,4 +59,20 @@ public func ipv6Source<C: RandomAccessCollection<UInt8>>(frame: C) -> IPv6Key? w
     guard frame[s + 12] == 0x86, frame[s + 13] == 0xDD, frame[s + 14] >> 4 == 6 else { return nil }
     let source = IPv6Key(frame, at: 22)
     return source.high == 0 && source.low == 0 ? nil : source
+}
+
+/// The Internet checksum (RFC 1071).
+public enum IPChecksum {
+    /// The folded 16-bit one's complement sum, not yet complemented.
+    public static func sum(_ bytes: [UInt8], initial: UInt16 = 0) -> UInt16 {
+        var sum = UInt32(initial)
+        var i = 0
+        while i + 1 < bytes.count {
+            sum += UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1])
+            i += 2
+        }
+        if i < bytes.count { sum += UInt32(bytes[i]) << 8 }
+        while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
+        return UInt16(sum)
+    }
 }

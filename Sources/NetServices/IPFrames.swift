@@ -157,22 +157,6 @@ public enum ICMPEcho {
     }
 }
 
-/// The Internet checksum (RFC 1071).
-public enum IPChecksum {
-    /// The folded 16-bit one's complement sum, not yet complemented.
-    public static func sum(_ bytes: [UInt8], initial: UInt16 = 0) -> UInt16 {
-        var sum = UInt32(initial)
-        var i = 0
-        while i + 1 < bytes.count {
-            sum += UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1])
-            i += 2
-        }
-        if i < bytes.count { sum += UInt32(bytes[i]) << 8 }
-        while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
-        return UInt16(sum)
-    }
-}
-
 func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(truncatingIfNeeded: v)] }
 
 func be32(_ v: UInt32) -> [UInt8] {

@@ -17,14 +17,6 @@ import Testing
             + natIP + group + icmp
     }
 
-    func sum(_ bytes: [UInt8]) -> UInt32 {
-        var s: UInt32 = 0
-        var i = 0
-        while i + 1 < bytes.count { s += UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1]); i += 2 }
-        while s > 0xFFFF { s = (s & 0xFFFF) + (s >> 16) }
-        return s
-    }
-
     @Test func readsLibslirpsSolicitation() throws {
         let ns = try #require(NeighborSolicitation.parse(frame: solicitation()))
         #expect(ns.sourceMAC == nat && ns.sourceIP == natIP && ns.target == guestIP)
@@ -44,7 +36,7 @@ import Testing
         #expect(Array(icmp[8..<24]) == guestIP)
         #expect(Array(icmp[24..<32]) == [2, 1] + guest.bytes)
         let pseudo = guestIP + natIP + [0, 0, 0, UInt8(icmp.count), 0, 0, 0, 58]
-        #expect(sum(pseudo + icmp) == 0xFFFF)
+        #expect(IPChecksum.sum(pseudo + icmp) == 0xFFFF)
     }
 
     @Test func sourceOfAnIPv6FrameButNotTheUnspecifiedOne() {
