@@ -48,6 +48,16 @@ func pathComponent(_ text: String) -> String {
     text.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? text
 }
 
+/// `/v1/networks/NAME/COLLECTION[/ITEM]`, each part escaped.
+func networkPath(_ network: String, _ collection: String, _ item: String? = nil) -> String {
+    "/v1/networks/\(pathComponent(network))/\(collection)" + (item.map { "/\(pathComponent($0))" } ?? "")
+}
+
+/// A collection on one network, or on every network when none is named.
+func listPath(_ network: String?, _ collection: String) -> String {
+    network.map { networkPath($0, collection) } ?? "/v1/\(collection)"
+}
+
 func printJSON(_ bytes: [UInt8]) {
     writeOut(bytes)
 }
@@ -122,7 +132,7 @@ struct Guests: ParsableCommand {
     @Option(help: "Only this network.") var network: String?
 
     func run() throws {
-        let path = network.map { "/v1/networks/\(pathComponent($0))/guests" } ?? "/v1/guests"
+        let path = listPath(network, "guests")
         let (guests, raw) = try global.get(path, as: [GuestInfo].self)
         if global.json { return printJSON(raw) }
         table(["NETWORK", "ID", "TRANSPORT", "MAC", "IP", "HOSTNAME", "RX", "TX", "DROPS", "SINCE", "PEER"], guests.map {
@@ -146,7 +156,7 @@ struct Connections: ParsableCommand {
             try check(response)
             return printJSON(response.body)
         }
-        let path = network.map { "/v1/networks/\(pathComponent($0))/connections" } ?? "/v1/connections"
+        let path = listPath(network, "connections")
         let (rows, raw) = try global.get(path, as: [ConnectionInfo].self)
         if global.json { return printJSON(raw) }
         table(["PROTO", "STATE", "FD", "SOURCE", "DESTINATION", "RECV-Q", "SEND-Q"], rows.map {
@@ -162,7 +172,7 @@ struct Leases: ParsableCommand {
     @Option(help: "Only this network.") var network: String?
 
     func run() throws {
-        let path = network.map { "/v1/networks/\(pathComponent($0))/leases" } ?? "/v1/leases"
+        let path = listPath(network, "leases")
         let (leases, raw) = try global.get(path, as: [LeaseInfo].self)
         if global.json { return printJSON(raw) }
         table(["NETWORK", "MAC", "IP", "HOSTNAME", "STATIC", "GRANTED", "EXPIRES"], leases.map {
@@ -187,7 +197,7 @@ struct StaticLeaseCommand: ParsableCommand {
 
         func run() throws {
             let name = try resolveNetwork(network, global)
-            let (info, raw) = try global.send(.POST, "/v1/networks/\(pathComponent(name))/static-leases",
+            let (info, raw) = try global.send(.POST, networkPath(name, "static-leases"),
                                               body: StaticLeaseRequest(mac: mac, ip: ip, hostname: hostname),
                                               as: StaticLeaseInfo.self)
             if global.json { return printJSON(raw) }
@@ -203,7 +213,7 @@ struct StaticLeaseCommand: ParsableCommand {
 
         func run() throws {
             let name = try resolveNetwork(network, global)
-            let (info, raw) = try global.send(.DELETE, "/v1/networks/\(pathComponent(name))/static-leases/\(pathComponent(mac))",
+            let (info, raw) = try global.send(.DELETE, networkPath(name, "static-leases", mac),
                                               as: StaticLeaseInfo.self)
             if global.json { return printJSON(raw) }
             print("removed \(info.mac) -> \(info.ip)")
@@ -216,7 +226,7 @@ struct StaticLeaseCommand: ParsableCommand {
         @Option(help: "Only this network.") var network: String?
 
         func run() throws {
-            let path = network.map { "/v1/networks/\(pathComponent($0))/static-leases" } ?? "/v1/static-leases"
+            let path = listPath(network, "static-leases")
             let (rows, raw) = try global.get(path, as: [StaticLeaseInfo].self)
             if global.json { return printJSON(raw) }
             table(["NETWORK", "MAC", "IP", "HOSTNAME", "SOURCE"], rows.map {
@@ -241,7 +251,7 @@ struct Forward: ParsableCommand {
 
         func run() throws {
             let name = try resolveNetwork(network, global)
-            let (info, raw) = try global.send(.POST, "/v1/networks/\(pathComponent(name))/forwards",
+            let (info, raw) = try global.send(.POST, networkPath(name, "forwards"),
                                               body: ForwardRequest(rule: rule, guest: guest), as: ForwardInfo.self)
             if global.json { return printJSON(raw) }
             print("added \(info.rule)\(info.guestAddress == nil ? " (waiting for guest \(info.guest) to get a lease)" : "")")
@@ -256,7 +266,7 @@ struct Forward: ParsableCommand {
 
         func run() throws {
             let name = try resolveNetwork(network, global)
-            let (info, raw) = try global.send(.DELETE, "/v1/networks/\(pathComponent(name))/forwards/\(pathComponent(rule))", as: ForwardInfo.self)
+            let (info, raw) = try global.send(.DELETE, networkPath(name, "forwards", rule), as: ForwardInfo.self)
             if global.json { return printJSON(raw) }
             print("removed \(info.rule)")
         }
@@ -268,7 +278,7 @@ struct Forward: ParsableCommand {
         @Option(help: "Only this network.") var network: String?
 
         func run() throws {
-            let path = network.map { "/v1/networks/\(pathComponent($0))/forwards" } ?? "/v1/forwards"
+            let path = listPath(network, "forwards")
             let (forwards, raw) = try global.get(path, as: [ForwardInfo].self)
             if global.json { return printJSON(raw) }
             table(["NETWORK", "PROTO", "HOST", "GUEST", "TO", "RULE"], forwards.map { f in
@@ -292,7 +302,7 @@ struct GuestFwd: ParsableCommand {
 
         func run() throws {
             let name = try resolveNetwork(network, global)
-            let (info, raw) = try global.send(.POST, "/v1/networks/\(pathComponent(name))/guestfwds",
+            let (info, raw) = try global.send(.POST, networkPath(name, "guestfwds"),
                                               body: GuestForwardRequest(rule: rule), as: GuestForwardInfo.self)
             if global.json { return printJSON(raw) }
             print("added \(info.address):\(info.port) -> \(info.target)")
@@ -307,7 +317,7 @@ struct GuestFwd: ParsableCommand {
 
         func run() throws {
             let name = try resolveNetwork(network, global)
-            let (info, raw) = try global.send(.DELETE, "/v1/networks/\(pathComponent(name))/guestfwds/\(pathComponent(rule))", as: GuestForwardInfo.self)
+            let (info, raw) = try global.send(.DELETE, networkPath(name, "guestfwds", rule), as: GuestForwardInfo.self)
             if global.json { return printJSON(raw) }
             print("removed \(info.address):\(info.port) -> \(info.target)")
         }
@@ -319,7 +329,7 @@ struct GuestFwd: ParsableCommand {
         @Option(help: "Only this network.") var network: String?
 
         func run() throws {
-            let path = network.map { "/v1/networks/\(pathComponent($0))/guestfwds" } ?? "/v1/guestfwds"
+            let path = listPath(network, "guestfwds")
             let (rows, raw) = try global.get(path, as: [GuestForwardInfo].self)
             if global.json { return printJSON(raw) }
             table(["NETWORK", "GUEST SIDE", "TARGET"], rows.map { [$0.network, "\($0.address):\($0.port)", $0.target] })
@@ -373,7 +383,7 @@ struct QemuArgs: ParsableCommand {
     func run() throws {
         let name = try resolveNetwork(network, global)
         let (net, _) = try global.get("/v1/networks/\(pathComponent(name))", as: NetworkInfo.self)
-        let (guests, _) = try global.get("/v1/networks/\(pathComponent(name))/guests", as: [GuestInfo].self)
+        let (guests, _) = try global.get(networkPath(name, "guests"), as: [GuestInfo].self)
         // Tap endpoints take namespaces, not QEMU guests.
         let candidates = net.endpoints.filter { !$0.hasPrefix("tap:") && (transport == nil || $0.hasPrefix("\(transport ?? ""):")) }
         guard let endpoint = candidates.first else {

@@ -3,13 +3,13 @@ import Testing
 
 @testable import DaemonConfig
 
-/// Parses `text` as `test.toml`.
-private func parse(_ text: String) throws(ConfigError) -> DaemonConfiguration {
+/// Parses `text` as `test.toml` (shared by this target's files).
+func parse(_ text: String) throws(ConfigError) -> DaemonConfiguration {
     try ConfigFile.parse(text, file: "test.toml")
 }
 
 /// Checks that `text` fails with exactly this line and message.
-private func expectError(_ text: String, line: Int?, _ message: String,
+func expectError(_ text: String, line: Int?, _ message: String,
                          sourceLocation: SourceLocation = #_sourceLocation) {
     #expect(throws: ConfigError(file: "test.toml", line: line, message: message), sourceLocation: sourceLocation) {
         try parse(text)

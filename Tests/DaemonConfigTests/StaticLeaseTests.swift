@@ -3,19 +3,6 @@ import Testing
 
 @testable import DaemonConfig
 
-/// Parses `text` as `test.toml`.
-private func parse(_ text: String) throws(ConfigError) -> DaemonConfiguration {
-    try ConfigFile.parse(text, file: "test.toml")
-}
-
-/// Checks that `text` fails with exactly this line and message.
-private func expectError(_ text: String, line: Int?, _ message: String,
-                         sourceLocation: SourceLocation = #_sourceLocation) {
-    #expect(throws: ConfigError(file: "test.toml", line: line, message: message), sourceLocation: sourceLocation) {
-        try parse(text)
-    }
-}
-
 /// A network's leases as `MAC IP HOSTNAME` lines; StaticLease's own module is not
 /// imported here, so the leases are compared through their descriptions.
 private func leases(_ network: NetworkConfig) -> [String] {
