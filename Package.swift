@@ -64,6 +64,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
+        // Benchmark support: a tap device joined to a QEMU stream socket (Scripts/bench).
+        .executableTarget(
+            name: "tap-bridge",
+            dependencies: ["PosixIO", "FrameSwitch", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Tests/TapBridge"),
         // Shared by test targets only.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch", "TestSupport"]),

@@ -290,9 +290,7 @@ extension Descriptor {
             let bytes = queue.readable
             let length = Int(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)))
             let frame = UnsafeRawBufferPointer(rebasing: bytes[4..<(4 + length)])
-            // write(), not send(): a tap device takes frames the same way and is no socket.
-            let result = try syscall("write") { Glibc.write(raw, frame.baseAddress, frame.count) }
-            guard case .done = result else { return sent == 0 ? .wouldBlock : .done(sent) }
+            guard case .done = try writeFrame(frame) else { return sent == 0 ? .wouldBlock : .done(sent) }
             queue.consume(4 + length)
             sent += 1
         }
@@ -300,10 +298,18 @@ extension Descriptor {
     }
 }
 
-/// A datagram socket connected to a Unix peer, for sending to it alone. Connected, the
-/// socket polls writable only while the peer's receive queue has room.
-public func connectUnixDatagram(to peer: UnixAddress) throws(IOError) -> Descriptor {
-    let socket = try newSocket(domain: AF_UNIX, kind: .datagram)
+extension Descriptor {
+    /// Writes one whole frame: one datagram on a connected socket, one frame on a tap.
+    public func writeFrame(_ frame: UnsafeRawBufferPointer) throws(IOError) -> IOResult<Int> {
+        // write(), not send(): a tap device takes frames the same way and is no socket.
+        try syscall("write") { Glibc.write(raw, frame.baseAddress, frame.count) }
+    }
+}
+
+/// A non-blocking Unix socket connected to `peer`. A connected datagram socket sends to
+/// that peer alone and polls writable only while the peer's receive queue has room.
+public func connectUnix(to peer: UnixAddress, kind: SocketKind) throws(IOError) -> Descriptor {
+    let socket = try newSocket(domain: AF_UNIX, kind: kind)
     var storage = peer.storage
     _ = try withUnsafePointer(to: &storage) { (p) throws(IOError) in
         try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(IOError) in

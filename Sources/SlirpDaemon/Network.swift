@@ -356,7 +356,7 @@ final class Network {
         }
         let socket: Descriptor
         do {
-            socket = try connectUnixDatagram(to: sender)
+            socket = try connectUnix(to: sender, kind: .datagram)
             socket.setBufferSizes(send: 1 << 20, receive: 4096)
         } catch {
             log.warning("dropping a datagram from \(sender) on \(endpoint.spec): cannot answer it: \(error)")
