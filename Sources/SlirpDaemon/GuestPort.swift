@@ -74,6 +74,12 @@ final class GuestPort {
         return true
     }
 
+    /// Counts a frame handed to the guest (written, or queued for writing).
+    func countSent(_ frame: UnsafeRawBufferPointer) {
+        txFrames += 1
+        txBytes += frame.count
+    }
+
     func close(_ reason: String) {
         if closeReason == nil { closeReason = reason }
     }

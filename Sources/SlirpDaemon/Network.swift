@@ -509,11 +509,7 @@ final class Network {
         guard port.closeReason == nil, port.refusedFor == nil else { return }
         if frame.count >= Network.directWriteMinimum, port.queued.isEmpty, !port.isStream {
             do {
-                if case .done = try port.socket.writeFrame(frame) {
-                    port.txFrames += 1
-                    port.txBytes += frame.count
-                    return
-                }
+                if case .done = try port.socket.writeFrame(frame) { return port.countSent(frame) }
             } catch {
                 writeFailed(port, error, unqueued: 1)
                 scheduleClose(port)
@@ -528,8 +524,7 @@ final class Network {
             port.inFlushList = true
             flushList.append(port)
         }
-        port.txFrames += 1
-        port.txBytes += frame.count
+        port.countSent(frame)
     }
 
     // MARK: Lifecycle
