@@ -132,6 +132,25 @@ public enum ControlServer {
                 try await service.removeStaticLease(network: context.parameter("network"), mac: context.parameter("mac"))
             }
         }
+        router.get("/v1/attachments") { _, _ in try await json { () throws(APIError) in try await service.attachments(network: nil) } }
+        router.get("/v1/networks/:network/attachments") { _, context in
+            try await json { () throws(APIError) in try await service.attachments(network: context.parameter("network")) }
+        }
+        router.post("/v1/networks/:network/attachments") { request, context in
+            try await json(status: .created) { () throws(APIError) in
+                let body = try await decode(AttachmentRequest.self, request)
+                return try await service.addAttachment(network: context.parameter("network"), body)
+            }
+        }
+        // The target is a path, slashes and all, so it travels as a query parameter.
+        router.delete("/v1/networks/:network/attachments") { request, context in
+            try await json { () throws(APIError) in
+                guard let target = request.uri.queryParameters.get("target") else {
+                    throw .badRequest("give the attachment to remove as ?target=unix:/path")
+                }
+                return try await service.removeAttachment(network: context.parameter("network"), target: target)
+            }
+        }
         router.get("/v1/events") { _, _ in
             try await respond { () throws(APIError) in
                 let events = try await service.events()

@@ -141,7 +141,7 @@ private struct Loader {
     static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
     static let networkKeys =
         ["name", "options"] + stringOptions.sorted() + booleanOptions.sorted() + listOptions.keys.sorted()
-        + ["stream", "dgram", "tcp", "tap", "mtu", "socket-mode", "socket-group", "static-lease"]
+        + ["stream", "dgram", "tcp", "tap", "connect", "mtu", "socket-mode", "socket-group", "static-lease"]
     static let leaseKeys = ["mac", "ip", "hostname"]
 
     func error(_ message: String, key: String?, in scope: KeyLines.Scope) -> ConfigError {
@@ -222,7 +222,7 @@ private struct Loader {
         var name: String?
         var optionsString: (text: String, line: Int?)?
         var pieces: [(text: String, line: Int?)] = []
-        var streams: [EndpointSpec] = [], dgrams: [EndpointSpec] = [], tcps: [EndpointSpec] = [], taps: [EndpointSpec] = []
+        var streams: [EndpointSpec] = [], dgrams: [EndpointSpec] = [], tcps: [EndpointSpec] = [], taps: [EndpointSpec] = [], connects: [EndpointSpec] = []
         var endpointKeys: [(spec: EndpointSpec, key: String)] = []
         var mtu = 0
         var socketMode: UInt32 = 0o660
@@ -280,6 +280,14 @@ private struct Loader {
                     taps.append(.tap(name: name))
                     endpointKeys.append((.tap(name: name), key))
                 }
+            case "connect":
+                for text in try strings(key, value, scope) {
+                    guard let spec = EndpointSpec.connect(parsing: text) else {
+                        throw error("invalid connect target '\(text)' (expected unix:PATH, a QEMU -netdev stream,server=on socket)", key: key, in: scope)
+                    }
+                    connects.append(spec)
+                    endpointKeys.append((spec, key))
+                }
             case "mtu":
                 guard let number = value.int else { throw typeError(key, "an integer", value, scope) }
                 guard (68...65521).contains(number) else {
@@ -311,6 +319,7 @@ private struct Loader {
             case .stream(let path), .dgram(let path): resource = "socket path '\(path)'"
             case .tcp: resource = "TCP address \(spec.description.dropFirst("tcp:".count))"
             case .tap(let device): resource = "tap device '\(device)'"
+            case .connect(let path): resource = "QEMU socket '\(path)'"
             }
             if let owner = endpointOwners.first(where: { $0.key == resource }) {
                 throw error("\(resource) is already used by network '\(owner.network)'", key: key, in: scope)
@@ -320,7 +329,7 @@ private struct Loader {
         let options = try networkOptions(optionsString, pieces, scope)
         try checkLeases(leases, options)
         return NetworkConfig(
-            name: name, options: options, endpoints: streams + dgrams + tcps + taps, mtu: mtu, socketMode: socketMode,
+            name: name, options: options, endpoints: streams + dgrams + tcps + taps + connects, mtu: mtu, socketMode: socketMode,
             socketGroup: socketGroup, staticLeases: leases.map(\.lease))
     }
 

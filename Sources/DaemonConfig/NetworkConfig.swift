@@ -33,7 +33,7 @@ public struct NetworkConfig: Sendable, Equatable {
 }
 
 /// Where guests attach, as given on the command line.
-public enum EndpointSpec: Equatable, Sendable, CustomStringConvertible {
+public enum EndpointSpec: Hashable, Sendable, CustomStringConvertible {
     /// A Unix stream socket at a path (`-netdev stream,addr.type=unix`).
     case stream(path: String)
     /// A Unix datagram socket at a path (`-netdev dgram,remote.type=unix`).
@@ -42,6 +42,9 @@ public enum EndpointSpec: Equatable, Sendable, CustomStringConvertible {
     case tcp(host: String, port: UInt16)
     /// A tap device: a network namespace or container joins the network through it.
     case tap(name: String)
+    /// A QEMU `-netdev stream,server=on` Unix socket that slirpd dials, and re-dials
+    /// whenever the connection drops or slirpd restarts.
+    case connect(path: String)
 
     public var isTap: Bool {
         if case .tap = self { return true }
@@ -54,7 +57,16 @@ public enum EndpointSpec: Equatable, Sendable, CustomStringConvertible {
         case .dgram(let path): "dgram:\(path)"
         case .tcp(let host, let port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
         case .tap(let name): "tap:\(name)"
+        case .connect(let path): "connect:unix:\(path)"
         }
+    }
+
+    /// Parses `unix:PATH`, a QEMU server socket to dial (config `connect = [...]`, `--connect`).
+    public static func connect(parsing text: String) -> EndpointSpec? {
+        guard text.hasPrefix("unix:") else { return nil }
+        let path = String(text.dropFirst("unix:".count))
+        guard !path.isEmpty, !path.utf8.contains(0) else { return nil }
+        return .connect(path: path)
     }
 
     /// Parses `HOST:PORT` or `[V6]:PORT` for `--tcp`.

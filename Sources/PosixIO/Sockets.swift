@@ -322,16 +322,7 @@ public func connectUnix(to peer: UnixAddress, kind: SocketKind) throws(IOError) 
 private func describe(_ storage: inout sockaddr_storage, _ length: socklen_t, fd: Int32) -> String {
     switch Int32(storage.ss_family) {
     case AF_INET, AF_INET6:
-        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-        var service = [CChar](repeating: 0, count: Int(NI_MAXSERV))
-        let rc = withUnsafePointer(to: &storage) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                getnameinfo($0, length, &host, socklen_t(host.count), &service, socklen_t(service.count), NI_NUMERICHOST | NI_NUMERICSERV)
-            }
-        }
-        guard rc == 0 else { return "inet peer" }
-        let h = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let s = String(decoding: service.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let (h, s) = numericHostAndService(&storage, length) else { return "inet peer" }
         return h.contains(":") ? "[\(h)]:\(s)" : "\(h):\(s)"
     default:
         // Unix peers have no address worth printing; their credentials say who they are.
@@ -340,6 +331,20 @@ private func describe(_ storage: inout sockaddr_storage, _ length: socklen_t, fd
         guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &size) == 0 else { return "unix peer" }
         return "pid \(cred.pid) uid \(cred.uid)"
     }
+}
+
+/// An inet address as numeric host and port text (getnameinfo), or nil.
+func numericHostAndService(_ storage: inout sockaddr_storage, _ length: socklen_t) -> (String, String)? {
+    var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+    var service = [CChar](repeating: 0, count: Int(NI_MAXSERV))
+    let rc = withUnsafePointer(to: &storage) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            getnameinfo($0, length, &host, socklen_t(host.count), &service, socklen_t(service.count), NI_NUMERICHOST | NI_NUMERICSERV)
+        }
+    }
+    guard rc == 0 else { return nil }
+    let text = { (chars: [CChar]) in String(decoding: chars.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+    return (text(host), text(service))
 }
 
 /// A group's id by name (or a number given as text).

@@ -26,6 +26,12 @@ public protocol ControlService: Sendable {
     /// Only leases added through the API can be removed; `mac` as in `52:54:00:12:34:56`.
     func removeStaticLease(network: String, mac: String) async throws(APIError) -> StaticLeaseInfo
 
+    /// QEMU server sockets the networks dial: configured ones, then those added here.
+    func attachments(network: String?) async throws(APIError) -> [AttachmentInfo]
+    func addAttachment(network: String, _ request: AttachmentRequest) async throws(APIError) -> AttachmentInfo
+    /// Only attachments added through the API can be removed; `target` as added (`unix:/path`).
+    func removeAttachment(network: String, target: String) async throws(APIError) -> AttachmentInfo
+
     /// Prometheus text exposition format.
     func metrics() async -> String
 

@@ -278,11 +278,48 @@ public struct StaticLeaseRequest: Codable, Sendable, Equatable {
     }
 }
 
+/// Asks a network to dial a QEMU `-netdev stream,server=on` socket (slirpctl attach).
+public struct AttachmentRequest: Codable, Sendable, Equatable {
+    /// `unix:/absolute/path`.
+    public var target: String
+    public init(target: String) { self.target = target }
+}
+
+/// A QEMU server socket a network dials, and how that is going.
+public struct AttachmentInfo: Codable, Sendable, Equatable {
+    public enum Source: String, Codable, Sendable {
+        /// From the configuration (`connect = [...]`, `--connect`).
+        case config
+        /// Added through the API; kept across restarts in the state directory.
+        case api
+    }
+
+    public var network: String
+    public var target: String
+    public var source: Source
+    public var connected: Bool
+    /// The guest port of the connection, while connected.
+    public var guest: UInt32?
+    /// Failed attempts since the last connection.
+    public var failures: Int
+    public var lastError: String?
+
+    public init(network: String, target: String, source: Source, connected: Bool, guest: UInt32?, failures: Int, lastError: String?) {
+        self.network = network
+        self.target = target
+        self.source = source
+        self.connected = connected
+        self.guest = guest
+        self.failures = failures
+        self.lastError = lastError
+    }
+}
+
 public struct StaticLeaseInfo: Codable, Sendable, Equatable {
     public enum Source: String, Codable, Sendable {
         /// From the config file; changes only with it.
         case config
-        /// Added through the API; lost when the daemon or the network restarts.
+        /// Added through the API; kept across restarts in the state directory.
         case api
     }
 

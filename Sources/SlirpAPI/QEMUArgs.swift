@@ -15,6 +15,10 @@ public enum QEMUArgs {
         if let path = endpoint.dropPrefix("stream:") {
             return "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=\(path) \(device)"
         }
+        if let path = endpoint.dropPrefix("connect:unix:") {
+            // slirpd dials this one: QEMU listens, and takes slirpd again after a restart.
+            return "-netdev stream,id=n0,server=on,addr.type=unix,addr.path=\(path) \(device)"
+        }
         if let path = endpoint.dropPrefix("dgram:") {
             let local = localPath ?? sibling(of: path, named: "guest-\(mac.filter { $0 != ":" }).sock")
             return "-netdev dgram,id=n0,local.type=unix,local.path=\(local),remote.type=unix,remote.path=\(path) \(device)"

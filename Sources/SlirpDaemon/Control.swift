@@ -60,13 +60,7 @@ public struct DaemonControl: ControlService {
 
     public func addStaticLease(network: String, _ request: StaticLeaseRequest) async throws(APIError) -> StaticLeaseInfo {
         // Parsed here, off the loop thread; the network checks what depends on its settings.
-        guard let mac = MACAddress(request.mac) else {
-            throw .badRequest("static lease: '\(request.mac)' is not a MAC address (expected e.g. 52:54:00:12:34:56)")
-        }
-        guard let ip = IPv4Address(request.ip) else {
-            throw .badRequest("static lease: '\(request.ip)' is not an IPv4 address (expected a dotted quad, e.g. 10.0.2.50)")
-        }
-        let lease = StaticLease(mac: mac, address: ip, hostname: request.hostname.flatMap { $0.isEmpty ? nil : $0 })
+        let lease = try StaticLease(request)
         return try await mailbox.ask { d throws(APIError) in
             let net = try d.network(network)
             return net.staticLeaseInfo(try net.addStaticLease(lease))
@@ -81,6 +75,18 @@ public struct DaemonControl: ControlService {
             let net = try d.network(network)
             return net.staticLeaseInfo(try net.removeStaticLease(mac: mac), source: .api)
         }
+    }
+
+    public func attachments(network: String?) async throws(APIError) -> [AttachmentInfo] {
+        try await mailbox.ask { d throws(APIError) in try d.select(network).flatMap { $0.attachmentInfos() } }
+    }
+
+    public func addAttachment(network: String, _ request: AttachmentRequest) async throws(APIError) -> AttachmentInfo {
+        try await mailbox.ask { d throws(APIError) in try d.network(network).addAttachment(request.target) }
+    }
+
+    public func removeAttachment(network: String, target: String) async throws(APIError) -> AttachmentInfo {
+        try await mailbox.ask { d throws(APIError) in try d.network(network).removeAttachment(target) }
     }
 
     public func metrics() async -> String {
@@ -114,6 +120,19 @@ extension Daemon {
     func select(_ name: String?) throws(APIError) -> [Network] {
         guard let name else { return networks }
         return [try network(name)]
+    }
+}
+
+extension StaticLease {
+    /// A lease as the API asks for it, its text checked.
+    init(_ request: StaticLeaseRequest) throws(APIError) {
+        guard let mac = MACAddress(request.mac) else {
+            throw .badRequest("static lease: '\(request.mac)' is not a MAC address (expected e.g. 52:54:00:12:34:56)")
+        }
+        guard let ip = IPv4Address(request.ip) else {
+            throw .badRequest("static lease: '\(request.ip)' is not an IPv4 address (expected a dotted quad, e.g. 10.0.2.50)")
+        }
+        self.init(mac: mac, address: ip, hostname: request.hostname.flatMap { $0.isEmpty ? nil : $0 })
     }
 }
 

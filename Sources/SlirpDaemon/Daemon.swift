@@ -30,6 +30,13 @@ public final class Daemon {
     let reloadSource: (() throws(DaemonError) -> [NetworkConfig])?
     /// Lease files and DNS sockets go here (see Network.stateDirectory).
     let stateDirectory: String?
+    /// Sockets from systemd, used by the networks whose endpoints they are.
+    let inherited: InheritedEndpoints
+    /// READY=1, STATUS= and the watchdog for systemd (nothing without NOTIFY_SOCKET).
+    let notifier: ServiceNotifier
+    private var nextWatchdog: Int64 = 0
+    private var reportedGuests = -1
+    private var statusSentAt: Int64 = 0
     private var eventSinks: [Int: AsyncStream<Event>.Continuation] = [:]
     private var nextSinkID = 0
     private var pollSet = PollSet()
@@ -50,10 +57,15 @@ public final class Daemon {
 
     /// Binds every endpoint of every network, or throws and leaves nothing behind.
     /// Signals are blocked here, before any other thread exists, so they reach only the loop.
+    /// `configs` must already include the inherited sockets (`InheritedEndpoints.apply`).
     public init(networks configs: [NetworkConfig], stateDirectory: String? = nil,
+                inherited: InheritedEndpoints = InheritedEndpoints([]),
                 reloadSource: (() throws(DaemonError) -> [NetworkConfig])? = nil) throws(DaemonError) {
         self.reloadSource = reloadSource
         self.stateDirectory = stateDirectory
+        self.inherited = inherited
+        // Read (and cleared from the environment) before any other thread exists.
+        notifier = ServiceNotifier()
         do {
             signals = try SignalSource()
             mailbox = try Mailbox()
@@ -71,7 +83,7 @@ public final class Daemon {
     /// Binds a network's endpoints and adds it to the loop.
     @discardableResult
     func startNetwork(_ config: NetworkConfig) throws(DaemonError) -> Network {
-        let net = try Network(config: config, stateDirectory: stateDirectory, relayCommand: Daemon.relayCommand)
+        let net = try Network(config: config, stateDirectory: stateDirectory, inherited: inherited, relayCommand: Daemon.relayCommand)
         net.onEvent = { [unowned self] event in self.publish(event) }
         networks.append(net)
         return net
@@ -98,6 +110,12 @@ public final class Daemon {
             log.info("network \(net.config.name): \(o.network.address)/\(o.network.prefixLength), gateway \(o.host), DNS \(o.dns), DHCP from \(o.dhcpStart)\(net.config.mtu > 0 ? ", MTU \(net.config.mtu)" : "") (libslirp \(SlirpStack.libraryVersion))")
         }
         for line in networks.flatMap(attachLines) { log.notice("\(line)") }
+        if !inherited.isEmpty { log.info("\(inherited.summary)") }
+        if let problem = notifier.problem { log.warning("\(problem)") }
+        notify("READY=1")
+        if let interval = notifier.watchdogInterval {
+            log.info("systemd watchdog: pinging every \(interval / 1_000_000) ms")
+        }
         while running {
             try iterate()
         }
@@ -132,6 +150,8 @@ public final class Daemon {
         var timeout: UInt32 = 1000
         for net in networks { net.stack.addPollDescriptors(to: &pollSet, timeout: &timeout) }
         var deadline = nextHousekeeping
+        if notifier.watchdogInterval != nil { deadline = min(deadline, nextWatchdog) }
+        if notifier.isActive, reportedGuests != guestTotal { deadline = min(deadline, statusSentAt + Daemon.statusInterval) }
         for net in networks {
             if let d = net.stack.nextTimerDeadline { deadline = min(deadline, d) }
             if let d = net.nextListenerResume, d > now { deadline = min(deadline, d) }
@@ -173,6 +193,42 @@ public final class Daemon {
             net.flushPending()
             net.reapClosed()
         }
+        tellServiceManager(now: after)
+    }
+
+    // MARK: systemd
+
+    /// STATUS= at most this often, so guest churn cannot flood the manager.
+    private static let statusInterval: Int64 = 1_000_000_000
+
+    private var guestTotal: Int { networks.reduce(0) { $0 + $1.guestCount } }
+
+    /// What `systemctl status` shows: guests per network.
+    private var statusText: String {
+        let total = guestTotal
+        let each = networks.map { "\($0.config.name) \($0.guestCount)" }.joined(separator: ", ")
+        return "\(total) guest\(total == 1 ? "" : "s") on \(networks.count) network\(networks.count == 1 ? "" : "s")\(each.isEmpty ? "" : ": \(each)")"
+    }
+
+    /// Sends `state` with the current STATUS= line.
+    func notify(_ state: String) {
+        guard notifier.isActive else { return }
+        reportedGuests = guestTotal
+        statusSentAt = monotonicNanoseconds()
+        if let error = notifier.send("\(state)\nSTATUS=\(statusText)") { log.warning("systemd notification failed: \(error)") }
+    }
+
+    /// The watchdog ping when due, and STATUS= when the guest count changed.
+    private func tellServiceManager(now: Int64) {
+        if let interval = notifier.watchdogInterval, now >= nextWatchdog {
+            notifier.send("WATCHDOG=1")
+            nextWatchdog = now + interval
+        }
+        if notifier.isActive, reportedGuests != guestTotal, now - statusSentAt >= Daemon.statusInterval {
+            reportedGuests = guestTotal
+            statusSentAt = now
+            notifier.send("STATUS=\(statusText)")
+        }
     }
 
     private func runPostedJobs() {
@@ -211,6 +267,7 @@ public final class Daemon {
     }
 
     private func shutdown() {
+        notifier.send("STOPPING=1")
         for net in networks {
             net.shutdown()
             log.info("network \(net.config.name) stopped")

@@ -11,21 +11,26 @@ final class StreamListener {
     var pausedUntil: Int64 = 0
     static let pauseAfterError: Int64 = 250_000_000
 
-    init(spec: EndpointSpec, mode: UInt32, group: String?) throws(IOError) {
+    /// Whether systemd owns the socket (socket activation): then it is never closed or unlinked here.
+    let inherited: Bool
+
+    init(spec: EndpointSpec, mode: UInt32, group: String?, inherited descriptor: Descriptor?) throws(IOError) {
         self.spec = spec
+        inherited = descriptor != nil
         switch spec {
         case .stream(let path):
-            socket = try bindUnixSocket(path: path, kind: .stream, mode: mode, group: group)
+            if let descriptor { socket = descriptor } else { socket = try bindUnixSocket(path: path, kind: .stream, mode: mode, group: group) }
             transport = .stream
         case .tcp(let host, let port):
-            socket = try listenTCP(host: host, port: port)
+            if let descriptor { socket = descriptor } else { socket = try listenTCP(host: host, port: port) }
             transport = .tcp
-        case .dgram, .tap:
+        case .dgram, .tap, .connect:
             preconditionFailure("only stream and TCP endpoints are listeners")
         }
     }
 
     func close() {
+        guard !inherited else { return }
         socket.close()
         if case .stream(let path) = spec { removeFile(path) }
     }
@@ -44,15 +49,20 @@ final class DatagramEndpoint {
     var peers: [UnixAddress: GuestPort] = [:]
     var badDatagrams = 0
 
-    init(path: String, mode: UInt32, group: String?) throws(IOError) {
+    /// Whether systemd owns the socket (socket activation): then it is never closed or unlinked here.
+    let inherited: Bool
+
+    init(path: String, mode: UInt32, group: String?, inherited descriptor: Descriptor?) throws(IOError) {
         self.spec = .dgram(path: path)
         self.path = path
-        socket = try bindUnixSocket(path: path, kind: .datagram, mode: mode, group: group)
+        inherited = descriptor != nil
+        if let descriptor { socket = descriptor } else { socket = try bindUnixSocket(path: path, kind: .datagram, mode: mode, group: group) }
         // Room for bursts from many peers before the kernel drops on our side.
         socket.setBufferSizes(send: 4 << 20, receive: 4 << 20)
     }
 
     func close() {
+        guard !inherited else { return }
         socket.close()
         removeFile(path)
     }

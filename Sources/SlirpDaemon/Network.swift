@@ -64,10 +64,16 @@ final class Network {
     /// Static leases added through the API, kept apart from the configured ones so a
     /// reload does not drop them.
     var apiStaticLeases: [StaticLease] = []
+    /// Forwards added through the API, as requested, for the run-time state file (RuntimeState.swift).
+    var apiForwards: [ForwardRequest] = []
+    var apiGuestForwards: [String] = []
+    var restoringRuntimeState = false
+    /// QEMU server sockets this network dials (Dialing.swift).
+    var dialTargets: [DialTarget] = []
 
     private let relayCommand: (String, UInt16) throws(SlirpError) -> String
 
-    init(config: NetworkConfig, stateDirectory: String?,
+    init(config: NetworkConfig, stateDirectory: String?, inherited: InheritedEndpoints,
          relayCommand: @escaping (String, UInt16) throws(SlirpError) -> String) throws(DaemonError) {
         self.config = config
         self.stateDirectory = stateDirectory
@@ -94,17 +100,23 @@ final class Network {
             for spec in config.endpoints {
                 switch spec {
                 case .tap(let name): try attachTap(name)
-                case .stream, .tcp: listeners.append(try StreamListener(spec: spec, mode: config.socketMode, group: config.socketGroup))
-                case .dgram(let path): datagrams.append(try DatagramEndpoint(path: path, mode: config.socketMode, group: config.socketGroup))
+                case .connect(let path): dialTargets.append(DialTarget(path: path, fromAPI: false))
+                case .stream, .tcp:
+                    listeners.append(try StreamListener(spec: spec, mode: config.socketMode, group: config.socketGroup,
+                                                        inherited: inherited.descriptor(for: spec)))
+                case .dgram(let path):
+                    datagrams.append(try DatagramEndpoint(path: path, mode: config.socketMode, group: config.socketGroup,
+                                                          inherited: inherited.descriptor(for: spec)))
                 }
             }
         } catch {
             closeEndpoints()
             for port in ports.values { port.socket.close() }
-            let failed = config.endpoints[listeners.count + datagrams.count + ports.count]
+            let failed = config.endpoints[listeners.count + datagrams.count + ports.count + dialTargets.count]
             throw DaemonError("cannot \(failed.isTap ? "open" : "listen on") \(failed): \(error)")
         }
         startServices()
+        restoreRuntimeState()
     }
 
     /// A tap device is one guest port from the start: whatever sits behind it is the guest.
@@ -113,9 +125,7 @@ final class Network {
         let port = GuestPort(id: allocatePortID(), transport: .tap, peer: "tap \(name)", endpointName: "tap:\(name)",
                              kind: .tap(name: name, received: ByteBuffer(capacity: StreamFraming.maximumFrame)),
                              socket: socket, now: monotonicNanoseconds())
-        ports[port.id] = port
-        log.info("\(port.label) attached on tap:\(name)")
-        emit(.guestAttached, guest: port, detail: "tap:\(name)")
+        admit(port, on: "tap:\(name)")
     }
 
     /// Hands a guest forward to libslirp. The address is resolved (empty means .4) so that
@@ -190,6 +200,7 @@ final class Network {
 
     /// Work due by time rather than by a descriptor: DNS timeouts, the lease file.
     func runTimers(now: Int64) {
+        dialDue(now: now)
         dns?.expire(now: now)
         dns?.reapConnections()
         saveLeases()
@@ -198,7 +209,7 @@ final class Network {
     /// The earliest time `runTimers` has something to do.
     var nextServiceDeadline: Int64? {
         let save = leasesDirty ? leasesSavedAt + 1_000_000_000 : nil
-        return [dns?.nextDeadline, save].compactMap { $0 }.min()
+        return [dns?.nextDeadline, save, nextDialAttempt].compactMap { $0 }.min()
     }
 
     // MARK: Stream guests
@@ -221,9 +232,7 @@ final class Network {
             let port = GuestPort(
                 id: allocatePortID(), transport: listener.transport, peer: peer, endpointName: "\(listener.spec)",
                 kind: .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity)), socket: socket, now: now)
-            ports[port.id] = port
-            log.info("\(port.label) attached on \(listener.spec)")
-            emit(.guestAttached, guest: port, detail: "\(listener.spec)")
+            admit(port, on: "\(listener.spec)")
         }
     }
 
@@ -370,9 +379,7 @@ final class Network {
         let port = GuestPort(id: allocatePortID(), transport: .dgram, peer: sender.path, endpointName: "\(endpoint.spec)",
                              kind: .datagram(endpoint: endpoint, peer: sender), socket: socket, now: now)
         endpoint.peers[sender] = port
-        ports[port.id] = port
-        log.info("\(port.label) attached on \(endpoint.spec)")
-        emit(.guestAttached, guest: port, detail: "\(endpoint.spec)")
+        admit(port, on: "\(endpoint.spec)")
         return port
     }
 
@@ -529,13 +536,20 @@ final class Network {
 
     // MARK: Lifecycle
 
-    private func allocatePortID() -> PortID {
+    /// Adds a new guest port, logging where it came in.
+    func admit(_ port: GuestPort, on endpoint: String) {
+        ports[port.id] = port
+        log.info("\(port.label) attached on \(endpoint)")
+        emit(.guestAttached, guest: port, detail: endpoint)
+    }
+
+    func allocatePortID() -> PortID {
         defer { nextPortID &+= 1 }
         if nextPortID == 0 { nextPortID = 1 }
         return PortID(nextPortID)
     }
 
-    private func scheduleClose(_ port: GuestPort) {
+    func scheduleClose(_ port: GuestPort) {
         guard port.closeReason != nil, ports[port.id] === port else { return }
         if !closing.contains(where: { $0 === port }) { closing.append(port) }
     }
@@ -551,6 +565,7 @@ final class Network {
             }
             port.socket.close()
             if case .datagram(let endpoint, let peer) = port.kind { endpoint.peers[peer] = nil }
+            dialledPortClosed(port, now: monotonicNanoseconds())
             let stats = "rx \(port.rxFrames) frames/\(port.rxBytes) B, tx \(port.txFrames) frames/\(port.txBytes) B, dropped \(port.drops)"
             closedCounters = closedCounters + port.counters
             emit(.guestDetached, guest: port, detail: reason)

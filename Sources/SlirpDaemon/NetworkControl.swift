@@ -182,6 +182,8 @@ extension Network {
             }
         }
         forwards.append(entry)
+        apiForwards.append(request)
+        saveRuntimeState()
         log.info("forward added: \(request.rule)\(request.guest.map { " to guest \($0)" } ?? "")\(entry.installed == nil ? " (waiting for that guest's lease)" : "")")
         emit(.forwardAdded, detail: forwardInfo(entry).rule)
         return forwardInfo(entry)
@@ -249,6 +251,8 @@ extension Network {
         }
         let entry = forwards.remove(at: index)
         uninstall(entry)
+        apiForwards.removeAll { $0.rule == entry.rule.rule }
+        saveRuntimeState()
         log.info("forward removed: \(original)")
         emit(.forwardRemoved, detail: forwardInfo(entry).rule)
         return forwardInfo(entry)
@@ -310,6 +314,8 @@ extension Network {
             throw .conflict(error.message)
         }
         guestForwardRules.append(rule)
+        apiGuestForwards.append(text)
+        saveRuntimeState()
         log.info("guest forward added: \(text)")
         return guestForwardInfo(rule)
     }
@@ -327,6 +333,8 @@ extension Network {
         }
         let rule = guestForwardRules.remove(at: index)
         stack.removeGuestForward(address: wanted, port: port)
+        apiGuestForwards.removeAll { $0 == rule.rule }
+        saveRuntimeState()
         log.info("guest forward removed: \(rule.rule)")
         return guestForwardInfo(rule)
     }

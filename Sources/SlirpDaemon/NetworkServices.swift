@@ -236,6 +236,7 @@ extension Network {
         apiStaticLeases.removeAll { $0.mac == lease.mac }
         apiStaticLeases.append(lease)
         applyStaticLeases()
+        saveRuntimeState()
         log.notice("static lease added: \(lease.mac) -> \(lease.address)\(lease.hostname.map { " (\($0))" } ?? "")")
         return lease
     }
@@ -251,6 +252,7 @@ extension Network {
         }
         let lease = apiStaticLeases.remove(at: index)
         applyStaticLeases()
+        saveRuntimeState()
         log.notice("static lease removed: \(mac) (\(lease.address))")
         return lease
     }

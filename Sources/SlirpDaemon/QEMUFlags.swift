@@ -13,6 +13,10 @@ enum QEMUFlags {
         }
         let mac = QEMUArgs.freshMAC()
         let text = "\(endpoint)"
+        if case .connect(let path) = endpoint {
+            return ["network \(network) dials QEMU at unix:\(path) (again after every drop or restart); start that QEMU with:",
+                    "  " + ((try? QEMUArgs.flags(endpoint: text, mac: mac, mtu: mtu)) ?? "")]
+        }
         var lines = ["attach a guest to network \(network) over \(text)\(text.hasPrefix("dgram:") ? " (local.path must be unique per guest)" : ""):"]
         if let flags = try? QEMUArgs.flags(endpoint: text, mac: mac, mtu: mtu) { lines.append("  " + flags) }
         if case .tcp = endpoint, let flags = try? QEMUArgs.flags(endpoint: text, mac: mac, mtu: mtu, legacySocket: true) {

@@ -1,5 +1,6 @@
 import DaemonConfig
 import NetOptions
+import PosixIO
 import SlirpAPI
 
 // Reloading the config file (SIGHUP).
@@ -109,6 +110,8 @@ extension Daemon {
             return
         }
         log.notice("SIGHUP: reloading the configuration")
+        notifier.send("RELOADING=1\nMONOTONIC_USEC=\(monotonicNanoseconds() / 1000)")
+        defer { notify("READY=1") }
         var kept: [Network] = []
         for net in networks {
             if configs.contains(where: { $0.name == net.config.name }) {

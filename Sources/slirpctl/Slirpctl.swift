@@ -90,9 +90,9 @@ func resolveNetwork(_ name: String?, _ global: GlobalOptions) throws -> String {
 struct Slirpctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "slirpctl",
-        abstract: "Control a running slirpd: guests, forwards, connections, captures, events.",
+        abstract: "Control a running slirpd: guests, forwards, attachments, connections, captures, events.",
         subcommands: [Networks.self, Guests.self, Connections.self, Leases.self, StaticLeaseCommand.self, Forward.self,
-                      GuestFwd.self, Capture.self, Events.self, QemuArgs.self])
+                      GuestFwd.self, Attach.self, Detach.self, Attachments.self, Capture.self, Events.self, QemuArgs.self])
 
     // Declared here and in each subcommand, so `slirpctl --control P guests` and
     // `slirpctl guests --control P` both work.

@@ -37,6 +37,9 @@ struct Slirpd: ParsableCommand {
     @Option(help: ArgumentHelp("Attach a tap device you may use (ip tuntap add mode tap user USER name IFNAME), so a network namespace or container joins the network. Repeatable.", valueName: "IFNAME"))
     var tap: [String] = []
 
+    @Option(name: .customLong("connect"), help: ArgumentHelp("Dial a QEMU '-netdev stream,server=on' socket, and re-dial it whenever the connection drops or slirpd restarts. Repeatable.", valueName: "unix:PATH"))
+    var connectTargets: [String] = []
+
     @Option(help: "Interface MTU for the NAT, 68-65521 (default 1500). Guests learn it from the printed host_mtu= flag.")
     var mtu: Int?
 
@@ -76,21 +79,27 @@ struct Slirpd: ParsableCommand {
             return handler
         }
         do {
+            let inherited: InheritedEndpoints
+            do {
+                inherited = InheritedEndpoints(try takeInheritedSockets())
+            } catch {
+                throw DaemonError("\(error)")
+            }
             var networks: [NetworkConfig]
             var controlConfig = ControlConfig()
             var reloadSource: (() throws(DaemonError) -> [NetworkConfig])?
             if let path = config {
-                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, tap.isEmpty, mtu == nil, name == "default", socketMode == "0660" else {
-                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --tap, --name, --mtu and --socket-mode: set those in \(path)")
+                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, tap.isEmpty, connectTargets.isEmpty, mtu == nil, name == "default", socketMode == "0660" else {
+                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --tap, --connect, --name, --mtu and --socket-mode: set those in \(path)")
                 }
                 let loaded = try Self.load(path)
-                networks = loaded.networks
+                networks = try Self.withDefaultEndpoints(inherited.apply(to: loaded.networks))
                 controlConfig = loaded.control
-                reloadSource = { () throws(DaemonError) in try Self.load(path).networks }
+                reloadSource = { () throws(DaemonError) in try Self.withDefaultEndpoints(inherited.apply(to: Self.load(path).networks)) }
             } else {
-                networks = try Self.withDefaultEndpoints([commandLineNetwork()])
+                networks = try Self.withDefaultEndpoints(inherited.apply(to: [commandLineNetwork()]))
             }
-            let daemon = try Daemon(networks: networks, stateDirectory: try stateDirectory(), reloadSource: reloadSource)
+            let daemon = try Daemon(networks: networks, stateDirectory: try stateDirectory(), inherited: inherited, reloadSource: reloadSource)
             let api = try noControl ? nil : controlServerConfig(controlConfig)
             let server = api.map { startControlServer($0, daemon.control) }
             defer {
@@ -120,6 +129,10 @@ struct Slirpd: ParsableCommand {
             endpoints.append(spec)
         }
         endpoints += tap.map { .tap(name: $0) }
+        for text in connectTargets {
+            guard let spec = EndpointSpec.connect(parsing: text) else { throw fail("invalid --connect '\(text)' (expected unix:PATH)") }
+            endpoints.append(spec)
+        }
         return NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode, optionText: options)
     }
 
@@ -145,21 +158,16 @@ struct Slirpd: ParsableCommand {
             socketMode: mode, allowedUIDs: Set(allowUid + file.allowUIDs))
     }
 
-    /// Reads the config file; networks that name no endpoint get the default socket.
+    /// Reads the config file.
     private static func load(_ path: String) throws(DaemonError) -> DaemonConfiguration {
         do {
-            var loaded = try ConfigFile.load(path: path)
-            loaded.networks = try withDefaultEndpoints(loaded.networks)
-            return loaded
-        } catch let error as ConfigError {
-            throw DaemonError(error.description)
-        } catch let error as DaemonError {
-            throw error
+            return try ConfigFile.load(path: path)
         } catch {
-            throw DaemonError("\(error)")
+            throw DaemonError(error.description)
         }
     }
 
+    /// Networks that have no endpoint (none configured, none from systemd) get the default socket.
     private static func withDefaultEndpoints(_ networks: [NetworkConfig]) throws(DaemonError) -> [NetworkConfig] {
         var result = networks
         for i in result.indices where result[i].endpoints.isEmpty {
