@@ -22,7 +22,10 @@ class Slirpd:
     """One daemon process. `args` are slirpd's command-line arguments."""
 
     def __init__(self, args: list[str], log_dir: Path, name: str = "slirpd",
-                 env: Optional[dict] = None, ready: bool = True):
+                 env: Optional[dict] = None, ready: bool = True,
+                 launcher: list[str] = (), popen_kw: Optional[dict] = None):
+        """`launcher` goes before the binary (e.g. systemd-socket-activate and its flags);
+        `popen_kw` goes to Popen (pass_fds and preexec_fn, for socket activation by hand)."""
         # Each daemon gets its own control socket, so several can run at once.
         self.control = str(Path(log_dir) / f"{name}.ctl")
         extra = [] if ("--control" in args or "--no-control" in args) else ["--control", self.control]
@@ -30,12 +33,12 @@ class Slirpd:
         # test's leases to the next.
         self.state_dir = str(Path(log_dir) / f"{name}.state")
         state = [] if "--state-dir" in args else ["--state-dir", self.state_dir]
-        self.args = [SLIRPD, "--log-level", "debug", *extra, *state, *args]
+        self.args = [*launcher, SLIRPD, "--log-level", "debug", *extra, *state, *args]
         self.log_path = Path(log_dir) / f"{name}.log"
         self._log = ""
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=env, text=True)
+                                     stderr=subprocess.STDOUT, env=env, text=True, **(popen_kw or {}))
         self.pid = self.proc.pid
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
