@@ -111,6 +111,11 @@ def test_second_instance_gets_its_own_mac_and_reaches_the_first(zephyr_net, make
     assert a.check(f"wget -q -O - http://{b.lease['ip']}:8080/").strip() == f"hello from guest {b.mac}"
     assert b.check(f"wget -q -O - http://{a.lease['ip']}:8080/").strip() == f"hello from guest {a.mac}"
     assert attached_macs(d) == {a.mac, b.mac}
+    # The samples' own static addresses (echo_server 192.0.2.1, echo_client 192.0.2.2), outside
+    # the NAT's network: frames between the two still go straight through slirpd's switch.
+    b.check("ip addr add 192.0.2.1/24 dev eth0")
+    a.check("ip addr add 192.0.2.2/24 dev eth0")
+    assert a.check("wget -q -O - http://192.0.2.1:8080/").strip() == f"hello from guest {b.mac}"
 
 
 # --- the printed text only (no ARM guest here) ---------------------------------
