@@ -75,6 +75,7 @@ let package = Package(
         .testTarget(name: "NetOptionsTests", dependencies: ["NetOptions"]),
         .testTarget(name: "NetServicesTests", dependencies: ["NetServices", "FrameSwitch", "NetOptions", "SlirpKit", "TestSupport"]),
         .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit", "SlirpAPI"]),
+        .testTarget(name: "SlirpAPITests", dependencies: ["SlirpAPI"]),
         .testTarget(name: "DaemonConfigTests", dependencies: ["DaemonConfig", "NetOptions"]),
     ],
     swiftLanguageModes: [.v6]

@@ -4,14 +4,21 @@
 public enum QEMUArgs {
     public enum Failure: Error, Equatable { case unknownEndpoint(String) }
 
+    /// NICs that a QEMU machine builds in (on a board rather than a bus): they cannot be
+    /// made with `-device`, only joined to a netdev with `-net nic,model=...`.
+    public static let onBoardModels: Set<String> = ["lan9118", "stellaris", "smc91c111", "cadence_gem", "xgmac", "imx.enet"]
+
     /// - Parameters:
-    ///   - model: a `-device` NIC (virtio-net-pci, e1000, ...).
+    ///   - model: the NIC: a `-device` model (virtio-net-pci, e1000, ...) or one of `onBoardModels`.
     ///   - localPath: for datagram endpoints, the guest's own socket path (unique per guest).
     ///   - legacySocket: for TCP endpoints, QEMU's older `-netdev socket,connect=` form (same framing).
     public static func flags(endpoint: String, mac: String, model: String = "virtio-net-pci", mtu: Int = 0,
                              localPath: String? = nil, legacySocket: Bool = false) throws(Failure) -> String {
         // virtio-net tells the guest driver the MTU through host_mtu; other NICs have no such flag.
-        let device = "-device \(model),netdev=n0,mac=\(mac)" + (mtu > 0 && mtu != 1500 && model.hasPrefix("virtio-net") ? ",host_mtu=\(mtu)" : "")
+        // QEMU names the MAC option macaddr= on -net nic and mac= on -device.
+        let device = onBoardModels.contains(model)
+            ? "-net nic,model=\(model),netdev=n0,macaddr=\(mac)"
+            : "-device \(model),netdev=n0,mac=\(mac)" + (mtu > 0 && mtu != 1500 && model.hasPrefix("virtio-net") ? ",host_mtu=\(mtu)" : "")
         if let path = endpoint.dropPrefix("stream:") {
             return "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=\(path) \(device)"
         }

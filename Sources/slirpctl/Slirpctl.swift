@@ -378,9 +378,28 @@ struct QemuArgs: ParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Option(help: "The network (needed when slirpd runs several).") var network: String?
     @Option(help: "stream, dgram or tcp (default: the network's first endpoint).") var transport: String?
-    @Option(help: "The NIC model for -device (virtio-net-pci, e1000, ...).") var model = "virtio-net-pci"
+    @Option(help: ArgumentHelp("The NIC model (default: virtio-net-pci, or the board's with --zephyr). On-board NICs "
+                               + "(lan9118, stellaris, ...) are attached with -net nic instead of -device.", valueName: "model"))
+    var model: String?
+    @Flag(help: "Print the flags for one Zephyr instance, as QEMU_EXTRA_FLAGS and CONFIG_QEMU_EXTRA_FLAGS.") var zephyr = false
+    @Option(help: ArgumentHelp("With --zephyr: the board, which picks the NIC (\(Zephyr.boards.map(\.name).joined(separator: ", "))).",
+                               valueName: "board"))
+    var board: String?
+
+    func validate() throws {
+        if board != nil && !zephyr { throw ValidationError("--board goes with --zephyr") }
+        if zephyr && board == nil && model == nil { throw ValidationError("--zephyr needs --board or --model") }
+    }
 
     func run() throws {
+        // The NIC first: a wrong board fails without asking slirpd.
+        let nic: String
+        do {
+            if let model { nic = model } else if let board { nic = try Zephyr.nicModel(board: board) } else { nic = "virtio-net-pci" }
+            if zephyr { try Zephyr.checkPortable(nic) }
+        } catch {
+            throw ClientError.failed("\(error)")
+        }
         let name = try resolveNetwork(network, global)
         let (net, _) = try global.get("/v1/networks/\(pathComponent(name))", as: NetworkInfo.self)
         let (guests, _) = try global.get(networkPath(name, "guests"), as: [GuestInfo].self)
@@ -390,6 +409,13 @@ struct QemuArgs: ParsableCommand {
             throw ClientError.failed("network \(name) has no \(transport ?? "") endpoint (it has: \(net.endpoints.joined(separator: ", ")))")
         }
         let mac = QEMUArgs.freshMAC(avoiding: Set(guests.flatMap(\.macs)))
-        print(try QEMUArgs.flags(endpoint: endpoint, mac: mac, model: model, mtu: net.mtu))
+        let flags = try QEMUArgs.flags(endpoint: endpoint, mac: mac, model: nic, mtu: net.mtu)
+        guard zephyr else { return print(flags) }
+        do {
+            try Zephyr.checkPortable(endpoint)
+        } catch {
+            throw ClientError.failed("\(error)")
+        }
+        print(Zephyr.usage(flags: flags, board: board, model: nic, mac: mac, endpoint: endpoint, network: name), terminator: "")
     }
 }

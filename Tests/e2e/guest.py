@@ -94,6 +94,9 @@ class Guest:
     netdev is the full -netdev value and must define id=n0, e.g.
     "user,id=n0" or
     "stream,id=n0,server=off,addr.type=unix,addr.path=/tmp/x.sock".
+    With netdev=None the guest gets no -netdev/-device of its own: the network
+    flags come verbatim in extra_args (e.g. from `slirpctl qemu-args`), and mac
+    must be the MAC they give the NIC.
     """
 
     # Patterns end in \n, not $: output arrives in chunks, and $ would also
@@ -101,11 +104,11 @@ class Guest:
     _LEASE_RE = re.compile(r"^GUEST-LEASE ip=(\S+) mask=(\S*) router=(\S+) "
                            r"dns=(\S+) mtu=(\d+)\n", re.M)
 
-    def __init__(self, name: str, netdev: str, mac: str,
+    def __init__(self, name: str, netdev: Optional[str], mac: str,
                  model: str = "virtio-net-pci", extra_args: Iterable[str] = (),
                  log_dir: Optional[os.PathLike | str] = None,
                  memory_mb: int = 192, append: str = ""):
-        if not re.search(r"(^|,)id=n0(,|$)", netdev):
+        if netdev is not None and not re.search(r"(^|,)id=n0(,|$)", netdev):
             raise ValueError(f"netdev must contain id=n0: {netdev!r}")
         self.name = name
         self.mac = mac.lower()
@@ -118,8 +121,8 @@ class Guest:
             "-display", "none", "-no-reboot", "-nodefaults",
             "-serial", "stdio", "-monitor", "none",
             "-kernel", kernel, "-initrd", initrd, "-append", cmdline,
-            "-netdev", netdev,
-            "-device", f"{model},netdev=n0,mac={self.mac}",
+            *(() if netdev is None else
+              ("-netdev", netdev, "-device", f"{model},netdev=n0,mac={self.mac}")),
             *extra_args,
         ]
         self._cond = threading.Condition()
