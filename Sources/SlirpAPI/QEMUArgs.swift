@@ -1,6 +1,6 @@
 /// The QEMU flags that attach a guest to an endpoint, shared by slirpd's start-up
 /// banner and `slirpctl qemu-args`. Endpoints are given as the API lists them:
-/// `stream:PATH`, `dgram:PATH` or `tcp:HOST:PORT` (`tcp:[V6]:PORT`).
+/// `stream:PATH`, `dgram:PATH`, `tcp:HOST:PORT` (`tcp:[V6]:PORT`) or `connect:unix:PATH`.
 public enum QEMUArgs {
     public enum Failure: Error, Equatable { case unknownEndpoint(String) }
 

@@ -403,8 +403,10 @@ struct QemuArgs: ParsableCommand {
         let name = try resolveNetwork(network, global)
         let (net, _) = try global.get("/v1/networks/\(pathComponent(name))", as: NetworkInfo.self)
         let (guests, _) = try global.get(networkPath(name, "guests"), as: [GuestInfo].self)
-        // Tap endpoints take namespaces, not QEMU guests.
-        let candidates = net.endpoints.filter { !$0.hasPrefix("tap:") && (transport == nil || $0.hasPrefix("\(transport ?? ""):")) }
+        // Tap endpoints take namespaces, and a connect: socket is one particular QEMU's.
+        let candidates = net.endpoints.filter {
+            !$0.hasPrefix("tap:") && !$0.hasPrefix("connect:") && (transport == nil || $0.hasPrefix("\(transport ?? ""):"))
+        }
         guard let endpoint = candidates.first else {
             throw ClientError.failed("network \(name) has no \(transport ?? "") endpoint (it has: \(net.endpoints.joined(separator: ", ")))")
         }
