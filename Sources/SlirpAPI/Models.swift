@@ -285,14 +285,17 @@ public struct AttachmentRequest: Codable, Sendable, Equatable {
     public init(target: String) { self.target = target }
 }
 
+/// Where a static lease or an attachment comes from.
+public enum ItemSource: String, Codable, Sendable {
+    /// From the configuration (config file or command line); changes only with it.
+    case config
+    /// Added through the API; kept across restarts in the state directory.
+    case api
+}
+
 /// A QEMU server socket a network dials, and how that is going.
 public struct AttachmentInfo: Codable, Sendable, Equatable {
-    public enum Source: String, Codable, Sendable {
-        /// From the configuration (`connect = [...]`, `--connect`).
-        case config
-        /// Added through the API; kept across restarts in the state directory.
-        case api
-    }
+    public typealias Source = ItemSource
 
     public var network: String
     public var target: String
@@ -316,12 +319,7 @@ public struct AttachmentInfo: Codable, Sendable, Equatable {
 }
 
 public struct StaticLeaseInfo: Codable, Sendable, Equatable {
-    public enum Source: String, Codable, Sendable {
-        /// From the config file; changes only with it.
-        case config
-        /// Added through the API; kept across restarts in the state directory.
-        case api
-    }
+    public typealias Source = ItemSource
 
     public var network: String
     public var mac: String
