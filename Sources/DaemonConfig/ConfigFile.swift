@@ -51,6 +51,9 @@ import PosixIO
 /// mtu = 1500                           # 68 to 65521; default libslirp's 1500
 /// socket-mode = "0660"                 # octal string, at most 0777; default 0660
 /// socket-group = "kvm"                 # group of the socket files; default unchanged
+/// connect = ["unix:/run/vm/a.sock"]    # QEMU server=on sockets slirpd dials
+/// guest-uids = [1000]                  # who may attach over Unix sockets (besides the
+/// guest-gids = [993]                   #   daemon's user and root); default anyone
 ///
 /// [[network.static-lease]]             # a fixed DHCP address; any number per network
 /// mac = "52:54:00:12:34:56"            # required; unicast, one lease per MAC
@@ -136,12 +139,12 @@ private struct Loader {
         "net", "host", "dns", "dhcpstart", "ipv6-net", "ipv6-host", "ipv6-dns", "hostname", "domainname",
         "tftp", "tftp-server-name", "bootfile", "dns-upstream", "dns-domain",
     ]
-    static let booleanOptions: Set<String> = ["restrict", "ipv4", "ipv6"]
+    static let booleanOptions: Set<String> = ["restrict", "ipv4", "ipv6", "host-loopback", "isolate"]
     /// Array keys, and the QEMU option each element becomes.
     static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
     static let networkKeys =
         ["name", "options"] + stringOptions.sorted() + booleanOptions.sorted() + listOptions.keys.sorted()
-        + ["stream", "dgram", "tcp", "tap", "connect", "mtu", "socket-mode", "socket-group", "static-lease"]
+        + ["stream", "dgram", "tcp", "tap", "connect", "guest-uids", "guest-gids", "mtu", "socket-mode", "socket-group", "static-lease"]
     static let leaseKeys = ["mac", "ip", "hostname"]
 
     func error(_ message: String, key: String?, in scope: KeyLines.Scope) -> ConfigError {
@@ -197,19 +200,7 @@ private struct Loader {
             case "mode":
                 control.socketMode = try mode(key, value, .control)
             case "allow-uids":
-                let wanted = "an array of user IDs"
-                for (number, element) in try elements(key, value, wanted, .control) {
-                    // uid_t's all-ones value is (uid_t)-1, "no user", never a real uid.
-                    guard let uid = element.int, let uid32 = UInt32(exactly: uid), uid32 != UInt32.max else {
-                        if element.type == .int {
-                            throw error(
-                                "'\(key)' element \(number) is \(element.debugDescription), not a user ID "
-                                    + "(0 to \(UInt32.max - 1))", key: key, in: .control)
-                        }
-                        throw elementTypeError(key, wanted, number, element, .control)
-                    }
-                    control.allowUIDs.append(uid32)
-                }
+                control.allowUIDs += try ids(key, value, "user", .control)
             default:
                 throw unknownKey(key, in: .control, known: Self.controlKeys, table: "[control]")
             }
@@ -227,6 +218,7 @@ private struct Loader {
         var mtu = 0
         var socketMode: UInt32 = 0o660
         var socketGroup: String?
+        var guestAccess = GuestAccess()
         var leases: [(lease: StaticLease, scope: KeyLines.Scope)] = []
 
         for key in keysInFileOrder(table, scope) {
@@ -288,6 +280,10 @@ private struct Loader {
                     connects.append(spec)
                     endpointKeys.append((spec, key))
                 }
+            case "guest-uids":
+                guestAccess.uids += try ids(key, value, "user", scope)
+            case "guest-gids":
+                guestAccess.gids += try ids(key, value, "group", scope)
             case "mtu":
                 guard let number = value.int else { throw typeError(key, "an integer", value, scope) }
                 guard (68...65521).contains(number) else {
@@ -330,7 +326,25 @@ private struct Loader {
         try checkLeases(leases, options)
         return NetworkConfig(
             name: name, options: options, endpoints: streams + dgrams + tcps + taps + connects, mtu: mtu, socketMode: socketMode,
-            socketGroup: socketGroup, staticLeases: leases.map(\.lease))
+            socketGroup: socketGroup, staticLeases: leases.map(\.lease), guestAccess: guestAccess)
+    }
+
+    /// An array of user or group IDs (`kind`: "user" or "group").
+    func ids(_ key: String, _ value: TOMLValueConvertible, _ kind: String, _ scope: KeyLines.Scope) throws(ConfigError) -> [UInt32] {
+        let wanted = "an array of \(kind) IDs"
+        var result: [UInt32] = []
+        for (number, element) in try elements(key, value, wanted, scope) {
+            // The all-ones value is (uid_t)-1 or (gid_t)-1, "nobody in particular", never a real ID.
+            guard let id = element.int, let id32 = UInt32(exactly: id), id32 != UInt32.max else {
+                if element.type == .int {
+                    throw error("'\(key)' element \(number) is \(element.debugDescription), not a \(kind) ID "
+                                + "(0 to \(UInt32.max - 1))", key: key, in: scope)
+                }
+                throw elementTypeError(key, wanted, number, element, scope)
+            }
+            result.append(id32)
+        }
+        return result
     }
 
     /// One static lease table, checked on its own; `number` counts from 1.

@@ -18,9 +18,13 @@ public struct NetworkConfig: Sendable, Equatable {
     public var optionText: String
     /// Fixed DHCP addresses (and names) by MAC; the API can add more at run time.
     public var staticLeases: [StaticLease]
+    /// Who may attach over the Unix sockets, beyond what the socket files' modes allow.
+    public var guestAccess: GuestAccess
 
     public init(name: String, options: NetworkOptions, endpoints: [EndpointSpec], mtu: Int, socketMode: UInt32,
-                socketGroup: String? = nil, optionText: String = "", staticLeases: [StaticLease] = []) {
+                socketGroup: String? = nil, optionText: String = "", staticLeases: [StaticLease] = [],
+                guestAccess: GuestAccess = GuestAccess()) {
+        self.guestAccess = guestAccess
         self.optionText = optionText
         self.staticLeases = staticLeases
         self.name = name
@@ -51,6 +55,11 @@ public enum EndpointSpec: Hashable, Sendable, CustomStringConvertible {
         return false
     }
 
+    public var isTCP: Bool {
+        if case .tcp = self { return true }
+        return false
+    }
+
     public var description: String {
         switch self {
         case .stream(let path): "stream:\(path)"
@@ -77,5 +86,32 @@ public enum EndpointSpec: Hashable, Sendable, CustomStringConvertible {
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.isEmpty else { return nil }
         return .tcp(host: host, port: port)
+    }
+}
+
+/// Per-network allow-lists for guests on Unix sockets (`guest-uids`, `guest-gids`).
+///
+/// The socket files' mode and group already decide who may connect; these lists check
+/// the peer itself, so a socket file with a wide mode, or one handed over by systemd,
+/// still admits only the listed users and groups. Stream peers are checked by the
+/// kernel's credentials (SO_PEERCRED, SO_PEERGROUPS: uid, primary and supplementary
+/// groups); datagram peers by the owner and group of the socket file they send from.
+/// TCP peers have no credentials, so a network with a list refuses TCP endpoints.
+public struct GuestAccess: Sendable, Equatable {
+    public var uids: [UInt32]
+    public var gids: [UInt32]
+
+    public init(uids: [UInt32] = [], gids: [UInt32] = []) {
+        self.uids = uids
+        self.gids = gids
+    }
+
+    /// Whether any check applies; empty lists admit everyone the socket file admits.
+    public var isRestricted: Bool { !uids.isEmpty || !gids.isEmpty }
+
+    /// The daemon's own user and root always pass, as on the control socket.
+    public func admits(uid: UInt32, groups: [UInt32], ownUID: UInt32) -> Bool {
+        guard isRestricted else { return true }
+        return uid == 0 || uid == ownUID || uids.contains(uid) || groups.contains(where: gids.contains)
     }
 }

@@ -38,9 +38,11 @@
 //     with an empty or over-63-byte label (it drops the name with a warning).
 //   - `id=` is ignored, `type=`/the bare first word may only be `user`, and an empty
 //     string means all defaults.
-//   - Two keys of slirpd's own, for the DNS server it runs in place of libslirp's:
+//   - Keys of slirpd's own. For the DNS server it runs in place of libslirp's:
 //     `dns-upstream=IP[:PORT]` (`[IPv6]:PORT`) names where queries for other names go,
-//     and `dns-domain=NAME` the domain whose names it answers itself.
+//     and `dns-domain=NAME` the domain whose names it answers itself. For isolation:
+//     `host-loopback=off` keeps guests off the host's loopback (libslirp's
+//     disable_host_loopback), and `isolate=on` lets guests reach the NAT but not each other.
 
 /// The configuration of one user-mode network, with QEMU's defaults.
 public struct NetworkOptions: Hashable, Sendable {
@@ -77,6 +79,10 @@ public struct NetworkOptions: Hashable, Sendable {
     public var dnsUpstream: DNSUpstream?
     /// `dns-domain=`: the names slirpd's DNS answers itself, without a trailing dot.
     public var dnsDomain: String
+    /// `host-loopback=`: whether the gateway address reaches the host's 127.0.0.1 (default on).
+    public var hostLoopback: Bool
+    /// `isolate=`: guests exchange frames with the NAT only, never with each other (default off).
+    public var isolateGuests: Bool
 
     public static let defaultDNSDomain = "slirpd.internal"
 
@@ -105,6 +111,8 @@ public struct NetworkOptions: Hashable, Sendable {
         guestForwards = []
         dnsUpstream = nil
         dnsDomain = Self.defaultDNSDomain
+        hostLoopback = true
+        isolateGuests = false
     }
 
     /// Parses a `-netdev user` option string such as
@@ -139,7 +147,7 @@ private struct RawOptions {
     static let scalarKeys: Set<String> = [
         "net", "ip", "host", "restrict", "ipv4", "ipv6", "ipv6-net", "ipv6-prefix", "ipv6-prefixlen",
         "ipv6-host", "ipv6-dns", "hostname", "dhcpstart", "dns", "domainname", "tftp",
-        "tftp-server-name", "bootfile", "dns-upstream", "dns-domain",
+        "tftp-server-name", "bootfile", "dns-upstream", "dns-domain", "host-loopback", "isolate",
     ]
 
     var scalars: [String: String] = [:]
@@ -223,6 +231,9 @@ private struct RawOptions {
 
         // 3. Keys QEMU does not know, or slirpd does not support.
         if let rejected { throw rejected }
+        // slirpd's own booleans, after QEMU's checks so QEMU's errors come first.
+        options.hostLoopback = try boolean("host-loopback") ?? true
+        options.isolateGuests = try boolean("isolate") ?? false
 
         // 4. net_slirp_init. Naming one family "on" alone turns the other off.
         options.restricted = restrictValue ?? false

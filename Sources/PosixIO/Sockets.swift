@@ -319,6 +319,49 @@ public func connectUnix(to peer: UnixAddress, kind: SocketKind) throws(IOError) 
     return socket
 }
 
+/// Who is at the other end of a Unix stream socket, as the kernel recorded at connect time.
+public struct PeerCredentials: Sendable, Equatable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Supplementary groups (SO_PEERGROUPS); empty when the kernel cannot tell.
+    public var groups: [UInt32]
+
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32]) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+    }
+}
+
+extension Descriptor {
+    /// SO_PEERCRED and SO_PEERGROUPS; nil when the socket has no peer credentials (TCP).
+    public func peerCredentials() -> PeerCredentials? {
+        var cred = clinux_ucred()
+        var size = socklen_t(MemoryLayout<clinux_ucred>.size)
+        guard getsockopt(raw, SOL_SOCKET, SO_PEERCRED, &cred, &size) == 0 else { return nil }
+        var groups = [gid_t](repeating: 0, count: 64)
+        var length = socklen_t(groups.count * MemoryLayout<gid_t>.size)
+        var rc = getsockopt(raw, SOL_SOCKET, SO_PEERGROUPS, &groups, &length)
+        if rc != 0, errno == ERANGE {
+            // More than 64 groups: the kernel said how much room it needs.
+            groups = [gid_t](repeating: 0, count: Int(length) / MemoryLayout<gid_t>.size)
+            rc = getsockopt(raw, SOL_SOCKET, SO_PEERGROUPS, &groups, &length)
+        }
+        if rc != 0 { length = 0 }
+        return PeerCredentials(pid: cred.pid, uid: cred.uid, gid: cred.gid,
+                               groups: Array(groups.prefix(Int(length) / MemoryLayout<gid_t>.size)))
+    }
+}
+
+/// The owner and group of a file (a datagram peer's socket file); nil if it cannot be read.
+public func fileOwner(_ path: String) -> (uid: UInt32, gid: UInt32)? {
+    var info = stat()
+    guard lstat(path, &info) == 0 else { return nil }
+    return (info.st_uid, info.st_gid)
+}
+
 private func describe(_ storage: inout sockaddr_storage, _ length: socklen_t, fd: Int32) -> String {
     switch Int32(storage.ss_family) {
     case AF_INET, AF_INET6:

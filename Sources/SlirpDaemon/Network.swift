@@ -10,10 +10,12 @@ import SlirpKit
 /// One virtual network: a libslirp instance, a switch, its endpoints and guests.
 ///
 /// Theory of operation: every frame, from a guest or from the NAT, goes through
-/// `switchFrame`, which asks the `EthernetSwitch` where it belongs and copies it into
+/// `fromGuest` or `fromNAT`, which ask the `EthernetSwitch` where it belongs and copies it into
 /// the destination guests' queues or hands it to libslirp. libslirp's output arrives
 /// through the stack's `onOutput` while the loop is inside a libslirp call, so
 /// delivery only enqueues; closing a port is deferred to the end of the iteration.
+/// With `isolate=on` a guest's frames reach only the NAT (and slirpd's own DHCP and
+/// DNS), never another guest.
 final class Network {
     static let natPort = PortID(0)
 
@@ -51,6 +53,8 @@ final class Network {
     /// The IPv6 twin of `neighbors`, for libslirp's 16-entry NDP table.
     private(set) var neighbors6: [IPv6Key: MACAddress] = [:]
     private(set) var ndpProxied = 0
+    /// Peers kept out by guest-uids/guest-gids.
+    private(set) var refusedGuests = 0
 
     // Own services (NetworkServices.swift).
     /// Where the lease file and the DNS-over-TCP socket live; nil: no lease file, UDP DNS only.
@@ -96,6 +100,10 @@ final class Network {
         }
         stack.onOutput = { [unowned self] frame in self.fromNAT(frame) }
         stack.onGuestError = { [log] message in log.warning("libslirp reports guest misbehaviour: \(message)") }
+        if config.guestAccess.isRestricted, let tcp = config.endpoints.first(where: \.isTCP) {
+            stack.close()
+            throw DaemonError("network \(config.name): guest-uids and guest-gids check Unix socket peers, and \(tcp) is TCP, whose peers have no credentials; remove one or the other")
+        }
         do {
             for spec in config.endpoints {
                 switch spec {
@@ -229,6 +237,14 @@ final class Network {
             }
             let (socket, peer) = accepted
             if listener.transport == .tcp { socket.setNoDelay() }
+            if config.guestAccess.isRestricted {
+                let cred = socket.peerCredentials()
+                guard let cred, config.guestAccess.admits(uid: cred.uid, groups: [cred.gid] + cred.groups, ownUID: currentUserID()) else {
+                    socket.close()
+                    refuseGuest(on: "\(listener.spec)", who: cred.map { "pid \($0.pid) uid \($0.uid) gid \($0.gid)" } ?? "a peer without credentials")
+                    continue
+                }
+            }
             let port = GuestPort(
                 id: allocatePortID(), transport: listener.transport, peer: peer, endpointName: "\(listener.spec)",
                 kind: .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity)), socket: socket, now: now)
@@ -364,6 +380,13 @@ final class Network {
             log.warning("dropping a datagram from an unnamed socket on \(endpoint.spec): replies need the sender's local.path")
             return nil
         }
+        if config.guestAccess.isRestricted {
+            let owner = fileOwner(sender.path)
+            guard let owner, config.guestAccess.admits(uid: owner.uid, groups: [owner.gid], ownUID: currentUserID()) else {
+                refuseGuest(on: "\(endpoint.spec)", who: owner.map { "\(sender.path) (owner uid \($0.uid) gid \($0.gid))" } ?? "\(sender.path) (owner unknown)")
+                return nil
+            }
+        }
         guard endpoint.peers.count < DatagramEndpoint.maximumPeers else {
             log.warning("dropping a datagram from \(sender): \(endpoint.spec) already has \(DatagramEndpoint.maximumPeers) peers")
             return nil
@@ -414,9 +437,13 @@ final class Network {
         }
         switch verdict {
         case .forward(Network.natPort): stack.input(frame)
-        case .forward(let id): ports[id].map { deliver(frame, to: $0) }
+        case .forward(let id):
+            // isolate=on: a guest's frames go to the NAT only; one aimed at another guest is dropped.
+            guard !config.options.isolateGuests else { port.drops += 1; return }
+            ports[id].map { deliver(frame, to: $0) }
         case .flood:
             stack.input(frame)
+            guard !config.options.isolateGuests else { return }
             for other in ports.values where other !== port { deliver(frame, to: other) }
         case .drop, .duplicate:
             break
@@ -535,6 +562,14 @@ final class Network {
     }
 
     // MARK: Lifecycle
+
+    /// Logs a peer that guest-uids/guest-gids keep out: the 1st, 2nd, 4th, 8th... time,
+    /// so a local user retrying in a loop cannot flood the log.
+    private func refuseGuest(on endpoint: String, who: String) {
+        refusedGuests += 1
+        guard refusedGuests & (refusedGuests - 1) == 0 else { return }
+        log.warning("refusing a guest on \(endpoint): \(who) is not in guest-uids or guest-gids (\(refusedGuests) refused so far)")
+    }
 
     /// Adds a new guest port, logging where it came in.
     func admit(_ port: GuestPort, on endpoint: String) {

@@ -9,7 +9,8 @@ import SlirpAPI
 // wrong the running configuration stays and the error is logged with its line. Then
 // networks are matched by name: removed ones stop, new ones start, and one whose shape
 // changed (options other than forwards, endpoints, MTU, socket mode or group) restarts,
-// which disconnects its guests. For the rest only forwards and static leases change: those the old file
+// which disconnects its guests. For the rest only forwards, static leases and the guest
+// allow-lists change: forwards and static leases the old file
 // listed and the new one does not are removed, new ones added. Forwards added through
 // the API are not the file's to remove, so they stay. Guests of these networks keep
 // their connections.
@@ -26,6 +27,8 @@ extension NetworkConfig {
         b.optionText = ""
         a.staticLeases = []
         b.staticLeases = []
+        // Checked at attach time: new lists apply to guests that attach after the reload.
+        a.guestAccess = b.guestAccess
         return a == b
     }
 }

@@ -77,7 +77,7 @@ public final class SlirpStack {
         }
         config.if_mtu = mtu
         config.if_mru = mtu
-        config.disable_host_loopback = false
+        config.disable_host_loopback = !options.hostLoopback
         config.enable_emu = false
         // Unmanaged is used in this file only. `self` outlives the Slirp*: `close()`
         // (also run by deinit) calls slirp_cleanup before anything here is freed, and

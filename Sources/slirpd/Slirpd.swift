@@ -40,6 +40,12 @@ struct Slirpd: ParsableCommand {
     @Option(name: .customLong("connect"), help: ArgumentHelp("Dial a QEMU '-netdev stream,server=on' socket, and re-dial it whenever the connection drops or slirpd restarts. Repeatable.", valueName: "unix:PATH"))
     var connectTargets: [String] = []
 
+    @Option(name: .customLong("guest-uid"), help: ArgumentHelp("Admit guests on Unix sockets only from this user (besides the daemon's own and root). Repeatable.", valueName: "UID"))
+    var guestUIDs: [UInt32] = []
+
+    @Option(name: .customLong("guest-gid"), help: ArgumentHelp("Admit guests on Unix sockets only from members of this group. Repeatable.", valueName: "GID"))
+    var guestGIDs: [UInt32] = []
+
     @Option(help: "Interface MTU for the NAT, 68-65521 (default 1500). Guests learn it from the printed host_mtu= flag.")
     var mtu: Int?
 
@@ -89,8 +95,8 @@ struct Slirpd: ParsableCommand {
             var controlConfig = ControlConfig()
             var reloadSource: (() throws(DaemonError) -> [NetworkConfig])?
             if let path = config {
-                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, tap.isEmpty, connectTargets.isEmpty, mtu == nil, name == "default", socketMode == "0660" else {
-                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --tap, --connect, --name, --mtu and --socket-mode: set those in \(path)")
+                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, tap.isEmpty, connectTargets.isEmpty, guestUIDs.isEmpty, guestGIDs.isEmpty, mtu == nil, name == "default", socketMode == "0660" else {
+                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --tap, --connect, --guest-uid, --guest-gid, --name, --mtu and --socket-mode: set those in \(path)")
                 }
                 let loaded = try Self.load(path)
                 networks = try Self.withDefaultEndpoints(inherited.apply(to: loaded.networks))
@@ -133,7 +139,8 @@ struct Slirpd: ParsableCommand {
             guard let spec = EndpointSpec.connect(parsing: text) else { throw fail("invalid --connect '\(text)' (expected unix:PATH)") }
             endpoints.append(spec)
         }
-        return NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode, optionText: options)
+        return NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode, optionText: options,
+                             guestAccess: GuestAccess(uids: guestUIDs, gids: guestGIDs))
     }
 
     private func stateDirectory() throws(DaemonError) -> String {
