@@ -107,6 +107,11 @@ extension Network {
         guard path.hasPrefix("/") else {
             throw .badRequest("attach target '\(text)': give an absolute path (the daemon's working directory is not yours)")
         }
+        do {
+            _ = try UnixAddress(path: path)
+        } catch {
+            throw .badRequest("attach target '\(text)': \(error.detail ?? "\(error)")")
+        }
         if dialTargets.contains(where: { $0.path == path }) {
             throw .conflict("network \(config.name) already dials unix:\(path)")
         }
