@@ -3,6 +3,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <net/if.h>
@@ -21,4 +22,10 @@ static inline int clinux_tap_attach(int fd, const char *name) {
     strncpy(request.ifr_name, name, IFNAMSIZ - 1);
     request.ifr_flags = IFF_TAP | IFF_NO_PI;
     return ioctl(fd, TUNSETIFF, &request);
+}
+
+// prctl is variadic too: from here on, exec can never grant privileges (setuid bits,
+// file capabilities), neither to slirpd nor to the guestfwd commands it starts.
+static inline int clinux_forbid_new_privileges(void) {
+    return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 }

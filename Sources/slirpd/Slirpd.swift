@@ -106,6 +106,12 @@ struct Slirpd: ParsableCommand {
                 networks = try Self.withDefaultEndpoints(inherited.apply(to: [commandLineNetwork()]))
             }
             let daemon = try Daemon(networks: networks, stateDirectory: try stateDirectory(), inherited: inherited, reloadSource: reloadSource)
+            // Its sockets are open: nothing slirpd or its guestfwd commands exec may gain privileges.
+            do {
+                try forbidNewPrivileges()
+            } catch {
+                throw DaemonError("cannot set no_new_privs: \(error)")
+            }
             let api = try noControl ? nil : controlServerConfig(controlConfig)
             let server = api.map { startControlServer($0, daemon.control) }
             defer {

@@ -23,9 +23,10 @@ class Slirpd:
 
     def __init__(self, args: list[str], log_dir: Path, name: str = "slirpd",
                  env: Optional[dict] = None, ready: bool = True,
-                 launcher: list[str] = (), popen_kw: Optional[dict] = None):
+                 launcher: list[str] = (), popen_kw: Optional[dict] = None, binary: Optional[str] = None):
         """`launcher` goes before the binary (e.g. systemd-socket-activate and its flags);
-        `popen_kw` goes to Popen (pass_fds and preexec_fn, for socket activation by hand)."""
+        `popen_kw` goes to Popen (pass_fds and preexec_fn, for socket activation by hand);
+        `binary` replaces $SLIRPD (a copy prepared for valgrind, say)."""
         # Each daemon gets its own control socket, so several can run at once.
         self.control = str(Path(log_dir) / f"{name}.ctl")
         extra = [] if ("--control" in args or "--no-control" in args) else ["--control", self.control]
@@ -33,7 +34,7 @@ class Slirpd:
         # test's leases to the next.
         self.state_dir = str(Path(log_dir) / f"{name}.state")
         state = [] if "--state-dir" in args else ["--state-dir", self.state_dir]
-        self.args = [*launcher, SLIRPD, "--log-level", "debug", *extra, *state, *args]
+        self.args = [*launcher, binary or SLIRPD, "--log-level", "debug", *extra, *state, *args]
         self.log_path = Path(log_dir) / f"{name}.log"
         self._log = ""
         self._lock = threading.Lock()

@@ -207,3 +207,11 @@ def test_control_api_listens_on_no_inet_port(tmp_path):
                         listeners.append((table, cols[1]))
         assert listeners == [], f"slirpd listens on {listeners}"
         assert os.stat(d.control).st_mode & 0o777 == 0o600
+
+
+def test_no_new_privileges_once_serving(tmp_path):
+    """Once its sockets are open slirpd sets no_new_privs, so neither it nor a guestfwd
+    command it starts can gain privileges through exec (setuid files, capabilities)."""
+    with Slirpd(["--stream", str(tmp_path / "p.sock")], tmp_path) as d:
+        status = Path(f"/proc/{d.pid}/status").read_text()
+        assert "NoNewPrivs:\t1" in status, status
