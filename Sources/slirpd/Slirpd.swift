@@ -15,7 +15,8 @@ struct Slirpd: ParsableCommand {
         abstract: "A shared user-mode NAT (libslirp) for QEMU guests, over -netdev stream, dgram and socket.",
         discussion: """
             With no endpoint, listens on a Unix stream socket at $XDG_RUNTIME_DIR/slirpd/NAME.sock \
-            (/run/slirpd for root, /tmp/slirpd-UID otherwise) and prints the QEMU flags to attach a guest.
+            (/run/slirpd for root, /tmp/slirpd-UID otherwise) and prints the QEMU flags to attach a guest. \
+            Sockets passed by systemd (socket activation) join the network their FileDescriptorName= names.
             """)
 
     @Option(help: "The network's name, used for the default socket path and in logs.")
@@ -64,7 +65,7 @@ struct Slirpd: ParsableCommand {
     @Option(help: ArgumentHelp("Also let this uid use the control API (the daemon's own uid and root always may). Repeatable.", valueName: "UID"))
     var allowUid: [UInt32] = []
 
-    @Option(help: ArgumentHelp("Where DHCP lease files (NAME.leases) and DNS-over-TCP sockets go (default: the runtime directory).", valueName: "DIR"))
+    @Option(help: ArgumentHelp("Where DHCP leases (NAME.leases), changes made through the API (NAME.runtime.json) and DNS-over-TCP sockets go (default: the runtime directory).", valueName: "DIR"))
     var stateDir: String?
 
     @Flag(help: "Serve no control API.")
