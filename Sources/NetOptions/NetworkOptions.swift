@@ -406,8 +406,9 @@ private struct RawOptions {
             options.dnsUpstream = upstream
         }
         if let text = scalars["dns-domain"] {
+            // One trailing dot (the root) is dropped; a second one would be an empty label.
             let domain = text.hasSuffix(".") ? String(text.dropLast()) : text
-            guard !domain.isEmpty, domain.utf8.count <= 253, Self.isSearchDomain(domain) else {
+            guard !domain.isEmpty, !domain.hasSuffix("."), domain.utf8.count <= 253, Self.isSearchDomain(domain) else {
                 throw OptionError("Parameter 'dns-domain' expects a domain name (labels of 1 to 63 bytes), not '\(text)'")
             }
             options.dnsDomain = domain.lowercased()
