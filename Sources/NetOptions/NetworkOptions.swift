@@ -75,7 +75,7 @@ public struct NetworkOptions: Hashable, Sendable {
     public var guestForwards: [GuestForward]
     /// `dns-upstream=`: nil means the first nameserver of the host's resolv.conf.
     public var dnsUpstream: DNSUpstream?
-    /// `dns-domain=`: the names slirpd's DNS answers itself, without a trailing dot.
+    /// `dns-domain=`: the names slirpd's DNS answers itself, in ASCII lower case, without a trailing dot.
     public var dnsDomain: String
 
     public static let defaultDNSDomain = "slirpd.internal"
@@ -411,7 +411,9 @@ private struct RawOptions {
             guard !domain.isEmpty, !domain.hasSuffix("."), domain.utf8.count <= 253, Self.isSearchDomain(domain) else {
                 throw OptionError("Parameter 'dns-domain' expects a domain name (labels of 1 to 63 bytes), not '\(text)'")
             }
-            options.dnsDomain = domain.lowercased()
+            // ASCII lower case only, as DNS compares names (RFC 4343): Unicode lower-casing
+            // could also lengthen a label past the 63 bytes just checked (İ becomes i̇).
+            options.dnsDomain = String(decoding: domain.utf8.map { (0x41...0x5A).contains($0) ? $0 | 0x20 : $0 }, as: UTF8.self)
         }
     }
 
