@@ -98,20 +98,33 @@ public enum ConfigFile {
                 file: file, line: lineNumber(at: nul, in: text.utf8),
                 message: "NUL character (TOML allows no control characters)")
         }
-        let root: TOMLTable
-        do {
-            root = try TOMLTable(string: text)
-        } catch let error as TOMLParseError {
-            throw ConfigError(file: file, line: error.source.begin.line, message: error.description)
-        } catch {
-            throw ConfigError(file: file, line: nil, message: "\(error)")
-        }
         let lines = KeyLines(text)
+        if let line = lines.badTableHeader {
+            // toml++ would abort the process there (see KeyLines.badTableHeader). A mistake
+            // above that line still comes first, as it would from toml++.
+            let above = text.utf8.split(separator: UInt8(ascii: "\n"), maxSplits: line - 1, omittingEmptySubsequences: false)
+                .dropLast().map { String(decoding: $0, as: UTF8.self) }.joined(separator: "\n")
+            _ = try table(above, file: file)
+            throw ConfigError(file: file, line: line, message: "invalid table header: '[' must be followed by a key "
+                                  + "(letters, digits, '_' and '-', or a quoted key)")
+        }
+        let root = try table(text, file: file)
         if let line = lines.nulEscape {
             throw ConfigError(file: file, line: line, message: "NUL character escape in a string (not supported)")
         }
         var loader = Loader(file: file, lines: lines)
         return try loader.load(root)
+    }
+
+    /// toml++'s tree of `text`, or its syntax error.
+    private static func table(_ text: String, file: String) throws(ConfigError) -> TOMLTable {
+        do {
+            return try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError(file: file, line: error.source.begin.line, message: error.description)
+        } catch {
+            throw ConfigError(file: file, line: nil, message: "\(error)")
+        }
     }
 }
 

@@ -4,8 +4,10 @@
 // sorted by name rather than in file order. So this file re-reads the text with a small
 // lexer of its own.
 //
-// Theory of operation. The lexer runs only on text toml++ has already accepted, so it
-// needs to know just enough TOML to find where statements start: strings (all four kinds,
+// Theory of operation. The lexer runs on the text before toml++ sees it, to find the one
+// mistake toml++ cannot be shown (`badTableHeader`); otherwise only its findings on text
+// toml++ has accepted are used, so it needs to know just enough TOML to find where
+// statements start: strings (all four kinds,
 // multi-line ones included, so a `[[network]]` or `name =` inside a string is not taken
 // for one), comments, and brackets that keep an array open across lines. At each
 // statement start it reads either a table header or a dotted key, and records the first
@@ -32,6 +34,10 @@ struct KeyLines {
     /// The first line with a `\u0000` escape in a string value: TOMLKit reads strings as
     /// C strings, so such a value would silently end there.
     fileprivate(set) var nulEscape: Int?
+    /// The first line with a table header whose `[` or `[[` is followed by something that
+    /// cannot start a key (`[.x]`, `[)x]`, `[é]`). toml++ 3 as TOMLKit 0.6.0 builds it
+    /// fails an assertion there and aborts the process, so it must never see one.
+    fileprivate(set) var badTableHeader: Int?
 
     /// The line of `key` in `scope`, or failing that the best line for the table.
     func line(of key: String?, in scope: Scope) -> Int? {
@@ -101,6 +107,11 @@ private struct Scanner {
                 if c == UInt8(ascii: "[") {
                     let isArray = i + 1 < bytes.count && bytes[i + 1] == UInt8(ascii: "[")
                     i += isArray ? 2 : 1
+                    var next = i
+                    skipBlanks(&next)
+                    if map.badTableHeader == nil, next < bytes.count, !Self.mayStartHeaderKey(bytes[next]) {
+                        map.badTableHeader = line
+                    }
                     let path = keyPath(&i)
                     guard let first = path.first else { continue }
                     if isArray && path == ["network"] {
@@ -196,6 +207,11 @@ private struct Scanner {
         default:
             return false
         }
+    }
+
+    /// A key's first byte, or the `]` of an empty header (which toml++ reports as an error).
+    private static func mayStartHeaderKey(_ c: UInt8) -> Bool {
+        isBareKeyByte(c) || c == UInt8(ascii: "\"") || c == UInt8(ascii: "'") || c == UInt8(ascii: "]")
     }
 
     /// A quoted key. Only `\"` and `\\` are decoded: keys this loader knows are plain

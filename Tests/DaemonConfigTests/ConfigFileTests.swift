@@ -207,6 +207,24 @@ func expectError(_ text: String, line: Int?, _ message: String,
         #expect(error.line == 3)
     }
 
+    /// toml++ fails an assertion, aborting the process, on these headers (fuzz-config found
+    /// `[)`), so they must be refused before it sees them.
+    @Test(arguments: ["[)network]", "[[.network]]", "[ é]", "[[[network]]]", "[=]", "[\r]"])
+    func tableHeaderWithoutKey(header: String) {
+        expectError("[control]\nmode = \"0600\"\n\(header)\nname = \"lab\"\n", line: 3,
+                    "invalid table header: '[' must be followed by a key (letters, digits, '_' and '-', or a quoted key)")
+    }
+
+    @Test func mistakeAboveABadHeaderComesFirst() throws {
+        let error = try #require(throws: ConfigError.self) { try parse("[[network]]\nname = = 1\n[)x]\n") }
+        #expect(error.line == 2)
+        // A line that starts with `[` inside a string or an array is no header.
+        let config = try parse("[[network]]\nname = \"lab\"\ntftp = \"\"\"\n[)x]\"\"\"\n")
+        #expect(config.networks.first?.options.tftpRoot == "[)x]")
+        let nested = try #require(throws: ConfigError.self) { try parse("[[network]]\nname = \"lab\"\ndnssearch = [\n[+5]]\n") }
+        #expect(nested.line == 3)
+    }
+
     @Test func unknownKeyInNetwork() {
         expectError("""
             [[network]]
