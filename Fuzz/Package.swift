@@ -32,6 +32,17 @@ let package = Package(
                 .product(name: "NetOptions", package: "slirpd"),
                 .product(name: "NetServices", package: "slirpd"),
             ]),
+        .executableTarget(
+            name: "fuzz-framer",
+            dependencies: ["CFuzzerDriver", .product(name: "FrameSwitch", package: "slirpd")]),
+        // The whole frame path of one network, through SlirpDaemon's FrameFuzzNetwork.
+        .executableTarget(
+            name: "fuzz-frames",
+            dependencies: [
+                "CFuzzerDriver",
+                .product(name: "FrameSwitch", package: "slirpd"),
+                .product(name: "SlirpDaemon", package: "slirpd"),
+            ]),
     ],
     swiftLanguageModes: [.v6]
 )
