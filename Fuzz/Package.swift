@@ -1,8 +1,8 @@
 // swift-tools-version: 6.0
-// libFuzzer targets for slirpd's parsers of guest-supplied bytes, in a package of their
-// own so that the root package's `swift build` and `swift test` never see them or the
-// fuzzer flags: Scripts/fuzz builds this one with `-Xswiftc -sanitize=fuzzer,...` into
-// Fuzz/.build.
+// libFuzzer targets for slirpd's readers of guest-supplied bytes and of its option strings
+// and config file, in a package of their own so that the root package's `swift build` and
+// `swift test` never see them or the fuzzer flags: Scripts/fuzz builds this one with
+// `-Xswiftc -sanitize=fuzzer,...` into Fuzz/.build.
 //
 // Each target's `LLVMFuzzerTestOneInput` is the function under test; its main.swift
 // starts libFuzzer's driver. libFuzzer's own `main` cannot be used: SwiftPM links every
@@ -35,6 +35,17 @@ let package = Package(
         .executableTarget(
             name: "fuzz-framer",
             dependencies: ["CFuzzerDriver", .product(name: "FrameSwitch", package: "slirpd")]),
+        .executableTarget(
+            name: "fuzz-options",
+            dependencies: ["CFuzzerDriver", .product(name: "NetOptions", package: "slirpd")]),
+        .executableTarget(
+            name: "fuzz-config",
+            dependencies: [
+                "CFuzzerDriver",
+                .product(name: "DaemonConfig", package: "slirpd"),
+                .product(name: "NetOptions", package: "slirpd"),
+                .product(name: "NetServices", package: "slirpd"),
+            ]),
         // The whole frame path of one network, through SlirpDaemon's FrameFuzzNetwork.
         .executableTarget(
             name: "fuzz-frames",

@@ -18,9 +18,12 @@ and borderline lengths. frames seeds are fuzz-frames' records (a guest byte, top
 "raw", a 2-byte length, the bytes) holding Ethernet frames as the test guests send them:
 ARP, DHCP, TCP, UDP and ICMP to the gateway (10.0.2.2) and DNS (10.0.2.3), NDP and
 ICMPv6, a VLAN tag, guest-to-guest traffic, a duplicate MAC, truncated and split frames.
+options seeds are option strings from README.md and the unit tests; config seeds are
+the README's and systemd/slirpd.toml's configs, taken from those files, and a few more.
 """
 
 import os
+import re
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -268,6 +271,100 @@ def framer_seed(stream, sizes=()):
     return bytes([len(sizes)]) + bytes(size - 1 for size in sizes) + stream
 
 
+OPTION_STRINGS = {
+    # README.md
+    "readme-net": "net=192.168.0.0/24",
+    "readme-hostfwd": "hostfwd=tcp:127.0.0.1:4242-:4242",
+    "readme-domainname": "domainname=slirpd.internal",
+    # The unit tests (Tests/NetOptionsTests)
+    "qemu-user": "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22,restrict=on",
+    "short-booleans": "user,restrict=on,norestrict",
+    "type-user": "type=user,id=n1,net=10.7.0.0/24",
+    "dotted-mask": "net=10.9.0.0/255.255.0.0",
+    "dhcpstart": "net=192.168.7.0/24,dhcpstart=192.168.7.50",
+    "ip-and-net": "ip=10.1.2.3,net=10.5.0.0/16",
+    "families": "ipv4=on,ipv6=on,net=10.1.0.0/16",
+    "ipv6": "ipv6-net=fd00::/48,ipv6-host=fd00:0:0:9::1,ipv6-dns=fd00::53",
+    "ipv6-prefixlen": "ipv6-prefix=fd00::,ipv6-prefixlen=0x30",
+    "guestfwd": "net=192.168.9.0/24,guestfwd=tcp:192.168.9.100:80-cmd:a",
+    "forwards": "hostfwd=tcp::0x15b4-:0x50,hostfwd=udp:127.0.0.1:5555-10.0.2.15:5555,"
+                "guestfwd=tcp:10.0.2.100:1234-cmd:netcat 127.0.0.1 22,guestfwd=:10.0.2.101:80-tcp:[::1]:80,"
+                "guestfwd=::81-unix:/run/web.sock",
+    "strings": "hostname=guest,,1,domainname=lab.example,dnssearch=lab.example,dnssearch=example.,"
+               "tftp=/srv/tftp,tftp-server-name=boot,bootfile=pxelinux.0",
+    "slirpd-dns": "dns-upstream=[::1]:5353,dns-domain=Lab.Internal.",
+    "restricted-dns": "restrict=on,net=10.0.3.0/24,dns=10.0.3.3,ipv6-dns=fec0::53",
+    "error-hostfwd": "hostfwd=tcp::80",
+}
+
+
+def shipped_configs():
+    """name -> text: the ```toml blocks of README.md, and systemd/slirpd.toml."""
+    root = os.path.join(HERE, "..", "..")
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"```toml\n(.*?)```", f.read(), re.S)
+    configs = {f"readme-{index + 1}": text for index, text in enumerate(blocks)}
+    with open(os.path.join(root, "systemd", "slirpd.toml"), encoding="utf-8") as f:
+        configs["systemd-slirpd"] = f.read()
+    return configs
+
+
+CONFIGS = {
+    # ConfigFile.swift's documentation, every key once.
+    "every-key": """[control]
+socket = "/run/slirpd/control.sock"
+mode = "0600"
+allow-uids = [1000, 1001]
+
+[[network]]
+name = "lab"
+options = "net=192.168.0.0/24,hostfwd=tcp::8080-:80"
+dns = "192.168.0.53"
+dhcpstart = "192.168.0.100"
+restrict = true
+ipv4 = true
+ipv6 = false
+hostname = "guest"
+domainname = "lab.example"
+dnssearch = ["lab.example"]
+tftp = "/srv/tftp"
+tftp-server-name = "boot"
+bootfile = "pxelinux.0"
+hostfwd = ["tcp::2222-:22"]
+forwards = ["udp::5353-:53"]
+guestfwd = ["tcp:192.168.0.200:80-tcp:127.0.0.1:8000"]
+dns-upstream = "192.168.1.1:53"
+dns-domain = "lab.internal"
+stream = ["/run/slirpd/lab.sock"]
+dgram = ["/run/slirpd/lab.dgram"]
+tcp = ["127.0.0.1:5555", "[::1]:5556"]
+tap = ["tap0"]
+connect = ["unix:/run/user/1000/vm1.sock"]
+mtu = 9000
+socket-mode = "0660"
+socket-group = "kvm"
+
+[[network.static-lease]]
+mac = "52:54:00:12:34:56"
+ip = "192.168.0.50"
+hostname = "web1"
+
+[[network]]
+name = "v6.only-net_2"
+ipv6 = true
+ipv6-net = "fd00:1::/64"
+static-lease = [{ mac = "52:54:00:00:00:02", ip = "10.0.2.20" }]
+""",
+    # Mistakes the parser must place: a duplicate name, an endpoint used twice, a typo,
+    # an option error, a header toml++ must not see.
+    "duplicate-name": '[[network]]\nname = "a"\n\n[[network]]\nname = "a"\n',
+    "shared-socket": '[[network]]\nname = "a"\nstream = ["/tmp/x"]\n\n[[network]]\nname = "b"\ndgram = ["/tmp/x"]\n',
+    "typo": '[[network]]\nname = "a"\nstrem = ["/tmp/x"]\nmtu = 40\n',
+    "option-error-line": '[[network]]\nname = "a"\noptions = "net=10.0.0.0/8"\nhost = "192.168.0.2"\n',
+    "bad-header": '[[network]]\nname = "a"\n\n[.network]\nmtu = 1500\n',
+}
+
+
 def write(kind, name, data):
     path = os.path.join(HERE, "corpus", kind, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -317,6 +414,12 @@ def main():
 
     for name, records in frames_seeds(frame(discover), frame(request)).items():
         write("frames", name + ".records", b"".join(records))
+
+    for name, text in OPTION_STRINGS.items():
+        write("options", name + ".opts", text.encode())
+
+    for name, text in {**shipped_configs(), **CONFIGS}.items():
+        write("config", name + ".toml", text.encode())
 
 
 if __name__ == "__main__":
