@@ -11,49 +11,25 @@
 // for want of `<module>_main`. Top-level code in main.swift is exactly `<module>_main`.
 import PackageDescription
 
+/// One fuzz target: libFuzzer's driver declaration and these products of slirpd.
+func fuzzTarget(_ name: String, _ products: [String]) -> Target {
+    let slirpd: [Target.Dependency] = products.map { .product(name: $0, package: "slirpd") }
+    return .executableTarget(name: name, dependencies: ["CFuzzerDriver"] + slirpd)
+}
+
 let package = Package(
     name: "slirpd-fuzz",
     dependencies: [.package(name: "slirpd", path: "..")],
     targets: [
         // Declares LLVMFuzzerRunDriver; the definition comes with -sanitize=fuzzer.
         .systemLibrary(name: "CFuzzerDriver"),
-        .executableTarget(
-            name: "fuzz-dhcp",
-            dependencies: [
-                "CFuzzerDriver",
-                .product(name: "FrameSwitch", package: "slirpd"),
-                .product(name: "NetOptions", package: "slirpd"),
-                .product(name: "NetServices", package: "slirpd"),
-            ]),
-        .executableTarget(
-            name: "fuzz-dns",
-            dependencies: [
-                "CFuzzerDriver",
-                .product(name: "NetOptions", package: "slirpd"),
-                .product(name: "NetServices", package: "slirpd"),
-            ]),
-        .executableTarget(
-            name: "fuzz-framer",
-            dependencies: ["CFuzzerDriver", .product(name: "FrameSwitch", package: "slirpd")]),
-        .executableTarget(
-            name: "fuzz-options",
-            dependencies: ["CFuzzerDriver", .product(name: "NetOptions", package: "slirpd")]),
-        .executableTarget(
-            name: "fuzz-config",
-            dependencies: [
-                "CFuzzerDriver",
-                .product(name: "DaemonConfig", package: "slirpd"),
-                .product(name: "NetOptions", package: "slirpd"),
-                .product(name: "NetServices", package: "slirpd"),
-            ]),
+        fuzzTarget("fuzz-dhcp", ["FrameSwitch", "NetOptions", "NetServices"]),
+        fuzzTarget("fuzz-dns", ["NetOptions", "NetServices"]),
+        fuzzTarget("fuzz-framer", ["FrameSwitch"]),
+        fuzzTarget("fuzz-options", ["NetOptions"]),
+        fuzzTarget("fuzz-config", ["DaemonConfig", "NetOptions", "NetServices"]),
         // The whole frame path of one network, through SlirpDaemon's FrameFuzzNetwork.
-        .executableTarget(
-            name: "fuzz-frames",
-            dependencies: [
-                "CFuzzerDriver",
-                .product(name: "FrameSwitch", package: "slirpd"),
-                .product(name: "SlirpDaemon", package: "slirpd"),
-            ]),
+        fuzzTarget("fuzz-frames", ["FrameSwitch", "SlirpDaemon"]),
     ],
     swiftLanguageModes: [.v6]
 )
