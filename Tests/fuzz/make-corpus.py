@@ -18,13 +18,15 @@ and borderline lengths. frames seeds are fuzz-frames' records (a guest byte, top
 "raw", a 2-byte length, the bytes) holding Ethernet frames as the test guests send them:
 ARP, DHCP, TCP, UDP and ICMP to the gateway (10.0.2.2) and DNS (10.0.2.3), NDP and
 ICMPv6, a VLAN tag, guest-to-guest traffic, a duplicate MAC, truncated and split frames.
-options seeds are option strings from README.md and the unit tests; config seeds are
-the README's and systemd/slirpd.toml's configs, taken from those files, and a few more.
+options seeds are option strings from README.md and the unit tests; config seeds are the
+configs of README.md, ConfigFile.swift's documentation, systemd/slirpd.toml and the unit
+tests, taken from those files, and a few more.
 """
 
 import os
 import re
 import struct
+import textwrap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAC = bytes.fromhex("525400123456")
@@ -299,62 +301,31 @@ OPTION_STRINGS = {
 
 
 def shipped_configs():
-    """name -> text: the ```toml blocks of README.md, and systemd/slirpd.toml."""
+    """name -> text: the configs the project ships or documents: the ```toml blocks of
+    README.md and of ConfigFile.swift's documentation (every key), systemd/slirpd.toml,
+    and the unit tests' full example."""
     root = os.path.join(HERE, "..", "..")
-    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
-        blocks = re.findall(r"```toml\n(.*?)```", f.read(), re.S)
-    configs = {f"readme-{index + 1}": text for index, text in enumerate(blocks)}
-    with open(os.path.join(root, "systemd", "slirpd.toml"), encoding="utf-8") as f:
-        configs["systemd-slirpd"] = f.read()
+
+    def read(*path):
+        with open(os.path.join(root, *path), encoding="utf-8") as f:
+            return f.read()
+
+    configs = {}
+    for index, text in enumerate(re.findall(r"```toml\n(.*?)```", read("README.md"), re.S)):
+        configs[f"readme-{index + 1}"] = text
+    doc = re.search(r"/// ```toml\n(.*?)/// ```", read("Sources", "DaemonConfig", "ConfigFile.swift"), re.S)
+    configs["every-key"] = re.sub(r"^/// ?", "", doc.group(1), flags=re.M)
+    configs["systemd-slirpd"] = read("systemd", "slirpd.toml")
+    test = re.search(r'func fullExample\(\) throws \{\n\s*let config = try parse\("""\n(.*?)\n\s*"""\)',
+                     read("Tests", "DaemonConfigTests", "ConfigFileTests.swift"), re.S)
+    configs["unit-test-example"] = textwrap.dedent(test.group(1)) + "\n"
     return configs
 
 
 CONFIGS = {
-    # ConfigFile.swift's documentation, every key once.
-    "every-key": """[control]
-socket = "/run/slirpd/control.sock"
-mode = "0600"
-allow-uids = [1000, 1001]
-
-[[network]]
-name = "lab"
-options = "net=192.168.0.0/24,hostfwd=tcp::8080-:80"
-dns = "192.168.0.53"
-dhcpstart = "192.168.0.100"
-restrict = true
-ipv4 = true
-ipv6 = false
-hostname = "guest"
-domainname = "lab.example"
-dnssearch = ["lab.example"]
-tftp = "/srv/tftp"
-tftp-server-name = "boot"
-bootfile = "pxelinux.0"
-hostfwd = ["tcp::2222-:22"]
-forwards = ["udp::5353-:53"]
-guestfwd = ["tcp:192.168.0.200:80-tcp:127.0.0.1:8000"]
-dns-upstream = "192.168.1.1:53"
-dns-domain = "lab.internal"
-stream = ["/run/slirpd/lab.sock"]
-dgram = ["/run/slirpd/lab.dgram"]
-tcp = ["127.0.0.1:5555", "[::1]:5556"]
-tap = ["tap0"]
-connect = ["unix:/run/user/1000/vm1.sock"]
-mtu = 9000
-socket-mode = "0660"
-socket-group = "kvm"
-
-[[network.static-lease]]
-mac = "52:54:00:12:34:56"
-ip = "192.168.0.50"
-hostname = "web1"
-
-[[network]]
-name = "v6.only-net_2"
-ipv6 = true
-ipv6-net = "fd00:1::/64"
-static-lease = [{ mac = "52:54:00:00:00:02", ip = "10.0.2.20" }]
-""",
+    # The other form of static lease, and the endpoints the shipped examples leave out.
+    "inline-lease-tap-connect": '[[network]]\nname = "a"\ntap = ["tap0"]\nconnect = ["unix:/tmp/vm.sock"]\n'
+                                'static-lease = [{ mac = "52:54:00:00:00:02", ip = "10.0.2.20" }]\n',
     # Mistakes the parser must place: a duplicate name, an endpoint used twice, a typo,
     # an option error, a header toml++ must not see.
     "duplicate-name": '[[network]]\nname = "a"\n\n[[network]]\nname = "a"\n',
