@@ -99,14 +99,13 @@ public enum ConfigFile {
                 message: "NUL character (TOML allows no control characters)")
         }
         let lines = KeyLines(text)
-        if let line = lines.badTableHeader {
-            // toml++ would abort the process there (see KeyLines.badTableHeader). A mistake
-            // above that line still comes first, as it would from toml++.
-            let above = text.utf8.split(separator: UInt8(ascii: "\n"), maxSplits: line - 1, omittingEmptySubsequences: false)
+        if let (line, statement, message) = lines.parserAbort {
+            // toml++ would abort the process there (see KeyLines.parserAbort). A mistake in
+            // the statements above still comes first, as it would from toml++.
+            let above = text.utf8.split(separator: UInt8(ascii: "\n"), maxSplits: statement - 1, omittingEmptySubsequences: false)
                 .dropLast().map { String(decoding: $0, as: UTF8.self) }.joined(separator: "\n")
             _ = try table(above, file: file)
-            throw ConfigError(file: file, line: line, message: "invalid table header: '[' must be followed by a key "
-                                  + "(letters, digits, '_' and '-', or a quoted key)")
+            throw ConfigError(file: file, line: line, message: message)
         }
         let root = try table(text, file: file)
         if let line = lines.nulEscape {

@@ -215,6 +215,17 @@ func expectError(_ text: String, line: Int?, _ message: String,
                     "invalid table header: '[' must be followed by a key (letters, digits, '_' and '-', or a quoted key)")
     }
 
+    /// toml++ also aborts on an array element that starts with `}` or a Unicode line
+    /// separator (fuzz-config found `[ }]`).
+    @Test(arguments: ["[}]", "[ \"a\", }]", "[\n  \"a\", # c\n  }]", "[\u{2028}]", "[\u{85}\"a\"]", "[[}]]"])
+    func arrayElementThatWouldAbort(array: String) {
+        expectError("[[network]]\nname = \"lab\"\ndnssearch = \(array)\n", line: 3 + array.filter { $0 == "\n" }.count,
+                    "invalid array: '[' and ',' must be followed by a value or ']'")
+        // A mistake in an earlier statement still comes first.
+        let error = #expect(throws: ConfigError.self) { try parse("[[network]]\nname = = 1\ndnssearch = \(array)\n") }
+        #expect(error?.line == 2)
+    }
+
     @Test func mistakeAboveABadHeaderComesFirst() throws {
         let error = try #require(throws: ConfigError.self) { try parse("[[network]]\nname = = 1\n[)x]\n") }
         #expect(error.line == 2)
