@@ -438,10 +438,11 @@ private struct Loader {
     /// Joins option strings with one separating comma. A piece already ending in an odd
     /// run of commas ends in a separator (`,,` is an escaped comma, and a lone trailing
     /// comma ends the list), so adding another would glue the next item to its value.
+    /// Commas are counted in UTF-8, as OptionList reads them (see `escaped`).
     static func join(_ pieces: [String]) -> String {
         var result = ""
         for piece in pieces {
-            if !result.isEmpty && result.reversed().prefix(while: { $0 == "," }).count % 2 == 0 {
+            if !result.isEmpty && result.utf8.reversed().prefix(while: { $0 == UInt8(ascii: ",") }).count % 2 == 0 {
                 result += ","
             }
             result += piece
@@ -449,9 +450,11 @@ private struct Loader {
         return result
     }
 
-    /// QemuOpts' escaping: `,,` is a comma inside a value.
+    /// QemuOpts' escaping: `,,` is a comma inside a value. Byte by byte, as OptionList
+    /// splits: a comma and a combining mark after it are one Character, which
+    /// `replacing(",", with: ",,")` would leave single, ending the value there.
     static func escaped(_ value: String) -> String {
-        value.replacing(",", with: ",,")
+        String(decoding: value.utf8.flatMap { $0 == UInt8(ascii: ",") ? [$0, $0] : [$0] }, as: UTF8.self)
     }
 
     static func isNameByte(_ byte: UInt8) -> Bool {

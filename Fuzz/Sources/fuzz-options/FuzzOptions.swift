@@ -16,9 +16,10 @@ func check(_ condition: Bool, _ what: @autoclosure () -> String) {
     if !condition { fatalError("fuzz-options invariant broken: \(what())") }
 }
 
-/// QemuOpts escaping: a comma inside a value is doubled.
+/// QemuOpts escaping: a comma inside a value is doubled, byte by byte as the parser reads
+/// (a comma and a combining mark after it are one Character).
 func item(_ key: String, _ value: String) -> String {
-    "\(key)=\(value.replacing(",", with: ",,"))"
+    "\(key)=" + String(decoding: value.utf8.flatMap { $0 == UInt8(ascii: ",") ? [$0, $0] : [$0] }, as: UTF8.self)
 }
 
 /// `options` as an option string with every field explicit.
