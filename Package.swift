@@ -11,6 +11,8 @@ let package = Package(
         .library(name: "FrameSwitch", targets: ["FrameSwitch"]),
         .library(name: "NetOptions", targets: ["NetOptions"]),
         .library(name: "NetServices", targets: ["NetServices"]),
+        .library(name: "DaemonConfig", targets: ["DaemonConfig"]),
+        .library(name: "SlirpDaemon", targets: ["SlirpDaemon"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

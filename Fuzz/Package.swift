@@ -1,8 +1,8 @@
 // swift-tools-version: 6.0
-// libFuzzer targets for slirpd's parsers of guest-supplied bytes, in a package of their
-// own so that the root package's `swift build` and `swift test` never see them or the
-// fuzzer flags: Scripts/fuzz builds this one with `-Xswiftc -sanitize=fuzzer,...` into
-// Fuzz/.build.
+// libFuzzer targets for slirpd's readers of guest-supplied bytes and of its option strings
+// and config file, in a package of their own so that the root package's `swift build` and
+// `swift test` never see them or the fuzzer flags: Scripts/fuzz builds this one with
+// `-Xswiftc -sanitize=fuzzer,...` into Fuzz/.build.
 //
 // Each target's `LLVMFuzzerTestOneInput` is the function under test; its main.swift
 // starts libFuzzer's driver. libFuzzer's own `main` cannot be used: SwiftPM links every
@@ -11,27 +11,25 @@
 // for want of `<module>_main`. Top-level code in main.swift is exactly `<module>_main`.
 import PackageDescription
 
+/// One fuzz target: libFuzzer's driver declaration and these products of slirpd.
+func fuzzTarget(_ name: String, _ products: [String]) -> Target {
+    let slirpd: [Target.Dependency] = products.map { .product(name: $0, package: "slirpd") }
+    return .executableTarget(name: name, dependencies: ["CFuzzerDriver"] + slirpd)
+}
+
 let package = Package(
     name: "slirpd-fuzz",
     dependencies: [.package(name: "slirpd", path: "..")],
     targets: [
         // Declares LLVMFuzzerRunDriver; the definition comes with -sanitize=fuzzer.
         .systemLibrary(name: "CFuzzerDriver"),
-        .executableTarget(
-            name: "fuzz-dhcp",
-            dependencies: [
-                "CFuzzerDriver",
-                .product(name: "FrameSwitch", package: "slirpd"),
-                .product(name: "NetOptions", package: "slirpd"),
-                .product(name: "NetServices", package: "slirpd"),
-            ]),
-        .executableTarget(
-            name: "fuzz-dns",
-            dependencies: [
-                "CFuzzerDriver",
-                .product(name: "NetOptions", package: "slirpd"),
-                .product(name: "NetServices", package: "slirpd"),
-            ]),
+        fuzzTarget("fuzz-dhcp", ["FrameSwitch", "NetOptions", "NetServices"]),
+        fuzzTarget("fuzz-dns", ["NetOptions", "NetServices"]),
+        fuzzTarget("fuzz-framer", ["FrameSwitch"]),
+        fuzzTarget("fuzz-options", ["NetOptions"]),
+        fuzzTarget("fuzz-config", ["DaemonConfig", "NetOptions", "NetServices"]),
+        // The whole frame path of one network, through SlirpDaemon's FrameFuzzNetwork.
+        fuzzTarget("fuzz-frames", ["FrameSwitch", "SlirpDaemon"]),
     ],
     swiftLanguageModes: [.v6]
 )

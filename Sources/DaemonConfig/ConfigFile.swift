@@ -101,20 +101,32 @@ public enum ConfigFile {
                 file: file, line: lineNumber(at: nul, in: text.utf8),
                 message: "NUL character (TOML allows no control characters)")
         }
-        let root: TOMLTable
-        do {
-            root = try TOMLTable(string: text)
-        } catch let error as TOMLParseError {
-            throw ConfigError(file: file, line: error.source.begin.line, message: error.description)
-        } catch {
-            throw ConfigError(file: file, line: nil, message: "\(error)")
-        }
         let lines = KeyLines(text)
+        if let (line, statement, message) = lines.parserAbort {
+            // toml++ would abort the process there (see KeyLines.parserAbort). A mistake in
+            // the statements above still comes first, as it would from toml++.
+            let above = text.utf8.split(separator: UInt8(ascii: "\n"), maxSplits: statement - 1, omittingEmptySubsequences: false)
+                .dropLast().map { String(decoding: $0, as: UTF8.self) }.joined(separator: "\n")
+            _ = try table(above, file: file)
+            throw ConfigError(file: file, line: line, message: message)
+        }
+        let root = try table(text, file: file)
         if let line = lines.nulEscape {
             throw ConfigError(file: file, line: line, message: "NUL character escape in a string (not supported)")
         }
         var loader = Loader(file: file, lines: lines)
         return try loader.load(root)
+    }
+
+    /// toml++'s tree of `text`, or its syntax error.
+    private static func table(_ text: String, file: String) throws(ConfigError) -> TOMLTable {
+        do {
+            return try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError(file: file, line: error.source.begin.line, message: error.description)
+        } catch {
+            throw ConfigError(file: file, line: nil, message: "\(error)")
+        }
     }
 }
 
@@ -440,10 +452,11 @@ private struct Loader {
     /// Joins option strings with one separating comma. A piece already ending in an odd
     /// run of commas ends in a separator (`,,` is an escaped comma, and a lone trailing
     /// comma ends the list), so adding another would glue the next item to its value.
+    /// Commas are counted in UTF-8, as OptionList reads them (see `escaped`).
     static func join(_ pieces: [String]) -> String {
         var result = ""
         for piece in pieces {
-            if !result.isEmpty && result.reversed().prefix(while: { $0 == "," }).count % 2 == 0 {
+            if !result.isEmpty && result.utf8.reversed().prefix(while: { $0 == UInt8(ascii: ",") }).count % 2 == 0 {
                 result += ","
             }
             result += piece
@@ -451,9 +464,11 @@ private struct Loader {
         return result
     }
 
-    /// QemuOpts' escaping: `,,` is a comma inside a value.
+    /// QemuOpts' escaping: `,,` is a comma inside a value. Byte by byte, as OptionList
+    /// splits: a comma and a combining mark after it are one Character, which
+    /// `replacing(",", with: ",,")` would leave single, ending the value there.
     static func escaped(_ value: String) -> String {
-        value.replacing(",", with: ",,")
+        String(decoding: value.utf8.flatMap { $0 == UInt8(ascii: ",") ? [$0, $0] : [$0] }, as: UTF8.self)
     }
 
     static func isNameByte(_ byte: UInt8) -> Bool {

@@ -4,8 +4,10 @@
 // sorted by name rather than in file order. So this file re-reads the text with a small
 // lexer of its own.
 //
-// Theory of operation. The lexer runs only on text toml++ has already accepted, so it
-// needs to know just enough TOML to find where statements start: strings (all four kinds,
+// Theory of operation. The lexer runs on the text before toml++ sees it, to find the one
+// mistakes toml++ cannot be shown (`parserAbort`); otherwise only its findings on text
+// toml++ has accepted are used, so it needs to know just enough TOML to find where
+// statements start: strings (all four kinds,
 // multi-line ones included, so a `[[network]]` or `name =` inside a string is not taken
 // for one), comments, and brackets that keep an array open across lines. At each
 // statement start it reads either a table header or a dotted key, and records the first
@@ -32,6 +34,13 @@ struct KeyLines {
     /// The first line with a `\u0000` escape in a string value: TOMLKit reads strings as
     /// C strings, so such a value would silently end there.
     fileprivate(set) var nulEscape: Int?
+    /// The first place toml++ would abort the process, and what is wrong there. toml++
+    /// 3.4 as TOMLKit 0.6.0 builds it (assertions on, in release builds too) fails an
+    /// assertion on a table header whose `[` or `[[` is followed by something that cannot
+    /// start a key (`[.x]`, `[)x]`, `[é]`), and on an array element that starts with `}`
+    /// or a Unicode line separator (U+0085, U+2028, U+2029), so it must never see either.
+    /// `statement` is the line the statement there starts on: the lines above it are whole.
+    fileprivate(set) var parserAbort: (line: Int, statement: Int, message: String)?
 
     /// The line of `key` in `scope`, or failing that the best line for the table.
     func line(of key: String?, in scope: Scope) -> Int? {
@@ -60,6 +69,10 @@ struct KeyLines {
     fileprivate mutating func recordHeader(of scope: Scope, line: Int) {
         if headers[scope] == nil { headers[scope] = line }
     }
+
+    fileprivate mutating func noteAbort(_ line: Int, statement: Int, _ message: String) {
+        if parserAbort == nil { parserAbort = (line, statement, message) }
+    }
 }
 
 private struct Scanner {
@@ -72,8 +85,10 @@ private struct Scanner {
     func run(into map: inout KeyLines) {
         var i = 0
         var line = 1
-        var depth = 0  // brackets and braces open inside a value
+        var open: [UInt8] = []  // the brackets and braces open inside a value, innermost last
+        var elementDue = false  // just after an array's `[` or `,`: an element may start here
         var atStatement = true
+        var statementLine = 1
         var scope: KeyLines.Scope? = .root  // nil: a table that is no scope of ours
         var networks = -1
         var leases = 0  // static leases of the current network so far
@@ -84,7 +99,7 @@ private struct Scanner {
             case Self.newline:
                 line += 1
                 i += 1
-                if depth == 0 { atStatement = true }
+                if open.isEmpty { atStatement = true }
                 continue
             case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"):
                 i += 1
@@ -97,10 +112,17 @@ private struct Scanner {
             }
             if atStatement {
                 atStatement = false
+                statementLine = line
                 inlineLeases = nil
                 if c == UInt8(ascii: "[") {
                     let isArray = i + 1 < bytes.count && bytes[i + 1] == UInt8(ascii: "[")
                     i += isArray ? 2 : 1
+                    var next = i
+                    skipBlanks(&next)
+                    if next < bytes.count, !Self.mayStartHeaderKey(bytes[next]) {
+                        map.noteAbort(line, statement: line, "invalid table header: '[' must be followed by a key "
+                                          + "(letters, digits, '_' and '-', or a quoted key)")
+                    }
                     let path = keyPath(&i)
                     guard let first = path.first else { continue }
                     if isArray && path == ["network"] {
@@ -143,18 +165,26 @@ private struct Scanner {
                 if path.isEmpty { i += 1 }  // not a key after all; never stall
                 continue
             }
+            if elementDue, c == UInt8(ascii: "}") || isLineSeparator(at: i) {
+                map.noteAbort(line, statement: statementLine, "invalid array: '[' and ',' must be followed by a value or ']'")
+            }
+            elementDue = false
             switch c {
             case UInt8(ascii: "\""), UInt8(ascii: "'"):
                 skipString(&i, line: &line, nulEscape: &map.nulEscape)
             case UInt8(ascii: "["), UInt8(ascii: "{"):
-                if c == UInt8(ascii: "{"), depth == 1, let network = inlineLeases {
+                if c == UInt8(ascii: "{"), open.count == 1, let network = inlineLeases {
                     map.recordHeader(of: .staticLease(network: network, lease: leases), line: line)
                     leases += 1
                 }
-                depth += 1
+                open.append(c)
+                elementDue = c == UInt8(ascii: "[")
                 i += 1
             case UInt8(ascii: "]"), UInt8(ascii: "}"):
-                depth = max(0, depth - 1)
+                _ = open.popLast()
+                i += 1
+            case UInt8(ascii: ","):
+                elementDue = open.last == UInt8(ascii: "[")
                 i += 1
             default:
                 i += 1
@@ -196,6 +226,17 @@ private struct Scanner {
         default:
             return false
         }
+    }
+
+    /// U+0085, U+2028 or U+2029 in UTF-8: line breaks to toml++, but not ones it skips in an array.
+    private func isLineSeparator(at i: Int) -> Bool {
+        let rest = bytes[i...]
+        return rest.starts(with: [0xC2, 0x85]) || rest.starts(with: [0xE2, 0x80, 0xA8]) || rest.starts(with: [0xE2, 0x80, 0xA9])
+    }
+
+    /// A key's first byte, or the `]` of an empty header (which toml++ reports as an error).
+    private static func mayStartHeaderKey(_ c: UInt8) -> Bool {
+        isBareKeyByte(c) || c == UInt8(ascii: "\"") || c == UInt8(ascii: "'") || c == UInt8(ascii: "]")
     }
 
     /// A quoted key. Only `\"` and `\\` are decoded: keys this loader knows are plain

@@ -77,7 +77,7 @@ public struct NetworkOptions: Hashable, Sendable {
     public var guestForwards: [GuestForward]
     /// `dns-upstream=`: nil means the first nameserver of the host's resolv.conf.
     public var dnsUpstream: DNSUpstream?
-    /// `dns-domain=`: the names slirpd's DNS answers itself, without a trailing dot.
+    /// `dns-domain=`: the names slirpd's DNS answers itself, in ASCII lower case, without a trailing dot.
     public var dnsDomain: String
     /// `host-loopback=`: whether the gateway address reaches the host's 127.0.0.1 (default on).
     public var hostLoopback: Bool
@@ -417,11 +417,14 @@ private struct RawOptions {
             options.dnsUpstream = upstream
         }
         if let text = scalars["dns-domain"] {
+            // One trailing dot (the root) is dropped; a second one would be an empty label.
             let domain = text.hasSuffix(".") ? String(text.dropLast()) : text
-            guard !domain.isEmpty, domain.utf8.count <= 253, Self.isSearchDomain(domain) else {
+            guard !domain.isEmpty, !domain.hasSuffix("."), domain.utf8.count <= 253, Self.isSearchDomain(domain) else {
                 throw OptionError("Parameter 'dns-domain' expects a domain name (labels of 1 to 63 bytes), not '\(text)'")
             }
-            options.dnsDomain = domain.lowercased()
+            // ASCII lower case only, as DNS compares names (RFC 4343): Unicode lower-casing
+            // could also lengthen a label past the 63 bytes just checked (İ becomes i̇).
+            options.dnsDomain = String(decoding: domain.utf8.map { (0x41...0x5A).contains($0) ? $0 | 0x20 : $0 }, as: UTF8.self)
         }
     }
 

@@ -362,6 +362,17 @@ public func fileOwner(_ path: String) -> (uid: UInt32, gid: UInt32)? {
     return (info.st_uid, info.st_gid)
 }
 
+/// Two connected, non-blocking Unix sockets of `kind`: one end for each side of an
+/// in-process connection (the fuzz harness's stand-in guests). The corresponding C call
+/// is `socketpair`.
+public func socketPair(kind: SocketKind) throws(IOError) -> (Descriptor, Descriptor) {
+    var fds: [Int32] = [-1, -1]
+    try syscallBlocking("socketpair") {
+        socketpair(AF_UNIX, kind.type | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)
+    }
+    return (Descriptor(owning: fds[0]), Descriptor(owning: fds[1]))
+}
+
 private func describe(_ storage: inout sockaddr_storage, _ length: socklen_t, fd: Int32) -> String {
     switch Int32(storage.ss_family) {
     case AF_INET, AF_INET6:

@@ -134,10 +134,14 @@ func expectError(_ text: String, line: Int?, _ message: String,
             hostname = "a,b"
             tftp = "/srv/tftp,,root,"
             bootfile = ",boot"
+            domainname = "a,\\u0301b"
             dnssearch = ["x.example", "y.example"]
             """)
         let options = try #require(config.networks.first).options
         #expect(options.hostname == "a,b")
+        // A comma and a combining mark are one Character but two things to QemuOpts
+        // (fuzz-options found this in its own escaping).
+        #expect(options.domainName == "a,\u{301}b")
         #expect(options.tftpRoot == "/srv/tftp,,root,")
         #expect(options.bootfile == ",boot")
         #expect(options.dnsSearch == ["x.example", "y.example"])
@@ -148,6 +152,8 @@ func expectError(_ text: String, line: Int?, _ message: String,
         ("net=192.168.0.0/24,", nil as String?),
         ("hostname=a,,", "a,"),
         ("hostname=a,,,", "a,"),
+        // U+0600 and the comma after it are one Character; the comma still separates.
+        ("hostname=\\u0600,", "\u{600}"),
     ])
     func optionsEndingInCommas(options: String, hostname: String?) throws {
         let config = try parse("""
@@ -205,6 +211,35 @@ func expectError(_ text: String, line: Int?, _ message: String,
             try parse("[[network]]\n\nname = \"lab\n")
         }
         #expect(error.line == 3)
+    }
+
+    /// toml++ fails an assertion, aborting the process, on these headers (fuzz-config found
+    /// `[)`), so they must be refused before it sees them.
+    @Test(arguments: ["[)network]", "[[.network]]", "[ é]", "[[[network]]]", "[=]", "[\r]"])
+    func tableHeaderWithoutKey(header: String) {
+        expectError("[control]\nmode = \"0600\"\n\(header)\nname = \"lab\"\n", line: 3,
+                    "invalid table header: '[' must be followed by a key (letters, digits, '_' and '-', or a quoted key)")
+    }
+
+    /// toml++ also aborts on an array element that starts with `}` or a Unicode line
+    /// separator (fuzz-config found `[ }]`).
+    @Test(arguments: ["[}]", "[ \"a\", }]", "[\n  \"a\", # c\n  }]", "[\u{2028}]", "[\u{85}\"a\"]", "[[}]]"])
+    func arrayElementThatWouldAbort(array: String) {
+        expectError("[[network]]\nname = \"lab\"\ndnssearch = \(array)\n", line: 3 + array.filter { $0 == "\n" }.count,
+                    "invalid array: '[' and ',' must be followed by a value or ']'")
+        // A mistake in an earlier statement still comes first.
+        let error = #expect(throws: ConfigError.self) { try parse("[[network]]\nname = = 1\ndnssearch = \(array)\n") }
+        #expect(error?.line == 2)
+    }
+
+    @Test func mistakeAboveABadHeaderComesFirst() throws {
+        let error = try #require(throws: ConfigError.self) { try parse("[[network]]\nname = = 1\n[)x]\n") }
+        #expect(error.line == 2)
+        // A line that starts with `[` inside a string or an array is no header.
+        let config = try parse("[[network]]\nname = \"lab\"\ntftp = \"\"\"\n[)x]\"\"\"\n")
+        #expect(config.networks.first?.options.tftpRoot == "[)x]")
+        let nested = try #require(throws: ConfigError.self) { try parse("[[network]]\nname = \"lab\"\ndnssearch = [\n[+5]]\n") }
+        #expect(nested.line == 3)
     }
 
     @Test func unknownKeyInNetwork() {

@@ -105,6 +105,9 @@ private let smbAdvice = "is not supported by slirpd (libslirp has no SMB server;
         ErrorCase("dnssearch=.", "Invalid 'dnssearch' domain name '.' (labels must be 1 to 63 bytes; libslirp would drop it)"),
         ErrorCase("dnssearch=\(long(64)).com",
                   "Invalid 'dnssearch' domain name '\(long(64)).com' (labels must be 1 to 63 bytes; libslirp would drop it)"),
+        // slirpd's own key. `lab..` once parsed as the domain `lab.` (fuzz-options).
+        ErrorCase("dns-domain=lab..", "Parameter 'dns-domain' expects a domain name (labels of 1 to 63 bytes), not 'lab..'"),
+        ErrorCase("dns-domain=.", "Parameter 'dns-domain' expects a domain name (labels of 1 to 63 bytes), not '.'"),
         ErrorCase("hostfwd=tcp", "Invalid host forwarding rule 'tcp' (No : separators)"),
         ErrorCase("hostfwd=foo:", "Invalid host forwarding rule 'foo:' (Bad protocol name)"),
         ErrorCase("hostfwd=udp:", "Invalid host forwarding rule 'udp:' (Missing : separator)"),

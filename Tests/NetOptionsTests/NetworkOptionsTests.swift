@@ -199,4 +199,12 @@ private func v6(_ text: String) -> IPv6Address { IPv6Address(text)! }
         let moved = try NetworkOptions.parse("net=192.168.9.0/24,guestfwd=tcp:192.168.9.100:80-cmd:a")
         #expect(moved.guestForwards.first?.address == v4("192.168.9.100"))
     }
+
+    @Test func dnsDomainIsASCIILowerCased() throws {
+        #expect(try NetworkOptions.parse("dns-domain=Lab.Internal.").dnsDomain == "lab.internal")
+        // Only ASCII letters change, as DNS compares names: a label of 31 İ (62 bytes)
+        // once grew to 93 bytes under Unicode lower-casing (fuzz-options).
+        let dotted = String(repeating: "İ", count: 31)
+        #expect(try NetworkOptions.parse("dns-domain=\(dotted).LAB").dnsDomain == "\(dotted).lab")
+    }
 }
