@@ -6,6 +6,7 @@ The binary is $SLIRPD (Scripts/test sets it), else the debug build.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -16,6 +17,7 @@ from typing import Optional
 from guest import REPO, wait_for
 
 SLIRPD = os.environ.get("SLIRPD", str(REPO / ".build" / "debug" / "slirpd"))
+SLIRPCTL = os.environ.get("SLIRPCTL", str(REPO / ".build" / "debug" / "slirpctl"))
 
 
 class Slirpd:
@@ -97,6 +99,30 @@ class Slirpd:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def fd_count(pid: int) -> int:
+    """How many descriptors the process has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and RssAnon in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def slirpctl(d: Slirpd, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Runs slirpctl against daemon d's control socket."""
+    res = subprocess.run([SLIRPCTL, "--control", d.control, *args], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"slirpctl {shlex.join(args)} exited {res.returncode}:\n{res.stdout}{res.stderr}")
+    return res
 
 
 def run_slirpd(args: list[str], timeout: float = 10, env: Optional[dict] = None) -> subprocess.CompletedProcess:

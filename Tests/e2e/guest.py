@@ -334,17 +334,23 @@ class HostHTTPServer:
     url_path ("/" by default); other paths get 404. The default body carries
     a random token so a test can tell this server's reply from any other.
     Records (client_ip, path) per request in .requests.
+
+    With `size`, the body is that many bytes made on the fly (no copy in memory), for
+    long transfers; .sent counts the body bytes written so far, over all requests.
     """
 
     def __init__(self, body: Optional[bytes | str] = None,
-                 url_path: str = "/"):
+                 url_path: str = "/", size: Optional[int] = None):
         token = secrets.token_hex(8)
         if body is None:
             body = f"hello from host {token}"
         self.body: bytes = body.encode() if isinstance(body, str) else body
+        self.size = len(self.body) if size is None else size
         self.url_path = url_path
         self.requests: list[tuple[str, str]] = []
+        self.sent = 0
         outer = self
+        chunk = bytes(range(256)) * 256
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
@@ -354,9 +360,17 @@ class HostHTTPServer:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(outer.body)))
+                self.send_header("Content-Length", str(outer.size))
                 self.end_headers()
-                self.wfile.write(outer.body)
+                if size is None:
+                    self.wfile.write(outer.body)
+                    outer.sent += len(outer.body)
+                    return
+                left = outer.size
+                while left > 0:
+                    n = self.wfile.write(chunk[:min(left, len(chunk))])
+                    outer.sent += n
+                    left -= n
 
             def log_message(self, *args):
                 pass

@@ -18,25 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from daemon import NetworkWithGuest, Slirpd, retry_http_get, stream_netdev
-from guest import REPO, Guest, free_port, wait_for
+from daemon import SLIRPCTL, NetworkWithGuest, Slirpd, retry_http_get, slirpctl, stream_netdev
+from guest import Guest, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
-
-SLIRPCTL = os.environ.get("SLIRPCTL", str(REPO / ".build" / "debug" / "slirpctl"))
 
 MAC_A = "52:54:00:c7:00:01"     # the shared network's guest
 MAC_W1 = "52:54:00:c7:01:01"    # first guest named web1
 MAC_W2 = "52:54:00:c7:01:02"    # second guest named web1
-
-
-def slirpctl(d: Slirpd, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Runs slirpctl against daemon d's control socket."""
-    res = subprocess.run([SLIRPCTL, "--control", d.control, *args], stdin=subprocess.DEVNULL,
-                         capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"slirpctl {shlex.join(args)} exited {res.returncode}:\n{res.stdout}{res.stderr}")
-    return res
 
 
 def slirpctl_background(d: Slirpd, out_path: Path, *args: str) -> subprocess.Popen:
