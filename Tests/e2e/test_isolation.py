@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import Slirpd, http_get, retry_http_get, run_slirpd, stream_netdev, wait_for
+from daemon import Slirpd, retry_http_get, run_slirpd, stream_netdev
+from fakeguest import arp_request, prefixed
 from guest import HostHTTPServer, free_port
 from test_slirpd_e2e import guest_get
 
@@ -96,19 +96,12 @@ def test_isolate_lets_guests_reach_the_nat_but_not_each_other(tmp_path, make_gue
         start = len(d.log)
         with socket.socket(socket.AF_UNIX) as spoof:
             spoof.connect(sock)
-            spoof.sendall(struct.pack(">I", 60) + gratuitous_arp(MAC_A, a.lease["ip"]))
+            # A gratuitous ARP: A's MAC, and A's address as both sender and target.
+            spoof.sendall(prefixed(arp_request(MAC_A, a.lease["ip"], a.lease["ip"])))
             d.wait_log(f"duplicate MAC {MAC_A}", start=start)
             spoof.settimeout(10)
             assert spoof.recv(65536) == b"", "the spoofing guest should be disconnected"
         assert guest_get(a, host_http.url("10.0.2.2")) == host_http.body.decode()
-
-
-def gratuitous_arp(mac: str, ip: str) -> bytes:
-    m = bytes.fromhex(mac.replace(":", ""))
-    addr = socket.inet_aton(ip)
-    arp = struct.pack(">HHBBH", 1, 0x0800, 6, 4, 1) + m + addr + b"\0" * 6 + addr
-    frame = b"\xff" * 6 + m + b"\x08\x06" + arp
-    return frame + b"\0" * (60 - len(frame))
 
 
 # A client run as another user: connects (stream) or sends from its own socket file

@@ -13,16 +13,13 @@ import http.server
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from daemon import Slirpd, dgram_netdev, stream_netdev, wait_for
+from daemon import Slirpd, dgram_netdev, slirpctl, stream_netdev, wait_for
 from guest import HostHTTPServer, free_port
-from test_control_e2e import slirpctl
 from test_slirpd_e2e import guest_get
 
 pytestmark = pytest.mark.e2e

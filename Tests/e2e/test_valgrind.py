@@ -19,15 +19,12 @@ import re
 import shutil
 import socket
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
-from daemon import SLIRPD, Slirpd, wait_for
-from fakeguest import FakeGuest, GATEWAY, fake_mac, prefixed, tcp_answer, tcp_segment
+from daemon import SLIRPD, Slirpd, slirpctl, wait_for
+from fakeguest import FakeGuest, GATEWAY, fake_mac, junk_broadcast, prefixed, tcp_answer, tcp_segment
 from guest import free_port
-from test_control_e2e import slirpctl
 
 pytestmark = pytest.mark.e2e
 
@@ -102,9 +99,12 @@ def test_memcheck_finds_nothing_in_slirpds_code(tmp_path):
         slirpctl(d, "attach", f"unix:{tmp_path}/absent.sock", timeout=120)
         slirpctl(d, "detach", f"unix:{tmp_path}/absent.sock", timeout=120)
         slirpctl(d, "guests", timeout=120)
-        a.close()
         b.vanish()
-        wait_for(lambda: d.log.count("detached") >= 3, 120, what="the guests to be reaped")
+        # A's broadcast goes to B's vanished socket, which detaches B; then A leaves.
+        a.send(junk_broadcast(a.mac, 200))
+        wait_for(lambda: d.log.count("detached") >= 2, 120, what="the datagram guest to be reaped")
+        a.close()
+        wait_for(lambda: d.log.count("detached") >= 3, 120, what="the stream guest to be reaped")
     finally:
         rc = d.stop(timeout=180)
         server.close()

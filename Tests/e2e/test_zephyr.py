@@ -16,9 +16,8 @@ import subprocess
 
 import pytest
 
-from daemon import Slirpd, dgram_netdev, stream_netdev
+from daemon import Slirpd, dgram_netdev, slirpctl, stream_netdev
 from guest import Guest, HostHTTPServer
-from test_control_e2e import slirpctl
 
 pytestmark = pytest.mark.e2e
 
