@@ -207,3 +207,17 @@ public func writeFileAtomically(_ path: String, _ text: String, mode: mode_t = 0
 public func forbidNewPrivileges() throws(IOError) {
     try syscallBlocking("prctl(PR_SET_NO_NEW_PRIVS)") { clinux_forbid_new_privileges() }
 }
+
+/// How many descriptors this process has open (entries of /proc/self/fd) and may open
+/// (RLIMIT_NOFILE's soft limit); nil if either cannot be read.
+public func descriptorUsage() -> (open: Int, limit: Int)? {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, let dir = opendir("/proc/self/fd") else { return nil }
+    defer { closedir(dir) }
+    var count = 0
+    while let entry = readdir(dir) {
+        if entry.pointee.d_name.0 != UInt8(ascii: ".") { count += 1 }
+    }
+    // The directory being read holds one descriptor of its own.
+    return (count - 1, limit.rlim_cur >= rlim_t(Int.max) ? Int.max : Int(limit.rlim_cur))
+}

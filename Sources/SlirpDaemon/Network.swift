@@ -55,6 +55,8 @@ final class Network {
     private(set) var ndpProxied = 0
     /// Peers kept out by guest-uids/guest-gids.
     private(set) var refusedGuests = 0
+    /// Datagrams from new peers dropped for want of a descriptor to answer them with.
+    private var datagramsWithoutDescriptor = 0
 
     // Own services (NetworkServices.swift).
     /// Where the lease file and the DNS-over-TCP socket live; nil: no lease file, UDP DNS only.
@@ -224,6 +226,14 @@ final class Network {
 
     private func acceptAll(_ listener: StreamListener, now: Int64) {
         while true {
+            // Guests stop short of the descriptor limit: the rest are for the NAT's own
+            // connections and the control API, whose HTTP server spins when accept() fails
+            // for want of descriptors. The guest waits in the backlog meanwhile.
+            if let usage = descriptorUsage(), usage.open + Network.descriptorReserve >= usage.limit {
+                log.error("cannot accept a guest on \(listener.spec): \(usage.open) of \(usage.limit) descriptors in use and \(Network.descriptorReserve) kept for the NAT and the control API; retrying in \(StreamListener.pauseAfterError / 1_000_000) ms")
+                listener.pausedUntil = now + StreamListener.pauseAfterError
+                return
+            }
             let accepted: (Descriptor, String)
             do {
                 guard case .done(let a) = try listener.socket.accept() else { return }
@@ -387,6 +397,14 @@ final class Network {
                 return nil
             }
         }
+        if let usage = descriptorUsage(), usage.open + Network.descriptorReserve >= usage.limit {
+            // Logged the 1st, 2nd, 4th... time: a flood of new senders must not flood the log.
+            datagramsWithoutDescriptor += 1
+            if datagramsWithoutDescriptor & (datagramsWithoutDescriptor - 1) == 0 {
+                log.error("dropping a datagram from new guest \(sender) on \(endpoint.spec): \(usage.open) of \(usage.limit) descriptors in use and \(Network.descriptorReserve) kept for the NAT and the control API (\(datagramsWithoutDescriptor) dropped so far)")
+            }
+            return nil
+        }
         guard endpoint.peers.count < DatagramEndpoint.maximumPeers else {
             log.warning("dropping a datagram from \(sender): \(endpoint.spec) already has \(DatagramEndpoint.maximumPeers) peers")
             return nil
@@ -526,6 +544,9 @@ final class Network {
             log.error("refusing \(port.label): duplicate MAC \(mac), already used by \(ownerLabel); its frames are dropped until that MAC is free; \(advice)")
         }
     }
+
+    /// Descriptors new guests may not take (see acceptAll).
+    static let descriptorReserve = 16
 
     /// Frames at least this large go to a tap or datagram guest at once when nothing is queued.
     static let directWriteMinimum = 16 * 1024
