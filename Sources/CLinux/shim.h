@@ -3,7 +3,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <net/if.h>
@@ -26,6 +25,11 @@ static inline int clinux_tap_attach(int fd, const char *name) {
 
 // prctl is variadic too: from here on, exec can never grant privileges (setuid bits,
 // file capabilities), neither to slirpd nor to the guestfwd commands it starts.
+// Declared here rather than by including <sys/prctl.h>: with that include, a fresh build
+// once failed to find MSG_NOSIGNAL in a file that imports Glibc alone, so this module
+// pulls in no header beyond those it always had.
+extern int prctl(int option, ...);
+#define CLINUX_PR_SET_NO_NEW_PRIVS 38
 static inline int clinux_forbid_new_privileges(void) {
-    return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    return prctl(CLINUX_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 }

@@ -1,4 +1,3 @@
-import CLinux
 import Glibc
 
 /// An owned file descriptor, closed exactly once: by `close()` or, failing that, on deinit.
@@ -200,12 +199,6 @@ public func writeFileAtomically(_ path: String, _ text: String, mode: mode_t = 0
         unlink(temporary)
         throw IOError(call: "rename", code: code, detail: path)
     }
-}
-
-/// Sets no_new_privs for this process and its children (PR_SET_NO_NEW_PRIVS): exec never
-/// gains privileges again. systemd's NoNewPrivileges= does the same for the units.
-public func forbidNewPrivileges() throws(IOError) {
-    try syscallBlocking("prctl(PR_SET_NO_NEW_PRIVS)") { clinux_forbid_new_privileges() }
 }
 
 /// How many descriptors this process has open (entries of /proc/self/fd) and may open

@@ -176,3 +176,9 @@ public final class ServiceNotifier {
         return rc < 0 ? IOError(call: "sendto", code: errno, detail: "NOTIFY_SOCKET") : nil
     }
 }
+
+/// Sets no_new_privs for this process and its children (PR_SET_NO_NEW_PRIVS): exec never
+/// gains privileges again. systemd's NoNewPrivileges= does the same for the units.
+public func forbidNewPrivileges() throws(IOError) {
+    try syscallBlocking("prctl(PR_SET_NO_NEW_PRIVS)") { clinux_forbid_new_privileges() }
+}
