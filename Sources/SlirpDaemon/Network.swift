@@ -373,7 +373,7 @@ final class Network {
             if endpoint.received.truncatedBy > 0 || frame.count < StreamFraming.minimumFrame {
                 // No connection to reset: drop it, and log the 1st, 2nd, 4th, 8th... so a flood cannot flood the log.
                 endpoint.badDatagrams += 1
-                if endpoint.badDatagrams & (endpoint.badDatagrams - 1) == 0 {
+                if isLoggedOccurrence(endpoint.badDatagrams) {
                     log.warning("bad datagram of \(frame.count + endpoint.received.truncatedBy) bytes from \(sender) on \(endpoint.spec) (valid: \(StreamFraming.minimumFrame)-\(StreamFraming.maximumFrame)); dropped (\(endpoint.badDatagrams) so far)")
                 }
                 continue
@@ -400,7 +400,7 @@ final class Network {
         if let usage = descriptorUsage(), usage.open + Network.descriptorReserve >= usage.limit {
             // Logged the 1st, 2nd, 4th... time: a flood of new senders must not flood the log.
             datagramsWithoutDescriptor += 1
-            if datagramsWithoutDescriptor & (datagramsWithoutDescriptor - 1) == 0 {
+            if isLoggedOccurrence(datagramsWithoutDescriptor) {
                 log.error("dropping a datagram from new guest \(sender) on \(endpoint.spec): \(usage.open) of \(usage.limit) descriptors in use and \(Network.descriptorReserve) kept for the NAT and the control API (\(datagramsWithoutDescriptor) dropped so far)")
             }
             return nil
@@ -584,11 +584,17 @@ final class Network {
 
     // MARK: Lifecycle
 
+    /// Whether the `count`-th occurrence of a repeatable problem is logged: the 1st, 2nd,
+    /// 4th, 8th..., so a peer that repeats it in a loop cannot flood the log.
+    func isLoggedOccurrence(_ count: Int) -> Bool {
+        count > 0 && count & (count - 1) == 0
+    }
+
     /// Logs a peer that guest-uids/guest-gids keep out: the 1st, 2nd, 4th, 8th... time,
     /// so a local user retrying in a loop cannot flood the log.
     private func refuseGuest(on endpoint: String, who: String) {
         refusedGuests += 1
-        guard refusedGuests & (refusedGuests - 1) == 0 else { return }
+        guard isLoggedOccurrence(refusedGuests) else { return }
         log.warning("refusing a guest on \(endpoint): \(who) is not in guest-uids or guest-gids (\(refusedGuests) refused so far)")
     }
 

@@ -190,7 +190,7 @@ extension Network {
             case .poolFull(let mac):
                 poolFullCount += 1
                 // 1st, 2nd, 4th, 8th...: a client retrying every few seconds cannot flood the log.
-                if poolFullCount & (poolFullCount - 1) == 0 {
+                if isLoggedOccurrence(poolFullCount) {
                     let c = dhcp?.config
                     log.error("DHCP pool full: no free address for \(mac) in \(c.map { "\($0.poolStart)-\($0.poolEnd)" } ?? "the pool") (\(leases.count) leases held; \(poolFullCount) refusals so far); widen net= or lower dhcpstart=")
                 }
