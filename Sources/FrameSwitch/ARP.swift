@@ -54,3 +54,15 @@ public func ipv4Source<C: RandomAccessCollection<UInt8>>(frame: C) -> UInt32? wh
     guard frame[s + 12] == 0x08, frame[s + 13] == 0x00, frame[s + 14] >> 4 == 4 else { return nil }
     return UInt32(frame[s + 26]) << 24 | UInt32(frame[s + 27]) << 16 | UInt32(frame[s + 28]) << 8 | UInt32(frame[s + 29])
 }
+
+/// Whether libslirp may be given this frame: any non-IPv4 frame, or IPv4 carrying TCP,
+/// UDP or ICMP, the only IPv4 protocols libslirp implements (it discards the rest).
+/// Anything else stops here: fuzz-frames found an IPv4 fragment with protocol 0 that
+/// crashes libslirp 4.7 (SIGBUS in its input path), so a guest could take down every
+/// network of the daemon with one frame.
+public func natAcceptsFrame<C: RandomAccessCollection<UInt8>>(_ frame: C) -> Bool where C.Index == Int {
+    let s = frame.startIndex
+    guard frame.count >= 24, frame[s + 12] == 0x08, frame[s + 13] == 0x00 else { return true }
+    let proto = frame[s + 23]
+    return proto == 1 || proto == 6 || proto == 17
+}

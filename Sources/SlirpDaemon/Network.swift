@@ -453,14 +453,15 @@ final class Network {
         case .forward, .flood:
             if serveLocally(port, frame, header) { return }
         }
+        let toNAT = natAcceptsFrame(frame)
         switch verdict {
-        case .forward(Network.natPort): stack.input(frame)
+        case .forward(Network.natPort): if toNAT { stack.input(frame) } else { port.drops += 1 }
         case .forward(let id):
             // isolate=on: a guest's frames go to the NAT only; one aimed at another guest is dropped.
             guard !config.options.isolateGuests else { port.drops += 1; return }
             ports[id].map { deliver(frame, to: $0) }
         case .flood:
-            stack.input(frame)
+            if toNAT { stack.input(frame) }
             guard !config.options.isolateGuests else { return }
             for other in ports.values where other !== port { deliver(frame, to: other) }
         case .drop, .duplicate:
