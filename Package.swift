@@ -76,7 +76,7 @@ let package = Package(
         .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch", "TestSupport"]),
         .testTarget(name: "NetOptionsTests", dependencies: ["NetOptions"]),
         .testTarget(name: "NetServicesTests", dependencies: ["NetServices", "FrameSwitch", "NetOptions", "SlirpKit", "TestSupport"]),
-        .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit", "SlirpAPI"]),
+        .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit", "SlirpAPI", "FrameSwitch", "NetOptions", "PosixIO"]),
         .testTarget(name: "SlirpAPITests", dependencies: ["SlirpAPI"]),
         .testTarget(name: "DaemonConfigTests", dependencies: ["DaemonConfig", "NetOptions"]),
     ],

@@ -117,6 +117,13 @@ private func boundAddress(_ fd: Int32, _ label: String) throws(IOError) -> Socke
     }
 }
 
+extension Descriptor {
+    /// Where this socket is bound (a TCP port bound as 0 reads back as the one the kernel chose).
+    public func boundAddress() throws(IOError) -> SocketAddress {
+        try PosixIO.boundAddress(raw, "descriptor \(raw)")
+    }
+}
+
 /// Messages to the service manager (sd_notify's protocol). Without NOTIFY_SOCKET every
 /// message is dropped, so callers need not care whether systemd started them.
 public final class ServiceNotifier {
