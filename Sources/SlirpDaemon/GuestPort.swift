@@ -45,6 +45,8 @@ final class GuestPort {
     /// A datagram peer refused for a duplicate MAC stays attached but mute until the MAC is free.
     var refusedFor: MACAddress?
     var inFlushList = false
+    /// Its TCP connections through the NAT, reset in libslirp when it leaves for good.
+    var natConnections = NATConnections()
 
     var rxFrames = 0, rxBytes = 0, txFrames = 0, txBytes = 0, drops = 0
 

@@ -17,6 +17,8 @@ enum Metrics {
                nets.map { ($0.label, $0.net.arpProxied) })
         family("slirpd_ndp_proxied_total", "counter", "Neighbor Solicitations from the NAT answered by the switch for attached guests.",
                nets.map { ($0.label, $0.net.ndpProxied) })
+        family("slirpd_nat_connections_reset_total", "counter", "NAT connections reset for guests that left without closing them.",
+               nets.map { ($0.label, $0.net.natConnectionsReset) })
         family("slirpd_dns_queries_total", "counter", "DNS queries answered from the network's own names.",
                nets.map { ($0.label, $0.net.dns?.answeredLocally ?? 0) })
         family("slirpd_dns_forwarded_total", "counter", "DNS queries sent to the upstream resolver.",

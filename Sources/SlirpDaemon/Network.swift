@@ -47,6 +47,10 @@ final class Network {
     /// libslirp's own ARP table has 16 entries; past that it keeps asking, and the switch
     /// answers from here instead of flooding every guest and waiting.
     var neighbors: [UInt32: MACAddress] = [:]
+    /// Guests that left with NAT connections open, oldest first (see `resetDepartedConnections`).
+    private var departed: [DepartedGuest] = []
+    /// NAT connections reset in libslirp for guests that left for good.
+    private(set) var natConnectionsReset = 0
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     private var pendingToNAT: [[UInt8]] = []
     private(set) var arpProxied = 0
@@ -211,6 +215,7 @@ final class Network {
     /// Work due by time rather than by a descriptor: DNS timeouts, the lease file.
     func runTimers(now: Int64) {
         dialDue(now: now)
+        resetDepartedConnections(now: now)
         dns?.expire(now: now)
         dns?.reapConnections()
         saveLeases()
@@ -219,7 +224,7 @@ final class Network {
     /// The earliest time `runTimers` has something to do.
     var nextServiceDeadline: Int64? {
         let save = leasesDirty ? leasesSavedAt + 1_000_000_000 : nil
-        return [dns?.nextDeadline, save, nextDialAttempt].compactMap { $0 }.min()
+        return [dns?.nextDeadline, save, nextDialAttempt, departed.first?.resetAt].compactMap { $0 }.min()
     }
 
     // MARK: Stream guests
@@ -439,6 +444,7 @@ final class Network {
         if port.mac == nil {
             port.mac = header.source
             log.info("\(port.label) is using MAC \(header.source)")
+            if !departed.isEmpty { takeUpConnections(port, mac: header.source) }
         } else if let refused = port.refusedFor, refused == header.source {
             port.refusedFor = nil
             log.info("\(port.label) now owns MAC \(header.source): its previous holder is gone")
@@ -475,7 +481,10 @@ final class Network {
         if header.etherType == ARPPacket.etherType, answerForGuest(frame) { return }
         if header.etherType == 0x86DD, header.destination.isGroup, answerSolicitation(frame) { return }
         switch bridge.ingress(from: Network.natPort, source: header.source, destination: header.destination, now: monotonicNanoseconds()) {
-        case .forward(let id): ports[id].map { deliver(frame, to: $0) }
+        case .forward(let id):
+            guard let port = ports[id] else { break }
+            port.natConnections.observe(toGuest: frame)
+            deliver(frame, to: port)
         case .flood: for port in ports.values { deliver(frame, to: port) }
         case .duplicate(let owner):
             log.error("a guest (port \(owner.raw)) uses the NAT's own MAC \(header.source); frames from the NAT are dropped")
@@ -628,7 +637,11 @@ final class Network {
             }
             port.socket.close()
             if case .datagram(let endpoint, let peer) = port.kind { endpoint.peers[peer] = nil }
-            dialledPortClosed(port, now: monotonicNanoseconds())
+            let now = monotonicNanoseconds()
+            dialledPortClosed(port, now: now)
+            if !port.natConnections.isEmpty {
+                departed.append(DepartedGuest(label: port.label, connections: port.natConnections, resetAt: now + Network.returnGrace))
+            }
             let stats = "rx \(port.rxFrames) frames/\(port.rxBytes) B, tx \(port.txFrames) frames/\(port.txBytes) B, dropped \(port.drops)"
             closedCounters = closedCounters + port.counters
             emit(.guestDetached, guest: port, detail: reason)
@@ -636,6 +649,44 @@ final class Network {
             log.log(level: level, "\(port.label) detached: \(reason) (\(stats)\(macs.isEmpty ? "" : "; forgot \(macs.count) MAC"))")
         }
         closing.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: Departed guests' NAT connections
+
+    struct DepartedGuest {
+        var label: String
+        var connections: NATConnections
+        var resetAt: Int64
+    }
+
+    /// How long a departed guest's NAT connections wait for it to come back. QEMU 8's
+    /// `reconnect=` brings the same guest, with its TCP state, back within seconds.
+    static let returnGrace: Int64 = 5_000_000_000
+
+    /// A guest that comes back with the MAC of a departed one takes up its connections.
+    private func takeUpConnections(_ port: GuestPort, mac: MACAddress) {
+        var taken = 0
+        for i in departed.indices {
+            let mine = departed[i].connections.take(guestMAC: mac)
+            taken += mine.count
+            port.natConnections.merge(mine)
+        }
+        departed.removeAll { $0.connections.isEmpty }
+        if taken > 0 { log.info("\(port.label) takes up \(taken) NAT connection\(taken == 1 ? "" : "s") its MAC left open") }
+    }
+
+    /// Resets in libslirp the NAT connections of guests gone for `returnGrace`: libslirp
+    /// would otherwise keep each, with its host socket, for about ten minutes (NATConnections.swift).
+    private func resetDepartedConnections(now: Int64) {
+        while let first = departed.first, first.resetAt <= now {
+            departed.removeFirst()
+            pendingToNAT += first.connections.resets()
+            let n = first.connections.count
+            natConnectionsReset += n
+            let unrecorded = first.connections.unrecorded > 0
+                ? "; it had more open than the \(NATConnections.capacity) recorded, and libslirp times those out itself" : ""
+            log.info("reset \(n) NAT connection\(n == 1 ? "" : "s") of \(first.label), gone for \(Network.returnGrace / 1_000_000_000) s\(unrecorded)")
+        }
     }
 
     /// The earliest time a paused listener wants polling again.

@@ -349,6 +349,7 @@ class HostHTTPServer:
         self.url_path = url_path
         self.requests: list[tuple[str, str]] = []
         self.sent = 0
+        self.aborted = 0
         outer = self
         chunk = bytes(range(256)) * 256
 
@@ -367,10 +368,13 @@ class HostHTTPServer:
                     outer.sent += len(outer.body)
                     return
                 left = outer.size
-                while left > 0:
-                    n = self.wfile.write(chunk[:min(left, len(chunk))])
-                    outer.sent += n
-                    left -= n
+                try:
+                    while left > 0:
+                        n = self.wfile.write(chunk[:min(left, len(chunk))])
+                        outer.sent += n
+                        left -= n
+                except (BrokenPipeError, ConnectionResetError):
+                    outer.aborted += 1   # the client went away (some tests kill it)
 
             def log_message(self, *args):
                 pass

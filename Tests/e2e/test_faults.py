@@ -19,6 +19,7 @@ import signal
 import socket
 import statistics
 import struct
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ import pytest
 
 from daemon import (NetworkWithGuest, Slirpd, dgram_netdev, fd_count, memory_kib, slirpctl, stream_netdev,
                     tcp_stream_netdev)
-from fakeguest import (FakeGuest, churn_cycle, fake_mac, junk_broadcast, sweep, tcp_answer, tcp_segment)
+from fakeguest import (GATEWAY, FakeGuest, churn_cycle, fake_mac, junk_broadcast, sweep, tcp_answer, tcp_segment)
 from guest import HostHTTPServer, free_port, wait_for
 from netns import Namespaces
 
@@ -470,11 +471,10 @@ def test_an_upstream_reset_reaches_the_guest_as_a_reset(upstream_net, partial):
 
 
 # Last in the module: it kills the module's guest.
-@pytest.mark.xfail(strict=True, reason="bug: a guest killed in the middle of a download leaves its NAT connection "
-                   "(a descriptor and up to 128 KiB of buffers) in libslirp for about 10 minutes: slirpd does not tell "
-                   "libslirp that the guest is gone, and libslirp keeps retransmitting to it, halving the segment size "
-                   "instead of giving up, until the segment is under 32 bytes")
 def test_a_guest_killed_mid_download_frees_its_nat_connection(upstream_net):
+    """libslirp has no call to drop a connection and would keep this one, retransmitting
+    to the dead guest, for about ten minutes; slirpd resets it for the guest once the
+    guest has been gone for 5 s (NATConnections.swift)."""
     d, g = upstream_net.daemon, upstream_net.guest
     ip = g.lease["ip"]
 
@@ -492,11 +492,89 @@ def test_a_guest_killed_mid_download_frees_its_nat_connection(upstream_net):
         g.proc.wait(10)
         g.stop()
         d.wait_log("detached", start=start)
-        # The guest's port is gone; its NAT connection should follow it.
-        deadline = time.monotonic() + 10
+        gone = time.monotonic()
+        deadline = gone + 10
         while (to_host() or fd_count(d.pid) > fds - 1) and time.monotonic() < deadline:
-            time.sleep(1)
+            time.sleep(0.5)
         left = to_host()
-        report(f"10 s after a guest was killed mid-download: {fd_count(d.pid)} fds (was {fds} with it attached), "
-               f"its NAT connections: {left}")
+        report(f"{time.monotonic() - gone:.1f} s after a guest was killed mid-download: {fd_count(d.pid)} fds "
+               f"(was {fds} with it attached), its NAT connections: {left}")
         assert not left and fd_count(d.pid) == fds - 1, left
+        d.wait_log("reset 1 NAT connection of guest", start=start)
+
+
+# --- 5. a guest that leaves with NAT connections open --------------------------------------
+
+def handshake(guest: FakeGuest, gateway_mac: bytes, port: int, sport: int) -> None:
+    """Opens a TCP connection from the fake guest to 10.0.2.2:port through the NAT."""
+    guest.send(tcp_segment(guest.mac, gateway_mac, guest.ip, GATEWAY, sport, port, 0x02, seq=1000))
+    synack = guest.expect(lambda f: f if tcp_answer(f, sport) == "syn-ack" else None, 10, "SYN-ACK through the NAT")
+    l4 = 14 + (synack[14] & 0x0F) * 4
+    seq = struct.unpack("!I", synack[l4 + 4:l4 + 8])[0]
+    guest.send(tcp_segment(guest.mac, gateway_mac, guest.ip, GATEWAY, sport, port, 0x10, seq=1001, ack=(seq + 1) % 2**32))
+
+
+def segment_to(frame: bytes, sport: int) -> bytes:
+    """The TCP payload of a segment for the fake guest's port `sport` (b"" if none)."""
+    if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        return b""
+    l4 = 14 + (frame[14] & 0x0F) * 4
+    if struct.unpack("!H", frame[l4 + 2:l4 + 4])[0] != sport:
+        return b""
+    total = struct.unpack("!H", frame[16:18])[0]
+    return frame[l4 + (frame[l4 + 12] >> 4) * 4:14 + total]
+
+
+def host_side_ended(conn: socket.socket, timeout: float) -> bool:
+    """Whether the host end of a NAT connection sees EOF or a reset within `timeout`."""
+    conn.settimeout(timeout)
+    try:
+        return conn.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_a_guest_that_comes_back_keeps_its_connections_and_one_that_does_not_loses_them(tmp_path):
+    """QEMU 8's reconnect= brings a guest back with its TCP state: within 5 s its NAT
+    connections are its again. A guest that stays away has them reset in libslirp."""
+    sock = str(tmp_path / "r.sock")
+    d = Slirpd(["--stream", sock], tmp_path)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    server.settimeout(10)
+    mac, ip, sport = fake_mac(0x5151), "10.0.2.15", 41000
+    try:
+        a = FakeGuest(("stream", sock), mac, ip)
+        handshake(a, a.arp_gateway(), port, sport)
+        conn, _ = server.accept()
+        a.close()
+        d.wait_log("detached")
+        # Back within a second, under the same MAC: the connection is taken up, not reset.
+        start = len(d.log)
+        b = FakeGuest(("stream", sock), mac, ip)
+        b.arp_gateway()
+        d.wait_log("takes up 1 NAT connection", start=start)
+        assert not host_side_ended(conn, 7), "the connection of a guest that came back was closed"
+        conn.sendall(b"still here")
+        got = b.expect(lambda f: segment_to(f, sport), 10, "the host's data on the kept connection")
+        assert got == b"still here", got
+        report("a guest back within 1 s kept its NAT connection past the 5 s grace and received on it")
+
+        # Gone for good: libslirp closes the host side within the grace (5 s) and a poll.
+        start = len(d.log)
+        b.close()
+        gone = time.monotonic()
+        assert host_side_ended(conn, 10), "the connection of a guest that left for good stayed open"
+        seconds = time.monotonic() - gone
+        report(f"a guest gone for good: its NAT connection ended on the host side after {seconds:.1f} s")
+        assert 4 <= seconds <= 8, seconds
+        d.wait_log("reset 1 NAT connection of guest", start=start)
+        metrics = subprocess.run(["curl", "-s", "--unix-socket", d.control, "http://slirpd/metrics"],
+                                 capture_output=True, text=True, timeout=10).stdout
+        assert 'slirpd_nat_connections_reset_total{network="default"} 1' in metrics, metrics
+        assert d.alive()
+    finally:
+        server.close()
+        d.stop()
