@@ -19,9 +19,9 @@ import PosixIO
 // does when the socket polls readable (the framer, the switch, the ARP/NDP proxy, DHCP
 // and DNS, libslirp), then runs the loop's end of iteration: injectPending, flushPending,
 // reapClosed. `received(by:)` reads back what the network wrote, flushing again as a
-// writable poll would until nothing is queued. `reset` detaches every guest and forgets
-// DHCP leases, so that every input starts from the same state but for libslirp's own ARP
-// and NDP tables, which carry over. Logging is off, as a line per attached guest would
+// writable poll would until nothing is queued. `reset` detaches every guest, resets their
+// NAT connections and forgets DHCP leases, so that every input starts from the same
+// state but for libslirp's own ARP and NDP tables, which carry over. Logging is off, as a line per attached guest would
 // dominate the run, unless SLIRPD_FUZZ_LOG is set.
 public final class FrameFuzzNetwork {
     public static let guestCount = 3
@@ -156,6 +156,9 @@ public final class FrameFuzzNetwork {
             network.scheduleClose(guest.port)
         }
         network.reapClosed()
+        // Their NAT connections are reset at once, not after the grace: the next input starts clean.
+        network.resetDepartedConnections(now: .max)
+        network.injectPending()
         guests = Array(repeating: nil, count: Self.guestCount)
         if let old = network.dhcp {
             network.dhcp = DHCPServer(config: network.dhcpConfig(), serverMAC: old.serverMAC, leases: [])

@@ -677,7 +677,7 @@ final class Network {
 
     /// Resets in libslirp the NAT connections of guests gone for `returnGrace`: libslirp
     /// would otherwise keep each, with its host socket, for about ten minutes (NATConnections.swift).
-    private func resetDepartedConnections(now: Int64) {
+    func resetDepartedConnections(now: Int64) {
         while let first = departed.first, first.resetAt <= now {
             departed.removeFirst()
             pendingToNAT += first.connections.resets()
