@@ -310,13 +310,22 @@ extension Descriptor {
 /// that peer alone and polls writable only while the peer's receive queue has room.
 public func connectUnix(to peer: UnixAddress, kind: SocketKind) throws(IOError) -> Descriptor {
     let socket = try newSocket(domain: AF_UNIX, kind: kind)
-    var storage = peer.storage
-    _ = try withUnsafePointer(to: &storage) { (p) throws(IOError) in
-        try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(IOError) in
-            try syscallBlocking("connect", detail: peer.path) { Glibc.connect(socket.raw, sa, peer.length) }
+    try socket.reconnect(to: peer)
+    return socket
+}
+
+extension Descriptor {
+    /// Connects this Unix socket to `peer` again. For a datagram socket this asks the kernel
+    /// whether the peer still exists without sending it anything: ECONNREFUSED when its
+    /// socket is closed (the file stays), ENOENT when the file is gone.
+    public func reconnect(to peer: UnixAddress) throws(IOError) {
+        var storage = peer.storage
+        _ = try withUnsafePointer(to: &storage) { (p) throws(IOError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(IOError) in
+                try syscallBlocking("connect", detail: peer.path) { Glibc.connect(raw, sa, peer.length) }
+            }
         }
     }
-    return socket
 }
 
 /// Who is at the other end of a Unix stream socket, as the kernel recorded at connect time.

@@ -184,7 +184,7 @@ public final class Daemon {
             net.runTimers(now: after)
         }
         if after >= nextHousekeeping {
-            for net in networks { net.expireMACs(now: after) }
+            for net in networks { net.housekeeping(now: after) }
             nextHousekeeping = after + Daemon.housekeepingInterval
         }
         runPostedJobs()

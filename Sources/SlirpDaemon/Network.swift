@@ -696,8 +696,28 @@ final class Network {
         return earliest
     }
 
-    func expireMACs(now: Int64) {
+    /// Housekeeping, every 10 s: ages the switch's MAC table and asks after datagram peers.
+    func housekeeping(now: Int64) {
         bridge.expire(now: now)
+        probeDatagramPeers()
+    }
+
+    /// A datagram peer that has gone (QEMU killed or quit) sends no goodbye, and a send to it
+    /// fails only when there is something to send: on a quiet network it would hold its
+    /// port, its descriptor and its NAT connections indefinitely. Connecting its socket
+    /// again asks the kernel whether the peer is still there without sending it anything.
+    private func probeDatagramPeers() {
+        for port in ports.values where port.closeReason == nil {
+            guard case .datagram(_, let peer) = port.kind else { continue }
+            do {
+                try port.socket.reconnect(to: peer)
+            } catch where error.peerIsGone {
+                port.close("its socket \(port.peer) is gone")
+                scheduleClose(port)
+            } catch {
+                log.debug("\(port.label): cannot check its socket: \(error)")
+            }
+        }
     }
 
     var guestCount: Int { ports.count }

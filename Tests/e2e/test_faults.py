@@ -578,3 +578,40 @@ def test_a_guest_that_comes_back_keeps_its_connections_and_one_that_does_not_los
     finally:
         server.close()
         d.stop()
+
+
+@pytest.mark.parametrize("ending", ["close-keep-file", "vanish"])
+def test_a_datagram_guest_that_goes_away_is_noticed_on_a_quiet_network(tmp_path, ending):
+    """A killed QEMU's datagram socket closes and its file stays ("close-keep-file"), or
+    the file goes too ("vanish"). Nothing is sent to it on a quiet network, so slirpd asks
+    the kernel every 10 s instead; its NAT connection is then reset after the 5 s grace."""
+    dgram = str(tmp_path / "q.dgram")
+    d = Slirpd(["--dgram", dgram], tmp_path)
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+    try:
+        fds = fd_count(d.pid)
+        g = FakeGuest(("dgram", (dgram, str(tmp_path / "g.sock"))), fake_mac(0x5252), "10.0.2.15")
+        g.exchange()
+        handshake(g, g.arp_gateway(), server.getsockname()[1], 42000)
+        conn, _ = server.accept()
+        wait_for(lambda: len(guests(d)) == 1, 10, what="the guest to be listed")
+        start = len(d.log)
+        if ending == "vanish":
+            g.vanish()
+        else:
+            g.close()
+        gone = time.monotonic()
+        wait_for(lambda: not guests(d), 30, interval=0.5, what="slirpd to notice the guest has gone")
+        noticed = time.monotonic() - gone
+        assert host_side_ended(conn, 15), "the NAT connection of the departed guest stayed open"
+        ended = time.monotonic() - gone
+        report(f"a dgram guest gone on a quiet network ({ending}): detached after {noticed:.1f} s, "
+               f"its NAT connection ended after {ended:.1f} s")
+        assert "is gone" in d.log[start:], d.log[start:]
+        # Housekeeping runs every 10 s; the reset follows 5 s later.
+        assert noticed <= 15 and ended <= noticed + 8, (noticed, ended)
+        assert fds_back_to(d, fds) == fds
+    finally:
+        server.close()
+        d.stop()
