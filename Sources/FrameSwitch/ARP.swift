@@ -56,10 +56,9 @@ public func ipv4Source<C: RandomAccessCollection<UInt8>>(frame: C) -> UInt32? wh
 }
 
 /// Whether libslirp may be given this frame: any non-IPv4 frame, or IPv4 carrying TCP,
-/// UDP or ICMP, the only IPv4 protocols libslirp implements (it discards the rest).
-/// Anything else stops here: fuzz-frames found an IPv4 fragment with protocol 0 that
-/// crashes libslirp 4.7 (SIGBUS in its input path), so a guest could take down every
-/// network of the daemon with one frame.
+/// UDP or ICMP, the only IPv4 protocols libslirp implements (it discards the rest), so
+/// the rest of its input path is never tried with them. IPv4 fragments are further
+/// checked by FragmentGuard: a lone last fragment of any protocol crashes libslirp 4.7.
 public func natAcceptsFrame<C: RandomAccessCollection<UInt8>>(_ frame: C) -> Bool where C.Index == Int {
     let s = frame.startIndex
     guard frame.count >= 24, frame[s + 12] == 0x08, frame[s + 13] == 0x00 else { return true }

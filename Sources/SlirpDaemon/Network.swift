@@ -51,6 +51,8 @@ final class Network {
     private var departed: [DepartedGuest] = []
     /// NAT connections reset in libslirp for guests that left for good.
     private(set) var natConnectionsReset = 0
+    /// Guests' IPv4 fragments that libslirp may be given (FragmentGuard.swift).
+    private var fragmentGuard = FragmentGuard()
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     private var pendingToNAT: [[UInt8]] = []
     private(set) var arpProxied = 0
@@ -436,7 +438,8 @@ final class Network {
         port.rxFrames += 1
         port.rxBytes += frame.count
         if !captures.isEmpty { capture(frame, header) }
-        let verdict = bridge.ingress(from: port.id, source: header.source, destination: header.destination, now: monotonicNanoseconds())
+        let now = monotonicNanoseconds()
+        let verdict = bridge.ingress(from: port.id, source: header.source, destination: header.destination, now: now)
         if case .duplicate(let owner) = verdict {
             refuseDuplicate(port, mac: header.source, owner: owner)
             return
@@ -459,20 +462,32 @@ final class Network {
         case .forward, .flood:
             if serveLocally(port, frame, header) { return }
         }
-        let toNAT = natAcceptsFrame(frame)
         switch verdict {
-        case .forward(Network.natPort): if toNAT { stack.input(frame) } else { port.drops += 1 }
+        case .forward(Network.natPort): if natAdmits(frame, from: port, now: now) { stack.input(frame) } else { port.drops += 1 }
         case .forward(let id):
             // isolate=on: a guest's frames go to the NAT only; one aimed at another guest is dropped.
             guard !config.options.isolateGuests else { port.drops += 1; return }
             ports[id].map { deliver(frame, to: $0) }
         case .flood:
-            if toNAT { stack.input(frame) }
+            if natAdmits(frame, from: port, now: now) { stack.input(frame) }
             guard !config.options.isolateGuests else { return }
             for other in ports.values where other !== port { deliver(frame, to: other) }
         case .drop, .duplicate:
             break
         }
+    }
+
+    /// Whether a guest's frame may go to libslirp: see natAcceptsFrame and FragmentGuard,
+    /// which keep out frames that crash libslirp 4.7.
+    private func natAdmits(_ frame: UnsafeRawBufferPointer, from port: GuestPort, now: Int64) -> Bool {
+        guard natAcceptsFrame(frame) else { return false }
+        guard fragmentGuard.admits(frame, now: now) else {
+            if isLoggedOccurrence(fragmentGuard.dropped) {
+                log.warning("dropped a last IPv4 fragment from \(port.label) with no earlier fragment of its datagram: libslirp 4.7 crashes on those (\(fragmentGuard.dropped) so far)")
+            }
+            return false
+        }
+        return true
     }
 
     private func fromNAT(_ frame: UnsafeRawBufferPointer) {
