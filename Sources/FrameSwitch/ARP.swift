@@ -57,8 +57,8 @@ public func ipv4Source<C: RandomAccessCollection<UInt8>>(frame: C) -> UInt32? wh
 
 /// Whether libslirp may be given this frame: any non-IPv4 frame, or IPv4 carrying TCP,
 /// UDP or ICMP, the only IPv4 protocols libslirp implements (it discards the rest), so
-/// the rest of its input path is never tried with them. IPv4 fragments are further
-/// checked by FragmentGuard: a lone last fragment of any protocol crashes libslirp 4.7.
+/// the rest of its input path is never tried with them. IPv4 fragments are then
+/// reassembled before libslirp sees them (IPv4Reassembly).
 public func natAcceptsFrame<C: RandomAccessCollection<UInt8>>(_ frame: C) -> Bool where C.Index == Int {
     let s = frame.startIndex
     guard frame.count >= 24, frame[s + 12] == 0x08, frame[s + 13] == 0x00 else { return true }

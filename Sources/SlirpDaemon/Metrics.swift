@@ -19,6 +19,10 @@ enum Metrics {
                nets.map { ($0.label, $0.net.ndpProxied) })
         family("slirpd_nat_connections_reset_total", "counter", "NAT connections reset for guests that left without closing them.",
                nets.map { ($0.label, $0.net.natConnectionsReset) })
+        family("slirpd_ipv4_reassembled_total", "counter", "IPv4 datagrams from guests to the NAT put back together from fragments.",
+               nets.map { ($0.label, $0.net.reassembly.reassembled) })
+        family("slirpd_ipv4_fragments_dropped_total", "counter", "IPv4 fragments from guests to the NAT dropped (malformed, overlapping, or over the limits).",
+               nets.map { ($0.label, $0.net.fragmentsDropped) })
         family("slirpd_dns_queries_total", "counter", "DNS queries answered from the network's own names.",
                nets.map { ($0.label, $0.net.dns?.answeredLocally ?? 0) })
         family("slirpd_dns_forwarded_total", "counter", "DNS queries sent to the upstream resolver.",

@@ -51,8 +51,9 @@ final class Network {
     private var departed: [DepartedGuest] = []
     /// NAT connections reset in libslirp for guests that left for good.
     private(set) var natConnectionsReset = 0
-    /// Guests' IPv4 fragments that libslirp may be given (FragmentGuard.swift).
-    private var fragmentGuard = FragmentGuard()
+    /// Guests' IPv4 fragments for libslirp, put back together first (IPv4Reassembly.swift).
+    private(set) var reassembly = IPv4Reassembly()
+    private(set) var fragmentsDropped = 0
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     private var pendingToNAT: [[UInt8]] = []
     private(set) var arpProxied = 0
@@ -463,13 +464,13 @@ final class Network {
             if serveLocally(port, frame, header) { return }
         }
         switch verdict {
-        case .forward(Network.natPort): if natAdmits(frame, from: port, now: now) { stack.input(frame) } else { port.drops += 1 }
+        case .forward(Network.natPort): if !toNAT(frame, from: port, now: now) { port.drops += 1 }
         case .forward(let id):
             // isolate=on: a guest's frames go to the NAT only; one aimed at another guest is dropped.
             guard !config.options.isolateGuests else { port.drops += 1; return }
             ports[id].map { deliver(frame, to: $0) }
         case .flood:
-            if natAdmits(frame, from: port, now: now) { stack.input(frame) }
+            _ = toNAT(frame, from: port, now: now)
             guard !config.options.isolateGuests else { return }
             for other in ports.values where other !== port { deliver(frame, to: other) }
         case .drop, .duplicate:
@@ -477,13 +478,23 @@ final class Network {
         }
     }
 
-    /// Whether a guest's frame may go to libslirp: see natAcceptsFrame and FragmentGuard,
-    /// which keep out frames that crash libslirp 4.7.
-    private func natAdmits(_ frame: UnsafeRawBufferPointer, from port: GuestPort, now: Int64) -> Bool {
+    /// Hands a guest's frame to libslirp; false when it is dropped instead. libslirp gets
+    /// no IPv4 protocol it does not implement (natAcceptsFrame) and no fragment: those are
+    /// reassembled here first, as libslirp 4.7's own reassembly crashes on some.
+    private func toNAT(_ frame: UnsafeRawBufferPointer, from port: GuestPort, now: Int64) -> Bool {
         guard natAcceptsFrame(frame) else { return false }
-        guard fragmentGuard.admits(frame, now: now) else {
-            if isLoggedOccurrence(fragmentGuard.dropped) {
-                log.warning("dropped a last IPv4 fragment from \(port.label) with no earlier fragment of its datagram: libslirp 4.7 crashes on those (\(fragmentGuard.dropped) so far)")
+        guard IPv4Reassembly.isFragment(frame) else {
+            stack.input(frame)
+            return true
+        }
+        switch reassembly.input(frame, now: now) {
+        case .pass: stack.input(frame)
+        case .held: break
+        case .complete(let datagram): datagram.withUnsafeBytes { stack.input($0) }
+        case .dropped(let reason):
+            fragmentsDropped += 1
+            if isLoggedOccurrence(fragmentsDropped) {
+                log.warning("dropped \(reason) from \(port.label) (\(fragmentsDropped) IPv4 fragments dropped so far)")
             }
             return false
         }
@@ -711,9 +722,11 @@ final class Network {
         return earliest
     }
 
-    /// Housekeeping, every 10 s: ages the switch's MAC table and asks after datagram peers.
+    /// Housekeeping, every 10 s: ages the switch's MAC table and unfinished fragments, and
+    /// asks after datagram peers.
     func housekeeping(now: Int64) {
         bridge.expire(now: now)
+        reassembly.expire(now: now)
         probeDatagramPeers()
     }
 
