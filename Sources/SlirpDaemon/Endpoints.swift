@@ -9,6 +9,8 @@ final class StreamListener {
     let transport: GuestPort.Transport
     /// After a failed accept (out of descriptors, say), the listener is left out of polls until then.
     var pausedUntil: Int64 = 0
+    /// Pauses in a row for want of a descriptor or an accept error; 0 after an accept.
+    var failedAccepts = 0
     static let pauseAfterError: Int64 = 250_000_000
 
     /// Whether systemd owns the socket (socket activation): then it is never closed or unlinked here.

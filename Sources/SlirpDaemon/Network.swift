@@ -238,8 +238,7 @@ final class Network {
             // connections and the control API, whose HTTP server spins when accept() fails
             // for want of descriptors. The guest waits in the backlog meanwhile.
             if let usage = descriptorUsage(), usage.open + Network.descriptorReserve >= usage.limit {
-                log.error("cannot accept a guest on \(listener.spec): \(usage.open) of \(usage.limit) descriptors in use and \(Network.descriptorReserve) kept for the NAT and the control API; retrying in \(StreamListener.pauseAfterError / 1_000_000) ms")
-                listener.pausedUntil = now + StreamListener.pauseAfterError
+                pause(listener, now: now, "\(usage.open) of \(usage.limit) descriptors in use and \(Network.descriptorReserve) kept for the NAT and the control API")
                 return
             }
             let accepted: (Descriptor, String)
@@ -249,10 +248,10 @@ final class Network {
             } catch {
                 // EMFILE and friends: the socket stays readable, so polling it again at once
                 // would spin. The guest waits in the backlog while the listener rests.
-                log.error("cannot accept a guest on \(listener.spec): \(error); retrying in \(StreamListener.pauseAfterError / 1_000_000) ms")
-                listener.pausedUntil = now + StreamListener.pauseAfterError
+                pause(listener, now: now, "\(error)")
                 return
             }
+            listener.failedAccepts = 0
             let (socket, peer) = accepted
             if listener.transport == .tcp { socket.setNoDelay() }
             if config.guestAccess.isRestricted {
@@ -268,6 +267,15 @@ final class Network {
                 kind: .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity)), socket: socket, now: now)
             admit(port, on: "\(listener.spec)")
         }
+    }
+
+    /// Rests a listener that cannot take a guest now. Every retry is logged at debug; the
+    /// 1st, 2nd, 4th... of a streak as errors, so a long shortage does not flood the log.
+    private func pause(_ listener: StreamListener, now: Int64, _ reason: String) {
+        listener.pausedUntil = now + StreamListener.pauseAfterError
+        listener.failedAccepts += 1
+        let level: Logger.Level = isLoggedOccurrence(listener.failedAccepts) ? .error : .debug
+        log.log(level: level, "cannot accept a guest on \(listener.spec): \(reason); retrying in \(StreamListener.pauseAfterError / 1_000_000) ms (\(listener.failedAccepts) in a row)")
     }
 
     /// Reads until the socket is drained, switching each complete frame.
