@@ -13,7 +13,9 @@ import Hummingbird
 import Logging
 import NIOCore
 import PosixIO
+import ServiceLifecycle
 import SlirpAPI
+import Synchronization
 
 public struct ControlServerConfig: Sendable {
     public var socketPath: String
@@ -29,12 +31,38 @@ public struct ControlServerConfig: Sendable {
     }
 }
 
+/// Stops a running control server gracefully, from any thread: it stops accepting and
+/// lets requests in flight finish. (Cancelling its task instead makes Hummingbird log
+/// "Waiting on child channel: CancellationError()" as an error on every daemon stop.)
+public final class ControlServerStopper: Sendable {
+    private let state = Mutex<(group: ServiceGroup?, requested: Bool)>((nil, false))
+
+    public init() {}
+
+    /// Asks the server to stop; before it has started, it stops as soon as it does.
+    public func stop() {
+        let group = state.withLock { state -> ServiceGroup? in
+            state.requested = true
+            return state.group
+        }
+        if let group { Task { await group.triggerGracefulShutdown() } }
+    }
+
+    fileprivate func started(_ group: ServiceGroup) {
+        let requested = state.withLock { state -> Bool in
+            state.group = group
+            return state.requested
+        }
+        if requested { Task { await group.triggerGracefulShutdown() } }
+    }
+}
+
 public enum ControlServer {
-    /// Serves the API until the calling task is cancelled. `onReady` runs once the socket
-    /// is bound and has its mode.
+    /// Serves the API until `stopper` stops it (or the calling task is cancelled).
+    /// `onReady` runs once the socket is bound and has its mode.
     public static func run(
         config: ControlServerConfig, service: some ControlService, ownUID: UInt32, logger: Logger,
-        onReady: @escaping @Sendable () -> Void = {}
+        stopper: ControlServerStopper = ControlServerStopper(), onReady: @escaping @Sendable () -> Void = {}
     ) async throws {
         let router = Router(context: BasicRequestContext.self)
         routes(router, service: service)
@@ -52,8 +80,10 @@ public enum ControlServer {
             },
             logger: logger)
         // No signal handlers: the daemon's loop owns SIGTERM/SIGINT/SIGHUP (through a
-        // signalfd) and stops this server by cancelling its task.
-        try await app.runService(gracefulShutdownSignals: [])
+        // signalfd) and stops this server through `stopper`.
+        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: logger))
+        stopper.started(group)
+        try await group.run()
     }
 
     static func routes(_ router: Router<BasicRequestContext>, service: some ControlService) {

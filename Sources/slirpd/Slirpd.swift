@@ -3,6 +3,7 @@
 import ArgumentParser
 import ControlAPI
 import DaemonConfig
+import Dispatch
 import Logging
 import NetOptions
 import PosixIO
@@ -116,7 +117,7 @@ struct Slirpd: ParsableCommand {
             let api = try noControl ? nil : controlServerConfig(controlConfig)
             let server = api.map { startControlServer($0, daemon.control) }
             defer {
-                server?.cancel()
+                server?.stop()
                 if let api { removeFile(api.socketPath) }
             }
             try daemon.run()
@@ -190,8 +191,21 @@ struct Slirpd: ParsableCommand {
         return result
     }
 
+    /// The control API's server, and how to stop it when the daemon's loop ends.
+    private struct ControlServerHandle {
+        let stopper: ControlServerStopper
+        let finished: DispatchSemaphore
+        let task: Task<Void, Never>
+
+        /// Stops it gracefully, giving requests in flight up to 2 s, then cancels it.
+        func stop() {
+            stopper.stop()
+            if finished.wait(timeout: .now() + 2) == .timedOut { task.cancel() }
+        }
+    }
+
     /// Serves the API on Hummingbird's threads; if it cannot start, the daemon stops with the reason.
-    private func startControlServer(_ config: ControlServerConfig, _ control: DaemonControl) -> Task<Void, Never> {
+    private func startControlServer(_ config: ControlServerConfig, _ control: DaemonControl) -> ControlServerHandle {
         let log = Logger(label: "slirpd")
         do {
             try removeStaleSocket(path: config.socketPath, kind: .stream)
@@ -199,9 +213,12 @@ struct Slirpd: ParsableCommand {
             let hint = error.addressInUse ? " (another slirpd serves it: give this one its own --control PATH, or --no-control)" : ""
             Daemon.stop(control, error: "cannot serve the control API at \(config.socketPath): \(error)\(hint)")
         }
-        return Task.detached {
+        let stopper = ControlServerStopper()
+        let finished = DispatchSemaphore(value: 0)
+        let task = Task.detached {
+            defer { finished.signal() }
             do {
-                try await ControlServer.run(config: config, service: control, ownUID: currentUserID(), logger: log) {
+                try await ControlServer.run(config: config, service: control, ownUID: currentUserID(), logger: log, stopper: stopper) {
                     log.notice("control API listening on \(config.socketPath) (mode \(String(config.socketMode, radix: 8)))")
                 }
             } catch is CancellationError {
@@ -209,6 +226,7 @@ struct Slirpd: ParsableCommand {
                 Daemon.stop(control, error: "the control API at \(config.socketPath) failed: \(error)")
             }
         }
+        return ControlServerHandle(stopper: stopper, finished: finished, task: task)
     }
 
     /// The child side of a `guestfwd=...-tcp:HOST:PORT` connection: stdin/stdout are the guest's.
