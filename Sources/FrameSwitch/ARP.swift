@@ -24,11 +24,10 @@ public struct ARPPacket: Equatable, Sendable {
     public static func parse<C: RandomAccessCollection<UInt8>>(frame: C) -> ARPPacket? where C.Index == Int {
         guard frame.count >= 42 else { return nil }
         let s = frame.startIndex
-        func u16(_ at: Int) -> UInt16 { UInt16(frame[s + at]) << 8 | UInt16(frame[s + at + 1]) }
-        func u32(_ at: Int) -> UInt32 { UInt32(u16(at)) << 16 | UInt32(u16(at + 2)) }
-        guard u16(12) == etherType, u16(14) == 1, u16(16) == 0x0800, frame[s + 18] == 6, frame[s + 19] == 4 else { return nil }
-        return ARPPacket(operation: u16(20), senderMAC: MACAddress(frame, at: 22), senderIP: u32(28),
-                         targetMAC: MACAddress(frame, at: 32), targetIP: u32(38))
+        guard read16(frame, 12) == etherType, read16(frame, 14) == 1, read16(frame, 16) == 0x0800,
+              frame[s + 18] == 6, frame[s + 19] == 4 else { return nil }
+        return ARPPacket(operation: read16(frame, 20), senderMAC: MACAddress(frame, at: 22), senderIP: read32(frame, 28),
+                         targetMAC: MACAddress(frame, at: 32), targetIP: read32(frame, 38))
     }
 
     /// The reply `owner` would send to this request: "targetIP is at owner".
@@ -37,12 +36,8 @@ public struct ARPPacket: Equatable, Sendable {
         frame.reserveCapacity(42)
         frame += senderMAC.bytes + owner.bytes + [0x08, 0x06]
         frame += [0, 1, 0x08, 0x00, 6, 4, 0, UInt8(ARPPacket.reply)]
-        frame += owner.bytes + bigEndian(targetIP) + senderMAC.bytes + bigEndian(senderIP)
+        frame += owner.bytes + bigEndianBytes(targetIP) + senderMAC.bytes + bigEndianBytes(senderIP)
         return frame
-    }
-
-    private func bigEndian(_ value: UInt32) -> [UInt8] {
-        [UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16), UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)]
     }
 }
 

@@ -110,7 +110,7 @@ public struct IPv4Reassembly: Sendable {
         datagram.pieces.append((offset, payload))
         datagram.received += payload.count
         heldBytes += payload.count
-        guard let end = datagram.end, datagram.received == end, var header = datagram.header else {
+        guard let end = datagram.end, datagram.received == end, let header = datagram.header else {
             datagrams[key] = datagram
             return .held
         }
@@ -120,16 +120,13 @@ public struct IPv4Reassembly: Sendable {
         let total = header.count - 14 + end
         guard total <= 65_535 else { return .dropped("fragments of a datagram over 65,535 bytes") }
         reassembled += 1
-        header[16] = UInt8(total >> 8)
-        header[17] = UInt8(total & 0xFF)
-        header[20] = header[20] & 0x40   // keep DF only
-        header[21] = 0
-        header[24] = 0
-        header[25] = 0
-        let sum = ~IPChecksum.sum(Array(header[14...]))
-        header[24] = UInt8(sum >> 8)
-        header[25] = UInt8(sum & 0xFF)
-        var whole = header
+        var ip = Array(header[14...])
+        ip.replaceSubrange(2..<4, with: bigEndianBytes(UInt16(total)))
+        ip[6] &= 0x40   // keep DF only
+        ip[7] = 0
+        ip.replaceSubrange(10..<12, with: [0, 0])
+        IPChecksum.store(in: &ip, at: 10)
+        var whole = Array(header[0..<14]) + ip
         whole.reserveCapacity(header.count + end)
         for piece in datagram.pieces.sorted(by: { $0.offset < $1.offset }) { whole += piece.bytes }
         return .complete(whole)
@@ -157,13 +154,11 @@ public struct IPv4Reassembly: Sendable {
     static func parse(_ frame: [UInt8]) -> (Key, Int, Int)? {
         guard frame.count >= 34, frame[14] >> 4 == 4 else { return nil }
         let headerLength = Int(frame[14] & 0x0F) * 4
-        let totalLength = Int(frame[16]) << 8 | Int(frame[17])
+        let totalLength = Int(read16(frame, 16))
         guard headerLength >= 20, totalLength >= headerLength, 14 + totalLength <= frame.count,
               IPChecksum.sum(Array(frame[14..<(14 + headerLength)])) == 0xFFFF else { return nil }
-        func u32(_ at: Int) -> UInt32 {
-            UInt32(frame[at]) << 24 | UInt32(frame[at + 1]) << 16 | UInt32(frame[at + 2]) << 8 | UInt32(frame[at + 3])
-        }
-        let id = UInt32(frame[18]) << 8 | UInt32(frame[19])
-        return (Key(source: u32(26), destination: u32(30), idAndProtocol: id << 8 | UInt32(frame[23])), headerLength, totalLength)
+        let id = UInt32(read16(frame, 18))
+        return (Key(source: read32(frame, 26), destination: read32(frame, 30), idAndProtocol: id << 8 | UInt32(frame[23])),
+                headerLength, totalLength)
     }
 }

@@ -127,39 +127,21 @@ public struct NATConnections: Sendable {
     }
 
     static func reset(_ flow: Flow, _ state: State) -> [UInt8] {
-        var tcp: [UInt8] = be16(flow.guestPort) + be16(flow.natPort) + be32(state.ack) + [0, 0, 0, 0]
+        var tcp: [UInt8] = bigEndianBytes(flow.guestPort) + bigEndianBytes(flow.natPort) + bigEndianBytes(state.ack) + [0, 0, 0, 0]
         tcp += [5 << 4, 0x04, 0, 0, 0, 0, 0, 0]   // data offset 5, RST, window 0, checksum, urgent
         let ethernet = state.natMAC.bytes + state.guestMAC.bytes
         if let guest = flow.guest.mappedIPv4, let nat = flow.nat.mappedIPv4 {
-            let pseudo = be32(guest) + be32(nat) + [0, 6, 0, UInt8(tcp.count)]
-            setChecksum(&tcp, at: 16, ~IPChecksum.sum(tcp, initial: IPChecksum.sum(pseudo)))
-            var ip: [UInt8] = [0x45, 0, 0, UInt8(20 + tcp.count), 0, 0, 0x40, 0, 64, 6, 0, 0] + be32(guest) + be32(nat)
-            setChecksum(&ip, at: 10, ~IPChecksum.sum(ip))
+            let pseudo = bigEndianBytes(guest) + bigEndianBytes(nat) + [0, 6, 0, UInt8(tcp.count)]
+            IPChecksum.store(in: &tcp, at: 16, pseudoHeader: pseudo)
+            var ip: [UInt8] = [0x45, 0, 0, UInt8(20 + tcp.count), 0, 0, 0x40, 0, 64, 6, 0, 0] + bigEndianBytes(guest) + bigEndianBytes(nat)
+            IPChecksum.store(in: &ip, at: 10)
             return ethernet + [0x08, 0x00] + ip + tcp
         }
         let addresses = flow.guest.bytes + flow.nat.bytes
         let pseudo = addresses + [0, 0, 0, UInt8(tcp.count), 0, 0, 0, 6]
-        setChecksum(&tcp, at: 16, ~IPChecksum.sum(tcp, initial: IPChecksum.sum(pseudo)))
+        IPChecksum.store(in: &tcp, at: 16, pseudoHeader: pseudo)
         return ethernet + [0x86, 0xDD, 0x60, 0, 0, 0, 0, UInt8(tcp.count), 6, 64] + addresses + tcp
     }
-
-    private static func setChecksum(_ bytes: inout [UInt8], at offset: Int, _ value: UInt16) {
-        bytes[offset] = UInt8(value >> 8)
-        bytes[offset + 1] = UInt8(value & 0xFF)
-    }
-
-    private static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xFF)] }
-    private static func be32(_ v: UInt32) -> [UInt8] { be16(UInt16(v >> 16)) + be16(UInt16(v & 0xFFFF)) }
-}
-
-@inlinable
-func read16<C: RandomAccessCollection<UInt8>>(_ frame: C, _ at: Int) -> UInt16 where C.Index == Int {
-    UInt16(frame[frame.startIndex + at]) << 8 | UInt16(frame[frame.startIndex + at + 1])
-}
-
-@inlinable
-func read32<C: RandomAccessCollection<UInt8>>(_ frame: C, _ at: Int) -> UInt32 where C.Index == Int {
-    UInt32(read16(frame, at)) << 16 | UInt32(read16(frame, at + 2))
 }
 
 extension IPv6Key {

@@ -27,9 +27,7 @@ public struct NeighborSolicitation: Equatable, Sendable {
         var icmp: [UInt8] = [136, 0, 0, 0, 0x60, 0, 0, 0] + target + [2, 1] + owner.bytes
         let length = icmp.count
         let pseudo = target + sourceIP + [0, 0, UInt8(length >> 8), UInt8(length & 0xFF), 0, 0, 0, 58]
-        let checksum = ~IPChecksum.sum(icmp, initial: IPChecksum.sum(pseudo))
-        icmp[2] = UInt8(checksum >> 8)
-        icmp[3] = UInt8(checksum & 0xFF)
+        IPChecksum.store(in: &icmp, at: 2, pseudoHeader: pseudo)
         return sourceMAC.bytes + owner.bytes + [0x86, 0xDD, 0x60, 0, 0, 0, 0, UInt8(length), 58, 255]
             + target + sourceIP + icmp
     }
@@ -74,5 +72,13 @@ public enum IPChecksum {
         if i < bytes.count { sum += UInt32(bytes[i]) << 8 }
         while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
         return UInt16(sum)
+    }
+
+    /// Writes the checksum of `bytes` (whose checksum field at `offset` is zero), with the
+    /// sum of `pseudoHeader` folded in for TCP, UDP and ICMPv6.
+    public static func store(in bytes: inout [UInt8], at offset: Int, pseudoHeader: [UInt8] = []) {
+        let value = ~sum(bytes, initial: sum(pseudoHeader))
+        bytes[offset] = UInt8(value >> 8)
+        bytes[offset + 1] = UInt8(value & 0xFF)
     }
 }
