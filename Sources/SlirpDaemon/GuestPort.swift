@@ -85,4 +85,9 @@ final class GuestPort {
     func close(_ reason: String) {
         if closeReason == nil { closeReason = reason }
     }
+
+    /// A datagram peer whose socket is closed or whose file is gone.
+    func closeAsGone() {
+        close("its socket \(peer) is gone")
+    }
 }

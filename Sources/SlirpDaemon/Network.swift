@@ -237,8 +237,8 @@ final class Network {
             // Guests stop short of the descriptor limit: the rest are for the NAT's own
             // connections and the control API, whose HTTP server spins when accept() fails
             // for want of descriptors. The guest waits in the backlog meanwhile.
-            if let usage = descriptorUsage(), usage.open + Network.descriptorReserve >= usage.limit {
-                pause(listener, now: now, "\(usage.open) of \(usage.limit) descriptors in use and \(Network.descriptorReserve) kept for the NAT and the control API")
+            if let shortage = descriptorShortage() {
+                pause(listener, now: now, shortage)
                 return
             }
             let accepted: (Descriptor, String)
@@ -355,7 +355,7 @@ final class Network {
     /// `unqueued`: frames that failed outside the queue (a direct write), counted if dropped.
     private func writeFailed(_ port: GuestPort, _ error: IOError, unqueued: Int) {
         if !port.isStream, error.peerIsGone {
-            port.close("its socket \(port.peer) is gone")
+            port.closeAsGone()
         } else if error.interfaceDown {
             // A tap whose interface is down refuses frames until it is up: drop them.
             port.drops += unqueued + port.queued.removeAllFrames()
@@ -413,11 +413,11 @@ final class Network {
                 return nil
             }
         }
-        if let usage = descriptorUsage(), usage.open + Network.descriptorReserve >= usage.limit {
+        if let shortage = descriptorShortage() {
             // Logged the 1st, 2nd, 4th... time: a flood of new senders must not flood the log.
             datagramsWithoutDescriptor += 1
             if isLoggedOccurrence(datagramsWithoutDescriptor) {
-                log.error("dropping a datagram from new guest \(sender) on \(endpoint.spec): \(usage.open) of \(usage.limit) descriptors in use and \(Network.descriptorReserve) kept for the NAT and the control API (\(datagramsWithoutDescriptor) dropped so far)")
+                log.error("dropping a datagram from new guest \(sender) on \(endpoint.spec): \(shortage) (\(datagramsWithoutDescriptor) dropped so far)")
             }
             return nil
         }
@@ -592,6 +592,12 @@ final class Network {
     /// Descriptors new guests may not take (see acceptAll).
     static let descriptorReserve = 16
 
+    /// Why a new guest cannot have a descriptor now, or nil when it can.
+    private func descriptorShortage() -> String? {
+        guard let usage = descriptorUsage(), usage.open + Network.descriptorReserve >= usage.limit else { return nil }
+        return "\(usage.open) of \(usage.limit) descriptors in use and \(Network.descriptorReserve) kept for the NAT and the control API"
+    }
+
     /// Frames at least this large go to a tap or datagram guest at once when nothing is queued.
     static let directWriteMinimum = 16 * 1024
 
@@ -748,7 +754,7 @@ final class Network {
             do {
                 try port.socket.reconnect(to: peer)
             } catch where error.peerIsGone {
-                port.close("its socket \(port.peer) is gone")
+                port.closeAsGone()
                 scheduleClose(port)
             } catch {
                 log.debug("\(port.label): cannot check its socket: \(error)")
