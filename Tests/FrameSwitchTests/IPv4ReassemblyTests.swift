@@ -16,9 +16,7 @@ struct IPv4ReassemblyTests {
         let total = 20 + payload.count
         var ip: [UInt8] = [0x45, 0, UInt8(total >> 8), UInt8(total & 0xFF), UInt8(id >> 8), UInt8(id & 0xFF),
                            UInt8(flags >> 8), UInt8(flags & 0xFF), 64, 17, 0, 0, 10, 0, 2, 15, 10, 0, 2, 2]
-        let sum = ~IPChecksum.sum(ip)
-        ip[10] = UInt8(sum >> 8)
-        ip[11] = UInt8(sum & 0xFF)
+        IPChecksum.store(in: &ip, at: 10)
         return [0x52, 0x55, 10, 0, 2, 2, 0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x08, 0x00] + ip + payload
     }
 

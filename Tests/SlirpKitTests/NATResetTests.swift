@@ -17,15 +17,6 @@ struct NATResetTests {
     static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xFF)] }
     static func be32(_ v: UInt32) -> [UInt8] { be16(UInt16(v >> 16)) + be16(UInt16(v & 0xFFFF)) }
 
-    static func checksum(_ bytes: [UInt8]) -> [UInt8] {
-        var sum: UInt32 = 0
-        for i in stride(from: 0, to: bytes.count, by: 2) {
-            sum += UInt32(bytes[i]) << 8 | UInt32(i + 1 < bytes.count ? bytes[i + 1] : 0)
-        }
-        while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
-        return be16(~UInt16(sum))
-    }
-
     /// A guest's ARP request for the gateway, so libslirp learns the guest's MAC.
     static var arpRequest: [UInt8] {
         MACAddress.broadcast.bytes + guestMAC.bytes + [0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]
@@ -35,13 +26,9 @@ struct NATResetTests {
     /// A TCP segment from the guest to the gateway's `port`.
     static func segment(to natMAC: MACAddress, port: UInt16, flags: UInt8, seq: UInt32, ack: UInt32) -> [UInt8] {
         var tcp = be16(guestPort) + be16(port) + be32(seq) + be32(ack) + [5 << 4, flags] + be16(65535) + [0, 0, 0, 0]
-        let sum = checksum(guestIP + gatewayIP + [0, 6] + be16(UInt16(tcp.count)) + tcp)
-        tcp[16] = sum[0]
-        tcp[17] = sum[1]
+        IPChecksum.store(in: &tcp, at: 16, pseudoHeader: guestIP + gatewayIP + [0, 6] + be16(UInt16(tcp.count)))
         var ip: [UInt8] = [0x45, 0] + be16(UInt16(20 + tcp.count)) + [0, 0, 0x40, 0, 64, 6, 0, 0] + guestIP + gatewayIP
-        let ipSum = checksum(ip)
-        ip[10] = ipSum[0]
-        ip[11] = ipSum[1]
+        IPChecksum.store(in: &ip, at: 10)
         return natMAC.bytes + guestMAC.bytes + [0x08, 0x00] + ip + tcp
     }
 
