@@ -54,8 +54,10 @@ def ethernet(dst: bytes, src: str, ethertype: int, payload: bytes) -> bytes:
     return frame + b"\0" * max(0, 60 - len(frame))
 
 
-def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), random.getrandbits(16), 0, 64, proto, 0,
+def ipv4(src: str, dst: str, proto: int, payload: bytes, ident: Optional[int] = None, fragment: int = 0) -> bytes:
+    """An IPv4 packet with a valid header checksum; `fragment` is the flags and offset field."""
+    ident = random.getrandbits(16) if ident is None else ident
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, fragment, 64, proto, 0,
                          socket.inet_aton(src), socket.inet_aton(dst))
     return header[:10] + struct.pack("!H", inet_checksum(header)) + header[12:] + payload
 

@@ -29,7 +29,7 @@ import pytest
 
 from daemon import (NetworkWithGuest, Slirpd, dgram_netdev, fd_count, memory_kib, slirpctl, stream_netdev,
                     tcp_stream_netdev)
-from fakeguest import (GATEWAY, FakeGuest, churn_cycle, fake_mac, inet_checksum, junk_broadcast, mac_bytes, sweep, tcp_answer,
+from fakeguest import (ETH_IPV4, GATEWAY, FakeGuest, churn_cycle, ethernet, fake_mac, ipv4, junk_broadcast, sweep, tcp_answer,
                        tcp_segment)
 from guest import HostHTTPServer, free_port, wait_for
 from netns import Namespaces
@@ -626,11 +626,8 @@ def test_a_datagram_guest_that_goes_away_is_noticed_on_a_quiet_network(tmp_path,
 
 def ipv4_fragment(guest: FakeGuest, gateway_mac: bytes, ident: int, offset: int, more: bool, payload: bytes) -> bytes:
     """A fragment of a UDP datagram from the fake guest to 10.0.2.2, with a valid header checksum."""
-    flags = (0x2000 if more else 0) | (offset // 8)
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, flags, 64, 17, 0,
-                         socket.inet_aton(guest.ip), socket.inet_aton(GATEWAY))
-    header = header[:10] + struct.pack("!H", inet_checksum(header)) + header[12:]
-    return gateway_mac + mac_bytes(guest.mac) + struct.pack("!H", 0x0800) + header + payload
+    packet = ipv4(guest.ip, GATEWAY, 17, payload, ident=ident, fragment=(0x2000 if more else 0) | (offset // 8))
+    return ethernet(gateway_mac, guest.mac, ETH_IPV4, packet)
 
 
 def test_fragmented_udp_reaches_the_host_in_any_order_and_bad_fragments_harm_nothing(tmp_path):
