@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "slirpctl", targets: ["slirpctl"]),
         // For the fuzz package in Fuzz/, which builds these with -sanitize=fuzzer.
         .library(name: "FrameSwitch", targets: ["FrameSwitch"]),
+        .library(name: "DataPlane", targets: ["DataPlane"]),
         .library(name: "NetOptions", targets: ["NetOptions"]),
         .library(name: "NetServices", targets: ["NetServices"]),
         .library(name: "DaemonConfig", targets: ["DaemonConfig"]),
@@ -29,6 +30,8 @@ let package = Package(
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         .target(name: "PosixIO", dependencies: ["CLinux"]),
         .target(name: "FrameSwitch"),
+        // Pure stages on the frame path between the switch and libslirp (frames in, frames out).
+        .target(name: "DataPlane", dependencies: ["FrameSwitch"]),
         .target(name: "NetOptions"),
         .target(name: "NetServices", dependencies: ["FrameSwitch", "NetOptions"]),
         .target(name: "SlirpKit", dependencies: ["CSlirp", "PosixIO", "NetOptions", "SlirpAPI"]),
@@ -49,7 +52,7 @@ let package = Package(
         .target(
             name: "SlirpDaemon",
             dependencies: [
-                "PosixIO", "SlirpKit", "FrameSwitch", "NetOptions", "DaemonConfig", "SlirpAPI",
+                "PosixIO", "SlirpKit", "FrameSwitch", "DataPlane", "NetOptions", "DaemonConfig", "SlirpAPI",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(

@@ -1,0 +1,7 @@
+// DataPlane: the pure stages of a network's frame path between the switch and libslirp.
+//
+// Theory of operation. Every frame between a guest and libslirp passes through slirpd, so
+// what libslirp 4.7 gets wrong or cannot bound is made right here, on the wire: each stage
+// takes frames (and the time) and returns frames or a verdict, owns its own per-guest or
+// per-flow state, and touches no socket, so it is tested with crafted frames and fuzzed.
+// `Network` (SlirpDaemon) owns one set of stages per network and wires them in order.
