@@ -76,9 +76,12 @@ extension Network {
             let source = query.destinationMAC.isGroup ? Self.natMAC(config.options.dns) : query.destinationMAC
             let frame = query.reply(reply, from: source).frame(ipID: ident)
             // An answer from the upstream can exceed the guest's MTU: it gets fragments.
-            for piece in IPv4Fragmentation.fragments(of: frame, mtu: config.mtu > 0 ? config.mtu : 1500) {
-                sendToGuest(piece, guest)
+            let mtu = config.mtu > 0 ? config.mtu : 1500
+            let pieces = switch query.addresses {
+            case .v4: IPv4Fragmentation.fragments(of: frame, mtu: mtu)
+            case .v6: IPv6Fragmentation.fragments(of: frame, mtu: mtu, identification: UInt32(ident))
             }
+            for piece in pieces { sendToGuest(piece, guest) }
         }
         dns = service
         if service.listener != nil, let tcpPath {

@@ -61,3 +61,41 @@ struct IPv4FragmentationTests {
         #expect(IPv4Fragmentation.fragments(of: lying, mtu: 1500) == [lying])
     }
 }
+
+@Suite("IPv6 fragmentation of the daemon's own replies")
+struct IPv6FragmentationTests {
+    /// An IPv6 UDP frame (from fec0::3 to fec0::f) with `payload` bytes of payload.
+    static func frame(payload: Int) -> [UInt8] {
+        let source: [UInt8] = [0xFE, 0xC0] + Array(repeating: 0, count: 13) + [3]
+        let destination: [UInt8] = [0xFE, 0xC0] + Array(repeating: 0, count: 13) + [0x0F]
+        let body = (0..<payload).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 1) }
+        return [0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x52, 0x56, 0, 0, 0, 3, 0x86, 0xDD,
+                0x60, 0, 0, 0, UInt8(payload >> 8), UInt8(payload & 0xFF), 17, 64] + source + destination + body
+    }
+
+    @Test func aFrameThatFitsIsUnchanged() {
+        let small = Self.frame(payload: 1460)
+        #expect(IPv6Fragmentation.fragments(of: small, mtu: 1500, identification: 1) == [small])
+    }
+
+    @Test(arguments: [1500, 1280])
+    func piecesFitTheMTUAndCarryThePayloadInOrder(mtu: Int) {
+        let whole = Self.frame(payload: 3100)
+        let pieces = IPv6Fragmentation.fragments(of: whole, mtu: mtu, identification: 0xABCD_0123)
+        #expect(pieces.count > 1)
+        var payload: [UInt8] = []
+        for (i, piece) in pieces.enumerated() {
+            let length = Int(piece[18]) << 8 | Int(piece[19])
+            #expect(piece.count == 54 + length && 40 + length <= mtu)
+            #expect(Array(piece[0..<18]) == Array(whole[0..<18]) && Array(piece[21..<54]) == Array(whole[21..<54]))
+            #expect(piece[20] == 44 && piece[54] == 17 && piece[55] == 0)
+            let field = Int(piece[56]) << 8 | Int(piece[57])
+            #expect(field & ~7 == payload.count)
+            #expect((field & 1 == 1) == (i < pieces.count - 1))
+            #expect(Array(piece[58..<62]) == [0xAB, 0xCD, 0x01, 0x23])
+            if i < pieces.count - 1 { #expect((length - 8) % 8 == 0) }
+            payload += piece[62...]
+        }
+        #expect(payload == Array(whole[54...]))
+    }
+}

@@ -6,7 +6,8 @@
   connection within its timeout (partial message 3 s, idle 5 s).
 - A 3,000-byte query over UDP (EDNS padding, RFC 7830), which leaves a namespace at MTU
   1500 as IPv4 fragments, is answered for a local name and for one the loopback upstream
-  answers; an upstream answer larger than the MTU reaches the guest as fragments.
+  answers; an upstream answer larger than the MTU reaches the guest as fragments, over
+  IPv4 and IPv6.
 
 Both run while an honest guest leases and fetches from a host server on 127.0.0.1
 through 10.0.2.2. The upstream resolver is a test server on loopback, never the machine's.
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from daemon import Slirpd
-from guest import HostHTTPServer
+from guest import HostHTTPServer, wait_for
 from netns import BUSYBOX, LoopbackDNS, Namespaces, query_in, read_name
 
 pytestmark = pytest.mark.e2e
@@ -84,26 +85,32 @@ stats["lifetimes"] = lifetimes
 print(json.dumps(stats), flush=True)
 """
 
-# Runs in a namespace: one query padded to `size` bytes over UDP, with a 4096-byte EDNS
-# buffer; prints the reply's id, rcode, answers (A as text, TXT as its length) and the
-# namespace's IPv4 reassembly count before and after.
+# Runs in a namespace: one query to `server` padded to `size` bytes (0: no padding) over
+# UDP, with a 4096-byte EDNS buffer; prints the reply's id, rcode, answers (A as text, TXT
+# as its length) and how many datagrams the namespace reassembled meanwhile.
 BIG_QUERY = r"""
 import json, socket, struct, sys
 sys.path.insert(0, sys.argv[1])
 from netns import encode_name, read_name
-name, size = sys.argv[2], int(sys.argv[3])
+server, name, size = sys.argv[2], sys.argv[3], int(sys.argv[4])
+v6 = ":" in server
 def reasm_oks():
+    if v6:
+        return int(next(l.split()[1] for l in open("/proc/net/snmp6") if l.startswith("Ip6ReasmOKs")))
     lines = [l.split() for l in open("/proc/net/snmp") if l.startswith("Ip:")]
     return int(lines[1][lines[0].index("ReasmOKs")])
 question = struct.pack("!HHHHHH", 0x7777, 0x0100, 1, 0, 0, 1) + encode_name(name) + struct.pack("!HH", 1, 1)
-pad = size - len(question) - 11 - 4
-opt = b"\x00" + struct.pack("!HHIH", 41, 4096, 0, 4 + pad) + struct.pack("!HH", 12, pad) + bytes(pad)
+if size:
+    pad = size - len(question) - 11 - 4
+    opt = b"\x00" + struct.pack("!HHIH", 41, 4096, 0, 4 + pad) + struct.pack("!HH", 12, pad) + bytes(pad)
+else:
+    opt = b"\x00" + struct.pack("!HHIH", 41, 4096, 0, 0)
 query = question + opt
-assert len(query) == size, len(query)
+assert not size or len(query) == size, len(query)
 before = reasm_oks()
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(8)
-s.sendto(query, ("10.0.2.3", 53))
+s.sendto(query, (server, 53))
 msg = s.recv(65535)
 ident, flags, qd, an = struct.unpack("!HHHH", msg[:8])
 at = 12
@@ -255,8 +262,8 @@ def test_a_three_thousand_byte_query_over_udp_is_answered(tmp_path):
         honest.start()
         here = str(Path(__file__).parent)
         try:
-            def ask(name: str, size: int = 3000) -> dict:
-                r = nss.exec(0, "python3", "-c", BIG_QUERY, here, name, str(size), check=False, timeout=30)
+            def ask(name: str, size: int = 3000, server: str = "10.0.2.3") -> dict:
+                r = nss.exec(0, "python3", "-c", BIG_QUERY, here, server, name, str(size), check=False, timeout=30)
                 assert r.returncode == 0, f"{size}-byte query for {name}: {r.stderr[-600:]}"
                 return json.loads(r.stdout)
 
@@ -270,6 +277,12 @@ def test_a_three_thousand_byte_query_over_udp_is_answered(tmp_path):
             r = ask("big.example.test")
             assert r["rcode"] == 0 and not r["tc"] and r["answers"] == [["TXT", BIG_TXT]], r
             assert r["reassembled"] >= 1, f"the {r['size']}-byte answer did not come as fragments: {r}"
+            # The same answer to a small query over IPv6 comes as IPv6 fragments.
+            wait_for(lambda: "fec0::" in nss.exec(0, "ip", "-6", "addr", "show", "scope", "site").stdout,
+                     30, what="a SLAAC address")
+            r = ask("big.example.test", 0, server="fec0::3")
+            assert r["rcode"] == 0 and not r["tc"] and r["answers"] == [["TXT", BIG_TXT]], r
+            assert r["reassembled"] >= 1, f"the {r['size']}-byte answer did not come as IPv6 fragments: {r}"
             # Plain queries still work.
             assert query_in(nss, 0, "host.slirpd.internal")["answers"] == [("A", "10.0.2.2")]
             assert honest.leased.wait(60), f"the honest guest got no lease: {honest.failures}"
