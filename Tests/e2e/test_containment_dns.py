@@ -238,7 +238,8 @@ def test_seventy_stalled_tcp_connections_do_not_keep_another_guests_queries_out(
         print(f"victim's TCP queries answered: {answered}; attacker: {json.dumps({k: v for k, v in stats.items() if k != 'lifetimes'})}; "
               f"longest lifetimes: prefix {max(stats['lifetimes']['prefix'], default=0):.2f} s, silent {max(stats['lifetimes']['silent'], default=0):.2f} s; "
               f"honest fetches {honest.fetched}")
-        assert stats["opened"] >= 70, stats  # the first 70 and the reopened ones
+        # Every attempt is counted: with a per-guest cap in front, some connects fail (RST).
+        assert stats["opened"] >= 1 and stats["opened"] + stats["failed"] >= 70, stats
         assert stats["still_open"] == 0, f"{stats['still_open']} stalled connections never closed by slirpd"
         assert max(stats["lifetimes"]["prefix"]) <= PARTIAL_TIMEOUT + MARGIN, stats["lifetimes"]["prefix"]
         assert max(stats["lifetimes"]["silent"]) <= IDLE_TIMEOUT + MARGIN, stats["lifetimes"]["silent"]
