@@ -18,6 +18,15 @@ import PosixIO
 // unreachable (ECONNREFUSED) or there is none, is answered SERVFAIL, so a guest sees
 // a failure at once instead of its resolver's timeouts. With `restrict=on` nothing is
 // forwarded: the guest may not reach outside, so it gets SERVFAIL too.
+//
+// Fairness. A UDP query that came as IPv4 fragments is put together first
+// (`queryFragment`, DNSQueryReassembly.swift). DNS-over-TCP connections are bounded
+// (`maximumConnections`); each is closed when idle or stuck in a partial message, and
+// a new connection when all are taken closes the idlest (DNSConnectionActivity.swift),
+// so connections held open by one guest cannot keep another's query out. A connection
+// closed for any reason takes its queries waiting for the upstream with it. libslirp's
+// guest forward hides which guest a connection belongs to, so the log cannot name it;
+// the per-guest cap on connections to DNS:53 sits in the data path, before libslirp.
 final class DNSService {
     static let upstreamTimeout: Int64 = 4_000_000_000
     static let maximumPending = 1024
@@ -41,8 +50,10 @@ final class DNSService {
     let upstream: DNSUpstream?
     let restricted: Bool
     let log: Logger
-    /// Sends a UDP answer to the guest port it belongs to.
-    let answerUDP: (UDPDatagram, PortID, [UInt8]) -> Void
+    /// Sends a UDP answer to the guest port it belongs to, with this IPv4 ident (for
+    /// the fragments of an answer over the guest's MTU).
+    let answerUDP: (UDPDatagram, PortID, [UInt8], UInt16) -> Void
+    private var replyIdent: UInt16 = 0
 
     private(set) var upstreamSocket: Descriptor?
     private var pending: [UInt16: Pending] = [:]
@@ -57,8 +68,15 @@ final class DNSService {
     private(set) var forwarded = 0
     private(set) var failed = 0
 
+    /// UDP queries that came as IPv4 fragments.
+    private(set) var queryFragments = DNSQueryReassembly()
+    private(set) var fragmentsDropped = 0
+    /// DNS-over-TCP connections closed to make room for a new one, or for making no progress.
+    private(set) var connectionsEvicted = 0
+    private(set) var connectionsTimedOut = 0
+
     init(zone: LocalZone, upstream: DNSUpstream?, restricted: Bool, tcpPath: String?, log: Logger,
-         answerUDP: @escaping (UDPDatagram, PortID, [UInt8]) -> Void) {
+         answerUDP: @escaping (UDPDatagram, PortID, [UInt8], UInt16) -> Void) {
         self.zone = zone
         self.upstream = upstream
         self.restricted = restricted
@@ -88,12 +106,29 @@ final class DNSService {
         listener = nil
         for connection in connections { connection.socket.close() }
         connections.removeAll()
+        pending.removeAll()
     }
 
     // MARK: Queries
 
     func query(_ datagram: UDPDatagram, from port: PortID, now: Int64) {
         handle(datagram.payload, origin: .udp(datagram, port), transport: .udp, now: now)
+    }
+
+    /// Takes an IPv4 fragment of a UDP datagram to the DNS address, answering the query
+    /// once it is whole. Returns why the fragment was dropped, if it was, for the caller
+    /// to count and log against the guest.
+    func queryFragment(_ frame: UnsafeRawBufferPointer, from port: PortID, now: Int64) -> String? {
+        switch queryFragments.input(frame, now: now) {
+        case .query(let datagram):
+            query(datagram, from: port, now: now)
+            return nil
+        case .held:
+            return nil
+        case .dropped(let reason):
+            fragmentsDropped += 1
+            return reason
+        }
     }
 
     private func handle(_ message: [UInt8], origin: Origin, transport: DNSTransport, now: Int64) {
@@ -128,6 +163,14 @@ final class DNSService {
         }
         forwarded += 1
         pending[id] = Pending(query: query, originalID: originalID, origin: origin, deadline: now + Self.upstreamTimeout)
+        if case .tcp(let connection) = origin { connection.activity.inFlight += 1 }
+    }
+
+    /// Takes a query off the waiting list.
+    private func removePending(_ id: UInt16) -> Pending? {
+        guard let entry = pending.removeValue(forKey: id) else { return nil }
+        if case .tcp(let connection) = entry.origin { connection.activity.inFlight -= 1 }
+        return entry
     }
 
     /// Reads every answer the upstream has sent.
@@ -152,25 +195,44 @@ final class DNSService {
             reply[0] = UInt8(entry.originalID >> 8)
             reply[1] = UInt8(truncatingIfNeeded: entry.originalID)
             guard DNSResponder.isUpstreamReply(reply, to: entry.query) else { continue }
-            pending[id] = nil
+            _ = removePending(id)
             answer(entry.origin, reply)
         }
     }
 
-    /// Answers SERVFAIL to queries the upstream left unanswered too long.
+    /// Answers SERVFAIL to queries the upstream left unanswered too long, closes
+    /// DNS-over-TCP connections that made no progress in time, and forgets fragments
+    /// of queries that did not arrive whole in time.
     func expire(now: Int64) {
         for (id, entry) in pending where entry.deadline <= now {
-            pending[id] = nil
+            _ = removePending(id)
             fail(entry.query, entry.origin)
         }
+        for connection in connections {
+            guard let deadline = connection.deadline, deadline <= now else { continue }
+            connectionsTimedOut += 1
+            if isPacedOccurrence(connectionsTimedOut) {
+                let what = connection.activity.messageStarted != nil && connection.output.isEmpty
+                    ? "a message not completed within \(DNSConnectionActivity.partialMessageTimeout / 1_000_000_000) s"
+                    : "no progress for \(DNSConnectionActivity.idleTimeout / 1_000_000_000) s"
+                log.notice("DNS: closed a DNS-over-TCP connection after \(what) (\(connectionsTimedOut) timed out so far)")
+            }
+            drop(connection)
+        }
+        if queryFragments.held > 0 { queryFragments.expire(now: now) }
     }
 
-    var nextDeadline: Int64? { pending.values.lazy.map(\.deadline).min() }
+    var nextDeadline: Int64? {
+        let upstream = pending.values.lazy.map(\.deadline).min()
+        let tcp = connections.lazy.compactMap(\.deadline).min()
+        return [upstream, tcp].compactMap { $0 }.min()
+    }
 
     private func failAll() {
-        let all = pending.values
-        pending.removeAll()
-        for entry in all { fail(entry.query, entry.origin) }
+        for id in Array(pending.keys) {
+            guard let entry = removePending(id) else { continue }
+            fail(entry.query, entry.origin)
+        }
     }
 
     private func fail(_ query: [UInt8], _ origin: Origin) {
@@ -181,14 +243,16 @@ final class DNSService {
 
     private func answer(_ origin: Origin, _ reply: [UInt8]) {
         switch origin {
-        case .udp(let datagram, let port):
-            answerUDP(datagram, port, reply)
         case .tcp(let connection):
             guard connection.socket.isOpen else { return }
             // A UDP-sized answer with TC set tells the guest nothing new over TCP, but
             // it is what the upstream said; it goes back as it came.
             let framed = DNSResponder.tcpFrame(reply)
             if !framed.withUnsafeBytes({ connection.output.append($0) }) { connection.failed = true }
+            connection.activity.lastProgress = monotonicNanoseconds()
+        case .udp(let datagram, let port):
+            replyIdent &+= 1
+            answerUDP(datagram, port, reply, replyIdent)
         }
     }
 
@@ -205,16 +269,37 @@ final class DNSService {
                 log.warning("DNS: cannot accept a TCP query connection: \(error)")
                 return
             }
-            guard connections.count < Self.maximumConnections else {
-                accepted.close()
-                continue
+            let now = monotonicNanoseconds()
+            if connections.count >= Self.maximumConnections,
+               let index = DNSConnectionActivity.idlest(connections.lazy.map(\.activity)) {
+                let idlest = connections[index]
+                connectionsEvicted += 1
+                if isPacedOccurrence(connectionsEvicted) {
+                    let idle = (now - idlest.activity.lastProgress) / 1_000_000
+                    log.notice("DNS: all \(Self.maximumConnections) DNS-over-TCP connections taken; closed the idlest (no progress for \(idle) ms\(idlest.activity.inFlight > 0 ? ", \(idlest.activity.inFlight) queries unanswered" : "")) for a new one (\(connectionsEvicted) closed so far)")
+                }
+                drop(idlest)
             }
-            connections.append(DNSConnection(socket: accepted))
+            connections.append(DNSConnection(socket: accepted, now: now))
         }
     }
 
+    /// Closes a DNS-over-TCP connection and forgets everything about it, its queries
+    /// waiting for the upstream included (their answers would have nowhere to go).
+    private func drop(_ connection: DNSConnection) {
+        connection.socket.close()
+        if connection.activity.inFlight > 0 {
+            for (id, entry) in pending {
+                if case .tcp(let c) = entry.origin, c === connection { _ = removePending(id) }
+            }
+        }
+        connections.removeAll { $0 === connection }
+    }
+
     func service(_ connection: DNSConnection, events: PollEvents, now: Int64) {
-        if events.contains(.output) { flush(connection) }
+        // Closed earlier in this round of the loop (evicted or timed out): nothing to do.
+        guard connection.socket.isOpen else { return }
+        if events.contains(.output) { flush(connection, now: now) }
         if !events.isDisjoint(with: [.input, .hangup, .error]) { read(connection, now: now) }
     }
 
@@ -234,6 +319,7 @@ final class DNSService {
                 connection.closedByPeer = true
                 break
             }
+            var completed = false
             while true {
                 let bytes = Array(connection.input.readable)
                 switch DNSResponder.tcpScan(bytes) {
@@ -243,19 +329,22 @@ final class DNSService {
                     connection.failed = true
                 case .message(let length):
                     connection.input.consume(2 + length)
+                    completed = true
                     handle(Array(bytes[2..<(2 + length)]), origin: .tcp(connection), transport: .tcp, now: now)
                     continue
                 }
                 break
             }
+            connection.activity.didRead(at: now, completed: completed, partialLeft: !connection.input.isEmpty)
         }
-        flush(connection)
+        flush(connection, now: now)
     }
 
-    private func flush(_ connection: DNSConnection) {
+    private func flush(_ connection: DNSConnection, now: Int64) {
         while !connection.output.isEmpty && !connection.failed {
             do {
-                guard case .done = try connection.socket.write(from: connection.output) else { return }
+                guard case .done(let n) = try connection.socket.write(from: connection.output) else { return }
+                if n > 0 { connection.activity.lastProgress = now }
             } catch {
                 connection.failed = true
             }
@@ -264,13 +353,16 @@ final class DNSService {
 
     /// Drops connections that failed, or whose guest closed and got every answer.
     func reapConnections() {
-        connections.removeAll { connection in
-            let waiting = pending.values.contains { if case .tcp(let c) = $0.origin { return c === connection } else { return false } }
-            guard connection.failed || (connection.closedByPeer && connection.output.isEmpty && !waiting) else { return false }
-            connection.socket.close()
-            return true
+        for connection in connections {
+            if connection.failed || (connection.closedByPeer && connection.output.isEmpty && connection.activity.inFlight == 0) {
+                drop(connection)
+            }
         }
     }
+
+    /// The 1st, 2nd, 4th, 8th... occurrence, as `Network.isLoggedOccurrence`: a guest
+    /// repeating something in a loop cannot flood the log.
+    private func isPacedOccurrence(_ count: Int) -> Bool { count > 0 && count & (count - 1) == 0 }
 }
 
 /// One TCP connection from libslirp carrying a guest's DNS-over-TCP queries.
@@ -281,8 +373,15 @@ final class DNSConnection {
     let output = ByteBuffer(capacity: 4 * 65537)
     var closedByPeer = false
     var failed = false
+    var activity: DNSConnectionActivity
 
-    init(socket: Descriptor) { self.socket = socket }
+    init(socket: Descriptor, now: Int64) {
+        self.socket = socket
+        activity = DNSConnectionActivity(opened: now)
+    }
+
+    /// When the daemon closes it for making no progress; nil while the upstream owes it an answer.
+    var deadline: Int64? { activity.deadline(unsent: !output.isEmpty) }
 }
 
 extension DNSUpstream {

@@ -29,6 +29,16 @@ enum Metrics {
                nets.map { ($0.label, $0.net.dns?.forwarded ?? 0) })
         family("slirpd_dns_failures_total", "counter", "DNS queries answered SERVFAIL (upstream timeout, error or none).",
                nets.map { ($0.label, $0.net.dns?.failed ?? 0) })
+        family("slirpd_dns_fragmented_queries_total", "counter", "DNS queries over UDP put back together from IPv4 fragments.",
+               nets.map { ($0.label, $0.net.dns?.queryFragments.reassembled ?? 0) })
+        family("slirpd_dns_fragments_dropped_total", "counter", "IPv4 fragments to the DNS address dropped (malformed, overlapping, not a query, or over the limits).",
+               nets.map { ($0.label, $0.net.dns?.fragmentsDropped ?? 0) })
+        family("slirpd_dns_tcp_connections", "gauge", "DNS-over-TCP connections open.",
+               nets.map { ($0.label, $0.net.dns?.connections.count ?? 0) })
+        family("slirpd_dns_tcp_evicted_total", "counter", "DNS-over-TCP connections closed, the idlest first, to make room for a new one.",
+               nets.map { ($0.label, $0.net.dns?.connectionsEvicted ?? 0) })
+        family("slirpd_dns_tcp_timed_out_total", "counter", "DNS-over-TCP connections closed for being idle or stuck in a partial message.",
+               nets.map { ($0.label, $0.net.dns?.connectionsTimedOut ?? 0) })
         let totals: [(name: String, help: String, key: KeyPath<Counters, Int>)] = [
             ("rx_frames", "Frames received from guests.", \.rxFrames),
             ("rx_bytes", "Bytes received from guests.", \.rxBytes),

@@ -18,7 +18,9 @@ import SlirpKit
 //   that the API, DNS names and lease-following forwards read. The lease table is
 //   saved to `<state dir>/<network>.leases` at most once a second and on shutdown, and
 //   read back at start, so a guest renewing after a restart keeps its address.
-// - UDP to the DNS address, port 53, over IPv4 or IPv6, goes to `DNSService`. TCP to
+// - UDP to the DNS address, port 53, over IPv4 or IPv6, goes to `DNSService`, IPv4
+//   fragments of it too (DNSService reassembles them; answers over the MTU leave as
+//   fragments). TCP to
 //   DNS:53 goes on to libslirp, which carries it through a guest forward to
 //   DNSService's Unix socket. Ping to the DNS address is answered here, ARP for it
 //   too. Anything else sent to the DNS address is dropped: with its DNS off, libslirp
@@ -69,10 +71,17 @@ extension Network {
             tcpPath = "\(dir)/\(config.name).dns.sock"
         }
         let service = DNSService(zone: LocalZone(domain: o.dnsDomain), upstream: upstream, restricted: o.restricted,
-                                 tcpPath: tcpPath, log: log) { [unowned self] query, port, reply in
+                                 tcpPath: tcpPath, log: log) { [unowned self] query, port, reply, ident in
             guard let guest = ports[port] else { return }
             let source = query.destinationMAC.isGroup ? Self.natMAC(config.options.dns) : query.destinationMAC
-            sendToGuest(query.reply(reply, from: source).frame(), guest)
+            let frame = query.reply(reply, from: source).frame(ipID: ident)
+            // An answer from the upstream can exceed the guest's MTU: it gets fragments.
+            let mtu = config.mtu > 0 ? config.mtu : 1500
+            let pieces = switch query.addresses {
+            case .v4: IPv4Fragmentation.fragments(of: frame, mtu: mtu)
+            case .v6: IPv6Fragmentation.fragments(of: frame, mtu: mtu, identification: UInt32(ident))
+            }
+            for piece in pieces { sendToGuest(piece, guest) }
         }
         dns = service
         if service.listener != nil, let tcpPath {
@@ -122,7 +131,12 @@ extension Network {
             let destination = UInt32(frame[30]) << 24 | UInt32(frame[31]) << 16 | UInt32(frame[32]) << 8 | UInt32(frame[33])
             let proto = frame[23]
             if destination == o.dns.value, let dns {
-                if proto == 17, let query = UDPDatagram.parse(frame: frame), query.destinationPort == 53 {
+                if proto == 17, IPv4Reassembly.isFragment(frame) {
+                    if let reason = dns.queryFragment(frame, from: port.id, now: monotonicNanoseconds()),
+                       isLoggedOccurrence(dns.fragmentsDropped) {
+                        log.warning("DNS: dropped \(reason) from \(port.label) (\(dns.fragmentsDropped) fragments to the DNS address dropped so far)")
+                    }
+                } else if proto == 17, let query = UDPDatagram.parse(frame: frame), query.destinationPort == 53 {
                     dns.query(query, from: port.id, now: monotonicNanoseconds())
                 } else if proto == 6, dnsOverTCP, tcpDestinationPort(frame) == 53 {
                     return false  // libslirp's guest forward takes it to DNSService
