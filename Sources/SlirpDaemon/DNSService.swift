@@ -211,7 +211,7 @@ final class DNSService {
         for connection in connections {
             guard let deadline = connection.deadline, deadline <= now else { continue }
             connectionsTimedOut += 1
-            if isPacedOccurrence(connectionsTimedOut) {
+            if isLoggedOccurrence(connectionsTimedOut) {
                 let what = connection.activity.messageStarted != nil && connection.output.isEmpty
                     ? "a message not completed within \(DNSConnectionActivity.partialMessageTimeout / 1_000_000_000) s"
                     : "no progress for \(DNSConnectionActivity.idleTimeout / 1_000_000_000) s"
@@ -274,7 +274,7 @@ final class DNSService {
                let index = DNSConnectionActivity.idlest(connections.lazy.map(\.activity)) {
                 let idlest = connections[index]
                 connectionsEvicted += 1
-                if isPacedOccurrence(connectionsEvicted) {
+                if isLoggedOccurrence(connectionsEvicted) {
                     let idle = (now - idlest.activity.lastProgress) / 1_000_000
                     log.notice("DNS: all \(Self.maximumConnections) DNS-over-TCP connections taken; closed the idlest (no progress for \(idle) ms\(idlest.activity.inFlight > 0 ? ", \(idlest.activity.inFlight) queries unanswered" : "")) for a new one (\(connectionsEvicted) closed so far)")
                 }
@@ -359,10 +359,6 @@ final class DNSService {
             }
         }
     }
-
-    /// The 1st, 2nd, 4th, 8th... occurrence, as `Network.isLoggedOccurrence`: a guest
-    /// repeating something in a loop cannot flood the log.
-    private func isPacedOccurrence(_ count: Int) -> Bool { count > 0 && count & (count - 1) == 0 }
 }
 
 /// One TCP connection from libslirp carrying a guest's DNS-over-TCP queries.

@@ -634,12 +634,6 @@ final class Network {
 
     // MARK: Lifecycle
 
-    /// Whether the `count`-th occurrence of a repeatable problem is logged: the 1st, 2nd,
-    /// 4th, 8th..., so a peer that repeats it in a loop cannot flood the log.
-    func isLoggedOccurrence(_ count: Int) -> Bool {
-        count > 0 && count & (count - 1) == 0
-    }
-
     /// Logs a peer that guest-uids/guest-gids keep out: the 1st, 2nd, 4th, 8th... time,
     /// so a local user retrying in a loop cannot flood the log.
     private func refuseGuest(on endpoint: String, who: String) {
@@ -777,4 +771,10 @@ final class Network {
         closeEndpoints()
         stack.close()
     }
+}
+
+/// Whether the `count`-th occurrence of a repeatable problem is logged: the 1st, 2nd,
+/// 4th, 8th..., so a peer that repeats it in a loop cannot flood the log.
+func isLoggedOccurrence(_ count: Int) -> Bool {
+    count > 0 && count & (count - 1) == 0
 }
