@@ -20,7 +20,9 @@
 // After each segment libslirp's sockets are polled and the listener is read. The target
 // traps when what the listener has read is not a prefix of the concatenated payloads: a
 // segment libslirp drops only leaves a gap it never fills, but a byte the guest did not
-// send at that place (libslirp's heap, say) is caught at once.
+// send at that place (libslirp's heap, say) is caught at once. And when every segment is
+// honest (ACK or PSH|ACK, no urgent pointer, options or tricks), the listener must read
+// all of it, so a check that dropped honest traffic would be caught too.
 
 import FrameSwitch
 import SlirpDaemon
@@ -72,8 +74,9 @@ struct Reader {
 
 /// One segment to the listener, as the fuzz input shaped it, and the payload a standard
 /// reading of it finds (nil: none, the frame is inconsistent).
+/// `plain`: an honest segment (ACK or PSH|ACK, no urgent pointer, no options or tricks).
 func segment(sport: UInt16, dport: UInt16, seq: UInt32, ack: UInt32, input: inout Reader)
-    -> (frame: [UInt8], payload: [UInt8]?, fin: Bool) {
+    -> (frame: [UInt8], payload: [UInt8]?, fin: Bool, plain: Bool) {
     let flags = input.byte()
     let urgent = Int(input.byte()) << 8 | Int(input.byte())
     let shape = input.byte()
@@ -85,6 +88,7 @@ func segment(sport: UInt16, dport: UInt16, seq: UInt32, ack: UInt32, input: inou
     let ipOptionWords = tricks & 0x20 != 0 ? Int(input.byte() & 0x0F) : 0
     let ipOptions = input.take(ipOptionWords * 4)
     let trailing = tricks & 0x40 != 0 ? input.take(Int(input.byte() & 0x3F)) : []
+    let plain = (flags == 0x10 || flags == 0x18) && urgent == 0 && shape == 0 && tricks == 0
 
     var tcp = be16(Int(sport)) + be16(Int(dport)) + be32(seq) + be32(ack)
         + [UInt8(dataOffset << 4 & 0xF0), flags] + be16(65535) + [0, 0] + be16(urgent) + options + payload
@@ -104,12 +108,12 @@ func segment(sport: UInt16, dport: UInt16, seq: UInt32, ack: UInt32, input: inou
     // The standard reading: IHL and total length inside the frame, then the data offset.
     let ipBytes = frame.count - 14
     let l4 = 14 + ihl * 4
-    guard ihl >= 5, total >= ihl * 4, total <= ipBytes else { return (frame, nil, false) }
+    guard ihl >= 5, total >= ihl * 4, total <= ipBytes else { return (frame, nil, false, plain) }
     let segmentLength = total - ihl * 4
-    guard segmentLength >= 20 else { return (frame, nil, false) }
+    guard segmentLength >= 20 else { return (frame, nil, false, plain) }
     let offset = Int(frame[l4 + 12] >> 4) * 4
-    guard offset >= 20, offset <= segmentLength else { return (frame, nil, false) }
-    return (frame, Array(frame[(l4 + offset)..<(14 + total)]), frame[l4 + 13] & 0x01 != 0)
+    guard offset >= 20, offset <= segmentLength else { return (frame, nil, false, plain) }
+    return (frame, Array(frame[(l4 + offset)..<(14 + total)]), frame[l4 + 13] & 0x01 != 0, plain)
 }
 
 /// The TCP segments the network wrote to the guest since the last look.
@@ -163,7 +167,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     guard let serverSeq else { fatalError("fuzz-nat-stream: no SYN-ACK from libslirp for port \(sport)") }
     let ack = serverSeq &+ 1
     var seq: UInt32 = 1001
-    let ackSegment: (frame: [UInt8], payload: [UInt8]?, fin: Bool) = {
+    let ackSegment: (frame: [UInt8], payload: [UInt8]?, fin: Bool, plain: Bool) = {
         var empty = Reader(bytes: [0x10, 0, 0, 0, 0, 0])
         return segment(sport: sport, dport: dport, seq: seq, ack: ack, input: &empty)
     }()
@@ -178,9 +182,11 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var sent: [UInt8] = []
     var read: [UInt8] = []
     var records = 0
+    var allPlain = true
     while !input.isEmpty, records < 64 {
         records += 1
-        let (frame, payload, fin) = segment(sport: sport, dport: dport, seq: seq, ack: ack, input: &input)
+        let (frame, payload, fin, plain) = segment(sport: sport, dport: dport, seq: seq, ack: ack, input: &input)
+        allPlain = allPlain && plain
         send(frame)
         if let payload {
             sent += payload
@@ -199,5 +205,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     }
     check(read.count <= sent.count && read[...] == sent[..<read.count],
           "the listener read \(read.count) bytes that are not the first of the \(sent.count) the guest sent")
+    // Honest segments all arrive: the checks before libslirp must not drop them.
+    check(!allPlain || read == sent, "the listener read \(read.count) of the \(sent.count) bytes of honest segments")
     return 0
 }
