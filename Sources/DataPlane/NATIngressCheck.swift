@@ -17,6 +17,8 @@ import FrameSwitch
 //   window (ti_urp is not adjusted there) still counts bytes that are not in so_rcv, and
 //   this stage does not know rcv_nxt. With URG clear, tcp_input never sets so_urgc and
 //   sosendoob never runs. The cost: urgent data reaches the host peer in line, in order.
+//   (Unchecked, a 10-byte segment with pointer 65535 made libslirp send a loopback
+//   listener 67,584 bytes at once, and 64 MiB per connection within a second.)
 //   The TCP checksum is updated incrementally (RFC 1624), so a segment with a wrong
 //   checksum stays wrong and libslirp still drops it.
 // - IPv4 IHL and total length (libslirp, and here): ip_input checks IHL >= 20, IHL <= the
@@ -35,15 +37,17 @@ import FrameSwitch
 //   not one below 8; they then trim the mbuf to it and hand sendto a negative length.
 //   Lengths below 8 or above the IP payload are dropped here.
 // - IPv6 payload length (libslirp, and here): ip6_input checks 40 + payload <= the frame,
-//   but unlike ip_input does not trim what follows, and tcp_input appends the whole mbuf
-//   to the socket buffer. Frames too short are dropped; bytes past the payload are cut.
+//   but unlike ip_input does not cut what follows, and tcp_input appends the whole mbuf
+//   to the socket buffer: bytes past the payload reach the host peer outside the sequence
+//   space (SlirpKitTests shows it). Frames too short are dropped; bytes past are cut.
 // - IPv6 extension headers (libslirp): ip6_input walks none; any next header other than
 //   TCP, UDP and ICMPv6 is freed unread.
 // - ICMP (libslirp, and here) and ICMPv6 (libslirp): icmp_input needs 8 bytes and handles
-//   only echo requests; errors a guest sends (unreachable, time exceeded, ...) are freed
-//   without reading the quoted header. icmp6_input needs 4 bytes, answers echo to its own
-//   address and checks each NDP message's minimum length (ndp_input); it frees ICMPv6
-//   errors unread. ICMP messages shorter than 8 bytes are dropped here as well.
+//   only echo requests, which it answers or forwards at the length ip_input checked;
+//   errors a guest sends (unreachable, time exceeded, ...) are freed without reading the
+//   quoted header. icmp6_input needs 4 bytes, answers echo to its own address by copying
+//   40 + the checked payload length, checks each NDP message's minimum length
+//   (ndp_input), and frees ICMPv6 errors unread. ICMP shorter than 8 bytes is dropped here.
 // - ARP (libslirp): arp_input checks the frame holds the whole ARP header.
 //
 // Everything else passes byte for byte, and the common case (no URG, IPv4, correct
