@@ -30,6 +30,9 @@ let package = Package(
         fuzzTarget("fuzz-config", ["DaemonConfig", "NetOptions", "NetServices"]),
         // The whole frame path of one network, through SlirpDaemon's FrameFuzzNetwork.
         fuzzTarget("fuzz-frames", ["FrameSwitch", "SlirpDaemon"]),
+        // A guest's TCP stream to a loopback listener through the same path: what libslirp
+        // writes to the host is what the guest sent (issue 22).
+        fuzzTarget("fuzz-nat-stream", ["FrameSwitch", "SlirpDaemon"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -263,6 +263,19 @@ extension Descriptor {
         _ = setsockopt(raw, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
     }
 
+    /// Delivers TCP urgent data in line (SO_OOBINLINE), so a reader sees every byte in order.
+    public func setOutOfBandInline() {
+        var on: Int32 = 1
+        _ = setsockopt(raw, SOL_SOCKET, SO_OOBINLINE, &on, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Closes a TCP connection with a reset (SO_LINGER 0): no TIME_WAIT is left behind.
+    public func closeWithReset() {
+        var abort = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(raw, SOL_SOCKET, SO_LINGER, &abort, socklen_t(MemoryLayout<linger>.size))
+        close()
+    }
+
     /// Receives one datagram into `buffer` (which must be empty), returning its sender.
     public func receiveDatagram(into buffer: ByteBuffer) throws(IOError) -> IOResult<UnixAddress> {
         buffer.removeAll()

@@ -60,12 +60,13 @@ public final class FrameFuzzNetwork {
     }()
 
     /// Builds the network (see the theory of operation). Sets up the process's logging:
-    /// make one per process.
-    public init() throws(DaemonError) {
+    /// make one per process. fuzz-nat-stream passes options without restrict=on, so that
+    /// libslirp connects to a listener of its own on 127.0.0.1 (10.0.2.2 inside).
+    public init(options text: String = "restrict=on,dns-upstream=127.0.0.1:53") throws(DaemonError) {
         _ = Self.logging
         let options: NetworkOptions
         do {
-            options = try NetworkOptions.parse("restrict=on,dns-upstream=127.0.0.1:53")
+            options = try NetworkOptions.parse(text)
         } catch {
             throw DaemonError(error.message)
         }
@@ -102,6 +103,26 @@ public final class FrameFuzzNetwork {
         network.flushPending()
         network.reapClosed()
         return attached
+    }
+
+    /// One turn of the loop for libslirp's own sockets, without waiting: it reads and
+    /// writes what is ready (a connect that completed, data for a host peer), runs its due
+    /// timers, then the loop's end of iteration.
+    public func pollNAT() {
+        var set = PollSet()
+        var timeout: UInt32 = 0
+        network.stack.addPollDescriptors(to: &set, timeout: &timeout)
+        let ok: Bool
+        do {
+            ok = try set.wait(timeoutMilliseconds: 0)
+        } catch {
+            ok = false
+        }
+        network.stack.processPoll(&set, pollFailed: !ok)
+        network.stack.runDueTimers(now: monotonicNanoseconds())
+        network.injectPending()
+        network.flushPending()
+        network.reapClosed()
     }
 
     /// Reads what the network wrote to guest `index` until nothing more comes.
@@ -174,5 +195,53 @@ public final class FrameFuzzNetwork {
                              now: monotonicNanoseconds())
         network.admit(port, on: "fuzz")
         return Guest(port: port, socket: theirs)
+    }
+}
+
+/// A TCP listener on 127.0.0.1 for fuzz-nat-stream: the host peer of a guest's NAT
+/// connection, reading what libslirp writes to it with urgent data in line.
+public final class FuzzLoopbackListener {
+    private let socket: Descriptor
+    public let port: UInt16
+    private var connection: Descriptor?
+    private let buffer = ByteBuffer(capacity: 1 << 16)
+
+    public init() throws(IOError) {
+        socket = try listenTCP(host: "127.0.0.1", port: 0)
+        guard case .inet(_, let port) = try socket.boundAddress() else {
+            socket.close()
+            throw IOError(call: "listen", code: 22, detail: "not an inet socket")  // EINVAL
+        }
+        self.port = port
+    }
+
+    /// Takes a waiting connection, urgent data in line (SO_OOBINLINE); true when there is one.
+    public func accept() -> Bool {
+        guard connection == nil else { return true }
+        guard case .done(let (accepted, _))? = try? socket.accept() else { return false }
+        accepted.setOutOfBandInline()
+        connection = accepted
+        return true
+    }
+
+    /// Everything the connection holds now; nil once it has ended.
+    public func read() -> [UInt8]? {
+        guard let connection else { return [] }
+        var bytes: [UInt8] = []
+        while true {
+            buffer.removeAll()
+            guard let result = try? connection.read(into: buffer) else { return nil }
+            switch result {
+            case .done(0): return bytes.isEmpty ? nil : bytes
+            case .done: bytes.append(contentsOf: buffer.readable)
+            case .wouldBlock: return bytes
+            }
+        }
+    }
+
+    /// Ends the connection with a reset, so nothing lingers in TIME_WAIT.
+    public func dropConnection() {
+        connection?.closeWithReset()
+        connection = nil
     }
 }

@@ -1,4 +1,5 @@
 import DaemonConfig
+import DataPlane
 import FrameSwitch
 import Logging
 import NetOptions
@@ -54,6 +55,8 @@ final class Network {
     /// Guests' IPv4 fragments for libslirp, put back together first (IPv4Reassembly.swift).
     private(set) var reassembly = IPv4Reassembly()
     private(set) var fragmentsDropped = 0
+    /// The last check before libslirp: lengths and the urgent pointer (NetworkIngress.swift).
+    var ingressCheck = NATIngressCheck()
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     private var pendingToNAT: [[UInt8]] = []
     private(set) var arpProxied = 0
@@ -491,14 +494,11 @@ final class Network {
     /// reassembled here first, as libslirp 4.7's own reassembly crashes on some.
     private func toNAT(_ frame: UnsafeRawBufferPointer, from port: GuestPort, now: Int64) -> Bool {
         guard natAcceptsFrame(frame) else { return false }
-        guard IPv4Reassembly.isFragment(frame) else {
-            stack.input(frame)
-            return true
-        }
+        guard IPv4Reassembly.isFragment(frame) else { return checkedInput(frame, from: port) }
         switch reassembly.input(frame, now: now) {
-        case .pass: stack.input(frame)
+        case .pass: return checkedInput(frame, from: port)
         case .held: break
-        case .complete(let datagram): datagram.withUnsafeBytes { stack.input($0) }
+        case .complete(let datagram): return datagram.withUnsafeBytes { checkedInput($0, from: port) }
         case .dropped(let reason):
             fragmentsDropped += 1
             if isLoggedOccurrence(fragmentsDropped) {

@@ -24,8 +24,10 @@ struct NATResetTests {
     }
 
     /// A TCP segment from the guest to the gateway's `port`.
-    static func segment(to natMAC: MACAddress, port: UInt16, flags: UInt8, seq: UInt32, ack: UInt32) -> [UInt8] {
-        var tcp = be16(guestPort) + be16(port) + be32(seq) + be32(ack) + [5 << 4, flags] + be16(65535) + [0, 0, 0, 0]
+    static func segment(to natMAC: MACAddress, port: UInt16, flags: UInt8, seq: UInt32, ack: UInt32,
+                        urgent: UInt16 = 0, payload: [UInt8] = []) -> [UInt8] {
+        var tcp = be16(guestPort) + be16(port) + be32(seq) + be32(ack) + [5 << 4, flags] + be16(65535) + [0, 0]
+            + be16(urgent) + payload
         IPChecksum.store(in: &tcp, at: 16, pseudoHeader: guestIP + gatewayIP + [0, 6] + be16(UInt16(tcp.count)))
         var ip: [UInt8] = [0x45, 0] + be16(UInt16(20 + tcp.count)) + [0, 0, 0x40, 0, 64, 6, 0, 0] + guestIP + gatewayIP
         IPChecksum.store(in: &ip, at: 10)

@@ -89,9 +89,9 @@ def icmp_echo(mac: str, dst_mac: bytes, src_ip: str, dst_ip: str, ident: int, se
 
 
 def tcp_segment(mac: str, dst_mac: bytes, src_ip: str, dst_ip: str, sport: int, dport: int, flags: int,
-                seq: int = 0, ack: int = 0) -> bytes:
-    """A bare TCP segment (SYN 0x02, RST 0x04, ACK 0x10) with a valid checksum."""
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+                seq: int = 0, ack: int = 0, payload: bytes = b"", urgent: int = 0) -> bytes:
+    """A TCP segment (SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20) with a valid checksum."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, urgent) + payload
     pseudo = socket.inet_aton(src_ip) + socket.inet_aton(dst_ip) + struct.pack("!BBH", 0, 6, len(tcp))
     tcp = tcp[:16] + struct.pack("!H", inet_checksum(pseudo + tcp)) + tcp[18:]
     return ethernet(dst_mac, mac, ETH_IPV4, ipv4(src_ip, dst_ip, 6, tcp))

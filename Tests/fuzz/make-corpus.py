@@ -18,6 +18,10 @@ and borderline lengths. frames seeds are fuzz-frames' records (a guest byte, top
 "raw", a 2-byte length, the bytes) holding Ethernet frames as the test guests send them:
 ARP, DHCP, TCP, UDP and ICMP to the gateway (10.0.2.2) and DNS (10.0.2.3), NDP and
 ICMPv6, a VLAN tag, guest-to-guest traffic, a duplicate MAC, truncated and split frames.
+nat-stream seeds are fuzz-nat-stream's segment records (flags, urgent pointer, a
+data-offset/option-words byte and the options, a payload length and payload, a byte of
+length tricks): in-order data as a guest sends it, with and without options, and one
+honest urgent segment (pointer inside its payload).
 options seeds are option strings from README.md and the unit tests; config seeds are the
 configs of README.md, ConfigFile.swift's documentation, systemd/slirpd.toml and the unit
 tests, taken from those files, and a few more.
@@ -336,6 +340,23 @@ CONFIGS = {
 }
 
 
+def nat_segment(payload, flags=0x18, urgent=0, options=b"", tricks=0):
+    """One fuzz-nat-stream record (see its theory of operation)."""
+    assert len(options) % 4 == 0 and len(payload) < 256
+    return (bytes([flags]) + struct.pack("!H", urgent) + bytes([len(options) // 4]) + options
+            + bytes([len(payload)]) + payload + bytes([tricks]))
+
+
+NAT_STREAM_SEEDS = {
+    "one-segment": nat_segment(b"GET / HTTP/1.0\r\n\r\n"),
+    "three-segments": nat_segment(b"first ") + nat_segment(b"second ", flags=0x10) + nat_segment(b"third\n"),
+    "timestamps": nat_segment(b"with options", options=bytes([1, 1, 8, 10]) + bytes(8)),
+    "honest-urgent": nat_segment(b"0123456789", flags=0x38, urgent=5) + nat_segment(b"after"),
+    "padded": nat_segment(b"ab") + nat_segment(b"cd", tricks=0x40) + bytes([6]),
+    "fin": nat_segment(b"bye", flags=0x19),
+}
+
+
 def write(kind, name, data):
     path = os.path.join(HERE, "corpus", kind, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -385,6 +406,9 @@ def main():
 
     for name, records in frames_seeds(frame(discover), frame(request)).items():
         write("frames", name + ".records", b"".join(records))
+
+    for name, records in NAT_STREAM_SEEDS.items():
+        write("nat-stream", name + ".records", records)
 
     for name, text in OPTION_STRINGS.items():
         write("options", name + ".opts", text.encode())

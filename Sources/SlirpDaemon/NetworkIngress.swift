@@ -1,0 +1,25 @@
+import DataPlane
+import Logging
+
+extension Network {
+    /// Hands a guest's whole (reassembled) frame to libslirp once NATIngressCheck has
+    /// passed or fixed it; false when it is dropped instead, logged paced naming the guest.
+    func checkedInput(_ frame: UnsafeRawBufferPointer, from port: GuestPort) -> Bool {
+        switch ingressCheck.inspect(frame) {
+        case .pass:
+            stack.input(frame)
+        case .rewritten(let fixed):
+            if isLoggedOccurrence(ingressCheck.rewritten) {
+                log.info("fixed a frame from \(port.label) before the NAT (urgent pointer cleared or IPv6 trailing bytes cut; \(ingressCheck.rewritten) so far)")
+            }
+            fixed.withUnsafeBytes { stack.input($0) }
+        case .drop(let reason):
+            let count = ingressCheck.dropped[reason.rawValue]
+            if isLoggedOccurrence(count) {
+                log.warning("dropped \(reason) from \(port.label) (\(count) such frames dropped so far)")
+            }
+            return false
+        }
+        return true
+    }
+}
