@@ -79,6 +79,7 @@ let package = Package(
         // Shared by test targets only.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch", "TestSupport"]),
+        .testTarget(name: "DataPlaneTests", dependencies: ["DataPlane", "FrameSwitch", "TestSupport"]),
         .testTarget(name: "NetOptionsTests", dependencies: ["NetOptions"]),
         .testTarget(name: "NetServicesTests", dependencies: ["NetServices", "FrameSwitch", "NetOptions", "SlirpKit", "TestSupport"]),
         .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit", "SlirpAPI", "FrameSwitch", "NetOptions", "PosixIO"]),

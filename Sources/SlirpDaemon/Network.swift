@@ -1,4 +1,5 @@
 import DaemonConfig
+import DataPlane
 import FrameSwitch
 import Logging
 import NetOptions
@@ -64,6 +65,8 @@ final class Network {
     private(set) var refusedGuests = 0
     /// Datagrams from new peers dropped for want of a descriptor to answer them with.
     private var datagramsWithoutDescriptor = 0
+    /// Guests' flow budgets: the daemon's reserve and refusal counts (NetworkBudget.swift).
+    var flowAccounting = FlowAccounting()
 
     // Own services (NetworkServices.swift).
     /// Where the lease file and the DNS-over-TCP socket live; nil: no lease file, UDP DNS only.
@@ -492,13 +495,16 @@ final class Network {
     private func toNAT(_ frame: UnsafeRawBufferPointer, from port: GuestPort, now: Int64) -> Bool {
         guard natAcceptsFrame(frame) else { return false }
         guard IPv4Reassembly.isFragment(frame) else {
+            guard admitFlow(frame, from: port, now: now) else { return false }
             stack.input(frame)
             return true
         }
         switch reassembly.input(frame, now: now) {
         case .pass: stack.input(frame)
         case .held: break
-        case .complete(let datagram): datagram.withUnsafeBytes { stack.input($0) }
+        case .complete(let datagram):
+            guard datagram.withUnsafeBytes({ admitFlow($0, from: port, now: now) }) else { return false }
+            datagram.withUnsafeBytes { stack.input($0) }
         case .dropped(let reason):
             fragmentsDropped += 1
             if isLoggedOccurrence(fragmentsDropped) {
@@ -518,6 +524,7 @@ final class Network {
         case .forward(let id):
             guard let port = ports[id] else { break }
             port.natConnections.observe(toGuest: frame)
+            observeFlow(frame, to: port, now: monotonicNanoseconds())
             deliver(frame, to: port)
         case .flood: for port in ports.values { deliver(frame, to: port) }
         case .duplicate(let owner):
@@ -650,6 +657,7 @@ final class Network {
 
     /// Adds a new guest port, logging where it came in.
     func admit(_ port: GuestPort, on endpoint: String) {
+        port.flows = FlowBudget(dnsAddress: config.options.ipv4 ? config.options.dns.value : nil)
         ports[port.id] = port
         log.info("\(port.label) attached on \(endpoint)")
         emit(.guestAttached, guest: port, detail: endpoint)
@@ -741,6 +749,7 @@ final class Network {
     func housekeeping(now: Int64) {
         bridge.expire(now: now)
         reassembly.expire(now: now)
+        expireFlows(now: now)
         probeDatagramPeers()
     }
 
