@@ -12,14 +12,18 @@ import SlirpAPI
 /// daemon's own reserve: while fewer than `reserve` descriptors are free, every guest's
 /// new flow is refused, so the control API, the lease file, DNS and new guests keep
 /// working whatever the guests do (guests themselves stop at 16 free: `descriptorReserve`).
-/// Counting open descriptors reads /proc/self/fd, so the answer is kept for 10 ms; in
-/// that time no guest can pass its own cap.
+/// Counting open descriptors reads /proc/self/fd, so it is done at most every 10 ms, and
+/// each flow admitted in between counts as one more descriptor.
 struct FlowAccounting {
     /// Descriptors no guest's new flow may take.
     static let reserve = 64
     static let recheckInterval: Int64 = 10_000_000
 
-    var checkedAt: Int64 = .min
+    var checkedAt: Int64?
+    /// Descriptors open at the last count, the limit, and flows admitted since.
+    var open = 0
+    var limit = Int.max
+    var admittedSinceCheck = 0
     var shortage: String?
     /// New flows refused on this network, guests that left included.
     var refused: [FlowKind: Int] = [:]
@@ -69,14 +73,22 @@ extension Network {
         for port in ports.values { port.flows.expire(now: now) }
     }
 
-    /// Why no guest may open a flow now, or nil.
+    /// Why no guest may open a flow now, or nil; asked just before a flow is admitted,
+    /// which then counts as one more descriptor until the next count.
     func flowShortage(now: Int64) -> String? {
-        if now - flowAccounting.checkedAt < FlowAccounting.recheckInterval { return flowAccounting.shortage }
-        flowAccounting.checkedAt = now
-        flowAccounting.shortage = nil
-        if let usage = descriptorUsage(), usage.open + FlowAccounting.reserve >= usage.limit {
-            flowAccounting.shortage = "\(usage.open) of \(usage.limit) descriptors in use and \(FlowAccounting.reserve) kept for the daemon"
+        if flowAccounting.checkedAt.map({ now - $0 >= FlowAccounting.recheckInterval }) ?? true {
+            flowAccounting.checkedAt = now
+            flowAccounting.admittedSinceCheck = 0
+            if let usage = descriptorUsage() {
+                (flowAccounting.open, flowAccounting.limit) = (usage.open, usage.limit)
+            }
         }
+        let open = flowAccounting.open + flowAccounting.admittedSinceCheck
+        guard open + FlowAccounting.reserve >= flowAccounting.limit else {
+            flowAccounting.admittedSinceCheck += 1
+            return nil
+        }
+        flowAccounting.shortage = "\(open) of \(flowAccounting.limit) descriptors in use and \(FlowAccounting.reserve) kept for the daemon"
         return flowAccounting.shortage
     }
 

@@ -74,7 +74,8 @@ class HonestGuest:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def fetch(self):
-        r = self.nss.exec(0, BUSYBOX, "wget", "-q", "-T", "5", "-O", "-", f"http://{GATEWAY}:{self.port}/",
+        # busybox 1.35's wget -T crashes: timeout(1) bounds it instead.
+        r = self.nss.exec(0, "timeout", "10", BUSYBOX, "wget", "-q", "-O", "-", f"http://{GATEWAY}:{self.port}/",
                           timeout=15, check=False)
         if r.returncode != 0 or r.stdout.encode() != BODY:
             self.failures.append(f"fetch {self.fetches}: rc {r.returncode} {r.stderr[-200:]}")
@@ -101,7 +102,8 @@ class HonestGuest:
 
     def stop(self):
         self._stop.set()
-        self.thread.join(60)
+        if self.thread.is_alive():
+            self.thread.join(60)
 
 
 class Setup:
@@ -365,3 +367,32 @@ def test_dns_over_tcp_share_per_guest(setup):
     assert rsts == 70 - 8
     assert flows["dnsTCP"] <= 8
     assert "refusing a new dns-tcp flow of guest" in s.d.log
+
+
+def test_descriptor_reserve_holds_when_caps_are_raised(tmp_path):
+    """With the UDP cap raised past the descriptor limit, the daemon's own reserve stops the
+    burst: slirpd stays under its limit, the control API answers and a new guest's lease
+    is saved. (New flows of every guest are refused while the reserve is reached, so the
+    honest guest is not asked to fetch here.)"""
+    s = Setup(tmp_path, "max-udp=4000")
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    dport = sink.getsockname()[1]
+    started = time.time()
+    try:
+        frames = b"".join(struct.pack("!I", len(f)) + f
+                          for f in (udp_frame(s.attacker.mac, s.gateway_mac, 10000 + i, dport) for i in range(2000)))
+        s.attacker.send_raw(frames)
+        counts = drain(s.attacker, lambda f: "unreachable" if port_unreachable_for(f) >= 10000 else None)
+        fds = fd_count(s.d.pid)
+        s.check_daemon_serves(started)
+        flows = s.guest_flows(s.attacker.mac)
+    finally:
+        sink.close()
+        s.close()
+    print(f"UDP burst with max-udp=4000: {counts.get('unreachable', 0)} ICMP port unreachable; slirpd {fds} "
+          f"descriptors of {LIMIT}; attacker flows {flows}")
+    assert fds < LIMIT - 16
+    assert flows["refusedForShortage"] > 0 and flows["udp"] + flows["refusedForShortage"] == 2000
+    assert counts.get("unreachable", 0) == flows["refusedForShortage"]
+    assert "kept for the daemon" in s.d.log
