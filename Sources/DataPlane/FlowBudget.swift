@@ -142,7 +142,7 @@ public struct FlowBudget: Sendable {
         switch packet.proto {
         case 6: return admitTCP(frame, packet, now: now, limits: limits, shortage: shortage)
         case 17:
-            guard packet.payload + 8 <= frame.count else { return .pass }
+            guard packet.payload + 8 <= packet.end else { return .pass }
             let key = UDPKey(guest: packet.source, port: budgetRead16(frame, packet.payload))
             if udp[key] != nil {
                 udp[key] = UDPState(lastSeen: now, fast: false)
@@ -154,7 +154,7 @@ public struct FlowBudget: Sendable {
             udp[key] = UDPState(lastSeen: now, fast: false)
             return .pass
         case 1, 58:
-            guard packet.payload + 8 <= frame.count, frame[frame.startIndex + packet.payload] == (packet.proto == 1 ? 8 : 128) else {
+            guard packet.payload + 8 <= packet.end, frame[frame.startIndex + packet.payload] == (packet.proto == 1 ? 8 : 128) else {
                 return .pass
             }
             let key = ICMPKey(guest: packet.source, nat: packet.destination,
@@ -180,7 +180,7 @@ public struct FlowBudget: Sendable {
         _ frame: C, _ packet: Packet, now: Int64, limits: FlowLimits, shortage: () -> Bool
     ) -> Verdict where C.Index == Int {
         let t = packet.payload
-        guard t + 20 <= frame.count else { return .pass }
+        guard t + 20 <= packet.end else { return .pass }
         let flow = NATConnections.Flow(guest: packet.source, nat: packet.destination,
                                        guestPort: budgetRead16(frame, t), natPort: budgetRead16(frame, t + 2))
         let flags = frame[frame.startIndex + t + 13]
@@ -203,7 +203,7 @@ public struct FlowBudget: Sendable {
             return .pass
         }
         if flags & 0x01 != 0, state.guestFinEnd == nil, packet.checksumIsValid(frame) {
-            let length = UInt32(packet.end - t - Int(frame[frame.startIndex + t + 12] >> 4) * 4)
+            let length = UInt32(max(0, packet.end - t - Int(frame[frame.startIndex + t + 12] >> 4) * 4))
             state.guestFinEnd = seq &+ length &+ (flags & 0x02 != 0 ? 1 : 0) &+ 1
             tcp[flow] = state
         }
@@ -218,7 +218,7 @@ public struct FlowBudget: Sendable {
         switch packet.proto {
         case 6:
             let t = packet.payload
-            guard t + 20 <= frame.count else { return }
+            guard t + 20 <= packet.end else { return }
             let flow = NATConnections.Flow(guest: packet.destination, nat: packet.source,
                                            guestPort: budgetRead16(frame, t + 2), natPort: budgetRead16(frame, t))
             guard var state = tcp[flow] else { return }
@@ -235,12 +235,12 @@ public struct FlowBudget: Sendable {
             if state.natFin, state.guestFinAcked, state.closingSince == nil { state.closingSince = now }
             tcp[flow] = state
         case 17:
-            guard packet.payload + 8 <= frame.count else { return }
+            guard packet.payload + 8 <= packet.end else { return }
             let key = UDPKey(guest: packet.destination, port: budgetRead16(frame, packet.payload + 2))
             guard udp[key] != nil else { return }
             udp[key] = UDPState(lastSeen: now, fast: budgetRead16(frame, packet.payload) == 53)
         case 1, 58:
-            guard packet.payload + 8 <= frame.count, frame[frame.startIndex + packet.payload] == (packet.proto == 1 ? 0 : 129) else {
+            guard packet.payload + 8 <= packet.end, frame[frame.startIndex + packet.payload] == (packet.proto == 1 ? 0 : 129) else {
                 return
             }
             icmp[ICMPKey(guest: packet.destination, nat: packet.source,
@@ -292,7 +292,7 @@ public struct FlowBudget: Sendable {
         var body: [UInt8]
         let proto: UInt8
         if packet.proto == 6 {
-            let length = UInt32(packet.end - t - Int(bytes[t + 12] >> 4) * 4)
+            let length = UInt32(max(0, packet.end - t - Int(bytes[t + 12] >> 4) * 4))
             let ack = budgetRead32(bytes, t + 4) &+ length &+ 1
             body = Array(bytes[(t + 2)..<(t + 4)]) + Array(bytes[t..<(t + 2)]) + [0, 0, 0, 0] + budgetBytes(ack)
             body += [5 << 4, 0x14, 0, 0, 0, 0, 0, 0]   // data offset 5, RST|ACK, window 0

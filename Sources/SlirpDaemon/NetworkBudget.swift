@@ -9,14 +9,15 @@ import SlirpAPI
 /// Theory of operation: each guest's `GuestPort.flows` counts its flows in libslirp from
 /// the frames `toNAT` hands libslirp and the frames `fromNAT` delivers to it, and refuses
 /// a new one past the network's caps (`max-tcp=` etc.). Above the guests' caps sits the
-/// daemon's own reserve: while fewer than `reserve` descriptors are free, every guest's
+/// daemon's own reserve: while fewer than `reserve` (64) descriptors are free, every guest's
 /// new flow is refused, so the control API, the lease file, DNS and new guests keep
 /// working whatever the guests do (guests themselves stop at 16 free: `descriptorReserve`).
 /// Counting open descriptors reads /proc/self/fd, so it is done at most every 10 ms, and
 /// each flow admitted in between counts as one more descriptor.
 struct FlowAccounting {
-    /// Descriptors no guest's new flow may take.
-    static let reserve = 64
+    /// Descriptors no guest's new flow may take: 64, or a quarter of a limit under 256, so
+    /// that under a tiny limit flows still outlast new guests (which stop at 16 free).
+    static func reserve(limit: Int) -> Int { min(64, limit / 4) }
     static let recheckInterval: Int64 = 10_000_000
 
     var checkedAt: Int64?
@@ -84,11 +85,12 @@ extension Network {
             }
         }
         let open = flowAccounting.open + flowAccounting.admittedSinceCheck
-        guard open + FlowAccounting.reserve >= flowAccounting.limit else {
+        let reserve = FlowAccounting.reserve(limit: flowAccounting.limit)
+        guard open + reserve >= flowAccounting.limit else {
             flowAccounting.admittedSinceCheck += 1
             return nil
         }
-        flowAccounting.shortage = "\(open) of \(flowAccounting.limit) descriptors in use and \(FlowAccounting.reserve) kept for the daemon"
+        flowAccounting.shortage = "\(open) of \(flowAccounting.limit) descriptors in use and \(reserve) kept for the daemon"
         return flowAccounting.shortage
     }
 

@@ -1,5 +1,6 @@
 import DataPlane
 import FrameSwitch
+import TestSupport
 import Testing
 
 /// Frames between guest 10.0.2.15 (or fec0::15) and the NAT, with real checksums.
@@ -288,5 +289,28 @@ struct FlowBudgetTests {
         #expect(b.bufferEstimate == 0)
         admit(&b, Wire.tcp(40001))
         #expect(b.bufferEstimate == FlowBudget.tcpBufferBytes)
+    }
+
+    @Test("mangled frames never trap and never push a count past its cap")
+    func mangledFrames() {
+        var generator = SeededGenerator(state: 22)
+        var b = budget()
+        let seeds = [Wire.tcp(1), Wire.tcp(2, flags: 0x01), Wire.tcp(3, flags: 0x04), Wire.udp(4), Wire.echo(id: 1, seq: 1),
+                     Wire.tcpToGuest(1, ack: 1001, flags: 0x12), Wire.udpToGuest(4), Wire.echo(id: 1, seq: 1, reply: true),
+                     Wire.ipv6(6, from: Wire.guest6, to: Wire.host6, Wire.tcpHeader(5, 80, seq: 1, ack: 0, flags: 0x02), checksumOffset: 16)]
+        for round in 0..<20_000 {
+            var frame = seeds[Int.random(in: 0..<seeds.count, using: &generator)]
+            for _ in 0..<Int.random(in: 1...4, using: &generator) {
+                frame[Int.random(in: 0..<frame.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
+            }
+            if Bool.random(using: &generator) { frame.removeLast(Int.random(in: 0..<frame.count, using: &generator)) }
+            let now = Int64(round) * 10_000_000
+            if round % 2 == 0 {
+                if case .refuse(_, _, let reply?) = admit(&b, frame, at: now) { #expect(reply.count >= 54) }
+            } else {
+                b.observe(toGuest: frame, now: now)
+            }
+            #expect(b.tcpCount <= limits.tcp && b.udpCount <= limits.udp && b.icmpCount <= limits.icmp && b.dnsTCPCount <= limits.dnsTCP)
+        }
     }
 }
