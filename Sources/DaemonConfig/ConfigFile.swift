@@ -152,10 +152,12 @@ private struct Loader {
         "tftp", "tftp-server-name", "bootfile", "dns-upstream", "dns-domain",
     ]
     static let booleanOptions: Set<String> = ["restrict", "ipv4", "ipv6", "host-loopback", "isolate"]
+    /// Per-guest caps (FlowBudget), integers in TOML.
+    static let integerOptions: Set<String> = ["max-tcp", "max-udp", "max-icmp", "max-dns-tcp"]
     /// Array keys, and the QEMU option each element becomes.
     static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
     static let networkKeys =
-        ["name", "options"] + stringOptions.sorted() + booleanOptions.sorted() + listOptions.keys.sorted()
+        ["name", "options"] + stringOptions.sorted() + booleanOptions.sorted() + integerOptions.sorted() + listOptions.keys.sorted()
         + ["stream", "dgram", "tcp", "tap", "connect", "guest-uids", "guest-gids", "mtu", "socket-mode", "socket-group", "static-lease"]
     static let leaseKeys = ["mac", "ip", "hostname"]
 
@@ -255,6 +257,9 @@ private struct Loader {
             case let key where Self.booleanOptions.contains(key):
                 guard let flag = value.bool else { throw typeError(key, "a boolean (true or false)", value, scope) }
                 pieces.append(("\(key)=\(flag ? "on" : "off")", line))
+            case let key where Self.integerOptions.contains(key):
+                guard let number = value.int else { throw typeError(key, "an integer", value, scope) }
+                pieces.append(("\(key)=\(number)", line))
             case let key where Self.listOptions[key] != nil:
                 let option = Self.listOptions[key] ?? key
                 let items = try strings(key, value, scope)

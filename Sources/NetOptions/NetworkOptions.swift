@@ -43,6 +43,9 @@
 //     and `dns-domain=NAME` the domain whose names it answers itself. For isolation:
 //     `host-loopback=off` keeps guests off the host's loopback (libslirp's
 //     disable_host_loopback), and `isolate=on` lets guests reach the NAT but not each other.
+//     For each guest's share of libslirp (DataPlane's FlowBudget): `max-tcp=N`, `max-udp=N`,
+//     `max-icmp=N` cap the NAT TCP connections, UDP flows and ICMP echo requests one guest
+//     holds open, and `max-dns-tcp=N` its TCP connections to the DNS service (0 to 65535).
 
 /// The configuration of one user-mode network, with QEMU's defaults.
 public struct NetworkOptions: Hashable, Sendable {
@@ -83,6 +86,25 @@ public struct NetworkOptions: Hashable, Sendable {
     public var hostLoopback: Bool
     /// `isolate=`: guests exchange frames with the NAT only, never with each other (default off).
     public var isolateGuests: Bool
+    /// `max-tcp=`: NAT TCP connections one guest may hold open in libslirp.
+    public var maxTCP: Int
+    /// `max-udp=`: UDP flows (guest source address and port) one guest may hold open.
+    public var maxUDP: Int
+    /// `max-icmp=`: ICMP echo requests one guest may have outstanding.
+    public var maxICMP: Int
+    /// `max-dns-tcp=`: TCP connections one guest may hold to the DNS service (of its `max-tcp`).
+    public var maxDNSTCP: Int
+
+    /// Defaults of the per-guest caps. A CI guest (parallel downloads, a package manager,
+    /// a test suite's servers) holds tens to a few hundred connections; 512 TCP + 256 UDP +
+    /// 64 ICMP is 832 descriptors at most, so one guest alone cannot exhaust even a 1,024
+    /// limit, and with the units' LimitNOFILE many such guests fit. DNS over TCP: the DNS
+    /// service has 64 slots, and 8 per guest keep 8 guests' worth free.
+    public static let defaultMaxTCP = 512
+    public static let defaultMaxUDP = 256
+    public static let defaultMaxICMP = 64
+    public static let defaultMaxDNSTCP = 8
+    public static let maximumCap = 65535
 
     public static let defaultDNSDomain = "slirpd.internal"
 
@@ -113,6 +135,10 @@ public struct NetworkOptions: Hashable, Sendable {
         dnsDomain = Self.defaultDNSDomain
         hostLoopback = true
         isolateGuests = false
+        maxTCP = Self.defaultMaxTCP
+        maxUDP = Self.defaultMaxUDP
+        maxICMP = Self.defaultMaxICMP
+        maxDNSTCP = Self.defaultMaxDNSTCP
     }
 
     /// Parses a `-netdev user` option string such as
@@ -148,6 +174,7 @@ private struct RawOptions {
         "net", "ip", "host", "restrict", "ipv4", "ipv6", "ipv6-net", "ipv6-prefix", "ipv6-prefixlen",
         "ipv6-host", "ipv6-dns", "hostname", "dhcpstart", "dns", "domainname", "tftp",
         "tftp-server-name", "bootfile", "dns-upstream", "dns-domain", "host-loopback", "isolate",
+        "max-tcp", "max-udp", "max-icmp", "max-dns-tcp",
     ]
 
     var scalars: [String: String] = [:]
@@ -197,6 +224,18 @@ private struct RawOptions {
         }
     }
 
+    /// A per-guest cap: a decimal number from 0 to 65535; nil when the key is absent.
+    func cap(_ key: String) throws(OptionError) -> Int? {
+        guard let text = scalars[key] else { return nil }
+        guard !text.isEmpty, text.utf8.allSatisfy({ (0x30...0x39).contains($0) }) else {
+            throw OptionError("Parameter '\(key)' expects a number")
+        }
+        guard text.utf8.count <= 5, let value = Int(text), value <= NetworkOptions.maximumCap else {
+            throw OptionError("Parameter '\(key)' expects a number from 0 to \(NetworkOptions.maximumCap)")
+        }
+        return value
+    }
+
     func resolve() throws(OptionError) -> NetworkOptions {
         var options = NetworkOptions()
 
@@ -234,6 +273,10 @@ private struct RawOptions {
         // slirpd's own booleans, after QEMU's checks so QEMU's errors come first.
         options.hostLoopback = try boolean("host-loopback") ?? true
         options.isolateGuests = try boolean("isolate") ?? false
+        options.maxTCP = try cap("max-tcp") ?? NetworkOptions.defaultMaxTCP
+        options.maxUDP = try cap("max-udp") ?? NetworkOptions.defaultMaxUDP
+        options.maxICMP = try cap("max-icmp") ?? NetworkOptions.defaultMaxICMP
+        options.maxDNSTCP = try cap("max-dns-tcp") ?? NetworkOptions.defaultMaxDNSTCP
 
         // 4. net_slirp_init. Naming one family "on" alone turns the other off.
         options.restricted = restrictValue ?? false

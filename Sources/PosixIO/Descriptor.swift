@@ -214,3 +214,20 @@ public func descriptorUsage() -> (open: Int, limit: Int)? {
     // The directory being read holds one descriptor of its own.
     return (count - 1, limit.rlim_cur >= rlim_t(Int.max) ? Int.max : Int(limit.rlim_cur))
 }
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: every NAT flow of every guest is a
+/// descriptor in libslirp, and the soft 1,024 systemd and shells leave is far below
+/// what many guests need. Returns the soft limit before and after, and the hard limit.
+///
+/// The corresponding C calls are `getrlimit` and `setrlimit` on `RLIMIT_NOFILE`.
+public func raiseDescriptorLimit() throws(IOError) -> (before: Int, after: Int, hard: Int) {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { throw IOError(call: "getrlimit", code: errno) }
+    func value(_ v: rlim_t) -> Int { v >= rlim_t(Int.max) ? Int.max : Int(v) }
+    let before = value(limit.rlim_cur)
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max
+        guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { throw IOError(call: "setrlimit", code: errno) }
+    }
+    return (before, value(limit.rlim_cur), value(limit.rlim_max))
+}

@@ -64,9 +64,13 @@ public struct NetworkInfo: Codable, Sendable, Equatable {
     public var endpoints: [String]
     public var guests: Int
     public var counters: Counters
+    /// Each guest's caps on flows toward libslirp (max-tcp= etc.).
+    public var flowLimits: FlowLimitsInfo?
 
     public init(name: String, options: String, network: String, gateway: String, dns: String, dhcpStart: String,
-                mtu: Int, restricted: Bool, endpoints: [String], guests: Int, counters: Counters) {
+                mtu: Int, restricted: Bool, endpoints: [String], guests: Int, counters: Counters,
+                flowLimits: FlowLimitsInfo? = nil) {
+        self.flowLimits = flowLimits
         self.name = name
         self.options = options
         self.network = network
@@ -95,9 +99,12 @@ public struct GuestInfo: Codable, Sendable, Equatable {
     public var counters: Counters
     /// RFC 3339, UTC.
     public var connectedSince: String
+    /// Its flows open in libslirp, and the new ones refused.
+    public var flows: GuestFlows?
 
     public init(id: UInt32, network: String, transport: String, endpoint: String, peer: String, macs: [String],
-                ips: [String], hostname: String?, counters: Counters, connectedSince: String) {
+                ips: [String], hostname: String?, counters: Counters, connectedSince: String, flows: GuestFlows? = nil) {
+        self.flows = flows
         self.id = id
         self.network = network
         self.transport = transport
@@ -108,6 +115,49 @@ public struct GuestInfo: Codable, Sendable, Equatable {
         self.hostname = hostname
         self.counters = counters
         self.connectedSince = connectedSince
+    }
+}
+
+/// A network's caps on each guest's flows toward libslirp.
+public struct FlowLimitsInfo: Codable, Sendable, Equatable {
+    public var maxTCP: Int
+    public var maxUDP: Int
+    public var maxICMP: Int
+    public var maxDNSTCP: Int
+    /// libslirp's buffer memory one guest at all its caps would take, estimated.
+    public var bufferEstimatePerGuest: Int
+
+    public init(maxTCP: Int, maxUDP: Int, maxICMP: Int, maxDNSTCP: Int, bufferEstimatePerGuest: Int) {
+        self.maxTCP = maxTCP
+        self.maxUDP = maxUDP
+        self.maxICMP = maxICMP
+        self.maxDNSTCP = maxDNSTCP
+        self.bufferEstimatePerGuest = bufferEstimatePerGuest
+    }
+}
+
+/// One guest's flows open in libslirp, and the new ones refused.
+public struct GuestFlows: Codable, Sendable, Equatable {
+    public var tcp: Int
+    public var udp: Int
+    public var icmp: Int
+    /// Of `tcp`, those to the DNS service.
+    public var dnsTCP: Int
+    /// New flows refused for the guest's caps.
+    public var refused: Int
+    /// New flows refused because slirpd was short of descriptors.
+    public var refusedForShortage: Int
+    /// libslirp's buffer memory for these flows, estimated, in bytes.
+    public var bufferEstimate: Int
+
+    public init(tcp: Int, udp: Int, icmp: Int, dnsTCP: Int, refused: Int, refusedForShortage: Int, bufferEstimate: Int) {
+        self.tcp = tcp
+        self.udp = udp
+        self.icmp = icmp
+        self.dnsTCP = dnsTCP
+        self.refused = refused
+        self.refusedForShortage = refusedForShortage
+        self.bufferEstimate = bufferEstimate
     }
 }
 

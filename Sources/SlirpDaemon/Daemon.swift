@@ -66,6 +66,15 @@ public final class Daemon {
         self.inherited = inherited
         // Read (and cleared from the environment) before any other thread exists.
         notifier = ServiceNotifier()
+        // Every NAT flow of every guest is a descriptor; each guest's share is capped
+        // (FlowBudget), and the total is bounded by the hard limit the units set.
+        do {
+            let limit = try raiseDescriptorLimit()
+            let change = limit.before == limit.after ? "is" : "raised from \(limit.before) to"
+            log.info("descriptor limit \(change) \(limit.after) (hard limit \(limit.hard))")
+        } catch {
+            log.warning("cannot raise the descriptor limit: \(error)")
+        }
         do {
             signals = try SignalSource()
             mailbox = try Mailbox()

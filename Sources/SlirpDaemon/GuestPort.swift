@@ -1,3 +1,4 @@
+import DataPlane
 import FrameSwitch
 import PosixIO
 
@@ -47,6 +48,8 @@ final class GuestPort {
     var inFlushList = false
     /// Its TCP connections through the NAT, reset in libslirp when it leaves for good.
     var natConnections = NATConnections()
+    /// Its flows in libslirp, counted against the network's caps (NetworkBudget.swift).
+    var flows = FlowBudget(dnsAddress: nil)
 
     var rxFrames = 0, rxBytes = 0, txFrames = 0, txBytes = 0, drops = 0
 

@@ -1,3 +1,4 @@
+import DataPlane
 import SlirpAPI
 import SlirpKit
 
@@ -39,6 +40,21 @@ enum Metrics {
                nets.map { ($0.label, $0.net.dns?.connectionsEvicted ?? 0) })
         family("slirpd_dns_tcp_timed_out_total", "counter", "DNS-over-TCP connections closed for being idle or stuck in a partial message.",
                nets.map { ($0.label, $0.net.dns?.connectionsTimedOut ?? 0) })
+        family("slirpd_flows_refused_total", "counter", "New guest flows toward libslirp refused for the guest's cap (max-tcp= etc.), by kind.",
+               nets.flatMap { n in FlowKind.allCases.map { ("\(n.label),kind=\"\($0.rawValue)\"", n.net.flowAccounting.refused[$0] ?? 0) } })
+        family("slirpd_flows_refused_shortage_total", "counter", "New guest flows refused because slirpd was short of descriptors.",
+               nets.map { ($0.label, $0.net.flowAccounting.refusedForShortage) })
+        family("slirpd_guest_flows", "gauge", "Flows a guest holds open in libslirp, by kind (dns-tcp is part of tcp).", nets.flatMap { n in
+            n.net.ports.values.sorted { $0.id < $1.id }.flatMap { port in
+                let f = port.flows
+                let label = "\(n.label),guest=\"\(port.id.raw)\""
+                return [("\(label),kind=\"tcp\"", f.tcpCount), ("\(label),kind=\"udp\"", f.udpCount),
+                        ("\(label),kind=\"icmp\"", f.icmpCount), ("\(label),kind=\"dns-tcp\"", f.dnsTCPCount)]
+            }
+        })
+        family("slirpd_guest_flow_buffer_bytes", "gauge", "libslirp buffer memory of a guest's flows, estimated.", nets.flatMap { n in
+            n.net.ports.values.sorted { $0.id < $1.id }.map { ("\(n.label),guest=\"\($0.id.raw)\"", $0.flows.bufferEstimate) }
+        })
         let totals: [(name: String, help: String, key: KeyPath<Counters, Int>)] = [
             ("rx_frames", "Frames received from guests.", \.rxFrames),
             ("rx_bytes", "Bytes received from guests.", \.rxBytes),

@@ -67,6 +67,8 @@ final class Network {
     private(set) var refusedGuests = 0
     /// Datagrams from new peers dropped for want of a descriptor to answer them with.
     private var datagramsWithoutDescriptor = 0
+    /// Guests' flow budgets: the daemon's reserve and refusal counts (NetworkBudget.swift).
+    var flowAccounting = FlowAccounting()
 
     // Own services (NetworkServices.swift).
     /// Where the lease file and the DNS-over-TCP socket live; nil: no lease file, UDP DNS only.
@@ -494,11 +496,11 @@ final class Network {
     /// reassembled here first, as libslirp 4.7's own reassembly crashes on some.
     private func toNAT(_ frame: UnsafeRawBufferPointer, from port: GuestPort, now: Int64) -> Bool {
         guard natAcceptsFrame(frame) else { return false }
-        guard IPv4Reassembly.isFragment(frame) else { return checkedInput(frame, from: port) }
+        guard IPv4Reassembly.isFragment(frame) else { return checkedInput(frame, from: port, now: now) }
         switch reassembly.input(frame, now: now) {
-        case .pass: return checkedInput(frame, from: port)
+        case .pass: return checkedInput(frame, from: port, now: now)
         case .held: break
-        case .complete(let datagram): return datagram.withUnsafeBytes { checkedInput($0, from: port) }
+        case .complete(let datagram): return datagram.withUnsafeBytes { checkedInput($0, from: port, now: now) }
         case .dropped(let reason):
             fragmentsDropped += 1
             if isLoggedOccurrence(fragmentsDropped) {
@@ -518,6 +520,7 @@ final class Network {
         case .forward(let id):
             guard let port = ports[id] else { break }
             port.natConnections.observe(toGuest: frame)
+            observeFlow(frame, to: port, now: monotonicNanoseconds())
             deliver(frame, to: port)
         case .flood: for port in ports.values { deliver(frame, to: port) }
         case .duplicate(let owner):
@@ -644,6 +647,7 @@ final class Network {
 
     /// Adds a new guest port, logging where it came in.
     func admit(_ port: GuestPort, on endpoint: String) {
+        port.flows = FlowBudget(dnsAddress: config.options.ipv4 ? config.options.dns.value : nil)
         ports[port.id] = port
         log.info("\(port.label) attached on \(endpoint)")
         emit(.guestAttached, guest: port, detail: endpoint)
@@ -735,6 +739,7 @@ final class Network {
     func housekeeping(now: Int64) {
         bridge.expire(now: now)
         reassembly.expire(now: now)
+        expireFlows(now: now)
         probeDatagramPeers()
     }
 

@@ -90,7 +90,7 @@ extension Network {
             name: config.name, options: config.optionText, network: "\(o.network.address)/\(o.network.prefixLength)",
             gateway: "\(o.host)", dns: "\(o.dns)", dhcpStart: "\(o.dhcpStart)", mtu: config.mtu == 0 ? 1500 : config.mtu,
             restricted: o.restricted, endpoints: config.endpoints.map(\.description), guests: ports.count,
-            counters: totalCounters)
+            counters: totalCounters, flowLimits: flowLimitsInfo)
     }
 
     var totalCounters: Counters {
@@ -108,7 +108,8 @@ extension Network {
             return GuestInfo(
                 id: port.id.raw, network: config.name, transport: port.transport.rawValue, endpoint: port.endpointName,
                 peer: port.peer, macs: port.mac.map { ["\($0)"] } ?? [], ips: ips.map { "\($0)" },
-                hostname: lease?.hostname, counters: port.counters, connectedSince: port.connectedSince)
+                hostname: lease?.hostname, counters: port.counters, connectedSince: port.connectedSince,
+                flows: port.flows.info)
         }
     }
 

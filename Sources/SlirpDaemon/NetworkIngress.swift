@@ -3,15 +3,18 @@ import Logging
 
 extension Network {
     /// Hands a guest's whole (reassembled) frame to libslirp once NATIngressCheck has
-    /// passed or fixed it; false when it is dropped instead, logged paced naming the guest.
-    func checkedInput(_ frame: UnsafeRawBufferPointer, from port: GuestPort) -> Bool {
+    /// passed or fixed it and the guest's flow budget admits it (NetworkBudget.swift);
+    /// false when it is dropped instead, logged paced naming the guest.
+    func checkedInput(_ frame: UnsafeRawBufferPointer, from port: GuestPort, now: Int64) -> Bool {
         switch ingressCheck.inspect(frame) {
         case .pass:
+            guard admitFlow(frame, from: port, now: now) else { return false }
             stack.input(frame)
         case .rewritten(let fixed):
             if isLoggedOccurrence(ingressCheck.rewritten) {
                 log.info("fixed a frame from \(port.label) before the NAT (urgent pointer cleared or IPv6 trailing bytes cut; \(ingressCheck.rewritten) so far)")
             }
+            guard fixed.withUnsafeBytes({ admitFlow($0, from: port, now: now) }) else { return false }
             fixed.withUnsafeBytes { stack.input($0) }
         case .drop(let reason):
             let count = ingressCheck.dropped[reason.rawValue]

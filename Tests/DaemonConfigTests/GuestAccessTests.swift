@@ -54,4 +54,31 @@ import Testing
         #expect(!set.hostLoopback && set.isolateGuests)
         #expect(throws: OptionError.self) { try NetworkOptions.parse("isolate=maybe") }
     }
+
+    @Test func flowCapKeys() throws {
+        let config = try parse("""
+            [[network]]
+            name = "lab"
+            max-tcp = 100
+            max-udp = 50
+            max-icmp = 5
+            max-dns-tcp = 2
+            """)
+        let options = try #require(config.networks.first).options
+        #expect(options.maxTCP == 100 && options.maxUDP == 50 && options.maxICMP == 5 && options.maxDNSTCP == 2)
+        #expect(throws: ConfigError.self) {
+            try parse("""
+                [[network]]
+                name = "lab"
+                max-tcp = "many"
+                """)
+        }
+        #expect(throws: ConfigError.self) {
+            try parse("""
+                [[network]]
+                name = "lab"
+                max-udp = -3
+                """)
+        }
+    }
 }

@@ -108,6 +108,12 @@ private let smbAdvice = "is not supported by slirpd (libslirp has no SMB server;
         // slirpd's own key. `lab..` once parsed as the domain `lab.` (fuzz-options).
         ErrorCase("dns-domain=lab..", "Parameter 'dns-domain' expects a domain name (labels of 1 to 63 bytes), not 'lab..'"),
         ErrorCase("dns-domain=.", "Parameter 'dns-domain' expects a domain name (labels of 1 to 63 bytes), not '.'"),
+        // Per-guest flow caps (slirpd's own keys).
+        ErrorCase("max-tcp=", "Parameter 'max-tcp' expects a number"),
+        ErrorCase("max-udp=-1", "Parameter 'max-udp' expects a number"),
+        ErrorCase("max-icmp=0x10", "Parameter 'max-icmp' expects a number"),
+        ErrorCase("max-dns-tcp=65536", "Parameter 'max-dns-tcp' expects a number from 0 to 65535"),
+        ErrorCase("max-tcp=99999999999999999999", "Parameter 'max-tcp' expects a number from 0 to 65535"),
         ErrorCase("hostfwd=tcp", "Invalid host forwarding rule 'tcp' (No : separators)"),
         ErrorCase("hostfwd=foo:", "Invalid host forwarding rule 'foo:' (Bad protocol name)"),
         ErrorCase("hostfwd=udp:", "Invalid host forwarding rule 'udp:' (Missing : separator)"),

@@ -207,4 +207,12 @@ private func v6(_ text: String) -> IPv6Address { IPv6Address(text)! }
         let dotted = String(repeating: "İ", count: 31)
         #expect(try NetworkOptions.parse("dns-domain=\(dotted).LAB").dnsDomain == "\(dotted).lab")
     }
+
+    @Test("per-guest flow caps: defaults, values, and the last one given wins")
+    func flowCaps() throws {
+        let defaults = try NetworkOptions.parse("")
+        #expect(defaults.maxTCP == 512 && defaults.maxUDP == 256 && defaults.maxICMP == 64 && defaults.maxDNSTCP == 8)
+        let set = try NetworkOptions.parse("max-tcp=100,max-udp=0,max-icmp=65535,max-dns-tcp=2,max-tcp=7")
+        #expect(set.maxTCP == 7 && set.maxUDP == 0 && set.maxICMP == 65535 && set.maxDNSTCP == 2)
+    }
 }

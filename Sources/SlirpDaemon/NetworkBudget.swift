@@ -1,0 +1,131 @@
+import DataPlane
+import FrameSwitch
+import Logging
+import PosixIO
+import SlirpAPI
+
+/// A network's side of the guests' flow budgets (DataPlane's FlowBudget).
+///
+/// Theory of operation: each guest's `GuestPort.flows` counts its flows in libslirp from
+/// the frames `toNAT` hands libslirp and the frames `fromNAT` delivers to it, and refuses
+/// a new one past the network's caps (`max-tcp=` etc.). Above the guests' caps sits the
+/// daemon's own reserve: while fewer than `reserve` (64) descriptors are free, every guest's
+/// new flow is refused, so the control API, the lease file, DNS and new guests keep
+/// working whatever the guests do (guests themselves stop at 16 free: `descriptorReserve`).
+/// Counting open descriptors reads /proc/self/fd, so it is done at most every 10 ms, and
+/// each flow admitted in between counts as one more descriptor.
+struct FlowAccounting {
+    /// Descriptors no guest's new flow may take: 64, or a quarter of a limit under 256, so
+    /// that under a tiny limit flows still outlast new guests (which stop at 16 free).
+    static func reserve(limit: Int) -> Int { min(64, limit / 4) }
+    static let recheckInterval: Int64 = 10_000_000
+
+    var checkedAt: Int64?
+    /// Descriptors open at the last count, the limit, and flows admitted since.
+    var open = 0
+    var limit = Int.max
+    var admittedSinceCheck = 0
+    var shortage: String?
+    /// New flows refused on this network, guests that left included.
+    var refused: [FlowKind: Int] = [:]
+    var refusedForShortage = 0
+}
+
+extension Network {
+    var flowLimits: FlowLimits {
+        let o = config.options
+        return FlowLimits(tcp: o.maxTCP, udp: o.maxUDP, icmp: o.maxICMP, dnsTCP: o.maxDNSTCP)
+    }
+
+    var flowLimitsInfo: FlowLimitsInfo {
+        let l = flowLimits
+        return FlowLimitsInfo(maxTCP: l.tcp, maxUDP: l.udp, maxICMP: l.icmp, maxDNSTCP: l.dnsTCP,
+                              bufferEstimatePerGuest: l.tcp * FlowBudget.tcpBufferBytes + (l.udp + l.icmp) * FlowBudget.datagramBufferBytes)
+    }
+
+    /// Whether a guest's whole datagram may go to libslirp; a refused new flow is
+    /// answered (RST, ICMP unreachable) or dropped, counted and logged.
+    func admitFlow(_ frame: UnsafeRawBufferPointer, from port: GuestPort, now: Int64) -> Bool {
+        let verdict = port.flows.admit(frame, now: now, limits: flowLimits) { flowShortage(now: now) != nil }
+        guard case .refuse(let kind, let shortage, let reply) = verdict else { return true }
+        if let reply { sendToGuest(reply, port) }
+        if shortage {
+            flowAccounting.refusedForShortage += 1
+            if isLoggedOccurrence(flowAccounting.refusedForShortage) {
+                log.error("refusing a new \(kind.rawValue) flow of \(port.label): \(flowAccounting.shortage ?? "short of descriptors") (\(flowAccounting.refusedForShortage) refused so far)")
+            }
+        } else {
+            flowAccounting.refused[kind, default: 0] += 1
+            let count = port.flows.refusedByCap[kind] ?? 0
+            if isLoggedOccurrence(count) {
+                log.warning("refusing a new \(kind.rawValue) flow of \(port.label): it has \(openFlows(kind, port.flows)) open, its cap (\(capOption(kind))=\(cap(kind))) (\(count) refused so far)")
+            }
+        }
+        return false
+    }
+
+    /// Notes a frame libslirp sends a guest (ends of its flows).
+    func observeFlow(_ frame: UnsafeRawBufferPointer, to port: GuestPort, now: Int64) {
+        port.flows.observe(toGuest: frame, now: now)
+    }
+
+    /// Ages out flows libslirp has timed out (housekeeping).
+    func expireFlows(now: Int64) {
+        for port in ports.values { port.flows.expire(now: now) }
+    }
+
+    /// Why no guest may open a flow now, or nil; asked just before a flow is admitted,
+    /// which then counts as one more descriptor until the next count.
+    func flowShortage(now: Int64) -> String? {
+        if flowAccounting.checkedAt.map({ now - $0 >= FlowAccounting.recheckInterval }) ?? true {
+            flowAccounting.checkedAt = now
+            flowAccounting.admittedSinceCheck = 0
+            if let usage = descriptorUsage() {
+                (flowAccounting.open, flowAccounting.limit) = (usage.open, usage.limit)
+            }
+        }
+        let open = flowAccounting.open + flowAccounting.admittedSinceCheck
+        let reserve = FlowAccounting.reserve(limit: flowAccounting.limit)
+        guard open + reserve >= flowAccounting.limit else {
+            flowAccounting.admittedSinceCheck += 1
+            return nil
+        }
+        flowAccounting.shortage = "\(open) of \(flowAccounting.limit) descriptors in use and \(reserve) kept for the daemon"
+        return flowAccounting.shortage
+    }
+
+    private func openFlows(_ kind: FlowKind, _ flows: FlowBudget) -> Int {
+        switch kind {
+        case .tcp: flows.tcpCount
+        case .udp: flows.udpCount
+        case .icmp: flows.icmpCount
+        case .dnsTCP: flows.dnsTCPCount
+        }
+    }
+
+    private func cap(_ kind: FlowKind) -> Int {
+        let l = flowLimits
+        return switch kind {
+        case .tcp: l.tcp
+        case .udp: l.udp
+        case .icmp: l.icmp
+        case .dnsTCP: l.dnsTCP
+        }
+    }
+
+    private func capOption(_ kind: FlowKind) -> String {
+        switch kind {
+        case .tcp: "max-tcp"
+        case .udp: "max-udp"
+        case .icmp: "max-icmp"
+        case .dnsTCP: "max-dns-tcp"
+        }
+    }
+}
+
+extension FlowBudget {
+    var info: GuestFlows {
+        GuestFlows(tcp: tcpCount, udp: udpCount, icmp: icmpCount, dnsTCP: dnsTCPCount,
+                   refused: refusedByCap.values.reduce(0, +), refusedForShortage: refusedForShortage, bufferEstimate: bufferEstimate)
+    }
+}
