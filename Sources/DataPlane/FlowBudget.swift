@@ -17,8 +17,12 @@ import FrameSwitch
 // Flows end as libslirp ends them, seen on the wire, or age out on libslirp's own timers:
 //   - TCP: a RST from libslirp; a RST from the guest only when libslirp would take it
 //     (a good checksum and a sequence number in its window, the ACK it last sent), since
-//     it ignores any other; a FIN each way once libslirp has acknowledged the guest's,
-//     then counted for 2 x TCPTV_MSL (10 s) more, libslirp's TIME_WAIT. A connection not
+//     it ignores any other; when the guest closed first (libslirp in LAST_ACK), the
+//     guest's ACK of libslirp's FIN, which libslirp takes under the same conditions and
+//     then frees the connection at once; when libslirp closed first, a FIN each way once
+//     libslirp has acknowledged the guest's, then 2 x TCPTV_MSL (10 s) more, libslirp's
+//     TIME_WAIT (counting that too after a guest-first close would refuse a guest that
+//     makes more than max-tcp / 10 short connections a second). A connection not
 //     established after TCPTV_KEEP_INIT (75 s) is dropped by libslirp, so here too. An
 //     established one has no idle limit: libslirp runs no keepalive (DO_KEEPALIVE 0).
 //   - UDP: SO_EXPIRE (240 s) after the last datagram either way, or SO_EXPIREFAST (10 s)
@@ -84,6 +88,8 @@ public struct FlowBudget: Sendable {
         var guestFinEnd: UInt32?
         var guestFinAcked = false
         var natFin = false
+        /// libslirp's FIN's sequence number + 1, once sent after the guest's (LAST_ACK).
+        var natFinEndAfterGuest: UInt32?
         var since: Int64
         var closingSince: Int64?
         var dns: Bool
@@ -197,9 +203,16 @@ public struct FlowBudget: Sendable {
             if dns { dnsTCPCount += 1 }
             return .pass
         }
+        // libslirp takes a RST, or the ACK that ends LAST_ACK, only inside its window and
+        // with a good checksum.
+        let acceptable = { seq &- state.expected < max(state.window, 1) && packet.checksumIsValid(frame) }
         if flags & 0x04 != 0 {
-            // libslirp takes a RST only inside its window and with a good checksum.
-            if seq &- state.expected < max(state.window, 1), packet.checksumIsValid(frame) { remove(flow) }
+            if acceptable() { remove(flow) }
+            return .pass
+        }
+        if flags & 0x10 != 0, let natEnd = state.natFinEndAfterGuest,
+           Int32(bitPattern: budgetRead32(frame, t + 8) &- natEnd) >= 0, acceptable() {
+            remove(flow)
             return .pass
         }
         if flags & 0x01 != 0, state.guestFinEnd == nil, packet.checksumIsValid(frame) {
@@ -231,7 +244,13 @@ public struct FlowBudget: Sendable {
                 if flags & 0x02 != 0 { state.established = true }
                 if let end = state.guestFinEnd, Int32(bitPattern: ack &- end) >= 0 { state.guestFinAcked = true }
             }
-            if flags & 0x01 != 0 { state.natFin = true }
+            if flags & 0x01 != 0, !state.natFin {
+                state.natFin = true
+                if state.guestFinEnd != nil {
+                    let length = UInt32(max(0, packet.end - t - Int(frame[frame.startIndex + t + 12] >> 4) * 4))
+                    state.natFinEndAfterGuest = budgetRead32(frame, t + 4) &+ length &+ 1
+                }
+            }
             if state.natFin, state.guestFinAcked, state.closingSince == nil { state.closingSince = now }
             tcp[flow] = state
         case 17:

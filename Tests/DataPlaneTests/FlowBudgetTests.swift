@@ -186,16 +186,34 @@ struct FlowBudgetTests {
         #expect(b.tcpCount == 0)
     }
 
-    @Test("FIN both ways, the guest's acknowledged, ends a flow after TIME_WAIT")
-    func finBothWays() {
+    @Test("libslirp closing first: FIN both ways, the guest's acknowledged, ends a flow after TIME_WAIT")
+    func finBothWaysNATFirst() {
+        var b = budget()
+        admit(&b, Wire.tcp(40000))
+        b.observe(toGuest: Wire.tcpToGuest(40000, ack: 1001, flags: 0x12), now: 0)
+        b.observe(toGuest: Wire.tcpToGuest(40000, seq: 5001, ack: 1001, flags: 0x11), now: 0)
+        admit(&b, Wire.tcp(40000, seq: 1001, ack: 5002, flags: 0x11))
+        b.observe(toGuest: Wire.tcpToGuest(40000, seq: 5002, ack: 1002, flags: 0x10), now: second)
+        b.expire(now: second + FlowBudget.timeWait - 1)
+        #expect(b.tcpCount == 1, "libslirp's TIME_WAIT still holds it")
+        b.expire(now: second + FlowBudget.timeWait)
+        #expect(b.tcpCount == 0)
+    }
+
+    @Test("the guest closing first: its acceptable ACK of libslirp's FIN ends the flow at once (LAST_ACK)")
+    func finBothWaysGuestFirst() {
         var b = budget()
         admit(&b, Wire.tcp(40000))
         b.observe(toGuest: Wire.tcpToGuest(40000, ack: 1001, flags: 0x12), now: 0)
         admit(&b, Wire.tcp(40000, seq: 1001, ack: 5001, flags: 0x11))
         b.observe(toGuest: Wire.tcpToGuest(40000, seq: 5001, ack: 1002, flags: 0x11), now: second)
-        b.expire(now: second + FlowBudget.timeWait - 1)
-        #expect(b.tcpCount == 1, "libslirp's TIME_WAIT still holds it")
-        b.expire(now: second + FlowBudget.timeWait)
+        admit(&b, Wire.tcp(40000, seq: 200_000, ack: 5002, flags: 0x10))
+        #expect(b.tcpCount == 1, "an ACK outside libslirp's window does not end LAST_ACK")
+        admit(&b, Wire.tcp(40000, seq: 1002, ack: 5002, flags: 0x10, badChecksum: true))
+        #expect(b.tcpCount == 1, "nor one with a bad checksum")
+        admit(&b, Wire.tcp(40000, seq: 1002, ack: 5001, flags: 0x10))
+        #expect(b.tcpCount == 1, "nor one that does not cover libslirp's FIN")
+        admit(&b, Wire.tcp(40000, seq: 1002, ack: 5002, flags: 0x10))
         #expect(b.tcpCount == 0)
     }
 
