@@ -149,7 +149,7 @@ public struct FlowBudget: Sendable {
         case 6: return admitTCP(frame, packet, now: now, limits: limits, shortage: shortage)
         case 17:
             guard packet.payload + 8 <= packet.end else { return .pass }
-            let key = UDPKey(guest: packet.source, port: budgetRead16(frame, packet.payload))
+            let key = UDPKey(guest: packet.source, port: read16(frame, packet.payload))
             if udp[key] != nil {
                 udp[key] = UDPState(lastSeen: now, fast: false)
                 return .pass
@@ -164,7 +164,7 @@ public struct FlowBudget: Sendable {
                 return .pass
             }
             let key = ICMPKey(guest: packet.source, nat: packet.destination,
-                              id: budgetRead16(frame, packet.payload + 4), sequence: budgetRead16(frame, packet.payload + 6))
+                              id: read16(frame, packet.payload + 4), sequence: read16(frame, packet.payload + 6))
             if icmp[key] != nil { return .pass }
             if icmp.count >= limits.icmp { expire(now: now) }
             guard icmp.count < limits.icmp else {
@@ -188,9 +188,9 @@ public struct FlowBudget: Sendable {
         let t = packet.payload
         guard t + 20 <= packet.end else { return .pass }
         let flow = NATConnections.Flow(guest: packet.source, nat: packet.destination,
-                                       guestPort: budgetRead16(frame, t), natPort: budgetRead16(frame, t + 2))
+                                       guestPort: read16(frame, t), natPort: read16(frame, t + 2))
         let flags = frame[frame.startIndex + t + 13]
-        let seq = budgetRead32(frame, t + 4)
+        let seq = read32(frame, t + 4)
         guard var state = tcp[flow] else {
             // Only a SYN without ACK starts a flow; anything else libslirp answers itself.
             guard flags & 0x17 == 0x02 else { return .pass }
@@ -211,7 +211,7 @@ public struct FlowBudget: Sendable {
             return .pass
         }
         if flags & 0x10 != 0, let natEnd = state.natFinEndAfterGuest,
-           Int32(bitPattern: budgetRead32(frame, t + 8) &- natEnd) >= 0, acceptable() {
+           Int32(bitPattern: read32(frame, t + 8) &- natEnd) >= 0, acceptable() {
             remove(flow)
             return .pass
         }
@@ -233,14 +233,14 @@ public struct FlowBudget: Sendable {
             let t = packet.payload
             guard t + 20 <= packet.end else { return }
             let flow = NATConnections.Flow(guest: packet.destination, nat: packet.source,
-                                           guestPort: budgetRead16(frame, t + 2), natPort: budgetRead16(frame, t))
+                                           guestPort: read16(frame, t + 2), natPort: read16(frame, t))
             guard var state = tcp[flow] else { return }
             let flags = frame[frame.startIndex + t + 13]
             if flags & 0x04 != 0 { return remove(flow) }
             if flags & 0x10 != 0 {
-                let ack = budgetRead32(frame, t + 8)
+                let ack = read32(frame, t + 8)
                 state.expected = ack
-                state.window = UInt32(budgetRead16(frame, t + 14))
+                state.window = UInt32(read16(frame, t + 14))
                 if flags & 0x02 != 0 { state.established = true }
                 if let end = state.guestFinEnd, Int32(bitPattern: ack &- end) >= 0 { state.guestFinAcked = true }
             }
@@ -248,22 +248,22 @@ public struct FlowBudget: Sendable {
                 state.natFin = true
                 if state.guestFinEnd != nil {
                     let length = UInt32(max(0, packet.end - t - Int(frame[frame.startIndex + t + 12] >> 4) * 4))
-                    state.natFinEndAfterGuest = budgetRead32(frame, t + 4) &+ length &+ 1
+                    state.natFinEndAfterGuest = read32(frame, t + 4) &+ length &+ 1
                 }
             }
             if state.natFin, state.guestFinAcked, state.closingSince == nil { state.closingSince = now }
             tcp[flow] = state
         case 17:
             guard packet.payload + 8 <= packet.end else { return }
-            let key = UDPKey(guest: packet.destination, port: budgetRead16(frame, packet.payload + 2))
+            let key = UDPKey(guest: packet.destination, port: read16(frame, packet.payload + 2))
             guard udp[key] != nil else { return }
-            udp[key] = UDPState(lastSeen: now, fast: budgetRead16(frame, packet.payload) == 53)
+            udp[key] = UDPState(lastSeen: now, fast: read16(frame, packet.payload) == 53)
         case 1, 58:
             guard packet.payload + 8 <= packet.end, frame[frame.startIndex + packet.payload] == (packet.proto == 1 ? 0 : 129) else {
                 return
             }
             icmp[ICMPKey(guest: packet.destination, nat: packet.source,
-                         id: budgetRead16(frame, packet.payload + 4), sequence: budgetRead16(frame, packet.payload + 6))] = nil
+                         id: read16(frame, packet.payload + 4), sequence: read16(frame, packet.payload + 6))] = nil
         default:
             return
         }
@@ -312,8 +312,8 @@ public struct FlowBudget: Sendable {
         let proto: UInt8
         if packet.proto == 6 {
             let length = UInt32(max(0, packet.end - t - Int(bytes[t + 12] >> 4) * 4))
-            let ack = budgetRead32(bytes, t + 4) &+ length &+ 1
-            body = Array(bytes[(t + 2)..<(t + 4)]) + Array(bytes[t..<(t + 2)]) + [0, 0, 0, 0] + budgetBytes(ack)
+            let ack = read32(bytes, t + 4) &+ length &+ 1
+            body = Array(bytes[(t + 2)..<(t + 4)]) + Array(bytes[t..<(t + 2)]) + [0, 0, 0, 0] + bigEndianBytes(ack)
             body += [5 << 4, 0x14, 0, 0, 0, 0, 0, 0]   // data offset 5, RST|ACK, window 0
             proto = 6
         } else if packet.isIPv4 {
@@ -330,15 +330,15 @@ public struct FlowBudget: Sendable {
         let destination = Array(bytes[packet.sourceOffset..<(packet.sourceOffset + packet.addressLength)])
         if packet.isIPv4 {
             if proto == 6 {
-                IPChecksum.store(in: &body, at: 16, pseudoHeader: source + destination + [0, 6] + budgetBytes(UInt16(body.count)))
+                IPChecksum.store(in: &body, at: 16, pseudoHeader: source + destination + [0, 6] + bigEndianBytes(UInt16(body.count)))
             }
-            var ip: [UInt8] = [0x45, 0] + budgetBytes(UInt16(20 + body.count)) + [0, 0, 0x40, 0, 64, proto, 0, 0] + source + destination
+            var ip: [UInt8] = [0x45, 0] + bigEndianBytes(UInt16(20 + body.count)) + [0, 0, 0x40, 0, 64, proto, 0, 0] + source + destination
             IPChecksum.store(in: &ip, at: 10)
             return ethernet + [0x08, 0x00] + ip + body
         }
-        let pseudo = source + destination + budgetBytes(UInt32(body.count)) + [0, 0, 0, proto]
+        let pseudo = source + destination + bigEndianBytes(UInt32(body.count)) + [0, 0, 0, proto]
         IPChecksum.store(in: &body, at: proto == 6 ? 16 : 2, pseudoHeader: pseudo)
-        return ethernet + [0x86, 0xDD, 0x60, 0, 0, 0] + budgetBytes(UInt16(body.count)) + [proto, 64] + source + destination + body
+        return ethernet + [0x86, 0xDD, 0x60, 0, 0, 0] + bigEndianBytes(UInt16(body.count)) + [proto, 64] + source + destination + body
     }
 }
 
@@ -361,13 +361,13 @@ struct Packet {
         guard frame.count >= 34 else { return nil }
         if frame[s + 12] == 0x08, frame[s + 13] == 0x00 {
             let ihl = Int(frame[s + 14] & 0x0F) * 4
-            let total = Int(budgetRead16(frame, 16))
+            let total = Int(read16(frame, 16))
             guard frame[s + 14] >> 4 == 4, ihl >= 20, total >= ihl, 14 + total <= frame.count,
-                  budgetRead16(frame, 20) & 0x3FFF == 0 else { return nil }
+                  read16(frame, 20) & 0x3FFF == 0 else { return nil }
             isIPv4 = true
             proto = frame[s + 23]
-            source = IPv6Key(mappedIPv4: budgetRead32(frame, 26))
-            destination = IPv6Key(mappedIPv4: budgetRead32(frame, 30))
+            source = IPv6Key(mappedIPv4: read32(frame, 26))
+            destination = IPv6Key(mappedIPv4: read32(frame, 30))
             sourceOffset = 26
             destinationOffset = 30
             addressLength = 4
@@ -375,7 +375,7 @@ struct Packet {
             end = 14 + total
         } else if frame[s + 12] == 0x86, frame[s + 13] == 0xDD {
             guard frame.count >= 54, frame[s + 14] >> 4 == 6 else { return nil }
-            let total = 54 + Int(budgetRead16(frame, 18))
+            let total = 54 + Int(read16(frame, 18))
             guard total <= frame.count else { return nil }
             isIPv4 = false
             proto = frame[s + 20]
@@ -398,20 +398,8 @@ struct Packet {
         let addresses = Array(bytes[sourceOffset..<(sourceOffset + addressLength)])
             + Array(bytes[destinationOffset..<(destinationOffset + addressLength)])
         let pseudo = isIPv4
-            ? addresses + [0, proto] + budgetBytes(UInt16(segment.count))
-            : addresses + budgetBytes(UInt32(segment.count)) + [0, 0, 0, proto]
+            ? addresses + [0, proto] + bigEndianBytes(UInt16(segment.count))
+            : addresses + bigEndianBytes(UInt32(segment.count)) + [0, 0, 0, proto]
         return IPChecksum.sum(segment, initial: IPChecksum.sum(pseudo)) == 0xFFFF
     }
 }
-
-// Byte helpers of this file's own (FrameSwitch keeps its ones internal).
-private func budgetRead16<C: RandomAccessCollection<UInt8>>(_ frame: C, _ at: Int) -> UInt16 where C.Index == Int {
-    UInt16(frame[frame.startIndex + at]) << 8 | UInt16(frame[frame.startIndex + at + 1])
-}
-
-private func budgetRead32<C: RandomAccessCollection<UInt8>>(_ frame: C, _ at: Int) -> UInt32 where C.Index == Int {
-    UInt32(budgetRead16(frame, at)) << 16 | UInt32(budgetRead16(frame, at + 2))
-}
-
-private func budgetBytes(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xFF)] }
-private func budgetBytes(_ value: UInt32) -> [UInt8] { budgetBytes(UInt16(value >> 16)) + budgetBytes(UInt16(value & 0xFFFF)) }

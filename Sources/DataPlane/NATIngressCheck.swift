@@ -121,7 +121,7 @@ public struct NATIngressCheck: Sendable {
         guard frame.count >= ip + 20, frame[ip] >> 4 == 4 else { return .drop(.ipv4Header) }
         let headerLength = Int(frame[ip] & 0x0F) * 4
         guard headerLength >= 20 else { return .drop(.ipv4Header) }
-        let total = be16(frame, ip + 2)
+        let total = Int(read16(frame, ip + 2))
         guard total >= headerLength, total <= frame.count - ip else { return .drop(.ipv4TotalLength) }
         guard frame[ip + 6] & 0x3F == 0, frame[ip + 7] == 0 else { return .drop(.ipv4Fragment) }
         let l4 = ip + headerLength
@@ -136,7 +136,7 @@ public struct NATIngressCheck: Sendable {
 
     private static func ipv6(_ frame: UnsafeRawBufferPointer) -> Verdict {
         guard frame.count >= ip + 40, frame[ip] >> 4 == 6 else { return .drop(.ipv6Header) }
-        let payload = be16(frame, ip + 4)
+        let payload = Int(read16(frame, ip + 4))
         let end = ip + 40 + payload
         guard end <= frame.count else { return .drop(.ipv6PayloadLength) }
         let trim = end < frame.count ? end : nil
@@ -157,7 +157,7 @@ public struct NATIngressCheck: Sendable {
         guard offset >= 20, offset <= length else { return .drop(.tcpDataOffset) }
         guard optionsFit(frame, from: t + 20, to: t + offset) else { return .drop(.tcpOptions) }
         let flags = frame[t + 13]
-        let urgent = be16(frame, t + 18)
+        let urgent = Int(read16(frame, t + 18))
         guard flags & 0x20 != 0 || urgent != 0 else { return .pass }
         var bytes = Array(frame[0..<(trim ?? frame.count)])
         let oldFlagsWord = UInt16(bytes[t + 12]) << 8 | UInt16(flags)
@@ -192,12 +192,8 @@ public struct NATIngressCheck: Sendable {
 
     private static func udp(_ frame: UnsafeRawBufferPointer, at u: Int, length: Int) -> Verdict {
         guard length >= 8 else { return .drop(.udpLength) }
-        let udpLength = be16(frame, u + 4)
+        let udpLength = Int(read16(frame, u + 4))
         return udpLength >= 8 && udpLength <= length ? .pass : .drop(.udpLength)
-    }
-
-    private static func be16(_ frame: UnsafeRawBufferPointer, _ at: Int) -> Int {
-        Int(frame[at]) << 8 | Int(frame[at + 1])
     }
 }
 

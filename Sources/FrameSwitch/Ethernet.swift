@@ -55,19 +55,19 @@ public struct MACAddress: Hashable, Sendable, Comparable, CustomStringConvertibl
 
 /// The big-endian 16-bit value at byte `at` of a frame.
 @inlinable
-func read16<C: RandomAccessCollection<UInt8>>(_ frame: C, _ at: Int) -> UInt16 where C.Index == Int {
+public func read16<C: RandomAccessCollection<UInt8>>(_ frame: C, _ at: Int) -> UInt16 where C.Index == Int {
     UInt16(frame[frame.startIndex + at]) << 8 | UInt16(frame[frame.startIndex + at + 1])
 }
 
 /// The big-endian 32-bit value at byte `at` of a frame.
 @inlinable
-func read32<C: RandomAccessCollection<UInt8>>(_ frame: C, _ at: Int) -> UInt32 where C.Index == Int {
+public func read32<C: RandomAccessCollection<UInt8>>(_ frame: C, _ at: Int) -> UInt32 where C.Index == Int {
     UInt32(read16(frame, at)) << 16 | UInt32(read16(frame, at + 2))
 }
 
 /// A value's bytes in network order, for building frames.
-func bigEndianBytes(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xFF)] }
-func bigEndianBytes(_ value: UInt32) -> [UInt8] { bigEndianBytes(UInt16(value >> 16)) + bigEndianBytes(UInt16(value & 0xFFFF)) }
+public func bigEndianBytes(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xFF)] }
+public func bigEndianBytes(_ value: UInt32) -> [UInt8] { bigEndianBytes(UInt16(value >> 16)) + bigEndianBytes(UInt16(value & 0xFFFF)) }
 
 /// The addresses at the start of an Ethernet frame.
 public struct EthernetHeader: Equatable, Sendable {
