@@ -82,6 +82,10 @@ def test_set_tcp_cap_applies_at_once_and_survives_restart(tmp_path: Path, listen
         now = limits(d)
         assert now["maxTCP"] == 2 and now["setByAPI"] == ["maxTCP"], now
         assert now["maxUDP"] == before["maxUDP"]
+        rows = slirpctl(d, "limits").stdout.splitlines()
+        assert rows[0].split()[:5] == ["NETWORK", "MAX-TCP", "MAX-UDP", "MAX-ICMP", "MAX-DNS-TCP"], rows
+        assert rows[1].split()[:2] == ["default", "2"] and rows[1].split()[-1] == "maxTCP", rows
+        assert json.loads(slirpctl(d, "limits", "--json").stdout)["default"]["maxTCP"] == 2
         # A new guest: two SYN-ACKs, then slirpd's RST.
         assert answers(d, sock, listener, 3, 42000, 2) == ["syn-ack", "syn-ack", "rst"]
 
