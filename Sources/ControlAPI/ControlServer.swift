@@ -162,6 +162,15 @@ public enum ControlServer {
                 try await service.removeStaticLease(network: context.parameter("network"), mac: context.parameter("mac"))
             }
         }
+        router.get("/v1/networks/:network/flow-limits") { _, context in
+            try await json { () throws(APIError) in try await service.flowLimits(network: context.parameter("network")) }
+        }
+        router.put("/v1/networks/:network/flow-limits") { request, context in
+            try await json { () throws(APIError) in
+                let body = try await decode(FlowLimitsRequest.self, request)
+                return try await service.setFlowLimits(network: context.parameter("network"), body)
+            }
+        }
         router.get("/v1/attachments") { _, _ in try await json { () throws(APIError) in try await service.attachments(network: nil) } }
         router.get("/v1/networks/:network/attachments") { _, context in
             try await json { () throws(APIError) in try await service.attachments(network: context.parameter("network")) }

@@ -32,6 +32,12 @@ public protocol ControlService: Sendable {
     /// Only attachments added through the API can be removed; `target` as added (`unix:/path`).
     func removeAttachment(network: String, target: String) async throws(APIError) -> AttachmentInfo
 
+    /// A network's per-guest flow caps (max-tcp= etc.), as in `NetworkInfo.flowLimits`.
+    func flowLimits(network: String) async throws(APIError) -> FlowLimitsInfo
+    /// Changes them for every guest's new flows; kept over reloads and restarts until the
+    /// configuration's value for that key changes.
+    func setFlowLimits(network: String, _ request: FlowLimitsRequest) async throws(APIError) -> FlowLimitsInfo
+
     /// Prometheus text exposition format.
     func metrics() async -> String
 

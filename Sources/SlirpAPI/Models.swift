@@ -126,8 +126,11 @@ public struct FlowLimitsInfo: Codable, Sendable, Equatable {
     public var maxDNSTCP: Int
     /// libslirp's buffer memory one guest at all its caps would take, estimated.
     public var bufferEstimatePerGuest: Int
+    /// The keys (maxTCP etc.) set through the API, in place of the configured value.
+    public var setByAPI: [String]?
 
-    public init(maxTCP: Int, maxUDP: Int, maxICMP: Int, maxDNSTCP: Int, bufferEstimatePerGuest: Int) {
+    public init(maxTCP: Int, maxUDP: Int, maxICMP: Int, maxDNSTCP: Int, bufferEstimatePerGuest: Int, setByAPI: [String]? = nil) {
+        self.setByAPI = setByAPI
         self.maxTCP = maxTCP
         self.maxUDP = maxUDP
         self.maxICMP = maxICMP
@@ -325,6 +328,46 @@ public struct StaticLeaseRequest: Codable, Sendable, Equatable {
         mac = try c.decode(String.self, forKey: .mac)
         ip = try c.decode(String.self, forKey: .ip)
         hostname = try c.decodeIfPresent(String.self, forKey: .hostname)
+    }
+}
+
+/// Changes a network's per-guest flow caps at run time (slirpctl limits set); absent keys
+/// stay as they are. Each value 0 to 65535; new flows only.
+public struct FlowLimitsRequest: Codable, Sendable, Equatable {
+    public var maxTCP: Int?
+    public var maxUDP: Int?
+    public var maxICMP: Int?
+    public var maxDNSTCP: Int?
+
+    public init(maxTCP: Int? = nil, maxUDP: Int? = nil, maxICMP: Int? = nil, maxDNSTCP: Int? = nil) {
+        self.maxTCP = maxTCP
+        self.maxUDP = maxUDP
+        self.maxICMP = maxICMP
+        self.maxDNSTCP = maxDNSTCP
+    }
+
+    private enum CodingKeys: String, CodingKey, CaseIterable { case maxTCP, maxUDP, maxICMP, maxDNSTCP }
+
+    private struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    /// Refuses unknown keys: a misspelt `maxTcp` would otherwise change nothing, silently.
+    public init(from decoder: any Decoder) throws {
+        let all = try decoder.container(keyedBy: AnyKey.self)
+        if let unknown = all.allKeys.first(where: { CodingKeys(stringValue: $0.stringValue) == nil }) {
+            throw DecodingError.dataCorrupted(.init(
+                codingPath: [unknown],
+                debugDescription: "unknown key '\(unknown.stringValue)' (expected maxTCP, maxUDP, maxICMP or maxDNSTCP)"))
+        }
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        maxTCP = try c.decodeIfPresent(Int.self, forKey: .maxTCP)
+        maxUDP = try c.decodeIfPresent(Int.self, forKey: .maxUDP)
+        maxICMP = try c.decodeIfPresent(Int.self, forKey: .maxICMP)
+        maxDNSTCP = try c.decodeIfPresent(Int.self, forKey: .maxDNSTCP)
     }
 }
 

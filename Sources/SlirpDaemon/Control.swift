@@ -89,6 +89,14 @@ public struct DaemonControl: ControlService {
         try await mailbox.ask { d throws(APIError) in try d.network(network).removeAttachment(target) }
     }
 
+    public func flowLimits(network: String) async throws(APIError) -> FlowLimitsInfo {
+        try await mailbox.ask { d throws(APIError) in try d.network(network).flowLimitsInfo }
+    }
+
+    public func setFlowLimits(network: String, _ request: FlowLimitsRequest) async throws(APIError) -> FlowLimitsInfo {
+        try await mailbox.ask { d throws(APIError) in try d.network(network).setFlowLimits(request) }
+    }
+
     public func metrics() async -> String {
         (try? await mailbox.ask { d in Metrics.render(d.networks) }) ?? ""
     }

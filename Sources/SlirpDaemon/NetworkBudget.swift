@@ -29,18 +29,59 @@ struct FlowAccounting {
     /// New flows refused on this network, guests that left included.
     var refused: [FlowKind: Int] = [:]
     var refusedForShortage = 0
+    /// Caps changed through the API (FlowLimitOverrides), over the configured ones.
+    var overrides = FlowLimitOverrides()
 }
 
 extension Network {
+    /// The caps in force: the configured ones, with the API's overrides.
     var flowLimits: FlowLimits {
+        flowAccounting.overrides.limits(over: configuredFlowLimits)
+    }
+
+    var configuredFlowLimits: FlowLimits {
         let o = config.options
         return FlowLimits(tcp: o.maxTCP, udp: o.maxUDP, icmp: o.maxICMP, dnsTCP: o.maxDNSTCP)
     }
 
     var flowLimitsInfo: FlowLimitsInfo {
         let l = flowLimits
+        let set = FlowKind.allCases.filter { flowAccounting.overrides.entries[$0] != nil }.map(\.apiKey)
         return FlowLimitsInfo(maxTCP: l.tcp, maxUDP: l.udp, maxICMP: l.icmp, maxDNSTCP: l.dnsTCP,
-                              bufferEstimatePerGuest: l.tcp * FlowBudget.tcpBufferBytes + (l.udp + l.icmp) * FlowBudget.datagramBufferBytes)
+                              bufferEstimatePerGuest: l.tcp * FlowBudget.tcpBufferBytes + (l.udp + l.icmp) * FlowBudget.datagramBufferBytes,
+                              setByAPI: set)
+    }
+
+    /// Changes caps for every guest's new flows (PUT .../flow-limits); open flows stay,
+    /// even above a lowered cap. All values are checked before any applies.
+    func setFlowLimits(_ request: FlowLimitsRequest) throws(APIError) -> FlowLimitsInfo {
+        let wanted: [(FlowKind, Int)] = [(.tcp, request.maxTCP), (.udp, request.maxUDP), (.icmp, request.maxICMP),
+                                         (.dnsTCP, request.maxDNSTCP)].compactMap { kind, value in value.map { (kind, $0) } }
+        guard !wanted.isEmpty else { throw .badRequest("give at least one of maxTCP, maxUDP, maxICMP, maxDNSTCP") }
+        for (kind, value) in wanted {
+            if !FlowLimitOverrides.isValid(value) {
+                throw .badRequest("\(kind.apiKey) (\(kind.optionName)) must be between \(FlowLimitOverrides.range.lowerBound) and \(FlowLimitOverrides.range.upperBound), not \(value)")
+            }
+        }
+        let base = configuredFlowLimits
+        for (kind, value) in wanted { flowAccounting.overrides.set(kind, to: value, base: base) }
+        saveRuntimeState()
+        let now = flowLimits
+        let text = FlowKind.allCases.map { "\($0.optionName)=\(now[$0])" }.joined(separator: ",")
+        if !restoringRuntimeState { log.notice("flow limits set through the API: now \(text)") }
+        return flowLimitsInfo
+    }
+
+    /// After a reload: the configuration's value wins for each key it changed
+    /// (FlowLimitOverrides' rule); true when caps in force changed.
+    func reapplyFlowLimits(oldConfigured: FlowLimits) -> Bool {
+        let before = flowAccounting.overrides.limits(over: oldConfigured)
+        let stale = flowAccounting.overrides.rebase(on: configuredFlowLimits)
+        for kind in stale {
+            log.notice("reload: \(kind.optionName) changed in the configuration: now \(configuredFlowLimits[kind]), replacing the value set through the API")
+        }
+        if !stale.isEmpty { saveRuntimeState() }
+        return flowLimits != before
     }
 
     /// Whether a guest's whole datagram may go to libslirp; a refused new flow is
@@ -103,22 +144,19 @@ extension Network {
         }
     }
 
-    private func cap(_ kind: FlowKind) -> Int {
-        let l = flowLimits
-        return switch kind {
-        case .tcp: l.tcp
-        case .udp: l.udp
-        case .icmp: l.icmp
-        case .dnsTCP: l.dnsTCP
-        }
-    }
+    private func cap(_ kind: FlowKind) -> Int { flowLimits[kind] }
 
-    private func capOption(_ kind: FlowKind) -> String {
-        switch kind {
-        case .tcp: "max-tcp"
-        case .udp: "max-udp"
-        case .icmp: "max-icmp"
-        case .dnsTCP: "max-dns-tcp"
+    private func capOption(_ kind: FlowKind) -> String { kind.optionName }
+}
+
+extension FlowKind {
+    /// The key in the API's FlowLimitsRequest and FlowLimitsInfo.
+    var apiKey: String {
+        switch self {
+        case .tcp: "maxTCP"
+        case .udp: "maxUDP"
+        case .icmp: "maxICMP"
+        case .dnsTCP: "maxDNSTCP"
         }
     }
 }

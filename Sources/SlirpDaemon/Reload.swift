@@ -1,4 +1,5 @@
 import DaemonConfig
+import DataPlane
 import NetOptions
 import PosixIO
 import SlirpAPI
@@ -12,8 +13,9 @@ import SlirpAPI
 // which disconnects its guests. For the rest only forwards, static leases and the guest
 // allow-lists change: forwards and static leases the old file
 // listed and the new one does not are removed, new ones added. Forwards added through
-// the API are not the file's to remove, so they stay. Guests of these networks keep
-// their connections.
+// the API are not the file's to remove, so they stay. Flow caps (max-tcp= etc.) change
+// in place too, for new flows; one set through the API stays unless the file changed
+// that key (FlowLimitOverrides). Guests of these networks keep their connections.
 
 extension NetworkConfig {
     /// Whether `other` can be applied to a running network by changing forwards alone.
@@ -29,6 +31,11 @@ extension NetworkConfig {
         b.staticLeases = []
         // Checked at attach time: new lists apply to guests that attach after the reload.
         a.guestAccess = b.guestAccess
+        // Flow caps apply to new flows, so they change in place (reapplyFlowLimits).
+        a.options.maxTCP = b.options.maxTCP
+        a.options.maxUDP = b.options.maxUDP
+        a.options.maxICMP = b.options.maxICMP
+        a.options.maxDNSTCP = b.options.maxDNSTCP
         return a == b
     }
 }
@@ -88,7 +95,13 @@ extension Network {
             }
         }
         let staticLeasesChanged = config.staticLeases != new.staticLeases
+        let oldFlowLimits = configuredFlowLimits
         config = new
+        // A cap set through the API stands unless the file changed that very key.
+        if reapplyFlowLimits(oldConfigured: oldFlowLimits) {
+            log.notice("reload: flow limits now \(FlowKind.allCases.map { "\($0.optionName)=\(flowLimits[$0])" }.joined(separator: ","))")
+            changes += 1
+        }
         if staticLeasesChanged {
             applyStaticLeases()
             log.notice("reload: static leases now \(new.staticLeases.count)")

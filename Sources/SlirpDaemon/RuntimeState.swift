@@ -1,3 +1,4 @@
+import DataPlane
 import Foundation
 import NetServices
 import PosixIO
@@ -11,12 +12,16 @@ import SlirpAPI
 /// rename), and a network that starts, whether at daemon start or on a reload that
 /// restarts it, replays the file through the same calls the API uses. A replayed item
 /// that no longer fits (its port now taken, its address outside a changed network) is
-/// logged and left out of the file.
+/// logged and left out of the file. Flow caps set through the API are restored unless
+/// the configuration's value for that key changed since (FlowLimitOverrides).
 struct RuntimeState: Codable, Equatable {
     var forwards: [ForwardRequest] = []
     var guestForwards: [String] = []
     var staticLeases: [StaticLeaseRequest] = []
     var attachments: [String] = []
+    /// Flow caps set through the API, by option name (`max-tcp`), each with the configured
+    /// value it replaced: one whose configured value has since changed is not restored.
+    var flowLimits: [String: FlowLimitOverride]?
 
     var isEmpty: Bool { self == RuntimeState() }
 }
@@ -29,7 +34,8 @@ extension Network {
         RuntimeState(
             forwards: apiForwards, guestForwards: apiGuestForwards,
             staticLeases: apiStaticLeases.map { StaticLeaseRequest(mac: "\($0.mac)", ip: "\($0.address)", hostname: $0.hostname) },
-            attachments: dialTargets.filter(\.fromAPI).map { "unix:\($0.path)" })
+            attachments: dialTargets.filter(\.fromAPI).map { "unix:\($0.path)" },
+            flowLimits: flowAccounting.overrides.entries.isEmpty ? nil : flowAccounting.overrides.byOptionName)
     }
 
     /// Writes the file after an API change (not while replaying it).
@@ -77,6 +83,22 @@ extension Network {
         }
         for target in state.attachments {
             replay("attachment \(target)") { () throws(APIError) in _ = try addAttachment(target) }
+        }
+        if let saved = state.flowLimits {
+            var overrides = FlowLimitOverrides(byOptionName: saved)
+            if overrides.entries.count < saved.count {
+                dropped += saved.count - overrides.entries.count
+                log.warning("not restoring unknown or out-of-range flow limits in \(path)")
+            }
+            for kind in overrides.rebase(on: configuredFlowLimits) {
+                dropped += 1
+                log.warning("not restoring \(kind.optionName) set through the API: the configuration's value changed since")
+            }
+            restored += overrides.entries.count
+            flowAccounting.overrides = overrides
+            if !overrides.entries.isEmpty {
+                log.notice("flow limits set through the API restored: \(overrides.byOptionName.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.value)" }.joined(separator: ","))")
+            }
         }
         restoringRuntimeState = false
         log.notice("restored \(restored) run-time change(s) from \(path)\(dropped > 0 ? "; \(dropped) no longer apply" : "")")

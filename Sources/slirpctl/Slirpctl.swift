@@ -91,7 +91,7 @@ struct Slirpctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "slirpctl",
         abstract: "Control a running slirpd: guests, forwards, attachments, connections, captures, events.",
-        subcommands: [Networks.self, Guests.self, Connections.self, Leases.self, StaticLeaseCommand.self, Forward.self,
+        subcommands: [Networks.self, Guests.self, Connections.self, Leases.self, StaticLeaseCommand.self, Limits.self, Forward.self,
                       GuestFwd.self, Attach.self, Detach.self, Attachments.self, Capture.self, Events.self, QemuArgs.self])
 
     // Declared here and in each subcommand, so `slirpctl --control P guests` and
@@ -232,6 +232,76 @@ struct StaticLeaseCommand: ParsableCommand {
             table(["NETWORK", "MAC", "IP", "HOSTNAME", "SOURCE"], rows.map {
                 [$0.network, $0.mac, $0.ip, $0.hostname ?? "", $0.source.rawValue]
             })
+        }
+    }
+}
+
+struct Limits: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show or change each guest's caps on NAT flows (max-tcp= etc.) at run time.",
+        subcommands: [Show.self, Set.self], defaultSubcommand: Show.self)
+
+    static func printTable(_ rows: [(String, FlowLimitsInfo)]) {
+        table(["NETWORK", "MAX-TCP", "MAX-UDP", "MAX-ICMP", "MAX-DNS-TCP", "BUFFERS/GUEST", "SET BY API"], rows.map { name, l in
+            [name, "\(l.maxTCP)", "\(l.maxUDP)", "\(l.maxICMP)", "\(l.maxDNSTCP)", "\(l.bufferEstimatePerGuest / 1024) KiB",
+             (l.setByAPI ?? []).joined(separator: ",")]
+        })
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the caps in force (the default).")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Only this network.") var network: String?
+
+        func run() throws {
+            if let network {
+                let (info, raw) = try global.get(networkPath(network, "flow-limits"), as: FlowLimitsInfo.self)
+                if global.json { return printJSON(raw) }
+                return Limits.printTable([(network, info)])
+            }
+            let (networks, _) = try global.get("/v1/networks", as: [NetworkInfo].self)
+            let rows = networks.compactMap { n in n.flowLimits.map { (n.name, $0) } }
+            if global.json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                let map = Dictionary(rows, uniquingKeysWith: { a, _ in a })
+                return printJSON(Array((try? encoder.encode(map)) ?? Data("{}".utf8)) + [0x0A])
+            }
+            Limits.printTable(rows)
+        }
+    }
+
+    struct Set: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change caps for every guest's new flows; open flows are never cut. Kept across restarts until the configuration changes that key.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "The network (needed when slirpd runs several).") var network: String?
+        @Option(parsing: .unconditional, help: ArgumentHelp("NAT TCP connections per guest (max-tcp=), 0 to 65535.", valueName: "N")) var tcp: String?
+        @Option(parsing: .unconditional, help: ArgumentHelp("UDP flows per guest (max-udp=), 0 to 65535.", valueName: "N")) var udp: String?
+        @Option(parsing: .unconditional, help: ArgumentHelp("ICMP echo flows per guest (max-icmp=), 0 to 65535.", valueName: "N")) var icmp: String?
+        @Option(name: .customLong("dns-tcp"), parsing: .unconditional, help: ArgumentHelp("TCP connections per guest to the DNS service (max-dns-tcp=), 0 to 65535.", valueName: "N"))
+        var dnsTCP: String?
+
+        /// Parsed here (and taken whatever it looks like, `-1` included) so that any bad
+        /// value fails the same way: exit status 1, one line.
+        static func number(_ text: String?, _ flag: String) throws -> Int? {
+            guard let text else { return nil }
+            guard let value = Int(text), (0...65535).contains(value) else {
+                throw ClientError.failed("\(flag) expects a whole number from 0 to 65535, not '\(text)'")
+            }
+            return value
+        }
+
+        func run() throws {
+            let request = FlowLimitsRequest(maxTCP: try Self.number(tcp, "--tcp"), maxUDP: try Self.number(udp, "--udp"),
+                                            maxICMP: try Self.number(icmp, "--icmp"), maxDNSTCP: try Self.number(dnsTCP, "--dns-tcp"))
+            guard request != FlowLimitsRequest() else {
+                throw ClientError.failed("give at least one of --tcp, --udp, --icmp, --dns-tcp")
+            }
+            let name = try resolveNetwork(network, global)
+            let (info, raw) = try global.send(.PUT, networkPath(name, "flow-limits"), body: request, as: FlowLimitsInfo.self)
+            if global.json { return printJSON(raw) }
+            Limits.printTable([(name, info)])
         }
     }
 }
