@@ -89,6 +89,7 @@ extension Network {
         }
         let staticLeasesChanged = config.staticLeases != new.staticLeases
         config = new
+        refreshSecurityAddresses()
         if staticLeasesChanged {
             applyStaticLeases()
             log.notice("reload: static leases now \(new.staticLeases.count)")
