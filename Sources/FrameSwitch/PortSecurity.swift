@@ -7,10 +7,13 @@
 // - A DHCP lease binds its address to the port that asked for it (`leaseGranted`), and
 //   reserves it for the lease's MAC: no other MAC may claim it while the lease runs. A
 //   static lease reserves its address for its MAC for good.
-// - Any other address of the network (a static IP configured in the guest, a SLAAC or
-//   link-local IPv6 address) is bound to the first port that sends from it: first claim.
+// - Any other unicast address (a static IP configured in the guest, a SLAAC or
+//   link-local IPv6 address, or one outside the network that guests use among
+//   themselves, like Zephyr's 192.0.2.x samples) is bound to the first port that sends
+//   from it: first claim.
 // - Never bound to a guest: the gateway, DNS and every other NAT address (`reserved`),
-//   the network and broadcast addresses, and addresses outside the network.
+//   the network's own network and broadcast addresses, and sources no host may use
+//   (multicast, broadcast, loopback, 0.0.0.0/8).
 // - Allowed without binding: DHCP's 0.0.0.0 (UDP to port 67 only), an ARP probe's
 //   sender 0.0.0.0, and IPv6's unspecified source (DAD, MLD).
 // A frame that fails is dropped; the caller counts it and logs it, naming the guest.
@@ -32,7 +35,7 @@ public enum SecurityViolation: String, Sendable, CaseIterable, Comparable {
     case macLimit = "mac_limit"
     case reservedAddress = "reserved_address"
     case takenAddress = "taken_address"
-    case foreignAddress = "foreign_address"
+    case invalidSource = "invalid_source"
     case addressLimit = "address_limit"
     case chaddrMismatch = "dhcp_chaddr_mismatch"
     case dhcpClientLimit = "dhcp_client_limit"
@@ -46,7 +49,7 @@ public enum SecurityViolation: String, Sendable, CaseIterable, Comparable {
         case .macLimit: "sends from more MACs than a guest may have"
         case .reservedAddress: "claims the gateway's, DNS's or another NAT address"
         case .takenAddress: "claims an address another guest holds"
-        case .foreignAddress: "sends from an address outside the network"
+        case .invalidSource: "sends from an address no host may use"
         case .addressLimit: "claims more addresses than a guest may hold"
         case .chaddrMismatch: "sends DHCP with a client MAC (chaddr) other than its frame's source"
         case .dhcpClientLimit: "asks DHCP for more clients than a guest may have"
@@ -103,18 +106,13 @@ public struct PortSecurity: Sendable {
         public var mask: UInt32
         /// The gateway, DNS, guest-forward addresses: the NAT's, never a guest's.
         public var reserved: Set<UInt32>
-        public var ipv6Prefix: IPv6Key
-        public var ipv6PrefixLength: Int
         /// ipv6-host, ipv6-dns, and libslirp's link-local fe80::2.
         public var reserved6: Set<IPv6Key>
 
-        public init(network: UInt32, mask: UInt32, reserved: Set<UInt32>,
-                    ipv6Prefix: IPv6Key, ipv6PrefixLength: Int, reserved6: Set<IPv6Key>) {
+        public init(network: UInt32, mask: UInt32, reserved: Set<UInt32>, reserved6: Set<IPv6Key>) {
             self.network = network & mask
             self.mask = mask
             self.reserved = reserved
-            self.ipv6Prefix = ipv6Prefix
-            self.ipv6PrefixLength = ipv6PrefixLength
             self.reserved6 = reserved6
         }
     }
@@ -171,7 +169,7 @@ public struct PortSecurity: Sendable {
         case 0x0800:
             guard frame.count >= 34, frame[s + 14] >> 4 == 4 else { return .pass }
             let source = read32(frame, 26)
-            if source == 0 { return isDHCPRequest(frame) ? .pass : .drop(.foreignAddress, .ipv4(0), owner: nil) }
+            if source == 0 { return isDHCPRequest(frame) ? .pass : .drop(.invalidSource, .ipv4(0), owner: nil) }
             return claimIPv4(source, mac: mac, port: port, now: now)
         case 0x86DD:
             guard frame.count >= 54, frame[s + 14] >> 4 == 6 else { return .pass }
@@ -198,17 +196,20 @@ public struct PortSecurity: Sendable {
         return read16(frame, udp + 2) == 67
     }
 
-    private func isNetworkAddress(_ address: UInt32) -> Bool {
-        guard address & addresses.mask == addresses.network else { return false }
+    /// A source a host may use: not 0/8, loopback, multicast or broadcast, nor the
+    /// network's own network or broadcast address.
+    private func isUnicastSource(_ address: UInt32) -> Bool {
+        let first = address >> 24
+        guard first != 0, first != 127, first < 224 else { return false }
         // /31 and /32 have no network or broadcast address (RFC 3021).
-        guard addresses.mask & 0b10 == 0 else { return true }
+        guard address & addresses.mask == addresses.network, addresses.mask & 0b10 == 0 else { return true }
         let host = address & ~addresses.mask
         return host != 0 && host != ~addresses.mask
     }
 
     mutating func claimIPv4(_ address: UInt32, mac: MACAddress, port: PortID, now: Int64) -> Verdict {
         if addresses.reserved.contains(address) { return .drop(.reservedAddress, .ipv4(address), owner: nil) }
-        guard isNetworkAddress(address) else { return .drop(.foreignAddress, .ipv4(address), owner: nil) }
+        guard isUnicastSource(address) else { return .drop(.invalidSource, .ipv4(address), owner: nil) }
         if let binding = ipv4[address] {
             if binding.port == port { return .pass }
             return .drop(.takenAddress, .ipv4(address), owner: binding.port)
@@ -228,19 +229,14 @@ public struct PortSecurity: Sendable {
         return .pass
     }
 
-    private func isIPv6NetworkAddress(_ key: IPv6Key) -> Bool {
-        if key.high >> 54 == 0x3FA { return true }  // fe80::/10, link-local
-        let length = addresses.ipv6PrefixLength
-        guard length > 0 else { return true }
-        let highMask: UInt64 = length >= 64 ? .max : ~(UInt64.max >> UInt64(length))
-        let lowMask: UInt64 = length <= 64 ? 0 : (length >= 128 ? .max : ~(UInt64.max >> UInt64(length - 64)))
-        return key.high & highMask == addresses.ipv6Prefix.high & highMask
-            && key.low & lowMask == addresses.ipv6Prefix.low & lowMask
+    /// Not multicast (ff00::/8) nor loopback (::1); the unspecified address is handled apart.
+    private func isIPv6UnicastSource(_ key: IPv6Key) -> Bool {
+        key.high >> 56 != 0xFF && !(key.high == 0 && key.low == 1)
     }
 
     mutating func claimIPv6(_ address: IPv6Key, mac: MACAddress, port: PortID, now: Int64) -> Verdict {
         if addresses.reserved6.contains(address) { return .drop(.reservedAddress, .ipv6(address), owner: nil) }
-        guard isIPv6NetworkAddress(address) else { return .drop(.foreignAddress, .ipv6(address), owner: nil) }
+        guard isIPv6UnicastSource(address) else { return .drop(.invalidSource, .ipv6(address), owner: nil) }
         if let binding = ipv6[address] {
             guard binding.port == port else { return .drop(.takenAddress, .ipv6(address), owner: binding.port) }
             // Refreshed at most once a second: no table write per frame.

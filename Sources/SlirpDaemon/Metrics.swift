@@ -19,7 +19,7 @@ enum Metrics {
         family("slirpd_ndp_proxied_total", "counter", "Neighbor Solicitations from the NAT answered by the switch for attached guests.",
                nets.map { ($0.label, $0.net.ndpProxied) })
         family("slirpd_port_security_dropped_total", "counter",
-               "Guest frames port security dropped, by reason: nat_mac, mac_limit, reserved_address, taken_address, foreign_address, address_limit, dhcp_chaddr_mismatch, dhcp_client_limit.",
+               "Guest frames port security dropped, by reason: nat_mac, mac_limit, reserved_address, taken_address, invalid_source, address_limit, dhcp_chaddr_mismatch, dhcp_client_limit.",
                nets.flatMap { n in SecurityViolation.allCases.map { ("\(n.label),reason=\"\($0.rawValue)\"", n.net.securityDrops[$0, default: 0]) } })
         family("slirpd_nat_unknown_unicast_dropped_total", "counter",
                "Unicast frames from the NAT to a destination no guest holds, dropped instead of flooded to every guest.",

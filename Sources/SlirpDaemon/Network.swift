@@ -28,7 +28,7 @@ final class Network {
     private(set) var ports: [PortID: GuestPort] = [:]
     private var bridge = EthernetSwitch(natPort: Network.natPort)
     /// Which port holds which address, and DHCP snooping (NetworkSecurity.swift).
-    var security = PortSecurity(addresses: PortSecurity.Addresses(network: 0, mask: 0, reserved: [], ipv6Prefix: IPv6Key([UInt8](repeating: 0, count: 16), at: 0), ipv6PrefixLength: 0, reserved6: []))
+    var security = PortSecurity(addresses: PortSecurity.Addresses(network: 0, mask: 0, reserved: [], reserved6: []))
     var securityDrops: [SecurityViolation: Int] = [:]
     /// Unicast frames from the NAT to a destination nobody holds, dropped instead of flooded.
     var natUnknownUnicastDropped = 0

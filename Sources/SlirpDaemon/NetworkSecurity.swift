@@ -22,7 +22,6 @@ extension Network {
         let linkLocal2 = IPv6Key([0xFE, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], at: 0)
         return PortSecurity.Addresses(
             network: o.network.address.value, mask: o.network.mask, reserved: reserved,
-            ipv6Prefix: IPv6Key(o.ipv6Prefix.bytes, at: 0), ipv6PrefixLength: o.ipv6PrefixLength,
             reserved6: [IPv6Key(o.ipv6Host.bytes, at: 0), IPv6Key(o.ipv6DNS.bytes, at: 0), linkLocal2])
     }
 

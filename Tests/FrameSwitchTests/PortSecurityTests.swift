@@ -18,7 +18,6 @@ struct PortSecurityTests {
     func security(_ limits: PortSecurity.Limits = PortSecurity.Limits()) -> PortSecurity {
         PortSecurity(addresses: PortSecurity.Addresses(
             network: 0x0A00_0200, mask: 0xFFFF_FF00, reserved: [Self.ip(2), Self.ip(3), Self.ip(4)],
-            ipv6Prefix: Self.key(Self.v6(Self.fec0, 0)), ipv6PrefixLength: 64,
             reserved6: [Self.key(Self.v6(Self.fec0, 2)), Self.key(Self.v6(Self.fec0, 3))]), limits: limits)
     }
 
@@ -79,15 +78,18 @@ struct PortSecurityTests {
                 == .drop(.reservedAddress, .ipv6(Self.key(Self.v6(Self.fec0, 2))), owner: nil))
     }
 
-    @Test("only DHCP may come from 0.0.0.0; network, broadcast and outside addresses are refused")
+    @Test("only DHCP may come from 0.0.0.0; the network and broadcast addresses, multicast and loopback are refused")
     func unboundSources() {
         var s = security()
         #expect(s.inspect(frame: ipv4(from: macA, source: 0, destination: 0xFFFF_FFFF, port: 67), from: a, now: 0) == .pass)
-        #expect(s.inspect(frame: ipv4(from: macA, source: 0, port: 53), from: a, now: 0) == .drop(.foreignAddress, .ipv4(0), owner: nil))
-        for address in [0x0A00_0200, 0x0A00_02FF, 0xC0A8_0001] as [UInt32] {
-            #expect(s.inspect(frame: ipv4(from: macA, source: address), from: a, now: 0) == .drop(.foreignAddress, .ipv4(address), owner: nil))
+        #expect(s.inspect(frame: ipv4(from: macA, source: 0, port: 53), from: a, now: 0) == .drop(.invalidSource, .ipv4(0), owner: nil))
+        for address in [0x0A00_0200, 0x0A00_02FF, 0x7F00_0001, 0xE000_0001, 0xFFFF_FFFF] as [UInt32] {
+            #expect(s.inspect(frame: ipv4(from: macA, source: address), from: a, now: 0) == .drop(.invalidSource, .ipv4(address), owner: nil))
         }
         #expect(s.ipv4Count == 0)
+        // Guests may talk among themselves on addresses of their own (Zephyr's 192.0.2.x): first claim.
+        #expect(s.inspect(frame: ipv4(from: macA, source: 0xC000_0201), from: a, now: 0) == .pass)
+        #expect(s.inspect(frame: ipv4(from: macB, source: 0xC000_0201), from: b, now: 0) == .drop(.takenAddress, .ipv4(0xC000_0201), owner: a))
     }
 
     @Test("a port claims at most ipv4PerPort addresses; a lease does not count, and the cap is the port's alone")
@@ -135,7 +137,7 @@ struct PortSecurityTests {
         #expect(s.holder(ofIPv4: Self.ip(40)) == a)
     }
 
-    @Test("IPv6: link-local and prefix addresses are claimed; the unspecified source passes; others are refused")
+    @Test("IPv6: unicast addresses are claimed; the unspecified source passes; multicast and loopback are refused")
     func ipv6Sources() {
         var s = security()
         let linkLocal = [0xFE, 0x80, 0, 0, 0, 0, 0, 0, 0x50, 0x54, 0, 0xFF, 0xFE, 0, 0, 0x0A] as [UInt8]
@@ -143,8 +145,12 @@ struct PortSecurityTests {
         #expect(s.inspect(frame: ipv6(from: macA, source: Self.v6(Self.fec0, 0x10)), from: a, now: 0) == .pass)
         #expect(s.inspect(frame: ipv6(from: macB, source: [UInt8](repeating: 0, count: 16), icmpType: 135,
                                       target: Self.v6(Self.fec0, 0x10)), from: b, now: 0) == .pass)
-        let foreign = [0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] as [UInt8]
-        #expect(s.inspect(frame: ipv6(from: macB, source: foreign), from: b, now: 0) == .drop(.foreignAddress, .ipv6(Self.key(foreign)), owner: nil))
+        let documentation = [0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] as [UInt8]
+        #expect(s.inspect(frame: ipv6(from: macB, source: documentation), from: b, now: 0) == .pass)
+        let multicast = [0xFF, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] as [UInt8]
+        #expect(s.inspect(frame: ipv6(from: macB, source: multicast), from: b, now: 0) == .drop(.invalidSource, .ipv6(Self.key(multicast)), owner: nil))
+        let loopback = [UInt8](repeating: 0, count: 15) + [1]
+        #expect(s.inspect(frame: ipv6(from: macB, source: loopback), from: b, now: 0) == .drop(.invalidSource, .ipv6(Self.key(loopback)), owner: nil))
         #expect(s.inspect(frame: ipv6(from: macB, source: linkLocal), from: b, now: 0) == .drop(.takenAddress, .ipv6(Self.key(linkLocal)), owner: a))
         #expect(s.holder(ofIPv6: Self.key(linkLocal)) == a)
     }
