@@ -459,8 +459,7 @@ final class Network {
             refuseDuplicate(port, mac: header.source, owner: owner)
             return
         }
-        if case .drop(let reason) = verdict, reason != .invalidSource, reason != .sameSegment,
-           securityRefuses(port, frame, header, verdict, now: now) { return }
+        if case .drop(let reason) = verdict, switchRefused(port, header, reason) { return }
         if port.mac == nil {
             port.mac = header.source
             log.info("\(port.label) is using MAC \(header.source)")
@@ -469,7 +468,7 @@ final class Network {
             port.refusedFor = nil
             log.info("\(port.label) now owns MAC \(header.source): its previous holder is gone")
         }
-        if verdict != .drop(.invalidSource), securityRefuses(port, frame, header, .flood, now: now) { return }
+        if verdict != .drop(.invalidSource), securityRefuses(port, frame, now: now) { return }
         learnNeighbor(frame, header)
         switch verdict {
         case .drop(.invalidSource):
@@ -525,7 +524,7 @@ final class Network {
         if header.etherType == 0x86DD, header.destination.isGroup, answerSolicitation(frame) { return }
         let verdict = bridge.ingress(from: Network.natPort, source: header.source, destination: header.destination, now: monotonicNanoseconds())
         // Port security: a guest address's frames go to the port holding it, whatever the MAC table says.
-        if !header.destination.isGroup, case .forward = verdict, let id = natDestinationPort(frame, header), let port = ports[id] {
+        if !header.destination.isGroup, let id = natDestinationPort(frame, header), let port = ports[id] {
             port.natConnections.observe(toGuest: frame)
             deliver(frame, to: port)
             return
@@ -537,7 +536,8 @@ final class Network {
             deliver(frame, to: port)
         case .flood where !header.destination.isGroup:
             // Unknown unicast from the NAT is never flooded: it would show a guest's traffic to the others.
-            if let id = natDestinationPort(frame, header), let port = ports[id] {
+            // A guest silent past the MAC aging time still gets it, on the port whose own MAC it is.
+            if let port = ports.values.first(where: { $0.mac == header.destination }) {
                 port.natConnections.observe(toGuest: frame)
                 deliver(frame, to: port)
             } else {

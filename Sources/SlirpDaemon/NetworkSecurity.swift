@@ -42,19 +42,18 @@ extension Network {
         log.warning("port security: \(port.label) \(violation.explanation) (\(claim)\(holder)); frame dropped (\(port.securityDrops) dropped from this guest so far)")
     }
 
-    /// Whether port security drops this guest frame (counted and logged here).
-    func securityRefuses(_ port: GuestPort, _ frame: UnsafeRawBufferPointer, _ header: EthernetHeader,
-                         _ verdict: EthernetSwitch.Verdict, now: Int64) -> Bool {
-        switch verdict {
-        case .drop(.natMAC):
-            refuse(port, .natMAC, .mac(header.source), owner: Network.natPort)
-            return true
-        case .drop(.portMACLimit), .drop(.tableFull):
-            refuse(port, .macLimit, .mac(header.source), owner: nil)
-            return true
-        default:
-            break
+    /// Whether the switch dropped a guest's frame for port security (counted and logged here).
+    func switchRefused(_ port: GuestPort, _ header: EthernetHeader, _ reason: EthernetSwitch.DropReason) -> Bool {
+        switch reason {
+        case .natMAC: refuse(port, .natMAC, .mac(header.source), owner: Network.natPort)
+        case .portMACLimit, .tableFull: refuse(port, .macLimit, .mac(header.source), owner: nil)
+        case .invalidSource, .sameSegment: return false
         }
+        return true
+    }
+
+    /// Whether port security drops this guest frame for the addresses it claims (counted and logged here).
+    func securityRefuses(_ port: GuestPort, _ frame: UnsafeRawBufferPointer, now: Int64) -> Bool {
         guard case .drop(let violation, let claim, let owner) = security.inspect(frame: frame, from: port.id, now: now) else { return false }
         refuse(port, violation, claim, owner: owner)
         return true
