@@ -8,7 +8,7 @@ import PosixIO
 //
 // Theory of operation. `fromGuest` asks `securityRefuses` about every guest frame the
 // switch let through; a refused frame is dropped, counted per reason for /metrics, and
-// logged the 1st, 2nd, 4th... time per guest. DHCP requests are snooped in
+// logged the 1st, 2nd, 4th... time per guest and reason. DHCP requests are snooped in
 // `serveLocally` (`dhcpRefused`), and the DHCP server's events bind and unbind leased
 // addresses. `fromNAT` sends a unicast frame to the port holding its destination
 // address (`natDestinationPort`) and drops one whose destination nobody holds and whose
@@ -35,11 +35,12 @@ extension Network {
     /// Counts and logs (paced, per guest) a frame port security dropped.
     func refuse(_ port: GuestPort, _ violation: SecurityViolation, _ claim: ClaimedAddress, owner: PortID?) {
         port.drops += 1
-        port.securityDrops += 1
+        port.securityDrops[violation, default: 0] += 1
         securityDrops[violation, default: 0] += 1
-        guard isLoggedOccurrence(port.securityDrops) else { return }
-        let holder = owner.map { id in " held by \(ports[id]?.label ?? "port \(id.raw)")" } ?? ""
-        log.warning("port security: \(port.label) \(violation.explanation) (\(claim)\(holder)); frame dropped (\(port.securityDrops) dropped from this guest so far)")
+        let count = port.securityDrops[violation, default: 0]
+        guard isLoggedOccurrence(count) else { return }
+        let holder = owner.map { id in id == Network.natPort ? " of the NAT" : " held by \(ports[id]?.label ?? "port \(id.raw)")" } ?? ""
+        log.warning("port security: \(port.label) \(violation.explanation) (\(claim)\(holder)); frame dropped (\(count) such from this guest so far)")
     }
 
     /// Whether the switch dropped a guest's frame for port security (counted and logged here).
