@@ -15,6 +15,11 @@ public struct PortID: Hashable, Sendable, Comparable, CustomStringConvertible {
 /// - A source MAC that is live on another port is a duplicate: the frame is refused
 ///   and the owner keeps the address, so a misconfigured second guest cannot take
 ///   over the first one's traffic.
+/// - Port security: a port learns at most `macsPerPort` MACs and the table at most
+///   `capacity`. A frame from a MAC past either cap is dropped, never switched: a table
+///   that stopped learning would otherwise flood every frame to those MACs (and a guest
+///   could overflow it on purpose to see the others' traffic). MACs in the NAT's own
+///   ranges (52:55 and 52:56, libslirp's) are never learned from a guest port.
 public struct EthernetSwitch: Sendable {
     public enum Verdict: Equatable, Sendable {
         case forward(PortID)
@@ -28,6 +33,12 @@ public struct EthernetSwitch: Sendable {
         case invalidSource
         /// The destination lives on the ingress port; the segment delivered it already.
         case sameSegment
+        /// The port already has `macsPerPort` MACs.
+        case portMACLimit
+        /// The table holds `capacity` MACs.
+        case tableFull
+        /// A guest sent from one of the NAT's MACs (52:55:... or 52:56:...).
+        case natMAC
     }
 
     struct Entry: Sendable {
@@ -35,26 +46,59 @@ public struct EthernetSwitch: Sendable {
         var lastSeen: Int64
     }
 
+    /// A QEMU guest uses one MAC; a namespace or container host behind a tap a few (its
+    /// own, a bridge, a veth per container). 16 leaves room for those while a flood of
+    /// invented MACs stops at once.
+    public static let defaultMACsPerPort = 16
+
     public let agingTime: Int64
     public let capacity: Int
+    public let macsPerPort: Int
+    /// The NAT's port: it has no per-port cap and may use the NAT's MAC ranges.
+    public let natPort: PortID?
     private var table: [MACAddress: Entry] = [:]
+    private var learnedPerPort: [PortID: Int] = [:]
 
     /// - Parameters:
     ///   - agingTime: nanoseconds of silence after which a learned MAC is forgotten (bridges use 300 s).
-    ///   - capacity: the most MACs learned; past it new ones are flooded to, never learned.
-    public init(agingTime: Int64 = 300_000_000_000, capacity: Int = 4096) {
+    ///   - capacity: the most MACs learned; a frame from a new MAC past it is dropped.
+    ///   - macsPerPort: the most MACs one port (other than `natPort`) may have learned at once.
+    public init(agingTime: Int64 = 300_000_000_000, capacity: Int = 4096,
+                macsPerPort: Int = EthernetSwitch.defaultMACsPerPort, natPort: PortID? = nil) {
         self.agingTime = agingTime
         self.capacity = capacity
+        self.macsPerPort = macsPerPort
+        self.natPort = natPort
+    }
+
+    /// libslirp's MACs: 52:55 and an IPv4 address, 52:56 and the end of an IPv6 one.
+    @inlinable
+    public static func isNATMAC(_ mac: MACAddress) -> Bool {
+        let prefix = mac.raw >> 32
+        return prefix == 0x5255 || prefix == 0x5256
     }
 
     /// Learns from one frame and decides where it goes. `now` is in nanoseconds.
     public mutating func ingress(from port: PortID, source: MACAddress, destination: MACAddress, now: Int64) -> Verdict {
         guard !source.isGroup, source != .zero else { return .drop(.invalidSource) }
+        let fromNAT = port == natPort
+        if natPort != nil, !fromNAT, Self.isNATMAC(source) { return .drop(.natMAC) }
         if let entry = table[source], entry.port != port, now - entry.lastSeen < agingTime {
             return .duplicate(owner: entry.port)
         }
-        if table[source] != nil || table.count < capacity {
+        if let entry = table[source] {
+            if entry.port != port {
+                // An aged entry of another port, not yet expired: it moves here.
+                if !fromNAT, learnedPerPort[port, default: 0] >= macsPerPort { return .drop(.portMACLimit) }
+                forget(source, on: entry.port)
+                learnedPerPort[port, default: 0] += 1
+            }
             table[source] = Entry(port: port, lastSeen: now)
+        } else {
+            if !fromNAT, learnedPerPort[port, default: 0] >= macsPerPort { return .drop(.portMACLimit) }
+            guard table.count < capacity else { return .drop(.tableFull) }
+            table[source] = Entry(port: port, lastSeen: now)
+            learnedPerPort[port, default: 0] += 1
         }
         if destination.isGroup { return .flood }
         guard let entry = table[destination], now - entry.lastSeen < agingTime else { return .flood }
@@ -66,16 +110,26 @@ public struct EthernetSwitch: Sendable {
     public mutating func removePort(_ port: PortID) -> [MACAddress] {
         let gone = table.filter { $0.value.port == port }.map(\.key)
         for mac in gone { table[mac] = nil }
+        learnedPerPort[port] = nil
         return gone.sorted()
     }
 
     /// Drops entries silent for longer than the aging time; returns how many.
     @discardableResult
     public mutating func expire(now: Int64) -> Int {
-        let before = table.count
-        table = table.filter { now - $0.value.lastSeen < agingTime }
-        return before - table.count
+        let gone = table.filter { now - $0.value.lastSeen >= agingTime }
+        for (mac, entry) in gone { forget(mac, on: entry.port) }
+        return gone.count
     }
+
+    private mutating func forget(_ mac: MACAddress, on port: PortID) {
+        table[mac] = nil
+        let left = learnedPerPort[port, default: 0] - 1
+        learnedPerPort[port] = left > 0 ? left : nil
+    }
+
+    /// How many MACs `port` has learned.
+    public func learnedCount(on port: PortID) -> Int { learnedPerPort[port, default: 0] }
 
     public func port(of mac: MACAddress) -> PortID? { table[mac]?.port }
 

@@ -20,7 +20,7 @@ import PosixIO
 // and DNS, libslirp), then runs the loop's end of iteration: injectPending, flushPending,
 // reapClosed. `received(by:)` reads back what the network wrote, flushing again as a
 // writable poll would until nothing is queued. `reset` detaches every guest, resets their
-// NAT connections and forgets DHCP leases, so that every input starts from the same
+// NAT connections and forgets DHCP leases (and port security's bindings), so that every input starts from the same
 // state but for libslirp's own ARP and NDP tables, which carry over. Logging is off, as a line per attached guest would
 // dominate the run, unless SLIRPD_FUZZ_LOG is set.
 public final class FrameFuzzNetwork {
@@ -185,6 +185,9 @@ public final class FrameFuzzNetwork {
             network.dhcp = DHCPServer(config: network.dhcpConfig(), serverMAC: old.serverMAC, leases: [])
         }
         network.leases = [:]
+        // Port security forgets the leases' reservations too (bindings went with the ports).
+        network.security = PortSecurity(addresses: network.security.addresses, limits: network.security.limits)
+        network.refreshSecurityAddresses()
         network.rebuildZone()
     }
 

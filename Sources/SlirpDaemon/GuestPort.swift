@@ -52,6 +52,9 @@ final class GuestPort {
     var flows = FlowBudget(dnsAddress: nil)
 
     var rxFrames = 0, rxBytes = 0, txFrames = 0, txBytes = 0, drops = 0
+    /// Frames port security dropped, by reason (NetworkSecurity.swift); paces its log lines,
+    /// so a flood of one kind does not hide another.
+    var securityDrops: [SecurityViolation: Int] = [:]
 
     init(id: PortID, transport: Transport, peer: String, endpointName: String, kind: Kind, socket: Descriptor, now: Int64) {
         self.id = id

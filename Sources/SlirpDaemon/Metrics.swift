@@ -1,4 +1,5 @@
 import DataPlane
+import FrameSwitch
 import SlirpAPI
 import SlirpKit
 
@@ -18,6 +19,12 @@ enum Metrics {
                nets.map { ($0.label, $0.net.arpProxied) })
         family("slirpd_ndp_proxied_total", "counter", "Neighbor Solicitations from the NAT answered by the switch for attached guests.",
                nets.map { ($0.label, $0.net.ndpProxied) })
+        family("slirpd_port_security_dropped_total", "counter",
+               "Guest frames port security dropped, by reason: nat_mac, mac_limit, reserved_address, taken_address, invalid_source, address_limit, dhcp_chaddr_mismatch, dhcp_client_limit.",
+               nets.flatMap { n in SecurityViolation.allCases.map { ("\(n.label),reason=\"\($0.rawValue)\"", n.net.securityDrops[$0, default: 0]) } })
+        family("slirpd_nat_unknown_unicast_dropped_total", "counter",
+               "Unicast frames from the NAT to a destination no guest holds, dropped instead of flooded to every guest.",
+               nets.map { ($0.label, $0.net.natUnknownUnicastDropped) })
         family("slirpd_nat_connections_reset_total", "counter", "NAT connections reset for guests that left without closing them.",
                nets.map { ($0.label, $0.net.natConnectionsReset) })
         family("slirpd_ipv4_reassembled_total", "counter", "IPv4 datagrams from guests to the NAT put back together from fragments.",

@@ -27,7 +27,12 @@ final class Network {
     private(set) var listeners: [StreamListener] = []
     private(set) var datagrams: [DatagramEndpoint] = []
     private(set) var ports: [PortID: GuestPort] = [:]
-    private var bridge = EthernetSwitch()
+    private var bridge = EthernetSwitch(natPort: Network.natPort)
+    /// Which port holds which address, and DHCP snooping (NetworkSecurity.swift).
+    var security = PortSecurity(addresses: PortSecurity.Addresses(network: 0, mask: 0, reserved: [], reserved6: []))
+    var securityDrops: [SecurityViolation: Int] = [:]
+    /// Unicast frames from the NAT to a destination nobody holds, dropped instead of flooded.
+    var natUnknownUnicastDropped = 0
     private var nextPortID: UInt32 = 1
     /// Stream guests with queued output; flushed once per loop iteration.
     private var flushList: [GuestPort] = []
@@ -137,6 +142,7 @@ final class Network {
             let failed = config.endpoints[listeners.count + datagrams.count + ports.count + dialTargets.count]
             throw DaemonError("cannot \(failed.isTap ? "open" : "listen on") \(failed): \(error)")
         }
+        refreshSecurityAddresses()
         startServices()
         restoreRuntimeState()
     }
@@ -458,6 +464,7 @@ final class Network {
             refuseDuplicate(port, mac: header.source, owner: owner)
             return
         }
+        if case .drop(let reason) = verdict, switchRefused(port, header, reason) { return }
         if port.mac == nil {
             port.mac = header.source
             log.info("\(port.label) is using MAC \(header.source)")
@@ -466,12 +473,13 @@ final class Network {
             port.refusedFor = nil
             log.info("\(port.label) now owns MAC \(header.source): its previous holder is gone")
         }
+        if verdict != .drop(.invalidSource), securityRefuses(port, frame, now: now) { return }
         learnNeighbor(frame, header)
         switch verdict {
         case .drop(.invalidSource):
             port.drops += 1
             return
-        case .drop(.sameSegment), .duplicate:
+        case .drop, .duplicate:
             return
         case .forward, .flood:
             if serveLocally(port, frame, header) { return }
@@ -516,13 +524,34 @@ final class Network {
         if !captures.isEmpty { capture(frame, header) }
         if header.etherType == ARPPacket.etherType, answerForGuest(frame) { return }
         if header.etherType == 0x86DD, header.destination.isGroup, answerSolicitation(frame) { return }
-        switch bridge.ingress(from: Network.natPort, source: header.source, destination: header.destination, now: monotonicNanoseconds()) {
+        let verdict = bridge.ingress(from: Network.natPort, source: header.source, destination: header.destination, now: monotonicNanoseconds())
+        // Port security: a guest address's frames go to the port holding it, whatever the MAC table says.
+        if !header.destination.isGroup, let id = natDestinationPort(frame, header), let port = ports[id] {
+            port.natConnections.observe(toGuest: frame)
+            deliver(frame, to: port)
+            return
+        }
+        switch verdict {
         case .forward(let id):
             guard let port = ports[id] else { break }
             port.natConnections.observe(toGuest: frame)
             observeFlow(frame, to: port, now: monotonicNanoseconds())
             deliver(frame, to: port)
-        case .flood: for port in ports.values { deliver(frame, to: port) }
+        case .flood where !header.destination.isGroup:
+            // Unknown unicast from the NAT is never flooded: it would show a guest's traffic to the others.
+            // A guest silent past the MAC aging time still gets it, on the port whose own MAC it is.
+            if let port = ports.values.first(where: { $0.mac == header.destination }) {
+                port.natConnections.observe(toGuest: frame)
+                deliver(frame, to: port)
+            } else {
+                natUnknownUnicastDropped += 1
+            }
+        case .flood:
+            if let id = natSolicitationPort(frame, header) {
+                ports[id].map { deliver(frame, to: $0) }
+            } else {
+                for port in ports.values { deliver(frame, to: port) }
+            }
         case .duplicate(let owner):
             log.error("a guest (port \(owner.raw)) uses the NAT's own MAC \(header.source); frames from the NAT are dropped")
         case .drop: break
@@ -535,6 +564,7 @@ final class Network {
             guard let arp = ARPPacket.parse(frame: frame), arp.senderMAC == header.source else { return }
             address = arp.senderIP
         } else if header.etherType == 0x86DD {
+            // Port security has bound the source to this port, within its caps.
             guard config.options.ipv6, let source = ipv6Source(frame: frame), neighbors6[source] != header.source else { return }
             neighbors6[source] = header.source
             return
@@ -669,6 +699,7 @@ final class Network {
         for port in closing {
             guard let reason = port.closeReason, ports.removeValue(forKey: port.id) != nil else { continue }
             let macs = bridge.removePort(port.id)
+            for key in security.removePort(port.id) { neighbors6[key] = nil }
             if !macs.isEmpty {
                 neighbors = neighbors.filter { !macs.contains($0.value) }
                 neighbors6 = neighbors6.filter { !macs.contains($0.value) }
@@ -738,6 +769,7 @@ final class Network {
     /// asks after datagram peers.
     func housekeeping(now: Int64) {
         bridge.expire(now: now)
+        for key in security.expire(now: now) { neighbors6[key] = nil }
         reassembly.expire(now: now)
         expireFlows(now: now)
         probeDatagramPeers()

@@ -315,6 +315,7 @@ extension Network {
             throw .conflict(error.message)
         }
         guestForwardRules.append(rule)
+        refreshSecurityAddresses()
         apiGuestForwards.append(text)
         saveRuntimeState()
         log.info("guest forward added: \(text)")
@@ -333,6 +334,7 @@ extension Network {
             throw .notFound("no guest forward for \(wanted):\(port) on network \(config.name)")
         }
         let rule = guestForwardRules.remove(at: index)
+        refreshSecurityAddresses()
         stack.removeGuestForward(address: wanted, port: port)
         apiGuestForwards.removeAll { $0 == rule.rule }
         saveRuntimeState()

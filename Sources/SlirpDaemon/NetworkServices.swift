@@ -60,6 +60,7 @@ extension Network {
                 leaseSequence += 1
                 leases[lease.mac] = Lease(ip: lease.address, hostname: lease.hostname, granted: wallClockTimestamp(),
                                           sequence: leaseSequence, isStatic: lease.isStatic, expires: lease.expires)
+                security.reserve(lease.address.value, mac: lease.mac, until: securityTime(leaseExpires: lease.expires))
             }
             if !saved.isEmpty, let path = leaseFilePath {
                 log.info("DHCP: \(leases.count) of \(saved.count) saved leases still valid, from \(path)")
@@ -145,8 +146,9 @@ extension Network {
                 }
                 return true
             }
-            guard proto == 17, dhcp != nil, UDPDatagram.destinationPort(frame: frame) == 67,
-                  let result = dhcp?.handle(frame: frame, now: Self.leaseClock) else { return false }
+            guard proto == 17, dhcp != nil, UDPDatagram.destinationPort(frame: frame) == 67 else { return false }
+            if dhcpRefused(port, frame, header) { return true }
+            guard let result = dhcp?.handle(frame: frame, now: Self.leaseClock) else { return false }
             for reply in result.replies { sendToGuest(reply, port) }
             applyDHCP(result.events, port)
             return true
@@ -186,7 +188,10 @@ extension Network {
                 let lease = Lease(ip: granted.address, hostname: granted.hostname, granted: wallClockTimestamp(),
                                   sequence: leaseSequence, isStatic: granted.isStatic, expires: granted.expires)
                 let changed = leases[mac].map { $0.ip != lease.ip || $0.hostname != lease.hostname } ?? true
+                if let old = leases[mac], old.ip != lease.ip { security.leaseEnded(old.ip.value, mac: mac) }
                 leases[mac] = lease
+                security.leaseGranted(granted.address.value, mac: mac, port: port.id,
+                                      expires: securityTime(leaseExpires: granted.expires), now: monotonicNanoseconds())
                 // libslirp learns guests' MACs only from its own DHCP: tell the ARP proxy.
                 learnNeighbor(granted.address.value, mac)
                 if changed {
@@ -198,6 +203,7 @@ extension Network {
                 leasesDirty = true
             case .released(let mac, let address):
                 leases[mac] = nil
+                security.leaseEnded(address.value, mac: mac)
                 rebuildZone()
                 log.info("lease: \(mac) released \(address)")
                 leasesDirty = true
@@ -209,6 +215,7 @@ extension Network {
                     log.error("DHCP pool full: no free address for \(mac) in \(c.map { "\($0.poolStart)-\($0.poolEnd)" } ?? "the pool") (\(leases.count) leases held; \(poolFullCount) refusals so far); widen net= or lower dhcpstart=")
                 }
             case .declined(let mac, let address):
+                security.leaseEnded(address.value, mac: mac)
                 log.warning("DHCP: \(mac) declined \(address) (another host uses it); it stays out of the pool for \(DHCPServer.declineHoldSeconds) s")
                 leasesDirty = true
             }
@@ -276,6 +283,7 @@ extension Network {
     func applyStaticLeases() {
         guard let old = dhcp else { return }
         dhcp = DHCPServer(config: dhcpConfig(), serverMAC: old.serverMAC, leases: old.leases)
+        refreshSecurityAddresses()
         leasesDirty = true
         rebuildZone()
     }

@@ -102,6 +102,7 @@ extension Network {
             log.notice("reload: flow limits now \(FlowKind.allCases.map { "\($0.optionName)=\(flowLimits[$0])" }.joined(separator: ","))")
             changes += 1
         }
+        refreshSecurityAddresses()
         if staticLeasesChanged {
             applyStaticLeases()
             log.notice("reload: static leases now \(new.staticLeases.count)")

@@ -61,14 +61,51 @@ struct EthernetSwitchTests {
         #expect(sw.ingress(from: a, source: macA2, destination: macA, now: 1) == .drop(.sameSegment))
     }
 
-    @Test("a full table floods to new MACs instead of learning them")
+    @Test("a full table drops frames from new MACs instead of learning them")
     func capacity() {
         var sw = EthernetSwitch(capacity: 2)
         _ = sw.ingress(from: a, source: macA, destination: .broadcast, now: 0)
         _ = sw.ingress(from: b, source: macB, destination: .broadcast, now: 0)
         let macC = MACAddress(raw: 0x5254_0000_000C)
-        _ = sw.ingress(from: c, source: macC, destination: .broadcast, now: 0)
+        #expect(sw.ingress(from: c, source: macC, destination: .broadcast, now: 0) == .drop(.tableFull))
         #expect(sw.port(of: macC) == nil)
-        #expect(sw.ingress(from: a, source: macA, destination: macC, now: 1) == .flood)
+        #expect(sw.ingress(from: a, source: macA, destination: macB, now: 1) == .forward(b))
+    }
+
+    @Test("a port learns at most macsPerPort MACs; the rest are dropped, and a MAC that leaves frees a place")
+    func perPortCap() {
+        var sw = EthernetSwitch(agingTime: 10 * second, macsPerPort: 3, natPort: nat)
+        for i in 0..<3 {
+            #expect(sw.ingress(from: a, source: MACAddress(raw: 0x02FA_0000_0000 + UInt64(i)), destination: .broadcast, now: 0) == .flood)
+        }
+        for i in 3..<5000 {
+            #expect(sw.ingress(from: a, source: MACAddress(raw: 0x02FA_0000_0000 + UInt64(i)), destination: .broadcast, now: 1) == .drop(.portMACLimit))
+        }
+        #expect(sw.learnedCount(on: a) == 3)
+        #expect(sw.count == 3)
+        // Another port and the NAT are untouched by a's overflow.
+        #expect(sw.ingress(from: b, source: macB, destination: .broadcast, now: 2) == .flood)
+        #expect(sw.ingress(from: nat, source: macNAT, destination: macB, now: 2) == .forward(b))
+        for i in 0..<5 {
+            _ = sw.ingress(from: nat, source: MACAddress(raw: 0x5255_0A00_0300 + UInt64(i)), destination: .broadcast, now: 2)
+        }
+        #expect(sw.learnedCount(on: nat) == 6)
+        // Aged out (a's three, b's one, the NAT's six): a may learn new ones.
+        #expect(sw.expire(now: 11 * second) == 10)
+        #expect(sw.learnedCount(on: a) == 0)
+        #expect(sw.ingress(from: a, source: MACAddress(raw: 0x02FA_0000_1000), destination: .broadcast, now: 11 * second) == .flood)
+        #expect(sw.removePort(a).count == 1)
+        #expect(sw.learnedCount(on: a) == 0)
+    }
+
+    @Test("a guest never gets one of the NAT's MACs (52:55, 52:56) learned")
+    func natMACs() {
+        var sw = EthernetSwitch(natPort: nat)
+        #expect(sw.ingress(from: a, source: MACAddress(raw: 0x5255_0A00_0202), destination: .broadcast, now: 0) == .drop(.natMAC))
+        #expect(sw.ingress(from: a, source: MACAddress(raw: 0x5256_0000_0002), destination: .broadcast, now: 0) == .drop(.natMAC))
+        #expect(sw.port(of: MACAddress(raw: 0x5255_0A00_0202)) == nil)
+        #expect(sw.ingress(from: nat, source: macNAT, destination: .broadcast, now: 1) == .flood)
+        #expect(sw.port(of: macNAT) == nat)
+        #expect(sw.ingress(from: a, source: macA, destination: .broadcast, now: 1) == .flood)
     }
 }
