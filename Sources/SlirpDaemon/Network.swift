@@ -527,22 +527,16 @@ final class Network {
         let verdict = bridge.ingress(from: Network.natPort, source: header.source, destination: header.destination, now: monotonicNanoseconds())
         // Port security: a guest address's frames go to the port holding it, whatever the MAC table says.
         if !header.destination.isGroup, let id = natDestinationPort(frame, header), let port = ports[id] {
-            port.natConnections.observe(toGuest: frame)
-            deliver(frame, to: port)
-            return
+            return natUnicast(frame, to: port)
         }
         switch verdict {
         case .forward(let id):
-            guard let port = ports[id] else { break }
-            port.natConnections.observe(toGuest: frame)
-            observeFlow(frame, to: port, now: monotonicNanoseconds())
-            deliver(frame, to: port)
+            ports[id].map { natUnicast(frame, to: $0) }
         case .flood where !header.destination.isGroup:
             // Unknown unicast from the NAT is never flooded: it would show a guest's traffic to the others.
             // A guest silent past the MAC aging time still gets it, on the port whose own MAC it is.
             if let port = ports.values.first(where: { $0.mac == header.destination }) {
-                port.natConnections.observe(toGuest: frame)
-                deliver(frame, to: port)
+                natUnicast(frame, to: port)
             } else {
                 natUnknownUnicastDropped += 1
             }
@@ -556,6 +550,13 @@ final class Network {
             log.error("a guest (port \(owner.raw)) uses the NAT's own MAC \(header.source); frames from the NAT are dropped")
         case .drop: break
         }
+    }
+
+    /// A frame from the NAT for one guest: its connections and flow budget see it first.
+    private func natUnicast(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
+        port.natConnections.observe(toGuest: frame)
+        observeFlow(frame, to: port, now: monotonicNanoseconds())
+        deliver(frame, to: port)
     }
 
     private func learnNeighbor(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader) {
