@@ -17,6 +17,13 @@ import SlirpKit
 /// delivery only enqueues; closing a port is deferred to the end of the iteration.
 /// With `isolate=on` a guest's frames reach only the NAT (and slirpd's own DHCP and
 /// DNS), never another guest.
+///
+/// Guests are untrusted, so each stage contains them (README, "Guests that share a
+/// network"): the switch caps MACs per port and port security checks every frame's
+/// addresses (NetworkSecurity.swift); a frame for the NAT is reassembled, checked for
+/// lengths libslirp would misread (NetworkIngress.swift) and admitted by the guest's flow
+/// budget (NetworkBudget.swift), last, before libslirp; libslirp's frames go only to the
+/// port holding their destination address, and its budget sees them on the way.
 final class Network {
     static let natPort = PortID(0)
 

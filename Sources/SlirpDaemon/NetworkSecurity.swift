@@ -80,7 +80,7 @@ extension Network {
         switch header.etherType {
         case 0x0800:
             guard frame.count >= 34 else { return nil }
-            return security.holder(ofIPv4: UInt32(frame[30]) << 24 | UInt32(frame[31]) << 16 | UInt32(frame[32]) << 8 | UInt32(frame[33]))
+            return security.holder(ofIPv4: read32(frame, 30))
         case 0x86DD:
             guard frame.count >= 54 else { return nil }
             return security.holder(ofIPv6: IPv6Key(frame, at: 38))

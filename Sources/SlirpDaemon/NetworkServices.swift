@@ -129,7 +129,7 @@ extension Network {
             return true
         case 0x0800:
             guard o.ipv4, frame.count >= 34, frame[14] >> 4 == 4 else { return false }
-            let destination = UInt32(frame[30]) << 24 | UInt32(frame[31]) << 16 | UInt32(frame[32]) << 8 | UInt32(frame[33])
+            let destination = read32(frame, 30)
             let proto = frame[23]
             if destination == o.dns.value, let dns {
                 if proto == 17, IPv4Reassembly.isFragment(frame) {
