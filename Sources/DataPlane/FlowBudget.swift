@@ -122,6 +122,8 @@ public struct FlowBudget: Sendable {
     /// New flows refused, by kind, for the guest's caps and for the process's descriptors.
     public private(set) var refusedByCap: [FlowKind: Int] = [:]
     public private(set) var refusedForShortage = 0
+    var lastCapExpiry: Int64?
+    static let capExpiryInterval: Int64 = 1_000_000_000
 
     public init(dnsAddress: UInt32?) {
         self.dnsAddress = dnsAddress.map { IPv6Key(mappedIPv4: $0) }
@@ -154,7 +156,7 @@ public struct FlowBudget: Sendable {
                 udp[key] = UDPState(lastSeen: now, fast: false)
                 return .pass
             }
-            if udp.count >= limits.udp { expire(now: now) }
+            if udp.count >= limits.udp { expireAtCap(now: now) }
             guard udp.count < limits.udp else { return refuse(.udp, frame, packet) }
             if shortage() { return refuseForShortage(.udp, frame, packet) }
             udp[key] = UDPState(lastSeen: now, fast: false)
@@ -166,7 +168,7 @@ public struct FlowBudget: Sendable {
             let key = ICMPKey(guest: packet.source, nat: packet.destination,
                               id: read16(frame, packet.payload + 4), sequence: read16(frame, packet.payload + 6))
             if icmp[key] != nil { return .pass }
-            if icmp.count >= limits.icmp { expire(now: now) }
+            if icmp.count >= limits.icmp { expireAtCap(now: now) }
             guard icmp.count < limits.icmp else {
                 refusedByCap[.icmp, default: 0] += 1
                 return .refuse(.icmp, shortage: false, reply: nil)
@@ -195,7 +197,7 @@ public struct FlowBudget: Sendable {
             // Only a SYN without ACK starts a flow; anything else libslirp answers itself.
             guard flags & 0x17 == 0x02 else { return .pass }
             let dns = dnsAddress == packet.destination && flow.natPort == 53
-            if tcp.count >= limits.tcp || (dns && dnsTCPCount >= limits.dnsTCP) { expire(now: now) }
+            if tcp.count >= limits.tcp || (dns && dnsTCPCount >= limits.dnsTCP) { expireAtCap(now: now) }
             if dns && dnsTCPCount >= limits.dnsTCP { return refuse(.dnsTCP, frame, packet) }
             guard tcp.count < limits.tcp else { return refuse(.tcp, frame, packet) }
             if shortage() { return refuseForShortage(dns ? .dnsTCP : .tcp, frame, packet) }
@@ -267,6 +269,14 @@ public struct FlowBudget: Sendable {
         default:
             return
         }
+    }
+
+    /// At a cap, forgets timed-out flows before refusing, but at most once a second: a
+    /// guest sending new flows at its cap in a loop must not make every frame a full scan.
+    mutating func expireAtCap(now: Int64) {
+        guard lastCapExpiry.map({ now - $0 >= Self.capExpiryInterval }) ?? true else { return }
+        lastCapExpiry = now
+        expire(now: now)
     }
 
     /// Forgets flows that libslirp has timed out by now.

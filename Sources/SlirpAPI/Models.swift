@@ -309,21 +309,10 @@ public struct StaticLeaseRequest: Codable, Sendable, Equatable {
 
     private enum CodingKeys: String, CodingKey, CaseIterable { case mac, ip, hostname }
 
-    private struct AnyKey: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
     /// Refuses unknown keys: a misspelt `hostname` would otherwise be dropped silently
     /// and the lease added without it.
     public init(from decoder: any Decoder) throws {
-        let all = try decoder.container(keyedBy: AnyKey.self)
-        if let unknown = all.allKeys.first(where: { CodingKeys(stringValue: $0.stringValue) == nil }) {
-            throw DecodingError.dataCorrupted(.init(
-                codingPath: [unknown], debugDescription: "unknown key '\(unknown.stringValue)'"))
-        }
+        try refuseUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         mac = try c.decode(String.self, forKey: .mac)
         ip = try c.decode(String.self, forKey: .ip)
@@ -348,21 +337,9 @@ public struct FlowLimitsRequest: Codable, Sendable, Equatable {
 
     private enum CodingKeys: String, CodingKey, CaseIterable { case maxTCP, maxUDP, maxICMP, maxDNSTCP }
 
-    private struct AnyKey: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
     /// Refuses unknown keys: a misspelt `maxTcp` would otherwise change nothing, silently.
     public init(from decoder: any Decoder) throws {
-        let all = try decoder.container(keyedBy: AnyKey.self)
-        if let unknown = all.allKeys.first(where: { CodingKeys(stringValue: $0.stringValue) == nil }) {
-            throw DecodingError.dataCorrupted(.init(
-                codingPath: [unknown],
-                debugDescription: "unknown key '\(unknown.stringValue)' (expected maxTCP, maxUDP, maxICMP or maxDNSTCP)"))
-        }
+        try refuseUnknownKeys(decoder, CodingKeys.self, expected: "maxTCP, maxUDP, maxICMP or maxDNSTCP")
         let c = try decoder.container(keyedBy: CodingKeys.self)
         maxTCP = try c.decodeIfPresent(Int.self, forKey: .maxTCP)
         maxUDP = try c.decodeIfPresent(Int.self, forKey: .maxUDP)
@@ -486,4 +463,23 @@ public func rfc3339(unixSeconds: Int64) -> String {
         return String(repeating: "0", count: max(0, width - s.count)) + s
     }
     return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(time / 3600, 2)):\(pad(time / 60 % 60, 2)):\(pad(time % 60, 2))Z"
+}
+
+/// Throws for a key of the decoded object that `Keys` does not name: a request body with a
+/// misspelt key must fail loudly rather than be half applied.
+func refuseUnknownKeys<Keys: CodingKey>(_ decoder: any Decoder, _: Keys.Type, expected: String? = nil) throws {
+    let all = try decoder.container(keyedBy: AnyKey.self)
+    if let unknown = all.allKeys.first(where: { Keys(stringValue: $0.stringValue) == nil }) {
+        throw DecodingError.dataCorrupted(.init(
+            codingPath: [unknown],
+            debugDescription: "unknown key '\(unknown.stringValue)'" + (expected.map { " (expected \($0))" } ?? "")))
+    }
+}
+
+/// Any key of a JSON object, to list them all.
+private struct AnyKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
 }

@@ -258,6 +258,16 @@ struct FlowBudgetTests {
         #expect(admit(&b, Wire.udp(3), at: FlowBudget.udpExpiry) == .pass)
     }
 
+    @Test("at a cap, flows are looked over for expiry at most once a second")
+    func capExpiryIsPaced() {
+        var b = budget()
+        admit(&b, Wire.udp(1), at: 0)
+        admit(&b, Wire.udp(2), at: 0)
+        #expect(admit(&b, Wire.udp(3), at: FlowBudget.udpExpiry - 1) != .pass)
+        #expect(admit(&b, Wire.udp(3), at: FlowBudget.udpExpiry) != .pass, "looked over less than a second ago")
+        #expect(admit(&b, Wire.udp(3), at: FlowBudget.udpExpiry - 1 + second) == .pass)
+    }
+
     @Test("DNS over TCP has its own share inside the TCP cap")
     func dnsShare() {
         var b = budget()
