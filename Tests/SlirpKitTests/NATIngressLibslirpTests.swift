@@ -39,12 +39,7 @@ struct NATIngressLibslirpTests {
         let synAck = try #require(lastSegment, "no SYN-ACK from libslirp")
         let serverSeq = UInt32(synAck[38]) << 24 | UInt32(synAck[39]) << 16 | UInt32(synAck[40]) << 8 | UInt32(synAck[41])
         NATResetTests.segment(to: natMAC, port: port, flags: 0x10, seq: 1001, ack: serverSeq &+ 1).withUnsafeBytes { stack.input($0) }
-        var accepted: Descriptor?
-        try NATResetTests.pump(stack) {
-            if case .done(let (socket, _)) = try listener.accept() { accepted = socket }
-            return accepted != nil
-        }
-        let host = try #require(accepted, "the host listener saw no connection")
+        let host = try #require(try accept(listener, via: stack), "the host listener saw no connection")
         defer { host.close() }
         host.setOutOfBandInline()
 
@@ -59,6 +54,21 @@ struct NATIngressLibslirpTests {
         }
         probe.withUnsafeBytes { stack.input($0) }
 
+        return try drain(host, via: stack, rounds: rounds, limit: limit)
+    }
+
+    /// The connection libslirp makes to `listener`, pumping the stack until it arrives.
+    static func accept(_ listener: Descriptor, via stack: SlirpStack) throws -> Descriptor? {
+        var accepted: Descriptor?
+        try NATResetTests.pump(stack) {
+            if case .done(let (socket, _)) = try listener.accept() { accepted = socket }
+            return accepted != nil
+        }
+        return accepted
+    }
+
+    /// What `host` reads while the stack is pumped `rounds` times, or until past `limit` bytes.
+    static func drain(_ host: Descriptor, via stack: SlirpStack, rounds: Int, limit: Int) throws -> [UInt8] {
         var received: [UInt8] = []
         let buffer = ByteBuffer(capacity: 1 << 16)
         try NATResetTests.pump(stack, rounds: rounds) {
@@ -130,12 +140,7 @@ struct NATIngressLibslirpTests {
         let synAck = try #require(lastSegment, "no IPv6 SYN-ACK from libslirp")
         let serverSeq = synAck[58..<62].reduce(0) { $0 << 8 | UInt32($1) }
         segment6(port: port, flags: 0x10, seq: 1001, ack: serverSeq &+ 1).withUnsafeBytes { stack.input($0) }
-        var accepted: Descriptor?
-        try NATResetTests.pump(stack) {
-            if case .done(let (socket, _)) = try listener.accept() { accepted = socket }
-            return accepted != nil
-        }
-        let host = try #require(accepted, "the host listener saw no IPv6 connection")
+        let host = try #require(try accept(listener, via: stack), "the host listener saw no IPv6 connection")
         defer { host.close() }
 
         var probe = segment6(port: port, flags: 0x18, seq: 1001, ack: serverSeq &+ 1, payload: payload,
@@ -148,17 +153,7 @@ struct NATIngressLibslirpTests {
             probe = fixed
         }
         probe.withUnsafeBytes { stack.input($0) }
-        var received: [UInt8] = []
-        let buffer = ByteBuffer(capacity: 1 << 16)
-        try NATResetTests.pump(stack, rounds: 10) {
-            while true {
-                buffer.removeAll()
-                guard case .done(let n) = try host.read(into: buffer), n > 0 else { break }
-                received.append(contentsOf: buffer.readable)
-            }
-            return false
-        }
-        return received
+        return try drain(host, via: stack, rounds: 10, limit: .max)
     }
 
     @Test("IPv6 bytes past the payload length: cut by NATIngressCheck; without it libslirp hands them to the host peer")
