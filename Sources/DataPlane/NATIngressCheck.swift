@@ -58,6 +58,22 @@ public struct NATIngressCheck: Sendable {
         case ipv4Header, ipv4TotalLength, ipv4Fragment, ipv6Header, ipv6PayloadLength
         case tcpHeader, tcpDataOffset, tcpOptions, udpLength, icmpLength
 
+        /// The reason as a /metrics label value.
+        public var label: String {
+            switch self {
+            case .ipv4Header: "ipv4_header"
+            case .ipv4TotalLength: "ipv4_total_length"
+            case .ipv4Fragment: "ipv4_fragment"
+            case .ipv6Header: "ipv6_header"
+            case .ipv6PayloadLength: "ipv6_payload_length"
+            case .tcpHeader: "tcp_header"
+            case .tcpDataOffset: "tcp_data_offset"
+            case .tcpOptions: "tcp_options"
+            case .udpLength: "udp_length"
+            case .icmpLength: "icmp_length"
+            }
+        }
+
         public var description: String {
             switch self {
             case .ipv4Header: "an IPv4 frame with a short or malformed header (version, IHL)"

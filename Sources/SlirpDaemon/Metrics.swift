@@ -22,6 +22,12 @@ enum Metrics {
         family("slirpd_port_security_dropped_total", "counter",
                "Guest frames port security dropped, by reason: nat_mac, mac_limit, reserved_address, taken_address, invalid_source, address_limit, dhcp_chaddr_mismatch, dhcp_client_limit.",
                nets.flatMap { n in SecurityViolation.allCases.map { ("\(n.label),reason=\"\($0.rawValue)\"", n.net.securityDrops[$0, default: 0]) } })
+        family("slirpd_nat_ingress_dropped_total", "counter",
+               "Guest frames for the NAT dropped because libslirp would misread their lengths, by reason.",
+               nets.flatMap { n in NATIngressCheck.Reason.allCases.map { ("\(n.label),reason=\"\($0.label)\"", n.net.ingressCheck.dropped[$0.rawValue]) } })
+        family("slirpd_nat_ingress_rewritten_total", "counter",
+               "Guest frames for the NAT rewritten before libslirp: TCP urgent pointer cleared, IPv6 bytes past the payload cut.",
+               nets.map { ($0.label, $0.net.ingressCheck.rewritten) })
         family("slirpd_nat_unknown_unicast_dropped_total", "counter",
                "Unicast frames from the NAT to a destination no guest holds, dropped instead of flooded to every guest.",
                nets.map { ($0.label, $0.net.natUnknownUnicastDropped) })

@@ -6,6 +6,7 @@ The binary is $SLIRPD (Scripts/test sets it), else the debug build.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -114,6 +115,16 @@ def memory_kib(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "RssAnon"):
             out[key] = int(value.split()[0])
     return out
+
+
+def metric(d: "Slirpd", name: str, reason: Optional[str] = None, network: str = "default") -> int:
+    """One sample of /metrics, read through the control socket: `name{network=...[,reason=...]}`."""
+    text = subprocess.run(["curl", "-s", "--unix-socket", d.control, "http://slirpd/metrics"],
+                          capture_output=True, text=True, check=True, timeout=10).stdout
+    labels = f'network="{network}"' + (f',reason="{reason}"' if reason else "")
+    m = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\d+)$", text, re.M)
+    assert m, f"no {name}{{{labels}}} in /metrics"
+    return int(m.group(1))
 
 
 def slirpctl(d: Slirpd, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:

@@ -14,7 +14,6 @@ through 10.0.2.2. The upstream resolver is a test server on loopback, never the 
 """
 
 import json
-import re
 import socket
 import struct
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import Slirpd
+from daemon import Slirpd, metric
 from guest import HostHTTPServer, wait_for
 from netns import BUSYBOX, LoopbackDNS, Namespaces, query_in, read_name
 
@@ -197,13 +196,6 @@ class HonestGuest(threading.Thread):
         assert not self.failures, f"the honest guest failed: {self.failures[:3]}"
         assert self.fetched >= 1, "the honest guest fetched nothing"
 
-
-def metric(d: Slirpd, name: str) -> int:
-    text = subprocess.run(["curl", "-s", "--unix-socket", d.control, "http://slirpd/metrics"],
-                          capture_output=True, text=True, timeout=10, check=True).stdout
-    m = re.search(rf'^{name}\{{network="default"\}} (\d+)$', text, re.M)
-    assert m, f"{name} missing from /metrics"
-    return int(m.group(1))
 
 
 def test_seventy_stalled_tcp_connections_do_not_keep_another_guests_queries_out(tmp_path):

@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 
-from daemon import Slirpd
+from daemon import Slirpd, metric
 from fakeguest import GATEWAY, FakeGuest, tcp_answer, tcp_segment
 from guest import HostHTTPServer, free_port, wait_for
 
@@ -183,6 +183,7 @@ def test_the_urgent_pointer_probe_delivers_only_the_attackers_bytes_while_anothe
             assert second.get("body") == body, "the honest guest's second download failed"
             assert d.alive()
             assert "fixed a frame from" in d.log
+            assert metric(d, "slirpd_nat_ingress_rewritten_total") >= len(probes)
         finally:
             listener.close()
             honest.close()

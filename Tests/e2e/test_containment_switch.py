@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from daemon import Slirpd, memory_kib
+from daemon import Slirpd, memory_kib, metric
 from fakeguest import FakeGuest, dhcp_reply_type, ethernet, fake_mac, ipv4, mac_bytes, BROADCAST, ETH_IPV4
 from guest import HostHTTPServer, wait_for
 from netns import BUSYBOX, LoopbackDNS, Namespaces, query_in
@@ -34,15 +34,6 @@ pytestmark = pytest.mark.e2e
 
 ISOLATE = pytest.mark.parametrize("isolate", [False, True], ids=["shared", "isolate"])
 NAME = "files.example.test"
-
-
-def metric(d: Slirpd, name: str, reason: str | None = None) -> int:
-    text = subprocess.run(["curl", "-s", "--unix-socket", d.control, "http://slirpd/metrics"],
-                          capture_output=True, text=True, check=True, timeout=10).stdout
-    labels = 'network="default"' + (f',reason="{reason}"' if reason else "")
-    m = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\d+)$", text, re.M)
-    assert m, f"no {name}{{{labels}}} in /metrics"
-    return int(m.group(1))
 
 
 def daemon_args(isolate: bool, upstream: LoopbackDNS, extra: list[str]) -> list[str]:
