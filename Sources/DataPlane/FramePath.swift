@@ -1,0 +1,178 @@
+import FrameSwitch
+
+// FramePath: every per-frame decision between a network's guests and libslirp.
+//
+// Theory of operation. A guest frame enters at `fromGuest`, a libslirp frame at `fromNAT`;
+// what comes out is a call on the owner's `FramePathSink`: `deliver` to a guest port,
+// `inputToNAT`, `serveLocally` for DHCP/DNS, and events the owner counts and logs. The
+// frame path owns the network's switching state (MAC table, port security, the ARP/NDP
+// neighbour tables, IPv4 reassembly, NATIngressCheck, counters) and each guest's
+// `PortState`, and no socket, clock or logger: the time comes in with each frame.
+//
+// Guest -> NAT, in order (FramePathGuest.swift):
+//   1. the switch learns the source MAC: a MAC another port holds is refused (`duplicateMAC`),
+//      one past the caps or in the NAT's ranges is a port-security drop;
+//   2. the guest's first MAC is recorded; a muted guest whose MAC is free again is unmuted;
+//   3. port security checks the addresses the frame claims; the ARP/NDP proxy learns them;
+//   4. slirpd's own services may take the frame (`serveLocally`);
+//   5. for the NAT: no protocol libslirp lacks, IPv4 fragments reassembled, NATIngressCheck,
+//      then the guest's FlowBudget admits it, then libslirp (`toLibslirp`);
+//      for a guest: forwarded, or flooded with a copy to the NAT; with isolate=on never
+//      to another guest.
+// NAT -> guest (FramePathNAT.swift): libslirp's ARP requests and Neighbor Solicitations for
+// a guest's address are answered here (queued for libslirp, which cannot be re-entered);
+// a unicast frame goes to the port holding its destination address, else the MAC table's
+// port, else the port whose own MAC it is, else it is dropped (never flooded); the guest's
+// NATConnections and FlowBudget see it, then `toGuest` delivers it. Broadcasts are flooded,
+// except that with isolate=on a solicitation for a held address goes to its holder only.
+//
+// Re-entrancy: `sink.inputToNAT` runs libslirp, whose output comes back through `fromNAT`
+// before it returns. So no call to the sink is made inside a mutating access to a stored
+// struct (the switch, port security, reassembly...): each is asked, its answer kept in a
+// local, and only then is the sink called. Frames made while libslirp is busy (proxy
+// answers, resets of departed guests' connections) wait in `pendingToNAT` for
+// `injectPending`, which the owner calls between libslirp's calls.
+//
+// Hooks for a per-flow TCP stage (a window-scaling shim): `toLibslirp` is the last step
+// toward libslirp, after flow admission; `toGuest` the last toward a guest, after its NAT
+// connections and flow budget have seen the frame; `removePort` says a port has gone and
+// `housekeeping` runs every 10 s. A stage added there sees every TCP segment of every flow
+// between a guest and libslirp, in both directions, and nothing else.
+public final class FramePath {
+    /// What the frame path needs of the network's options.
+    public struct Settings: Equatable, Sendable {
+        /// isolate=on: a guest's frames reach the NAT and slirpd's services, never another guest.
+        public var isolateGuests: Bool
+        public var ipv6: Bool
+        /// The IPv4 network, for the ARP proxy's table.
+        public var network: UInt32
+        public var mask: UInt32
+
+        public init(isolateGuests: Bool, ipv6: Bool, network: UInt32, mask: UInt32) {
+            self.isolateGuests = isolateGuests
+            self.ipv6 = ipv6
+            self.network = network
+            self.mask = mask
+        }
+    }
+
+    public let natPort: PortID
+    public var settings: Settings
+    /// The attached guest ports, by ID.
+    public internal(set) var ports: [PortID: PortState] = [:]
+    var bridge: EthernetSwitch
+    /// Which port holds which address, and DHCP snooping.
+    public var security = PortSecurity(addresses: PortSecurity.Addresses(network: 0, mask: 0, reserved: [], reserved6: []))
+    /// Frames port security dropped, per reason, guests that left included.
+    public internal(set) var securityDrops: [SecurityViolation: Int] = [:]
+    /// Unicast frames from the NAT to a destination nobody holds, dropped instead of flooded.
+    public internal(set) var natUnknownUnicastDropped = 0
+    /// Which guest MAC holds which IPv4 address, learnt from guests' ARP and IPv4 frames.
+    /// libslirp's own ARP table has 16 entries; past that it keeps asking, and the frame
+    /// path answers from here instead of flooding every guest and waiting.
+    public internal(set) var neighbors: [UInt32: MACAddress] = [:]
+    /// The IPv6 twin of `neighbors`, for libslirp's 16-entry NDP table.
+    public internal(set) var neighbors6: [IPv6Key: MACAddress] = [:]
+    public internal(set) var arpProxied = 0
+    public internal(set) var ndpProxied = 0
+    /// Guests' IPv4 fragments for libslirp, put back together first.
+    public internal(set) var reassembly = IPv4Reassembly()
+    public internal(set) var fragmentsDropped = 0
+    /// The last check before libslirp: lengths and the urgent pointer.
+    public internal(set) var ingressCheck = NATIngressCheck()
+    /// Frames for libslirp made while inside one of its callbacks, which must not call it.
+    var pendingToNAT: [[UInt8]] = []
+
+    public init(natPort: PortID, settings: Settings) {
+        self.natPort = natPort
+        self.settings = settings
+        bridge = EthernetSwitch(natPort: natPort)
+    }
+
+    // MARK: Ports
+
+    public func addPort(_ port: PortState) {
+        ports[port.id] = port
+    }
+
+    /// Forgets a port that has gone: its MACs, its addresses and what the neighbour tables
+    /// learnt from them. Returns the MACs the switch had learnt on it.
+    /// Hook: a per-flow stage drops the port's flows here.
+    @discardableResult
+    public func removePort(_ id: PortID) -> [MACAddress] {
+        ports[id] = nil
+        let macs = bridge.removePort(id)
+        for key in security.removePort(id) { neighbors6[key] = nil }
+        if !macs.isEmpty {
+            neighbors = neighbors.filter { !macs.contains($0.value) }
+            neighbors6 = neighbors6.filter { !macs.contains($0.value) }
+        }
+        return macs
+    }
+
+    /// Every 10 s: ages the MAC table, idle IPv6 bindings, unfinished fragments and flows
+    /// libslirp has timed out. Hook: a per-flow stage ages its flows here.
+    public func housekeeping(now: Int64) {
+        bridge.expire(now: now)
+        for key in security.expire(now: now) { neighbors6[key] = nil }
+        reassembly.expire(now: now)
+        for port in ports.values { port.flows.expire(now: now) }
+    }
+
+    /// Which port the switch has learnt `mac` on.
+    public func port(of mac: MACAddress) -> PortID? { bridge.port(of: mac) }
+
+    // MARK: Frames for libslirp made between its calls
+
+    /// Queues frames for libslirp until `injectPending`.
+    public func queueForNAT(_ frames: [[UInt8]]) {
+        pendingToNAT += frames
+    }
+
+    public var hasPendingForNAT: Bool { !pendingToNAT.isEmpty }
+
+    /// Hands libslirp the frames made while it was busy (between its calls, never inside one).
+    public func injectPending(_ sink: any FramePathSink) {
+        while !pendingToNAT.isEmpty {
+            let batch = pendingToNAT
+            pendingToNAT.removeAll()
+            for frame in batch { frame.withUnsafeBytes { sink.inputToNAT($0) } }
+        }
+    }
+
+    // MARK: Neighbours (the ARP/NDP proxy's tables)
+
+    /// Records that `mac` holds the IPv4 `address` (from a guest's frame, or a DHCP lease).
+    public func learnNeighbor(_ address: UInt32, _ mac: MACAddress) {
+        guard address != 0, address & settings.mask == settings.network & settings.mask, neighbors[address] != mac else { return }
+        neighbors[address] = mac
+    }
+
+    func learnNeighbor(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader) {
+        let address: UInt32
+        if header.etherType == ARPPacket.etherType {
+            guard let arp = ARPPacket.parse(frame: frame), arp.senderMAC == header.source else { return }
+            address = arp.senderIP
+        } else if header.etherType == 0x86DD {
+            // Port security has bound the source to this port, within its caps.
+            guard settings.ipv6, let source = ipv6Source(frame: frame), neighbors6[source] != header.source else { return }
+            neighbors6[source] = header.source
+            return
+        } else {
+            guard let source = ipv4Source(frame: frame) else { return }
+            address = source
+        }
+        learnNeighbor(address, header.source)
+    }
+
+    // MARK: Port security
+
+    /// Counts a guest frame port security dropped and reports it.
+    public func refuse(_ port: PortState, _ violation: SecurityViolation, _ claim: ClaimedAddress, owner: PortID?,
+                       sink: any FramePathSink) {
+        port.drops += 1
+        port.securityDrops[violation, default: 0] += 1
+        securityDrops[violation, default: 0] += 1
+        sink.frameEvent(.securityDrop(port.id, violation, claim, owner: owner, count: port.securityDrops[violation, default: 0]))
+    }
+}

@@ -1,0 +1,135 @@
+import FrameSwitch
+
+// FramePath, guest -> switch -> NAT (the order is in FramePath.swift's theory of operation).
+
+extension FramePath {
+    /// Switches one frame from a guest: to the NAT, slirpd's services, other guests, or nowhere.
+    public func fromGuest(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader, from port: PortState, now: Int64,
+                          sink: any FramePathSink) {
+        let verdict = bridge.ingress(from: port.id, source: header.source, destination: header.destination, now: now)
+        if case .duplicate(let owner) = verdict {
+            refuseDuplicate(port, mac: header.source, owner: owner, sink: sink)
+            return
+        }
+        if case .drop(let reason) = verdict, switchRefused(port, header, reason, sink: sink) { return }
+        if port.mac == nil {
+            port.mac = header.source
+            sink.frameEvent(.macLearned(port.id, header.source))
+        } else if let refused = port.refusedFor, refused == header.source {
+            port.refusedFor = nil
+            sink.frameEvent(.macReclaimed(port.id, header.source))
+        }
+        if verdict != .drop(.invalidSource), securityRefuses(port, frame, now: now, sink: sink) { return }
+        learnNeighbor(frame, header)
+        switch verdict {
+        case .drop(.invalidSource):
+            port.drops += 1
+            return
+        case .drop, .duplicate:
+            return
+        case .forward, .flood:
+            if sink.serveLocally(frame, header, from: port.id) { return }
+        }
+        switch verdict {
+        case .forward(natPort): if !toNAT(frame, from: port, now: now, sink: sink) { port.drops += 1 }
+        case .forward(let id):
+            // isolate=on: a guest's frames go to the NAT only; one aimed at another guest is dropped.
+            guard !settings.isolateGuests else { port.drops += 1; return }
+            if ports[id] != nil { sink.deliver(frame, to: id) }
+        case .flood:
+            _ = toNAT(frame, from: port, now: now, sink: sink)
+            guard !settings.isolateGuests else { return }
+            for id in ports.keys where id != port.id { sink.deliver(frame, to: id) }
+        case .drop, .duplicate:
+            break
+        }
+    }
+
+    /// The same, for a frame whose Ethernet header is not parsed yet (too short: ignored).
+    public func fromGuest(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
+        guard let header = EthernetHeader(frame) else { return }
+        fromGuest(frame, header, from: port, now: now, sink: sink)
+    }
+
+    /// A guest using a MAC another port holds: each frame is dropped and counted; the first
+    /// refusal for a MAC mutes the guest (or, for a stream guest, tells the owner to close it).
+    private func refuseDuplicate(_ port: PortState, mac: MACAddress, owner: PortID, sink: any FramePathSink) {
+        port.drops += 1
+        guard port.refusedFor != mac else { return }
+        if !port.closesOnDuplicateMAC { port.refusedFor = mac }
+        sink.frameEvent(.duplicateMAC(port.id, mac, owner: owner))
+    }
+
+    /// Whether the switch dropped a guest's frame for port security (counted and reported).
+    private func switchRefused(_ port: PortState, _ header: EthernetHeader, _ reason: EthernetSwitch.DropReason,
+                               sink: any FramePathSink) -> Bool {
+        switch reason {
+        case .natMAC: refuse(port, .natMAC, .mac(header.source), owner: natPort, sink: sink)
+        case .portMACLimit, .tableFull: refuse(port, .macLimit, .mac(header.source), owner: nil, sink: sink)
+        case .invalidSource, .sameSegment: return false
+        }
+        return true
+    }
+
+    /// Whether port security drops this guest frame for the addresses it claims (counted and reported).
+    private func securityRefuses(_ port: PortState, _ frame: UnsafeRawBufferPointer, now: Int64, sink: any FramePathSink) -> Bool {
+        guard case .drop(let violation, let claim, let owner) = security.inspect(frame: frame, from: port.id, now: now) else { return false }
+        refuse(port, violation, claim, owner: owner, sink: sink)
+        return true
+    }
+
+    /// Hands a guest's frame to libslirp; false when it is dropped instead. libslirp gets
+    /// no IPv4 protocol it does not implement (natAcceptsFrame) and no fragment: those are
+    /// reassembled here first, as libslirp 4.7's own reassembly crashes on some.
+    func toNAT(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) -> Bool {
+        guard natAcceptsFrame(frame) else { return false }
+        guard IPv4Reassembly.isFragment(frame) else { return checkedInput(frame, from: port, now: now, sink: sink) }
+        let outcome = reassembly.input(frame, now: now)
+        switch outcome {
+        case .pass: return checkedInput(frame, from: port, now: now, sink: sink)
+        case .held: break
+        case .complete(let datagram): return datagram.withUnsafeBytes { checkedInput($0, from: port, now: now, sink: sink) }
+        case .dropped(let reason):
+            fragmentsDropped += 1
+            sink.frameEvent(.fragmentDropped(port.id, reason: reason, count: fragmentsDropped))
+            return false
+        }
+        return true
+    }
+
+    /// Hands a guest's whole (reassembled) frame to libslirp once NATIngressCheck has
+    /// passed or fixed it and the guest's flow budget admits it; false when it is dropped.
+    func checkedInput(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) -> Bool {
+        let verdict = ingressCheck.inspect(frame)
+        switch verdict {
+        case .pass:
+            guard admitFlow(frame, from: port, now: now, sink: sink) else { return false }
+            toLibslirp(frame, from: port, sink: sink)
+        case .rewritten(let fixed):
+            sink.frameEvent(.natIngressRewritten(port.id, count: ingressCheck.rewritten))
+            guard fixed.withUnsafeBytes({ admitFlow($0, from: port, now: now, sink: sink) }) else { return false }
+            fixed.withUnsafeBytes { toLibslirp($0, from: port, sink: sink) }
+        case .drop(let reason):
+            sink.frameEvent(.natIngressDropped(port.id, reason, count: ingressCheck.dropped[reason.rawValue]))
+            return false
+        }
+        return true
+    }
+
+    /// Whether a guest's whole datagram may go to libslirp; a refused new flow is answered
+    /// (RST, ICMP unreachable) or dropped, and reported.
+    private func admitFlow(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) -> Bool {
+        let limits = sink.flowLimits
+        let verdict = port.flows.admit(frame, now: now, limits: limits) { sink.isShortOfDescriptors(now: now) }
+        guard case .refuse(let kind, let shortage, let reply) = verdict else { return true }
+        if let reply { sink.send(reply, to: port.id) }
+        sink.frameEvent(.flowRefused(port.id, kind, shortage: shortage))
+        return false
+    }
+
+    /// The last step toward libslirp. Hook: a per-flow TCP stage (window-scaling shim)
+    /// goes here, after flow admission, and may hold, rewrite or pass the segment.
+    private func toLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, sink: any FramePathSink) {
+        sink.inputToNAT(frame)
+    }
+}

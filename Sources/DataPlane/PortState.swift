@@ -1,0 +1,36 @@
+import FrameSwitch
+
+// PortState: one guest port's share of the frame path's state.
+//
+// Theory of operation. The socket, the output queue and the traffic counters of a guest
+// belong to its endpoint (SlirpDaemon's GuestPort); what the frame path decides with
+// belongs here: the MAC it uses, a MAC it is muted for, its NAT connections, its flow
+// budget and its drop counts. `FramePath` keeps one per attached port, keyed by PortID;
+// the endpoint holds the same object, so both see one set of values and no lookup is
+// needed to find a guest's state from its socket. A class, not a struct in a dictionary:
+// the frame path calls out (to libslirp, which calls back) while a guest's frame is in
+// flight, and a class's properties are accessed one at a time, never as one inout.
+public final class PortState {
+    public let id: PortID
+    /// A stream guest refused for a duplicate MAC is disconnected (its peer sees why); a
+    /// datagram or tap guest has no connection to reset, so it is muted until the MAC is free.
+    public let closesOnDuplicateMAC: Bool
+    /// The first MAC the guest sent from.
+    public var mac: MACAddress?
+    /// Set while the guest is muted for using a MAC another port holds.
+    public var refusedFor: MACAddress?
+    /// Its TCP connections through the NAT, reset in libslirp when it leaves for good.
+    public var natConnections = NATConnections()
+    /// Its flows in libslirp, counted against the network's caps.
+    public var flows: FlowBudget
+    /// Frames of this guest dropped, by the frame path or by its full output queue.
+    public var drops = 0
+    /// Frames port security dropped, by reason; paces the log, so a flood of one kind does not hide another.
+    public var securityDrops: [SecurityViolation: Int] = [:]
+
+    public init(id: PortID, closesOnDuplicateMAC: Bool, flows: FlowBudget = FlowBudget(dnsAddress: nil)) {
+        self.id = id
+        self.closesOnDuplicateMAC = closesOnDuplicateMAC
+        self.flows = flows
+    }
+}
