@@ -186,7 +186,7 @@ public final class FrameFuzzNetwork {
         }
         network.leases = [:]
         // Port security forgets the leases' reservations too (bindings went with the ports).
-        network.security = PortSecurity(addresses: network.security.addresses, limits: network.security.limits)
+        network.framePath.security = PortSecurity(addresses: network.framePath.security.addresses, limits: network.framePath.security.limits)
         network.refreshSecurityAddresses()
         network.rebuildZone()
     }

@@ -40,21 +40,35 @@ final class GuestPort {
     /// RFC 3339, for the API.
     let connectedSince = wallClockTimestamp()
 
-    var mac: MACAddress?
+    /// The frame path's side of this guest (MAC, NAT connections, flow budget, drops);
+    /// the properties below read and write it.
+    let state: PortState
     /// Set once the port must go; the loop removes it at the end of the iteration.
     var closeReason: String?
-    /// A datagram peer refused for a duplicate MAC stays attached but mute until the MAC is free.
-    var refusedFor: MACAddress?
     var inFlushList = false
-    /// Its TCP connections through the NAT, reset in libslirp when it leaves for good.
-    var natConnections = NATConnections()
-    /// Its flows in libslirp, counted against the network's caps (NetworkBudget.swift).
-    var flows = FlowBudget(dnsAddress: nil)
 
-    var rxFrames = 0, rxBytes = 0, txFrames = 0, txBytes = 0, drops = 0
-    /// Frames port security dropped, by reason (NetworkSecurity.swift); paces its log lines,
-    /// so a flood of one kind does not hide another.
-    var securityDrops: [SecurityViolation: Int] = [:]
+    var mac: MACAddress? {
+        get { state.mac }
+        set { state.mac = newValue }
+    }
+    /// A datagram peer refused for a duplicate MAC stays attached but mute until the MAC is free.
+    var refusedFor: MACAddress? { state.refusedFor }
+    /// Its TCP connections through the NAT, reset in libslirp when it leaves for good.
+    var natConnections: NATConnections {
+        get { state.natConnections }
+        _modify { yield &state.natConnections }
+    }
+    /// Its flows in libslirp, counted against the network's caps (NetworkBudget.swift).
+    var flows: FlowBudget {
+        get { state.flows }
+        _modify { yield &state.flows }
+    }
+
+    var rxFrames = 0, rxBytes = 0, txFrames = 0, txBytes = 0
+    var drops: Int {
+        get { state.drops }
+        set { state.drops = newValue }
+    }
 
     init(id: PortID, transport: Transport, peer: String, endpointName: String, kind: Kind, socket: Descriptor, now: Int64) {
         self.id = id
@@ -64,6 +78,11 @@ final class GuestPort {
         self.kind = kind
         self.socket = socket
         self.connectedAt = now
+        if case .stream = kind {
+            state = PortState(id: id, closesOnDuplicateMAC: true)
+        } else {
+            state = PortState(id: id, closesOnDuplicateMAC: false)
+        }
     }
 
     var label: String {

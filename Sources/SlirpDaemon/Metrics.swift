@@ -16,27 +16,27 @@ enum Metrics {
         family("slirpd_leases", "gauge", "DHCP leases granted (including restored ones).", nets.map { ($0.label, $0.net.leases.count) })
         family("slirpd_forwards", "gauge", "Host forwards configured.", nets.map { ($0.label, $0.net.forwards.count) })
         family("slirpd_arp_proxied_total", "counter", "ARP requests from the NAT answered by the switch for attached guests.",
-               nets.map { ($0.label, $0.net.arpProxied) })
+               nets.map { ($0.label, $0.net.framePath.arpProxied) })
         family("slirpd_ndp_proxied_total", "counter", "Neighbor Solicitations from the NAT answered by the switch for attached guests.",
-               nets.map { ($0.label, $0.net.ndpProxied) })
+               nets.map { ($0.label, $0.net.framePath.ndpProxied) })
         family("slirpd_port_security_dropped_total", "counter",
                "Guest frames port security dropped, by reason: nat_mac, mac_limit, reserved_address, taken_address, invalid_source, address_limit, dhcp_chaddr_mismatch, dhcp_client_limit.",
-               nets.flatMap { n in SecurityViolation.allCases.map { ("\(n.label),reason=\"\($0.rawValue)\"", n.net.securityDrops[$0, default: 0]) } })
+               nets.flatMap { n in SecurityViolation.allCases.map { ("\(n.label),reason=\"\($0.rawValue)\"", n.net.framePath.securityDrops[$0, default: 0]) } })
         family("slirpd_nat_ingress_dropped_total", "counter",
                "Guest frames for the NAT dropped because libslirp would misread their lengths, by reason.",
-               nets.flatMap { n in NATIngressCheck.Reason.allCases.map { ("\(n.label),reason=\"\($0.label)\"", n.net.ingressCheck.dropped[$0.rawValue]) } })
+               nets.flatMap { n in NATIngressCheck.Reason.allCases.map { ("\(n.label),reason=\"\($0.label)\"", n.net.framePath.ingressCheck.dropped[$0.rawValue]) } })
         family("slirpd_nat_ingress_rewritten_total", "counter",
                "Guest frames for the NAT rewritten before libslirp: TCP urgent pointer cleared, IPv6 bytes past the payload cut.",
-               nets.map { ($0.label, $0.net.ingressCheck.rewritten) })
+               nets.map { ($0.label, $0.net.framePath.ingressCheck.rewritten) })
         family("slirpd_nat_unknown_unicast_dropped_total", "counter",
                "Unicast frames from the NAT to a destination no guest holds, dropped instead of flooded to every guest.",
-               nets.map { ($0.label, $0.net.natUnknownUnicastDropped) })
+               nets.map { ($0.label, $0.net.framePath.natUnknownUnicastDropped) })
         family("slirpd_nat_connections_reset_total", "counter", "NAT connections reset for guests that left without closing them.",
                nets.map { ($0.label, $0.net.natConnectionsReset) })
         family("slirpd_ipv4_reassembled_total", "counter", "IPv4 datagrams from guests to the NAT put back together from fragments.",
-               nets.map { ($0.label, $0.net.reassembly.reassembled) })
+               nets.map { ($0.label, $0.net.framePath.reassembly.reassembled) })
         family("slirpd_ipv4_fragments_dropped_total", "counter", "IPv4 fragments from guests to the NAT dropped (malformed, overlapping, or over the limits).",
-               nets.map { ($0.label, $0.net.fragmentsDropped) })
+               nets.map { ($0.label, $0.net.framePath.fragmentsDropped) })
         family("slirpd_dns_queries_total", "counter", "DNS queries answered from the network's own names.",
                nets.map { ($0.label, $0.net.dns?.answeredLocally ?? 0) })
         family("slirpd_dns_forwarded_total", "counter", "DNS queries sent to the upstream resolver.",

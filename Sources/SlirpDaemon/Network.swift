@@ -10,20 +10,22 @@ import SlirpKit
 
 /// One virtual network: a libslirp instance, a switch, its endpoints and guests.
 ///
-/// Theory of operation: every frame, from a guest or from the NAT, goes through
-/// `fromGuest` or `fromNAT`, which ask the `EthernetSwitch` where it belongs and copies it into
-/// the destination guests' queues or hands it to libslirp. libslirp's output arrives
-/// through the stack's `onOutput` while the loop is inside a libslirp call, so
-/// delivery only enqueues; closing a port is deferred to the end of the iteration.
-/// With `isolate=on` a guest's frames reach only the NAT (and slirpd's own DHCP and
-/// DNS), never another guest.
+/// Theory of operation: `Network` owns the endpoints (sockets, output queues, flushing),
+/// libslirp, slirpd's own services (DHCP, DNS: they need sockets) and the control plane;
+/// every per-frame decision is DataPlane's `FramePath`, which holds no socket. A frame
+/// read from a guest is counted, shown to captures and handed to `framePath.fromGuest`;
+/// libslirp's output arrives through the stack's `onOutput` (while the loop is inside a
+/// libslirp call), is shown to captures and handed to `framePath.fromNAT`. The frame path
+/// answers through `FramePathSink` (NetworkFramePath.swift): `deliver` only enqueues,
+/// `inputToNAT` calls libslirp, `serveLocally` asks DHCP/DNS, and its events are counted
+/// and logged here, paced. Closing a port is deferred to the end of the iteration.
 ///
 /// Guests are untrusted, so each stage contains them (README, "Guests that share a
 /// network"): the switch caps MACs per port and port security checks every frame's
 /// addresses (NetworkSecurity.swift); a frame for the NAT is reassembled, checked for
-/// lengths libslirp would misread (NetworkIngress.swift) and admitted by the guest's flow
-/// budget (NetworkBudget.swift), last, before libslirp; libslirp's frames go only to the
-/// port holding their destination address, and its budget sees them on the way.
+/// lengths libslirp would misread and admitted by the guest's flow budget
+/// (NetworkBudget.swift), last, before libslirp; libslirp's frames go only to the port
+/// holding their destination address, and its budget sees them on the way (FramePath.swift).
 final class Network {
     static let natPort = PortID(0)
 
@@ -34,12 +36,9 @@ final class Network {
     private(set) var listeners: [StreamListener] = []
     private(set) var datagrams: [DatagramEndpoint] = []
     private(set) var ports: [PortID: GuestPort] = [:]
-    private var bridge = EthernetSwitch(natPort: Network.natPort)
-    /// Which port holds which address, and DHCP snooping (NetworkSecurity.swift).
-    var security = PortSecurity(addresses: PortSecurity.Addresses(network: 0, mask: 0, reserved: [], reserved6: []))
-    var securityDrops: [SecurityViolation: Int] = [:]
-    /// Unicast frames from the NAT to a destination nobody holds, dropped instead of flooded.
-    var natUnknownUnicastDropped = 0
+    /// The per-frame decisions: switch, port security, neighbour proxy, reassembly,
+    /// NATIngressCheck, flow budgets (DataPlane).
+    let framePath: FramePath
     private var nextPortID: UInt32 = 1
     /// Stream guests with queued output; flushed once per loop iteration.
     private var flushList: [GuestPort] = []
@@ -56,25 +55,10 @@ final class Network {
     var captures: [Int: CaptureSink] = [:]
     var nextCaptureID = 0
 
-    /// Which guest MAC holds which IPv4 address, learnt from guests' ARP and IPv4 frames.
-    /// libslirp's own ARP table has 16 entries; past that it keeps asking, and the switch
-    /// answers from here instead of flooding every guest and waiting.
-    var neighbors: [UInt32: MACAddress] = [:]
     /// Guests that left with NAT connections open, oldest first (see `resetDepartedConnections`).
     private var departed: [DepartedGuest] = []
     /// NAT connections reset in libslirp for guests that left for good.
     private(set) var natConnectionsReset = 0
-    /// Guests' IPv4 fragments for libslirp, put back together first (IPv4Reassembly.swift).
-    private(set) var reassembly = IPv4Reassembly()
-    private(set) var fragmentsDropped = 0
-    /// The last check before libslirp: lengths and the urgent pointer (NetworkIngress.swift).
-    var ingressCheck = NATIngressCheck()
-    /// Frames for libslirp made while inside one of its callbacks, which must not call it.
-    private var pendingToNAT: [[UInt8]] = []
-    private(set) var arpProxied = 0
-    /// The IPv6 twin of `neighbors`, for libslirp's 16-entry NDP table.
-    private(set) var neighbors6: [IPv6Key: MACAddress] = [:]
-    private(set) var ndpProxied = 0
     /// Peers kept out by guest-uids/guest-gids.
     private(set) var refusedGuests = 0
     /// Datagrams from new peers dropped for want of a descriptor to answer them with.
@@ -110,6 +94,7 @@ final class Network {
         var log = Logger(label: "slirpd")
         log[metadataKey: "network"] = "\(config.name)"
         self.log = log
+        framePath = FramePath(natPort: Network.natPort, settings: Self.framePathSettings(config.options))
         do {
             stack = try SlirpStack(options: config.options, mtu: config.mtu, ownServices: true)
             self.relayCommand = relayCommand
@@ -465,169 +450,18 @@ final class Network {
         port.rxFrames += 1
         port.rxBytes += frame.count
         if !captures.isEmpty { capture(frame, header) }
-        let now = monotonicNanoseconds()
-        let verdict = bridge.ingress(from: port.id, source: header.source, destination: header.destination, now: now)
-        if case .duplicate(let owner) = verdict {
-            refuseDuplicate(port, mac: header.source, owner: owner)
-            return
-        }
-        if case .drop(let reason) = verdict, switchRefused(port, header, reason) { return }
-        if port.mac == nil {
-            port.mac = header.source
-            log.info("\(port.label) is using MAC \(header.source)")
-            if !departed.isEmpty { takeUpConnections(port, mac: header.source) }
-        } else if let refused = port.refusedFor, refused == header.source {
-            port.refusedFor = nil
-            log.info("\(port.label) now owns MAC \(header.source): its previous holder is gone")
-        }
-        if verdict != .drop(.invalidSource), securityRefuses(port, frame, now: now) { return }
-        learnNeighbor(frame, header)
-        switch verdict {
-        case .drop(.invalidSource):
-            port.drops += 1
-            return
-        case .drop, .duplicate:
-            return
-        case .forward, .flood:
-            if serveLocally(port, frame, header) { return }
-        }
-        switch verdict {
-        case .forward(Network.natPort): if !toNAT(frame, from: port, now: now) { port.drops += 1 }
-        case .forward(let id):
-            // isolate=on: a guest's frames go to the NAT only; one aimed at another guest is dropped.
-            guard !config.options.isolateGuests else { port.drops += 1; return }
-            ports[id].map { deliver(frame, to: $0) }
-        case .flood:
-            _ = toNAT(frame, from: port, now: now)
-            guard !config.options.isolateGuests else { return }
-            for other in ports.values where other !== port { deliver(frame, to: other) }
-        case .drop, .duplicate:
-            break
-        }
-    }
-
-    /// Hands a guest's frame to libslirp; false when it is dropped instead. libslirp gets
-    /// no IPv4 protocol it does not implement (natAcceptsFrame) and no fragment: those are
-    /// reassembled here first, as libslirp 4.7's own reassembly crashes on some.
-    private func toNAT(_ frame: UnsafeRawBufferPointer, from port: GuestPort, now: Int64) -> Bool {
-        guard natAcceptsFrame(frame) else { return false }
-        guard IPv4Reassembly.isFragment(frame) else { return checkedInput(frame, from: port, now: now) }
-        switch reassembly.input(frame, now: now) {
-        case .pass: return checkedInput(frame, from: port, now: now)
-        case .held: break
-        case .complete(let datagram): return datagram.withUnsafeBytes { checkedInput($0, from: port, now: now) }
-        case .dropped(let reason):
-            fragmentsDropped += 1
-            if isLoggedOccurrence(fragmentsDropped) {
-                log.warning("dropped \(reason) from \(port.label) (\(fragmentsDropped) IPv4 fragments dropped so far)")
-            }
-            return false
-        }
-        return true
+        framePath.fromGuest(frame, header, from: port.state, now: monotonicNanoseconds(), sink: self)
     }
 
     private func fromNAT(_ frame: UnsafeRawBufferPointer) {
         guard let header = EthernetHeader(frame) else { return }
         if !captures.isEmpty { capture(frame, header) }
-        if header.etherType == ARPPacket.etherType, answerForGuest(frame) { return }
-        if header.etherType == 0x86DD, header.destination.isGroup, answerSolicitation(frame) { return }
-        let verdict = bridge.ingress(from: Network.natPort, source: header.source, destination: header.destination, now: monotonicNanoseconds())
-        // Port security: a guest address's frames go to the port holding it, whatever the MAC table says.
-        if !header.destination.isGroup, let id = natDestinationPort(frame, header), let port = ports[id] {
-            return natUnicast(frame, to: port)
-        }
-        switch verdict {
-        case .forward(let id):
-            ports[id].map { natUnicast(frame, to: $0) }
-        case .flood where !header.destination.isGroup:
-            // Unknown unicast from the NAT is never flooded: it would show a guest's traffic to the others.
-            // A guest silent past the MAC aging time still gets it, on the port whose own MAC it is.
-            if let port = ports.values.first(where: { $0.mac == header.destination }) {
-                natUnicast(frame, to: port)
-            } else {
-                natUnknownUnicastDropped += 1
-            }
-        case .flood:
-            if let id = natSolicitationPort(frame, header) {
-                ports[id].map { deliver(frame, to: $0) }
-            } else {
-                for port in ports.values { deliver(frame, to: port) }
-            }
-        case .duplicate(let owner):
-            log.error("a guest (port \(owner.raw)) uses the NAT's own MAC \(header.source); frames from the NAT are dropped")
-        case .drop: break
-        }
-    }
-
-    /// A frame from the NAT for one guest: its connections and flow budget see it first.
-    private func natUnicast(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
-        port.natConnections.observe(toGuest: frame)
-        observeFlow(frame, to: port, now: monotonicNanoseconds())
-        deliver(frame, to: port)
-    }
-
-    private func learnNeighbor(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader) {
-        let address: UInt32
-        if header.etherType == ARPPacket.etherType {
-            guard let arp = ARPPacket.parse(frame: frame), arp.senderMAC == header.source else { return }
-            address = arp.senderIP
-        } else if header.etherType == 0x86DD {
-            // Port security has bound the source to this port, within its caps.
-            guard config.options.ipv6, let source = ipv6Source(frame: frame), neighbors6[source] != header.source else { return }
-            neighbors6[source] = header.source
-            return
-        } else {
-            guard let source = ipv4Source(frame: frame) else { return }
-            address = source
-        }
-        learnNeighbor(address, header.source)
-    }
-
-    func learnNeighbor(_ address: UInt32, _ mac: MACAddress) {
-        guard address != 0, config.options.network.contains(IPv4Address(address)), neighbors[address] != mac else { return }
-        neighbors[address] = mac
-    }
-
-    /// Answers libslirp's ARP request for an attached guest's address; true when answered.
-    private func answerForGuest(_ frame: UnsafeRawBufferPointer) -> Bool {
-        guard let arp = ARPPacket.parse(frame: frame), arp.operation == ARPPacket.request,
-              let mac = neighbors[arp.targetIP], bridge.port(of: mac) != nil else { return false }
-        pendingToNAT.append(arp.reply(from: mac))
-        arpProxied += 1
-        return true
-    }
-
-    /// Answers libslirp's Neighbor Solicitation for an attached guest's IPv6 address.
-    private func answerSolicitation(_ frame: UnsafeRawBufferPointer) -> Bool {
-        guard let solicitation = NeighborSolicitation.parse(frame: frame), let mac = neighbors6[solicitation.targetKey],
-              bridge.port(of: mac) != nil else { return false }
-        pendingToNAT.append(solicitation.advertisement(from: mac))
-        ndpProxied += 1
-        return true
+        framePath.fromNAT(frame, header, now: monotonicNanoseconds(), sink: self)
     }
 
     /// Hands libslirp the frames made while it was busy (between its calls, never inside one).
     func injectPending() {
-        while !pendingToNAT.isEmpty {
-            let batch = pendingToNAT
-            pendingToNAT.removeAll()
-            for frame in batch { frame.withUnsafeBytes { stack.input($0) } }
-        }
-    }
-
-    private func refuseDuplicate(_ port: GuestPort, mac: MACAddress, owner: PortID) {
-        port.drops += 1
-        guard port.refusedFor != mac else { return }
-        let ownerLabel = owner == Network.natPort ? "the NAT itself" : (ports[owner]?.label ?? "port \(owner.raw)")
-        let advice = "give each QEMU its own MAC with mac= on its -device (e.g. mac=\(randomGuestMAC()))"
-        emit(.duplicateMACRefused, guest: port, mac: mac, detail: "already used by \(ownerLabel)")
-        if port.isStream {
-            port.close("refused: duplicate MAC \(mac), already used by \(ownerLabel); \(advice)")
-            scheduleClose(port)
-        } else {
-            port.refusedFor = mac
-            log.error("refusing \(port.label): duplicate MAC \(mac), already used by \(ownerLabel); its frames are dropped until that MAC is free; \(advice)")
-        }
+        framePath.injectPending(self)
     }
 
     /// Descriptors new guests may not take (see acceptAll).
@@ -687,6 +521,7 @@ final class Network {
     func admit(_ port: GuestPort, on endpoint: String) {
         port.flows = FlowBudget(dnsAddress: config.options.ipv4 ? config.options.dns.value : nil)
         ports[port.id] = port
+        framePath.addPort(port.state)
         log.info("\(port.label) attached on \(endpoint)")
         emit(.guestAttached, guest: port, detail: endpoint)
     }
@@ -706,12 +541,7 @@ final class Network {
     func reapClosed() {
         for port in closing {
             guard let reason = port.closeReason, ports.removeValue(forKey: port.id) != nil else { continue }
-            let macs = bridge.removePort(port.id)
-            for key in security.removePort(port.id) { neighbors6[key] = nil }
-            if !macs.isEmpty {
-                neighbors = neighbors.filter { !macs.contains($0.value) }
-                neighbors6 = neighbors6.filter { !macs.contains($0.value) }
-            }
+            let macs = framePath.removePort(port.id)
             port.socket.close()
             if case .datagram(let endpoint, let peer) = port.kind { endpoint.peers[peer] = nil }
             let now = monotonicNanoseconds()
@@ -741,7 +571,8 @@ final class Network {
     static let returnGrace: Int64 = 5_000_000_000
 
     /// A guest that comes back with the MAC of a departed one takes up its connections.
-    private func takeUpConnections(_ port: GuestPort, mac: MACAddress) {
+    func takeUpConnections(_ port: GuestPort, mac: MACAddress) {
+        guard !departed.isEmpty else { return }
         var taken = 0
         for i in departed.indices {
             let mine = departed[i].connections.take(guestMAC: mac)
@@ -757,7 +588,7 @@ final class Network {
     func resetDepartedConnections(now: Int64) {
         while let first = departed.first, first.resetAt <= now {
             departed.removeFirst()
-            pendingToNAT += first.connections.resets()
+            framePath.queueForNAT(first.connections.resets())
             let n = first.connections.count
             natConnectionsReset += n
             let unrecorded = first.connections.unrecorded > 0
@@ -773,13 +604,10 @@ final class Network {
         return earliest
     }
 
-    /// Housekeeping, every 10 s: ages the switch's MAC table and unfinished fragments, and
-    /// asks after datagram peers.
+    /// Housekeeping, every 10 s: ages the switch's MAC table, unfinished fragments and
+    /// flows (FramePath), and asks after datagram peers.
     func housekeeping(now: Int64) {
-        bridge.expire(now: now)
-        for key in security.expire(now: now) { neighbors6[key] = nil }
-        reassembly.expire(now: now)
-        expireFlows(now: now)
+        framePath.housekeeping(now: now)
         probeDatagramPeers()
     }
 

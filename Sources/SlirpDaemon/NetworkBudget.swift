@@ -6,9 +6,10 @@ import SlirpAPI
 
 /// A network's side of the guests' flow budgets (DataPlane's FlowBudget).
 ///
-/// Theory of operation: each guest's `GuestPort.flows` counts its flows in libslirp from
-/// the frames `toNAT` hands libslirp and the frames `fromNAT` delivers to it, and refuses
-/// a new one past the network's caps (`max-tcp=` etc.). Above the guests' caps sits the
+/// Theory of operation: each guest's `GuestPort.flows` (its PortState's) counts its flows in
+/// libslirp from the frames the FramePath hands libslirp and delivers to the guest, and
+/// refuses a new one past the network's caps (`max-tcp=` etc.); the refusals are counted
+/// and logged here, and the caps and the descriptor reserve are the network's. Above the guests' caps sits the
 /// daemon's own reserve: while fewer than `reserve` (64) descriptors are free, every guest's
 /// new flow is refused, so the control API, the lease file, DNS and new guests keep
 /// working whatever the guests do (guests themselves stop at 16 free: `descriptorReserve`).
@@ -84,12 +85,9 @@ extension Network {
         return flowLimits != before
     }
 
-    /// Whether a guest's whole datagram may go to libslirp; a refused new flow is
-    /// answered (RST, ICMP unreachable) or dropped, counted and logged.
-    func admitFlow(_ frame: UnsafeRawBufferPointer, from port: GuestPort, now: Int64) -> Bool {
-        let verdict = port.flows.admit(frame, now: now, limits: flowLimits) { flowShortage(now: now) != nil }
-        guard case .refuse(let kind, let shortage, let reply) = verdict else { return true }
-        if let reply { sendToGuest(reply, port) }
+    /// Counts and logs (paced) a guest's new flow the frame path refused; the refusal
+    /// (RST, ICMP unreachable, or nothing) has gone to the guest already.
+    func flowRefused(_ port: GuestPort, _ kind: FlowKind, shortage: Bool) {
         if shortage {
             flowAccounting.refusedForShortage += 1
             if isLoggedOccurrence(flowAccounting.refusedForShortage) {
@@ -102,17 +100,6 @@ extension Network {
                 log.warning("refusing a new \(kind.rawValue) flow of \(port.label): it has \(openFlows(kind, port.flows)) open, its cap (\(capOption(kind))=\(cap(kind))) (\(count) refused so far)")
             }
         }
-        return false
-    }
-
-    /// Notes a frame libslirp sends a guest (ends of its flows).
-    func observeFlow(_ frame: UnsafeRawBufferPointer, to port: GuestPort, now: Int64) {
-        port.flows.observe(toGuest: frame, now: now)
-    }
-
-    /// Ages out flows libslirp has timed out (housekeeping).
-    func expireFlows(now: Int64) {
-        for port in ports.values { port.flows.expire(now: now) }
     }
 
     /// Why no guest may open a flow now, or nil; asked just before a flow is admitted,

@@ -103,7 +103,7 @@ extension Network {
             // The leased address first, then any other the guest was seen using (a static one, say).
             var ips = lease.map { [$0.ip] } ?? []
             if let mac = port.mac {
-                ips += neighbors.filter { $0.value == mac && $0.key != lease?.ip.value }.keys.sorted().map(IPv4Address.init)
+                ips += framePath.neighbors.filter { $0.value == mac && $0.key != lease?.ip.value }.keys.sorted().map(IPv4Address.init)
             }
             return GuestInfo(
                 id: port.id.raw, network: config.name, transport: port.transport.rawValue, endpoint: port.endpointName,

@@ -60,7 +60,7 @@ extension Network {
                 leaseSequence += 1
                 leases[lease.mac] = Lease(ip: lease.address, hostname: lease.hostname, granted: wallClockTimestamp(),
                                           sequence: leaseSequence, isStatic: lease.isStatic, expires: lease.expires)
-                security.reserve(lease.address.value, mac: lease.mac, until: securityTime(leaseExpires: lease.expires))
+                framePath.security.reserve(lease.address.value, mac: lease.mac, until: securityTime(leaseExpires: lease.expires))
             }
             if !saved.isEmpty, let path = leaseFilePath {
                 log.info("DHCP: \(leases.count) of \(saved.count) saved leases still valid, from \(path)")
@@ -188,12 +188,12 @@ extension Network {
                 let lease = Lease(ip: granted.address, hostname: granted.hostname, granted: wallClockTimestamp(),
                                   sequence: leaseSequence, isStatic: granted.isStatic, expires: granted.expires)
                 let changed = leases[mac].map { $0.ip != lease.ip || $0.hostname != lease.hostname } ?? true
-                if let old = leases[mac], old.ip != lease.ip { security.leaseEnded(old.ip.value, mac: mac) }
+                if let old = leases[mac], old.ip != lease.ip { framePath.security.leaseEnded(old.ip.value, mac: mac) }
                 leases[mac] = lease
-                security.leaseGranted(granted.address.value, mac: mac, port: port.id,
+                framePath.security.leaseGranted(granted.address.value, mac: mac, port: port.id,
                                       expires: securityTime(leaseExpires: granted.expires), now: monotonicNanoseconds())
                 // libslirp learns guests' MACs only from its own DHCP: tell the ARP proxy.
-                learnNeighbor(granted.address.value, mac)
+                framePath.learnNeighbor(granted.address.value, mac)
                 if changed {
                     log.info("lease: \(mac) has \(lease.ip)\(lease.hostname.map { " (\($0))" } ?? "")\(lease.isStatic ? " (static)" : "")")
                     rebuildZone()
@@ -203,7 +203,7 @@ extension Network {
                 leasesDirty = true
             case .released(let mac, let address):
                 leases[mac] = nil
-                security.leaseEnded(address.value, mac: mac)
+                framePath.security.leaseEnded(address.value, mac: mac)
                 rebuildZone()
                 log.info("lease: \(mac) released \(address)")
                 leasesDirty = true
@@ -215,7 +215,7 @@ extension Network {
                     log.error("DHCP pool full: no free address for \(mac) in \(c.map { "\($0.poolStart)-\($0.poolEnd)" } ?? "the pool") (\(leases.count) leases held; \(poolFullCount) refusals so far); widen net= or lower dhcpstart=")
                 }
             case .declined(let mac, let address):
-                security.leaseEnded(address.value, mac: mac)
+                framePath.security.leaseEnded(address.value, mac: mac)
                 log.warning("DHCP: \(mac) declined \(address) (another host uses it); it stays out of the pool for \(DHCPServer.declineHoldSeconds) s")
                 leasesDirty = true
             }

@@ -97,6 +97,7 @@ extension Network {
         let staticLeasesChanged = config.staticLeases != new.staticLeases
         let oldFlowLimits = configuredFlowLimits
         config = new
+        framePath.settings = Self.framePathSettings(new.options)
         // A cap set through the API stands unless the file changed that very key.
         if reapplyFlowLimits(oldConfigured: oldFlowLimits) {
             log.notice("reload: flow limits now \(FlowKind.allCases.map { "\($0.optionName)=\(flowLimits[$0])" }.joined(separator: ","))")

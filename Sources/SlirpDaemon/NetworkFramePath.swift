@@ -1,0 +1,90 @@
+import DataPlane
+import FrameSwitch
+import Logging
+import NetOptions
+import PosixIO
+
+// The network's side of its frame path (DataPlane's FramePath): the sockets, libslirp and
+// services the frame path calls out to, and its events counted and logged.
+//
+// Theory of operation. FramePath decides; this file acts. `deliver` and `send` put frames
+// on a guest's port (looked up by PortID), `inputToNAT` is libslirp's input (which may
+// call back into `fromNAT`), `serveLocally` is DHCP/DNS (NetworkServices.swift). Events
+// are logged with the wording and pacing (`isLoggedOccurrence` of the count the event
+// carries) slirpd has always used, naming the guest by `port.label`.
+
+extension Network: FramePathSink {
+    static func framePathSettings(_ o: NetworkOptions) -> FramePath.Settings {
+        FramePath.Settings(isolateGuests: o.isolateGuests, ipv6: o.ipv6, network: o.network.address.value, mask: o.network.mask)
+    }
+
+    func deliver(_ frame: UnsafeRawBufferPointer, to id: PortID) {
+        guard let port = ports[id] else { return }
+        deliver(frame, to: port)
+    }
+
+    func send(_ frame: [UInt8], to id: PortID) {
+        guard let port = ports[id] else { return }
+        sendToGuest(frame, port)
+    }
+
+    func inputToNAT(_ frame: UnsafeRawBufferPointer) {
+        stack.input(frame)
+    }
+
+    func serveLocally(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader, from id: PortID) -> Bool {
+        guard let port = ports[id] else { return false }
+        return serveLocally(port, frame, header)
+    }
+
+    func isShortOfDescriptors(now: Int64) -> Bool {
+        flowShortage(now: now) != nil
+    }
+
+    func frameEvent(_ event: FramePathEvent) {
+        switch event {
+        case .natMACTaken(let owner, let mac):
+            log.error("a guest (port \(owner.raw)) uses the NAT's own MAC \(mac); frames from the NAT are dropped")
+        case .macLearned(let id, let mac):
+            guard let port = ports[id] else { return }
+            log.info("\(port.label) is using MAC \(mac)")
+            takeUpConnections(port, mac: mac)
+        case .macReclaimed(let id, let mac):
+            guard let port = ports[id] else { return }
+            log.info("\(port.label) now owns MAC \(mac): its previous holder is gone")
+        case .duplicateMAC(let id, let mac, let owner):
+            guard let port = ports[id] else { return }
+            refusedDuplicate(port, mac: mac, owner: owner)
+        case .securityDrop(let id, let violation, let claim, let owner, let count):
+            guard isLoggedOccurrence(count), let port = ports[id] else { return }
+            let holder = owner.map { id in id == Network.natPort ? " of the NAT" : " held by \(ports[id]?.label ?? "port \(id.raw)")" } ?? ""
+            log.warning("port security: \(port.label) \(violation.explanation) (\(claim)\(holder)); frame dropped (\(count) such from this guest so far)")
+        case .fragmentDropped(let id, let reason, let count):
+            guard isLoggedOccurrence(count), let port = ports[id] else { return }
+            log.warning("dropped \(reason) from \(port.label) (\(count) IPv4 fragments dropped so far)")
+        case .natIngressRewritten(let id, let count):
+            guard isLoggedOccurrence(count), let port = ports[id] else { return }
+            log.info("fixed a frame from \(port.label) before the NAT (urgent pointer cleared or IPv6 trailing bytes cut; \(count) so far)")
+        case .natIngressDropped(let id, let reason, let count):
+            guard isLoggedOccurrence(count), let port = ports[id] else { return }
+            log.warning("dropped \(reason) from \(port.label) (\(count) such frames dropped so far)")
+        case .flowRefused(let id, let kind, let shortage):
+            guard let port = ports[id] else { return }
+            flowRefused(port, kind, shortage: shortage)
+        }
+    }
+
+    /// A guest refused for a duplicate MAC (its frames are dropped by the frame path): a
+    /// stream guest is disconnected, any other was muted until the MAC is free.
+    private func refusedDuplicate(_ port: GuestPort, mac: MACAddress, owner: PortID) {
+        let ownerLabel = owner == Network.natPort ? "the NAT itself" : (ports[owner]?.label ?? "port \(owner.raw)")
+        let advice = "give each QEMU its own MAC with mac= on its -device (e.g. mac=\(randomGuestMAC()))"
+        emit(.duplicateMACRefused, guest: port, mac: mac, detail: "already used by \(ownerLabel)")
+        if port.isStream {
+            port.close("refused: duplicate MAC \(mac), already used by \(ownerLabel); \(advice)")
+            scheduleClose(port)
+        } else {
+            log.error("refusing \(port.label): duplicate MAC \(mac), already used by \(ownerLabel); its frames are dropped until that MAC is free; \(advice)")
+        }
+    }
+}
