@@ -4,4 +4,6 @@
 // what libslirp 4.7 gets wrong or cannot bound is made right here, on the wire: each stage
 // takes frames (and the time) and returns frames or a verdict, owns its own per-guest or
 // per-flow state, and touches no socket, so it is tested with crafted frames and fuzzed.
-// `Network` (SlirpDaemon) owns one set of stages per network and wires them in order.
+// `FramePath` (FramePath.swift) wires the stages in order for one network and calls out
+// through `FramePathSink`; `Network` (SlirpDaemon) owns one FramePath per network and
+// implements the sink with its sockets, libslirp and services.

@@ -263,4 +263,35 @@ struct FramePathTests {
         #expect(sink.delivered(to: a.id).count == 1)
         #expect(a.flows.udpCount == 1)
     }
+
+    @Test("with isolate=on the NAT's ARP request for a held address goes to its holder only; otherwise to every guest")
+    func solicitationRouting() {
+        for isolate in [false, true] {
+            let sink = FakeSink()
+            let path = path(isolate: isolate)
+            Self.udp(Self.macA, Self.natMAC, from: Self.ip(15), to: Self.gateway).withUnsafeBytes {
+                path.fromGuest($0, from: a, now: now, sink: sink)
+            }
+            // A falls silent past the MAC aging time: the proxy no longer answers for it,
+            // but port security still binds 10.0.2.15 to its port.
+            path.housekeeping(now: now + 301_000_000_000)
+            sink.delivered.removeAll()
+            Self.arpRequest(from: Self.natMAC, sender: Self.gateway, target: Self.ip(15)).withUnsafeBytes {
+                path.fromNAT($0, now: now + 302_000_000_000, sink: sink)
+            }
+            #expect(path.arpProxied == 0)
+            #expect(sink.delivered.map(\.0).sorted() == (isolate ? [a.id] : [a.id, b.id, c.id]), "isolate=\(isolate)")
+        }
+    }
+
+    @Test("a guest sending from the NAT's own MAC is refused by port security")
+    func natMACFromGuest() {
+        let path = path()
+        fromGuest(path, a, Self.udp(Self.natMAC, MACAddress.broadcast, from: Self.ip(15), to: Self.gateway))
+        #expect(sink.toNAT.isEmpty)
+        #expect(sink.delivered.isEmpty)
+        #expect(path.securityDrops[.natMAC] == 1)
+        #expect(a.drops == 1)
+        #expect(a.mac == nil)
+    }
 }
