@@ -69,6 +69,8 @@ final class Network {
     private(set) var fragmentsDropped = 0
     /// The last check before libslirp: lengths and the urgent pointer (NetworkIngress.swift).
     var ingressCheck = NATIngressCheck()
+    /// Window scaling toward guests over libslirp's 64 KiB TCP window (NetworkTCPShim.swift).
+    var tcpShim = TCPWindowShim()
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     private var pendingToNAT: [[UInt8]] = []
     private(set) var arpProxied = 0
@@ -562,8 +564,9 @@ final class Network {
     /// A frame from the NAT for one guest: its connections and flow budget see it first.
     private func natUnicast(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
         port.natConnections.observe(toGuest: frame)
-        observeFlow(frame, to: port, now: monotonicNanoseconds())
-        deliver(frame, to: port)
+        let now = monotonicNanoseconds()
+        observeFlow(frame, to: port, now: now)
+        shimDeliver(frame, to: port, now: now)
     }
 
     private func learnNeighbor(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader) {
@@ -613,6 +616,7 @@ final class Network {
             pendingToNAT.removeAll()
             for frame in batch { frame.withUnsafeBytes { stack.input($0) } }
         }
+        releaseHeld()
     }
 
     private func refuseDuplicate(_ port: GuestPort, mac: MACAddress, owner: PortID) {
@@ -707,6 +711,7 @@ final class Network {
         for port in closing {
             guard let reason = port.closeReason, ports.removeValue(forKey: port.id) != nil else { continue }
             let macs = bridge.removePort(port.id)
+            tcpShim.removePort(port.id)
             for key in security.removePort(port.id) { neighbors6[key] = nil }
             if !macs.isEmpty {
                 neighbors = neighbors.filter { !macs.contains($0.value) }
@@ -780,6 +785,7 @@ final class Network {
         for key in security.expire(now: now) { neighbors6[key] = nil }
         reassembly.expire(now: now)
         expireFlows(now: now)
+        tcpShim.expire(now: now)
         probeDatagramPeers()
     }
 

@@ -9,13 +9,13 @@ extension Network {
         switch ingressCheck.inspect(frame) {
         case .pass:
             guard admitFlow(frame, from: port, now: now) else { return false }
-            stack.input(frame)
+            return shimInput(frame, from: port, now: now)
         case .rewritten(let fixed):
             if isLoggedOccurrence(ingressCheck.rewritten) {
                 log.info("fixed a frame from \(port.label) before the NAT (urgent pointer cleared or IPv6 trailing bytes cut; \(ingressCheck.rewritten) so far)")
             }
             guard fixed.withUnsafeBytes({ admitFlow($0, from: port, now: now) }) else { return false }
-            fixed.withUnsafeBytes { stack.input($0) }
+            return fixed.withUnsafeBytes { shimInput($0, from: port, now: now) }
         case .drop(let reason):
             let count = ingressCheck.dropped[reason.rawValue]
             if isLoggedOccurrence(count) {
@@ -23,6 +23,5 @@ extension Network {
             }
             return false
         }
-        return true
     }
 }
