@@ -77,7 +77,7 @@ let package = Package(
             dependencies: ["PosixIO", "FrameSwitch", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Tests/TapBridge"),
         // Shared by test targets only.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["FrameSwitch"], path: "Tests/TestSupport"),
         .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch", "TestSupport"]),
         .testTarget(name: "DataPlaneTests", dependencies: ["DataPlane", "FrameSwitch", "TestSupport"]),
         .testTarget(name: "NetOptionsTests", dependencies: ["NetOptions"]),

@@ -33,6 +33,8 @@ let package = Package(
         // A guest's TCP stream to a loopback listener through the same path: what libslirp
         // writes to the host is what the guest sent (issue 22).
         fuzzTarget("fuzz-nat-stream", ["FrameSwitch", "SlirpDaemon"]),
+        // The TCP window shim: both sides' frames in any order (DataPlane/TCPWindowShim.swift).
+        fuzzTarget("fuzz-tcp-shim", ["FrameSwitch", "DataPlane"]),
     ],
     swiftLanguageModes: [.v6]
 )

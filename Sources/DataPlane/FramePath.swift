@@ -33,11 +33,11 @@ import FrameSwitch
 // answers, resets of departed guests' connections) wait in `pendingToNAT` for
 // `injectPending`, which the owner calls between libslirp's calls.
 //
-// Hooks for a per-flow TCP stage (a window-scaling shim): `toLibslirp` is the last step
-// toward libslirp, after flow admission; `toGuest` the last toward a guest, after its NAT
-// connections and flow budget have seen the frame; `removePort` says a port has gone and
-// `housekeeping` runs every 10 s. A stage added there sees every TCP segment of every flow
-// between a guest and libslirp, in both directions, and nothing else.
+// The TCP window shim (TCPWindowShim.swift) is the last stage each way: `toLibslirp`, after
+// flow admission, and `toGuest`, after the guest's NAT connections and flow budget have seen
+// the frame. It sees every TCP segment between a guest and libslirp and nothing else; the
+// segments it holds are released by `releaseHeld`, after each guest frame and from
+// `injectPending`, once libslirp's ACKs have opened its window.
 public final class FramePath {
     /// What the frame path needs of the network's options.
     public struct Settings: Equatable, Sendable {
@@ -80,6 +80,8 @@ public final class FramePath {
     public internal(set) var fragmentsDropped = 0
     /// The last check before libslirp: lengths and the urgent pointer.
     public internal(set) var ingressCheck = NATIngressCheck()
+    /// Window scaling toward guests over libslirp's 64 KiB TCP window.
+    public internal(set) var tcpShim = TCPWindowShim()
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     var pendingToNAT: [[UInt8]] = []
 
@@ -96,11 +98,11 @@ public final class FramePath {
     }
 
     /// Forgets a port that has gone: its MACs, its addresses and what the neighbour tables
-    /// learnt from them. Returns the MACs the switch had learnt on it.
-    /// Hook: a per-flow stage drops the port's flows here.
+    /// learnt from them, and its TCP flows. Returns the MACs the switch had learnt on it.
     @discardableResult
     public func removePort(_ id: PortID) -> [MACAddress] {
         ports[id] = nil
+        tcpShim.removePort(id)
         let macs = bridge.removePort(id)
         for key in security.removePort(id) { neighbors6[key] = nil }
         if !macs.isEmpty {
@@ -110,13 +112,14 @@ public final class FramePath {
         return macs
     }
 
-    /// Every 10 s: ages the MAC table, idle IPv6 bindings, unfinished fragments and flows
-    /// libslirp has timed out. Hook: a per-flow stage ages its flows here.
+    /// Every 10 s: ages the MAC table, idle IPv6 bindings, unfinished fragments, flows
+    /// libslirp has timed out and the TCP shim's idle flows.
     public func housekeeping(now: Int64) {
         bridge.expire(now: now)
         for key in security.expire(now: now) { neighbors6[key] = nil }
         reassembly.expire(now: now)
         for port in ports.values { port.flows.expire(now: now) }
+        tcpShim.expire(now: now)
     }
 
     /// Which port the switch has learnt `mac` on.
@@ -138,6 +141,7 @@ public final class FramePath {
             pendingToNAT.removeAll()
             for frame in batch { frame.withUnsafeBytes { sink.inputToNAT($0) } }
         }
+        releaseHeld(sink)
     }
 
     // MARK: Neighbours (the ARP/NDP proxy's tables)

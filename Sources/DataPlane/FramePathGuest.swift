@@ -104,11 +104,11 @@ extension FramePath {
         switch verdict {
         case .pass:
             guard admitFlow(frame, from: port, now: now, sink: sink) else { return false }
-            toLibslirp(frame, from: port, sink: sink)
+            toLibslirp(frame, from: port, now: now, sink: sink)
         case .rewritten(let fixed):
             sink.frameEvent(.natIngressRewritten(port.id, count: ingressCheck.rewritten))
             guard fixed.withUnsafeBytes({ admitFlow($0, from: port, now: now, sink: sink) }) else { return false }
-            fixed.withUnsafeBytes { toLibslirp($0, from: port, sink: sink) }
+            fixed.withUnsafeBytes { toLibslirp($0, from: port, now: now, sink: sink) }
         case .drop(let reason):
             sink.frameEvent(.natIngressDropped(port.id, reason, count: ingressCheck.dropped[reason.rawValue]))
             return false
@@ -127,9 +127,30 @@ extension FramePath {
         return false
     }
 
-    /// The last step toward libslirp. Hook: a per-flow TCP stage (window-scaling shim)
-    /// goes here, after flow admission, and may hold, rewrite or pass the segment.
-    private func toLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, sink: any FramePathSink) {
-        sink.inputToNAT(frame)
+    /// The last step toward libslirp: the TCP window shim passes, rewrites, holds or drops
+    /// the segment; then whatever libslirp's ACKs have made room for is released.
+    private func toLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
+        switch tcpShim.fromGuest(frame, port: port.id, now: now) {
+        case .pass:
+            sink.inputToNAT(frame)
+        case .rewritten:
+            // Copied out first: libslirp's answer re-enters the shim before this returns.
+            let out = tcpShim.guestOutput
+            out.withUnsafeBytes { sink.inputToNAT($0) }
+        case .queued:
+            break
+        case .drop:
+            sink.frameEvent(.shimDropped(port.id, count: tcpShim.droppedTotal))
+            return
+        }
+        releaseHeld(sink)
+    }
+
+    /// Feeds libslirp the held segments its window now takes, one at a time: each one's
+    /// ACK comes back through `fromNAT` during `inputToNAT` and may open the window further.
+    public func releaseHeld(_ sink: any FramePathSink) {
+        while let frame = tcpShim.nextRelease() {
+            frame.withUnsafeBytes { sink.inputToNAT($0) }
+        }
     }
 }

@@ -45,13 +45,18 @@ extension FramePath {
     private func natUnicast(_ frame: UnsafeRawBufferPointer, to port: PortState, now: Int64, sink: any FramePathSink) {
         port.natConnections.observe(toGuest: frame)
         port.flows.observe(toGuest: frame, now: now)
-        toGuest(frame, port, sink: sink)
+        toGuest(frame, port, now: now, sink: sink)
     }
 
-    /// The last step toward a guest. Hook: a per-flow TCP stage (window-scaling shim) goes
-    /// here, after the guest's NAT connections and flow budget have seen the segment.
-    private func toGuest(_ frame: UnsafeRawBufferPointer, _ port: PortState, sink: any FramePathSink) {
-        sink.deliver(frame, to: port.id)
+    /// The last step toward a guest: the TCP window shim scales libslirp's window (and adds
+    /// Window Scale to its SYN or SYN-ACK) after the NAT connections and flow budget saw it.
+    private func toGuest(_ frame: UnsafeRawBufferPointer, _ port: PortState, now: Int64, sink: any FramePathSink) {
+        if tcpShim.fromNAT(frame, port: port.id, now: now) == .rewritten {
+            let out = tcpShim.natOutput
+            out.withUnsafeBytes { sink.deliver($0, to: port.id) }
+        } else {
+            sink.deliver(frame, to: port.id)
+        }
     }
 
     /// Answers libslirp's ARP request for an attached guest's address; true when answered.

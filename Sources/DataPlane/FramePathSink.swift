@@ -44,6 +44,9 @@ public enum FramePathEvent: Equatable, Sendable {
     case natIngressDropped(PortID, NATIngressCheck.Reason, count: Int)
     /// A guest's new flow refused, for its cap or (`shortage`) for the daemon's descriptors.
     case flowRefused(PortID, FlowKind, shortage: Bool)
+    /// The TCP window shim dropped a guest segment (beyond the window it offered, or
+    /// already held); `count`: the network's so far.
+    case shimDropped(PortID, count: Int)
     /// A frame from the NAT came from a MAC a guest holds: it is dropped.
     case natMACTaken(owner: PortID, MACAddress)
 }

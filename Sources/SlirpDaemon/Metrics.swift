@@ -28,6 +28,14 @@ enum Metrics {
         family("slirpd_nat_ingress_rewritten_total", "counter",
                "Guest frames for the NAT rewritten before libslirp: TCP urgent pointer cleared, IPv6 bytes past the payload cut.",
                nets.map { ($0.label, $0.net.framePath.ingressCheck.rewritten) })
+        family("slirpd_tcp_shim_flows", "gauge", "TCP flows the window shim tracks.", nets.map { ($0.label, $0.net.framePath.tcpShim.flowCount) })
+        family("slirpd_tcp_shim_scaled_flows", "gauge", "TCP flows offered a scaled window beyond libslirp's 64 KiB.",
+               nets.map { ($0.label, $0.net.framePath.tcpShim.scaledFlowCount) })
+        family("slirpd_tcp_shim_queued_bytes", "gauge", "Guest TCP payload held until libslirp's window takes it.",
+               nets.map { ($0.label, $0.net.framePath.tcpShim.queuedBytes) })
+        family("slirpd_tcp_shim_dropped_total", "counter",
+               "Guest TCP segments the window shim dropped: beyond the window offered, already held, or over a cap.",
+               nets.map { ($0.label, $0.net.framePath.tcpShim.droppedTotal) })
         family("slirpd_nat_unknown_unicast_dropped_total", "counter",
                "Unicast frames from the NAT to a destination no guest holds, dropped instead of flooded to every guest.",
                nets.map { ($0.label, $0.net.framePath.natUnknownUnicastDropped) })

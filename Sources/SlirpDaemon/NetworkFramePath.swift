@@ -68,6 +68,9 @@ extension Network: FramePathSink {
         case .natIngressDropped(let id, let reason, let count):
             guard isLoggedOccurrence(count), let port = ports[id] else { return }
             log.warning("dropped \(reason) from \(port.label) (\(count) such frames dropped so far)")
+        case .shimDropped(let id, let count):
+            guard isLoggedOccurrence(count), let port = ports[id] else { return }
+            log.info("dropped a TCP segment from \(port.label) beyond the window offered or already held (\(count) so far)")
         case .flowRefused(let id, let kind, let shortage):
             guard let port = ports[id] else { return }
             flowRefused(port, kind, shortage: shortage)

@@ -1,0 +1,704 @@
+import FrameSwitch
+
+// TCPWindowShim: lifts libslirp 4.7's 64 KiB TCP window for guests, on the wire.
+//
+// Theory of operation. libslirp never sends or reads the Window Scale option (its
+// tcp_dooptions handles only MSS), so it advertises at most 65,535 bytes and a guest can
+// have no more in flight, whatever its round trip. Every frame between a guest and
+// libslirp passes this stage, which speaks window scaling to the guest on libslirp's
+// behalf and keeps libslirp's own view unscaled:
+//
+// - Handshake. When the guest's SYN (it opens) or SYN-ACK (a host forward opens) carries
+//   Window Scale, its shift is recorded and the option is NOPed out toward libslirp (which
+//   would ignore it anyway); libslirp's SYN-ACK or SYN toward the guest gets our own Window
+//   Scale (shift 7) prepended to its options (the header grows by 4 bytes). RFC 7323: with
+//   either SYN lacking the option, nobody scales, and the flow passes untouched.
+// - Guest -> libslirp. The guest's window is unscaled: min(65535, field << shift).
+// - libslirp -> guest. libslirp's ack A and window W give its right edge E = A + W. The
+//   guest is offered E plus the room this stage will queue for the flow (a per-flow cap,
+//   within a per-network total of such commitments), scaled by 128 and never retracted.
+// - Guest data. A segment that fits E goes to libslirp now; one beyond E but within the
+//   edge offered to the guest is held in the flow's queue (sorted by sequence number) and
+//   released, with the guest's latest ACK and window, once libslirp's ACKs move E past
+//   its end; one beyond the offered edge is dropped (the guest retransmits it). libslirp
+//   still sends every ACK, so an ACK toward the guest still means libslirp took the data.
+//
+// libslirp emits the ACK for an in-order segment synchronously inside slirp_input (header
+// prediction sets TF_ACKNOW), so the Network feeds one release, sees the ACK come back
+// through `fromNAT` (which may make more of the queue ready) and asks for the next
+// release, all in one loop turn. Nothing here calls out: the Network re-enters this
+// struct from libslirp's callback between our calls, never during one.
+//
+// Memory: a flow holds at most what it was offered beyond E (`flowCap`), the network at
+// most `networkCap`; when the network's commitments reach its cap, new offers shrink
+// (never below what was already offered). Flow state goes on RST, after FINs both ways
+// with an empty queue, with the guest's port, or after `idleTimeout` of silence; past
+// `maxFlows` new flows are not scaled. SACK and timestamps are never on (libslirp does not
+// offer them), so neither needs translating.
+public struct TCPWindowShim {
+    public enum Verdict: Equatable, Sendable {
+        /// Forward the frame as it is.
+        case pass
+        /// Forward `guestOutput` (from `fromGuest`) or `natOutput` (from `fromNAT`) instead.
+        case rewritten
+        /// Held for libslirp; `nextRelease` hands it over when it fits libslirp's window.
+        case queued
+        /// Dropped: beyond the window offered to the guest, a duplicate, or over a cap.
+        case drop
+    }
+
+    /// The shift offered to guests: 128-byte units, so 65535 covers 8 MiB.
+    public static let ourShift: UInt8 = 7
+    /// RFC 7323's largest shift.
+    public static let maxShift: UInt8 = 14
+    public static let defaultIdleTimeout: Int64 = 120_000_000_000
+
+    public let flowCap: Int
+    public let networkCap: Int
+    public let maxFlows: Int
+    public let idleTimeout: Int64
+
+    /// The last rewritten guest frame (for `.rewritten` from `fromGuest`).
+    public private(set) var guestOutput: [UInt8] = []
+    /// The last rewritten libslirp frame (for `.rewritten` from `fromNAT`).
+    public private(set) var natOutput: [UInt8] = []
+
+    /// Payload bytes held in every flow's queue.
+    public private(set) var queuedBytes = 0
+    /// Bytes offered to guests beyond libslirp's windows, summed over flows.
+    public private(set) var committedBytes = 0
+    public private(set) var scaledFlowCount = 0
+    public private(set) var segmentsQueued = 0
+    public private(set) var segmentsReleased = 0
+    public private(set) var droppedBeyondEdge = 0
+    /// Segments dropped as duplicates of queued data or over a hard memory cap.
+    public private(set) var droppedOther = 0
+    /// New flows left unscaled because the table was full.
+    public private(set) var flowsRefused = 0
+
+    public var flowCount: Int { index.count }
+    public var droppedTotal: Int { droppedBeyondEdge + droppedOther }
+
+    private var slots: [Flow] = []
+    private var freeSlots: [Int] = []
+    private var index: [FlowKey: Int] = [:]
+    /// Flows whose first queued segment fits libslirp's window.
+    private var ready: [Int] = []
+
+    public init(flowCap: Int = 4 << 20, networkCap: Int = 64 << 20, maxFlows: Int = 65536,
+                idleTimeout: Int64 = TCPWindowShim.defaultIdleTimeout) {
+        // An offer is at most 65535 << 7 past libslirp's ack, 64 KiB of which is its own window.
+        self.flowCap = max(0, min(flowCap, (65535 << 7) - 65536))
+        self.networkCap = max(0, networkCap)
+        self.maxFlows = max(0, maxFlows)
+        self.idleTimeout = idleTimeout
+    }
+
+    // MARK: Guest -> libslirp
+
+    /// A guest's frame for libslirp (after NATIngressCheck).
+    public mutating func fromGuest(_ frame: UnsafeRawBufferPointer, port: PortID, now: Int64) -> Verdict {
+        guard let h = Segment(frame) else { return .pass }
+        let key = h.key(frame, guestIsSource: true)
+        if h.flags & Flag.syn != 0 {
+            if h.flags & Flag.ack == 0 { return guestSYN(frame, h, key, port: port, now: now) }
+            return guestSYNACK(frame, h, key, now: now)
+        }
+        guard let i = index[key] else { return .pass }
+        if h.flags & Flag.rst != 0 {
+            free(i)
+            return .pass
+        }
+        slots[i].lastActive = now
+        guard slots[i].phase == .scaled else { return .pass }
+        let window = UInt16(min(65535, Int(h.window) << Int(slots[i].shift)))
+        if h.flags & Flag.ack != 0 {
+            if !slots[i].hasGuestAck || seqGT(h.ack, slots[i].guestAck) {
+                slots[i].guestAck = h.ack
+                slots[i].hasGuestAck = true
+            }
+            slots[i].guestWindow = window
+        }
+        let fin = h.flags & Flag.fin != 0
+        guard h.payload > 0 || fin else { return rewriteGuest(frame, h, window: window) }
+        let end = h.seq &+ UInt32(h.payload)
+        let flow = slots[i]
+        guard flow.hasSlirpEdge, flow.hasEdge else { return rewriteGuest(frame, h, window: window) }
+        let empty = flow.head == flow.queue.count
+        if seqLE(end, flow.slirpEdge), empty || (!fin && seqLE(end, flow.queue[flow.head].seq)) {
+            if fin {
+                slots[i].guestFin = true
+                finishIfDone(i)
+            }
+            return rewriteGuest(frame, h, window: window)
+        }
+        guard seqLE(end, flow.edge) else {
+            droppedBeyondEdge += 1
+            return .drop
+        }
+        return enqueue(i, frame, h, end: end, fin: fin)
+    }
+
+    private mutating func guestSYN(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: FlowKey,
+                                   port: PortID, now: Int64) -> Verdict {
+        var i = index[key]
+        if let old = i, slots[old].phase != .guestSYN {
+            free(old)  // a new connection on the 4-tuple of an old one
+            i = nil
+        }
+        guard let ws = h.windowScaleOption(frame) else {
+            if let i { free(i) }
+            return .pass
+        }
+        guard let slot = i ?? create(key, port: port, now: now) else { return .pass }
+        slots[slot].shift = min(frame[ws + 2], Self.maxShift)
+        slots[slot].lastActive = now
+        return nopOut(frame, h, option: ws)
+    }
+
+    private mutating func guestSYNACK(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: FlowKey,
+                                      now: Int64) -> Verdict {
+        guard let i = index[key], slots[i].phase != .guestSYN else { return .pass }
+        guard let ws = h.windowScaleOption(frame) else {
+            free(i)  // RFC 7323: no scaling unless both SYNs carry the option
+            return .pass
+        }
+        slots[i].shift = min(frame[ws + 2], Self.maxShift)
+        slots[i].lastActive = now
+        setScaled(i)
+        return nopOut(frame, h, option: ws)
+    }
+
+    /// Holds a segment beyond libslirp's window, in sequence order.
+    private mutating func enqueue(_ i: Int, _ frame: UnsafeRawBufferPointer, _ h: Segment,
+                                  end: UInt32, fin: Bool) -> Verdict {
+        let seq = h.seq
+        var pos = slots[i].queue.count
+        let head = slots[i].head
+        while pos > head, seqGE(slots[i].queue[pos - 1].seq, seq) { pos -= 1 }
+        // Already held: covered by the one before, or by one starting at the same place.
+        if pos > head, slots[i].queue[pos - 1].covers(seq, end, fin) {
+            droppedOther += 1
+            return .drop
+        }
+        var j = pos
+        while j < slots[i].queue.count, slots[i].queue[j].seq == seq {
+            if slots[i].queue[j].covers(seq, end, fin) {
+                droppedOther += 1
+                return .drop
+            }
+            j += 1
+        }
+        // A longer retransmission replaces what it covers.
+        var removed = 0
+        var k = pos
+        while k < slots[i].queue.count, seqLE(slots[i].queue[k].end, end), !slots[i].queue[k].fin || fin {
+            removed += slots[i].queue[k].length
+            k += 1
+        }
+        let length = h.payload
+        guard slots[i].bytes - removed + length <= flowCap, queuedBytes - removed + length <= networkCap else {
+            droppedOther += 1
+            return .drop
+        }
+        if k > pos { slots[i].queue.removeSubrange(pos..<k) }
+        let item = Held(seq: seq, end: end, fin: fin, frame: Array(frame[0..<h.ipEnd]))
+        slots[i].queue.insert(item, at: pos)
+        slots[i].bytes += length - removed
+        queuedBytes += length - removed
+        segmentsQueued += 1
+        markIfReady(i)
+        return .queued
+    }
+
+    // MARK: libslirp -> guest
+
+    /// libslirp's frame for the guest on `port`.
+    public mutating func fromNAT(_ frame: UnsafeRawBufferPointer, port: PortID, now: Int64) -> Verdict {
+        guard let h = Segment(frame) else { return .pass }
+        let key = h.key(frame, guestIsSource: false)
+        if h.flags & Flag.syn != 0 {
+            if h.flags & Flag.ack == 0 { return natSYN(frame, h, key, port: port, now: now) }
+            return natSYNACK(frame, h, key, now: now)
+        }
+        guard let i = index[key] else { return .pass }
+        if h.flags & Flag.rst != 0 {
+            free(i)
+            return .pass
+        }
+        slots[i].lastActive = now
+        guard slots[i].phase == .scaled else { return .pass }
+        if h.flags & Flag.fin != 0 { slots[i].slirpFin = true }
+        guard h.flags & Flag.ack != 0 else { return .pass }
+        let field = offer(i, ack: h.ack, window: h.window)
+        markIfReady(i)
+        finishIfDone(i)
+        guard field != h.window else { return .pass }
+        natOutput.removeAll(keepingCapacity: true)
+        natOutput.append(contentsOf: frame)
+        Self.setWord(&natOutput, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
+        return .rewritten
+    }
+
+    private mutating func natSYN(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: FlowKey,
+                                 port: PortID, now: Int64) -> Verdict {
+        var i = index[key]
+        if let old = i, slots[old].phase != .slirpSYN {
+            free(old)
+            i = nil
+        }
+        guard let slot = i ?? create(key, port: port, now: now) else { return .pass }
+        slots[slot].phase = .slirpSYN
+        slots[slot].lastActive = now
+        guard appendWindowScale(frame, h) else {
+            free(slot)
+            return .pass
+        }
+        return .rewritten
+    }
+
+    private mutating func natSYNACK(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: FlowKey,
+                                    now: Int64) -> Verdict {
+        guard let i = index[key], slots[i].phase != .slirpSYN else { return .pass }
+        guard appendWindowScale(frame, h) else {
+            free(i)
+            return .pass
+        }
+        slots[i].lastActive = now
+        setScaled(i)
+        // A SYN-ACK's window is never scaled: the guest reads it as it is.
+        let edge = h.ack &+ UInt32(h.window)
+        advanceSlirpEdge(i, edge)
+        if !slots[i].hasEdge || seqGT(edge, slots[i].edge) {
+            slots[i].edge = edge
+            slots[i].hasEdge = true
+        }
+        recommit(i)
+        return .rewritten
+    }
+
+    /// The scaled window field to offer the guest with libslirp's `ack` and `window`, and
+    /// the edge it makes (recorded: it never moves back).
+    private mutating func offer(_ i: Int, ack: UInt32, window: UInt16) -> UInt16 {
+        advanceSlirpEdge(i, ack &+ UInt32(window))
+        let flow = slots[i]
+        let others = committedBytes - flow.committed
+        let room = max(0, min(flowCap, networkCap - others))
+        let base = max(0, Int(seqDiff(flow.slirpEdge, ack)))
+        // libslirp's own window rounded up, so the guest can always fill it; the room
+        // rounded down, so the caps hold.
+        var field = max((base + 127) >> 7, (base + room) >> 7)
+        if flow.hasEdge, seqGT(flow.edge, ack) {
+            // Never retract: round the edge already offered up (as Linux does). Each such
+            // rounding can add up to 127 bytes, so past the cap by more than that the
+            // edge is rounded down instead (the guest's view shrinks by < 128 bytes,
+            // RFC 7323 2.4; what it already sent up to the old edge is still accepted).
+            let keep = Int(seqDiff(flow.edge, ack))
+            var kept = (keep + 127) >> 7
+            if (kept << 7) - base > flowCap + 127 { kept = keep >> 7 }
+            field = max(field, kept)
+        }
+        field = min(field, 65535)
+        let edge = ack &+ UInt32(field << 7)
+        if !flow.hasEdge || seqGT(edge, flow.edge) {
+            slots[i].edge = edge
+            slots[i].hasEdge = true
+        }
+        recommit(i)
+        return UInt16(field)
+    }
+
+    // MARK: Releases, ports, age
+
+    /// The next held segment that now fits libslirp's window, rewritten with its flow's
+    /// latest ACK and window; nil when none does. Call it in a loop, feeding each to
+    /// libslirp, outside libslirp's callbacks.
+    public mutating func nextRelease() -> [UInt8]? {
+        while let i = ready.last {
+            guard slots[i].live, slots[i].head < slots[i].queue.count,
+                  seqLE(slots[i].queue[slots[i].head].end, slots[i].slirpEdge) else {
+                ready.removeLast()
+                slots[i].ready = false
+                continue
+            }
+            let head = slots[i].head
+            var item = slots[i].queue[head]
+            slots[i].queue[head].frame = []
+            slots[i].head += 1
+            slots[i].bytes -= item.length
+            queuedBytes -= item.length
+            compact(i)
+            if slots[i].head == slots[i].queue.count
+                || seqGT(slots[i].queue[slots[i].head].end, slots[i].slirpEdge) {
+                ready.removeLast()
+                slots[i].ready = false
+            }
+            segmentsReleased += 1
+            if let h = item.frame.withUnsafeBytes({ Segment($0) }) {
+                if h.flags & Flag.ack != 0, slots[i].hasGuestAck, seqGT(slots[i].guestAck, h.ack) {
+                    let ack = slots[i].guestAck
+                    Self.setWord(&item.frame, at: h.tcp + 8, UInt16(ack >> 16), checksumAt: h.tcp + 16)
+                    Self.setWord(&item.frame, at: h.tcp + 10, UInt16(ack & 0xFFFF), checksumAt: h.tcp + 16)
+                }
+                let window = slots[i].hasGuestAck ? slots[i].guestWindow
+                    : UInt16(min(65535, Int(h.window) << Int(slots[i].shift)))
+                Self.setWord(&item.frame, at: h.tcp + 14, window, checksumAt: h.tcp + 16)
+            }
+            if item.fin {
+                slots[i].guestFin = true
+                finishIfDone(i)
+            }
+            return item.frame
+        }
+        return nil
+    }
+
+    /// Forgets the flows of a guest whose port closed.
+    public mutating func removePort(_ port: PortID) {
+        for i in slots.indices where slots[i].live && slots[i].port == port { free(i) }
+    }
+
+    /// Forgets flows silent for `idleTimeout` (housekeeping).
+    public mutating func expire(now: Int64) {
+        for i in slots.indices where slots[i].live && now - slots[i].lastActive > idleTimeout { free(i) }
+    }
+
+    /// For tests and the fuzzer: the flow's libslirp edge, offered edge and queued bytes.
+    public func flowState(guest: [UInt8], guestPort: UInt16, remote: [UInt8], remotePort: UInt16)
+        -> (slirpEdge: UInt32, edge: UInt32, queued: Int, committed: Int, scaled: Bool, hasEdges: Bool)? {
+        guard let key = FlowKey(guest: guest, guestPort: guestPort, remote: remote, remotePort: remotePort),
+              let i = index[key] else { return nil }
+        let f = slots[i]
+        return (f.slirpEdge, f.edge, f.bytes, f.committed, f.phase == .scaled, f.hasEdge && f.hasSlirpEdge)
+    }
+
+    /// Every live flow's (libslirp edge, offered edge, queued bytes, held segments' sequence ranges), for the fuzzer.
+    public func allFlows() -> [(slirpEdge: UInt32, edge: UInt32, hasEdge: Bool, queued: Int, held: [(UInt32, UInt32)])] {
+        slots.filter(\.live).map { f in
+            (f.slirpEdge, f.edge, f.hasEdge && f.hasSlirpEdge, f.bytes, f.queue[f.head...].map { ($0.seq, $0.end) })
+        }
+    }
+
+    // MARK: Flow table
+
+    private mutating func create(_ key: FlowKey, port: PortID, now: Int64) -> Int? {
+        guard index.count < maxFlows else {
+            flowsRefused += 1
+            return nil
+        }
+        let flow = Flow(port: port, lastActive: now)
+        let i: Int
+        if let reused = freeSlots.popLast() {
+            i = reused
+            slots[i] = flow
+        } else {
+            i = slots.count
+            slots.append(flow)
+        }
+        slots[i].key = key
+        index[key] = i
+        return i
+    }
+
+    private mutating func free(_ i: Int) {
+        guard slots[i].live else { return }
+        if slots[i].phase == .scaled { scaledFlowCount -= 1 }
+        queuedBytes -= slots[i].bytes
+        committedBytes -= slots[i].committed
+        index[slots[i].key] = nil
+        // A stale entry in `ready` is skipped by nextRelease (the slot is not live or is
+        // a later flow, whose own queue it then checks).
+        slots[i] = Flow(port: slots[i].port, lastActive: 0)
+        slots[i].live = false
+        freeSlots.append(i)
+    }
+
+    private mutating func setScaled(_ i: Int) {
+        guard slots[i].phase != .scaled else { return }
+        slots[i].phase = .scaled
+        scaledFlowCount += 1
+    }
+
+    private mutating func advanceSlirpEdge(_ i: Int, _ edge: UInt32) {
+        if !slots[i].hasSlirpEdge || seqGT(edge, slots[i].slirpEdge) {
+            slots[i].slirpEdge = edge
+            slots[i].hasSlirpEdge = true
+        }
+    }
+
+    private mutating func recommit(_ i: Int) {
+        let f = slots[i]
+        let c = f.hasEdge && f.hasSlirpEdge ? max(0, Int(seqDiff(f.edge, f.slirpEdge))) : 0
+        committedBytes += c - f.committed
+        slots[i].committed = c
+    }
+
+    private mutating func markIfReady(_ i: Int) {
+        let f = slots[i]
+        guard !f.ready, f.head < f.queue.count, seqLE(f.queue[f.head].end, f.slirpEdge) else { return }
+        slots[i].ready = true
+        ready.append(i)
+    }
+
+    private mutating func finishIfDone(_ i: Int) {
+        let f = slots[i]
+        if f.guestFin, f.slirpFin, f.head == f.queue.count { free(i) }
+    }
+
+    private mutating func compact(_ i: Int) {
+        if slots[i].head == slots[i].queue.count {
+            slots[i].queue.removeAll(keepingCapacity: true)
+            slots[i].head = 0
+        } else if slots[i].head >= 64, slots[i].head * 2 >= slots[i].queue.count {
+            slots[i].queue.removeFirst(slots[i].head)
+            slots[i].head = 0
+        }
+    }
+
+    // MARK: Rewriting
+
+    private mutating func rewriteGuest(_ frame: UnsafeRawBufferPointer, _ h: Segment, window: UInt16) -> Verdict {
+        guard window != h.window else { return .pass }
+        guestOutput.removeAll(keepingCapacity: true)
+        guestOutput.append(contentsOf: frame)
+        Self.setWord(&guestOutput, at: h.tcp + 14, window, checksumAt: h.tcp + 16)
+        return .rewritten
+    }
+
+    /// The guest's frame with its Window Scale option (3 bytes at `option`) turned into NOPs.
+    private mutating func nopOut(_ frame: UnsafeRawBufferPointer, _ h: Segment, option: Int) -> Verdict {
+        guestOutput.removeAll(keepingCapacity: true)
+        guestOutput.append(contentsOf: frame)
+        for p in option..<(option + 3) {
+            // The checksum sums 16-bit words counted from the TCP header's start.
+            let word = h.tcp + ((p - h.tcp) & ~1)
+            let old = read16(guestOutput, word)
+            guestOutput[p] = 1
+            Self.fixChecksum(&guestOutput, at: h.tcp + 16, old: old, new: read16(guestOutput, word))
+        }
+        return .rewritten
+    }
+
+    /// libslirp's SYN or SYN-ACK with NOP + Window Scale(7) before its options, into
+    /// `natOutput`; false when the header has no room (60 bytes at most).
+    private mutating func appendWindowScale(_ frame: UnsafeRawBufferPointer, _ h: Segment) -> Bool {
+        guard h.dataOffset + 4 <= 60, h.ipEnd - EthernetHeader.length + 4 <= 65535 else { return false }
+        let t = h.tcp
+        natOutput.removeAll(keepingCapacity: true)
+        natOutput.append(contentsOf: frame[0..<(t + 20)])
+        natOutput.append(contentsOf: [1, 3, 3, Self.ourShift])
+        natOutput.append(contentsOf: frame[(t + 20)..<h.ipEnd])
+        natOutput[t + 12] = UInt8((h.dataOffset + 4) / 4) << 4 | (natOutput[t + 12] & 0x0F)
+        let ip = EthernetHeader.length
+        let tcpLength = h.ipEnd + 4 - t
+        let pseudo: [UInt8]
+        if h.v6 {
+            natOutput[ip + 4] = UInt8(truncatingIfNeeded: (tcpLength) >> 8)
+            natOutput[ip + 5] = UInt8(truncatingIfNeeded: tcpLength)
+            pseudo = Array(natOutput[(ip + 8)..<(ip + 40)]) + [0, 0] + bigEndianBytes(UInt16(tcpLength)) + [0, 0, 0, 6]
+        } else {
+            let total = h.ipEnd + 4 - ip
+            natOutput[ip + 2] = UInt8(truncatingIfNeeded: total >> 8)
+            natOutput[ip + 3] = UInt8(truncatingIfNeeded: total)
+            natOutput[ip + 10] = 0
+            natOutput[ip + 11] = 0
+            let headerSum = ~IPChecksum.sum(Array(natOutput[ip..<t]))
+            natOutput[ip + 10] = UInt8(headerSum >> 8)
+            natOutput[ip + 11] = UInt8(headerSum & 0xFF)
+            pseudo = Array(natOutput[(ip + 12)..<(ip + 20)]) + [0, 6] + bigEndianBytes(UInt16(tcpLength))
+        }
+        natOutput[t + 16] = 0
+        natOutput[t + 17] = 0
+        let sum = ~IPChecksum.sum(Array(natOutput[t...]), initial: IPChecksum.sum(pseudo))
+        natOutput[t + 16] = UInt8(sum >> 8)
+        natOutput[t + 17] = UInt8(sum & 0xFF)
+        return true
+    }
+
+    private static func setWord(_ bytes: inout [UInt8], at offset: Int, _ value: UInt16, checksumAt c: Int) {
+        let old = read16(bytes, offset)
+        guard old != value else { return }
+        bytes[offset] = UInt8(value >> 8)
+        bytes[offset + 1] = UInt8(value & 0xFF)
+        fixChecksum(&bytes, at: c, old: old, new: value)
+    }
+
+    private static func fixChecksum(_ bytes: inout [UInt8], at c: Int, old: UInt16, new: UInt16) {
+        let sum = IPChecksum.adjusted(read16(bytes, c), replacing: old, with: new)
+        bytes[c] = UInt8(sum >> 8)
+        bytes[c + 1] = UInt8(sum & 0xFF)
+    }
+}
+
+// MARK: Sequence numbers (RFC 9293: compared modulo 2^32)
+
+@inline(__always) func seqDiff(_ a: UInt32, _ b: UInt32) -> Int32 { Int32(bitPattern: a &- b) }
+@inline(__always) func seqLT(_ a: UInt32, _ b: UInt32) -> Bool { seqDiff(a, b) < 0 }
+@inline(__always) func seqLE(_ a: UInt32, _ b: UInt32) -> Bool { seqDiff(a, b) <= 0 }
+@inline(__always) func seqGT(_ a: UInt32, _ b: UInt32) -> Bool { seqDiff(a, b) > 0 }
+@inline(__always) func seqGE(_ a: UInt32, _ b: UInt32) -> Bool { seqDiff(a, b) >= 0 }
+
+private enum Flag {
+    static let fin: UInt8 = 0x01
+    static let syn: UInt8 = 0x02
+    static let rst: UInt8 = 0x04
+    static let ack: UInt8 = 0x10
+}
+
+/// IP version, guest address and port, remote address and port.
+private struct FlowKey: Hashable {
+    var guestHigh: UInt64 = 0, guestLow: UInt64 = 0
+    var remoteHigh: UInt64 = 0, remoteLow: UInt64 = 0
+    var guestPort: UInt16 = 0, remotePort: UInt16 = 0
+    var v6 = false
+
+    init() {}
+
+    init?(guest: [UInt8], guestPort: UInt16, remote: [UInt8], remotePort: UInt16) {
+        guard guest.count == remote.count, guest.count == 4 || guest.count == 16 else { return nil }
+        v6 = guest.count == 16
+        (guestHigh, guestLow) = guest.withUnsafeBytes { Self.address($0, at: 0, v6: v6) }
+        (remoteHigh, remoteLow) = remote.withUnsafeBytes { Self.address($0, at: 0, v6: v6) }
+        self.guestPort = guestPort
+        self.remotePort = remotePort
+    }
+
+    static func address(_ frame: UnsafeRawBufferPointer, at offset: Int, v6: Bool) -> (UInt64, UInt64) {
+        if !v6 { return (0, UInt64(read32(frame, offset))) }
+        let high = UInt64(read32(frame, offset)) << 32 | UInt64(read32(frame, offset + 4))
+        let low = UInt64(read32(frame, offset + 8)) << 32 | UInt64(read32(frame, offset + 12))
+        return (high, low)
+    }
+}
+
+/// A parsed TCP segment in an Ethernet frame (IPv4 without fragments, or IPv6 with TCP as
+/// the first next header); lengths come from the IP header, so Ethernet padding is ignored.
+private struct Segment {
+    var v6: Bool
+    var tcp: Int
+    var ipEnd: Int
+    var dataOffset: Int
+    var payload: Int
+    var flags: UInt8
+    var seq: UInt32
+    var ack: UInt32
+    var window: UInt16
+
+    init?(_ frame: UnsafeRawBufferPointer) {
+        let ip = EthernetHeader.length
+        guard frame.count >= ip + 20 else { return nil }
+        let tcpLength: Int
+        switch read16(frame, 12) {
+        case 0x0800:
+            guard frame[ip] >> 4 == 4 else { return nil }
+            let headerLength = Int(frame[ip] & 0x0F) * 4
+            let total = Int(read16(frame, ip + 2))
+            guard headerLength >= 20, total >= headerLength, ip + total <= frame.count, frame[ip + 9] == 6,
+                  read16(frame, ip + 6) & 0x3FFF == 0 else { return nil }
+            v6 = false
+            tcp = ip + headerLength
+            ipEnd = ip + total
+            tcpLength = total - headerLength
+        case 0x86DD:
+            guard frame.count >= ip + 40, frame[ip] >> 4 == 6, frame[ip + 6] == 6 else { return nil }
+            let payload = Int(read16(frame, ip + 4))
+            guard ip + 40 + payload <= frame.count else { return nil }
+            v6 = true
+            tcp = ip + 40
+            ipEnd = ip + 40 + payload
+            tcpLength = payload
+        default:
+            return nil
+        }
+        guard tcpLength >= 20 else { return nil }
+        dataOffset = Int(frame[tcp + 12] >> 4) * 4
+        guard dataOffset >= 20, dataOffset <= tcpLength else { return nil }
+        payload = tcpLength - dataOffset
+        flags = frame[tcp + 13]
+        seq = read32(frame, tcp + 4)
+        ack = read32(frame, tcp + 8)
+        window = read16(frame, tcp + 14)
+    }
+
+    func key(_ frame: UnsafeRawBufferPointer, guestIsSource: Bool) -> FlowKey {
+        var key = FlowKey()
+        key.v6 = v6
+        let ip = EthernetHeader.length
+        let (source, destination) = v6 ? (ip + 8, ip + 24) : (ip + 12, ip + 16)
+        let s = FlowKey.address(frame, at: source, v6: v6)
+        let d = FlowKey.address(frame, at: destination, v6: v6)
+        let sp = read16(frame, tcp), dp = read16(frame, tcp + 2)
+        if guestIsSource {
+            (key.guestHigh, key.guestLow, key.guestPort) = (s.0, s.1, sp)
+            (key.remoteHigh, key.remoteLow, key.remotePort) = (d.0, d.1, dp)
+        } else {
+            (key.guestHigh, key.guestLow, key.guestPort) = (d.0, d.1, dp)
+            (key.remoteHigh, key.remoteLow, key.remotePort) = (s.0, s.1, sp)
+        }
+        return key
+    }
+
+    /// The offset of a well-formed Window Scale option (kind 3, length 3), if any.
+    func windowScaleOption(_ frame: UnsafeRawBufferPointer) -> Int? {
+        var i = tcp + 20
+        let end = tcp + dataOffset
+        while i < end {
+            let kind = frame[i]
+            if kind == 0 { return nil }
+            if kind == 1 { i += 1; continue }
+            guard i + 1 < end else { return nil }
+            let length = Int(frame[i + 1])
+            guard length >= 2, i + length <= end else { return nil }
+            if kind == 3 { return length == 3 ? i : nil }
+            i += length
+        }
+        return nil
+    }
+}
+
+private struct Held {
+    var seq: UInt32
+    var end: UInt32
+    var fin: Bool
+    var frame: [UInt8]
+
+    var length: Int { Int(end &- seq) }
+
+    /// Whether this segment holds all of [seq, end) (and the FIN, if that has one).
+    func covers(_ s: UInt32, _ e: UInt32, _ f: Bool) -> Bool {
+        seqLE(seq, s) && seqGE(end, e) && (fin || !f)
+    }
+}
+
+private struct Flow {
+    enum Phase { case guestSYN, slirpSYN, scaled }
+
+    var key = FlowKey()
+    var port: PortID
+    var phase: Phase = .guestSYN
+    var shift: UInt8 = 0
+    /// libslirp's right edge (its ack + window), only ever moved forward.
+    var slirpEdge: UInt32 = 0
+    var hasSlirpEdge = false
+    /// The right edge offered to the guest, only ever moved forward.
+    var edge: UInt32 = 0
+    var hasEdge = false
+    var guestAck: UInt32 = 0
+    var hasGuestAck = false
+    var guestWindow: UInt16 = 0
+    /// Held segments, sorted by sequence number from `head` on.
+    var queue: [Held] = []
+    var head = 0
+    var bytes = 0
+    var committed = 0
+    var guestFin = false
+    var slirpFin = false
+    var lastActive: Int64
+    var ready = false
+    var live = true
+
+    init(port: PortID, lastActive: Int64) {
+        self.port = port
+        self.lastActive = lastActive
+    }
+}

@@ -1,0 +1,414 @@
+import DataPlane
+import FrameSwitch
+import TestSupport
+import Testing
+
+/// Drives one shim with crafted frames from both sides, as the Network would.
+struct ShimHarness {
+    var shim: TCPWindowShim
+    var v6 = false
+    let port = PortID(1)
+    var now: Int64 = 0
+    /// The guest's initial sequence number and libslirp's.
+    let guestISN: UInt32 = 0xFFFF_F000  // wraps within the first 4 KiB of data
+    let slirpISN: UInt32 = 5000
+
+    init(flowCap: Int = 1 << 20, networkCap: Int = 64 << 20, maxFlows: Int = 100, v6: Bool = false) {
+        shim = TCPWindowShim(flowCap: flowCap, networkCap: networkCap, maxFlows: maxFlows)
+        self.v6 = v6
+    }
+
+    /// The verdict and the frame that goes on (the output buffer when rewritten).
+    mutating func guest(_ f: TCPFrame) -> (TCPWindowShim.Verdict, [UInt8]) {
+        let bytes = f.bytes
+        let v = bytes.withUnsafeBytes { shim.fromGuest($0, port: port, now: now) }
+        return (v, v == .rewritten ? shim.guestOutput : bytes)
+    }
+
+    mutating func nat(_ f: TCPFrame) -> (TCPWindowShim.Verdict, [UInt8]) {
+        let bytes = f.bytes
+        let v = bytes.withUnsafeBytes { shim.fromNAT($0, port: port, now: now) }
+        return (v, v == .rewritten ? shim.natOutput : bytes)
+    }
+
+    mutating func releases() -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        while let f = shim.nextRelease() { out.append(f) }
+        return out
+    }
+
+    func fromGuest(_ flags: UInt8 = TCPFrame.ackFlag, seq: UInt32 = 0, ack: UInt32 = 0, window: UInt16 = 1000,
+                   options: [UInt8] = [], payload: Int = 0) -> TCPFrame {
+        var f = TCPFrame.fromGuest(v6: v6)
+        f.flags = flags; f.seq = seq; f.ack = ack; f.window = window; f.options = options
+        f.payload = (0..<payload).map { UInt8(truncatingIfNeeded: $0) }
+        return f
+    }
+
+    func toGuest(_ flags: UInt8 = TCPFrame.ackFlag, seq: UInt32 = 0, ack: UInt32, window: UInt16,
+                 options: [UInt8] = [], payload: Int = 0) -> TCPFrame {
+        var f = TCPFrame.toGuest(v6: v6)
+        f.flags = flags; f.seq = seq; f.ack = ack; f.window = window; f.options = options
+        f.payload = Array(repeating: 0x55, count: payload)
+        return f
+    }
+
+    /// Guest sequence number `n` bytes into the stream.
+    func g(_ n: Int) -> UInt32 { guestISN &+ 1 &+ UInt32(n) }
+
+    /// The guest opens with shift `shift` (nil: no Window Scale); libslirp answers with window `window`.
+    mutating func open(shift: UInt8? = 7, window: UInt16 = 65535) {
+        let ws: [UInt8] = shift.map { [1, 3, 3, $0] } ?? []
+        _ = guest(fromGuest(TCPFrame.syn, seq: guestISN, window: 64240, options: [2, 4, 0x05, 0xB4] + ws))
+        _ = nat(toGuest(TCPFrame.syn | TCPFrame.ackFlag, seq: slirpISN, ack: g(0), window: window, options: [2, 4, 0x05, 0xB4]))
+        _ = guest(fromGuest(seq: g(0), ack: slirpISN + 1, window: 502))
+    }
+
+    /// libslirp ACKs `n` guest bytes with window `window`; returns the window field the guest sees.
+    mutating func slirpAck(_ n: Int, window: UInt16 = 65535) -> UInt16 {
+        TCPFrame.window(nat(toGuest(seq: slirpISN + 1, ack: g(n), window: window)).1)
+    }
+
+    /// The guest sends `length` bytes at stream offset `n`.
+    mutating func send(_ n: Int, _ length: Int = 1000, flags: UInt8 = TCPFrame.ackFlag | TCPFrame.psh,
+                       ack: UInt32? = nil) -> (TCPWindowShim.Verdict, [UInt8]) {
+        guest(fromGuest(flags, seq: g(n), ack: ack ?? slirpISN + 1, window: 502, payload: length))
+    }
+
+    var flow: (slirpEdge: UInt32, edge: UInt32, queued: Int, committed: Int, scaled: Bool, hasEdges: Bool)? {
+        shim.flowState(guest: v6 ? TCPFrame.guest6 : TCPFrame.guest4, guestPort: 40000,
+                       remote: v6 ? TCPFrame.gateway6 : TCPFrame.gateway4, remotePort: 80)
+    }
+}
+
+@Suite("TCPWindowShim: window scaling toward the guest, unscaled toward libslirp")
+struct TCPWindowShimTests {
+    let linuxSYNOptions: [UInt8] = [2, 4, 0x05, 0xB4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]
+
+    @Test("guest opens: its Window Scale becomes NOPs toward libslirp, libslirp's SYN-ACK gains WS(7); checksums verify", arguments: [false, true])
+    func guestOpens(v6: Bool) {
+        var h = ShimHarness(v6: v6)
+        let syn = h.fromGuest(TCPFrame.syn, seq: h.guestISN, window: 64240, options: linuxSYNOptions)
+        let (v1, out1) = h.guest(syn)
+        #expect(v1 == .rewritten)
+        #expect(out1.count == syn.bytes.count)
+        #expect(TCPFrame.options(out1) == Array(linuxSYNOptions.prefix(17)) + [1, 1, 1])
+        #expect(TCPFrame.window(out1) == 64240)
+        #expect(TCPFrame.checksumsVerify(out1))
+        let synAck = h.toGuest(TCPFrame.syn | TCPFrame.ackFlag, seq: h.slirpISN, ack: h.g(0), window: 65535, options: [2, 4, 0x05, 0xB4])
+        let (v2, out2) = h.nat(synAck)
+        #expect(v2 == .rewritten)
+        #expect(out2.count == synAck.bytes.count + 4)
+        #expect(TCPFrame.options(out2) == [1, 3, 3, 7, 2, 4, 0x05, 0xB4])
+        #expect(TCPFrame.window(out2) == 65535)  // a SYN-ACK's window is never scaled
+        #expect(TCPFrame.checksumsVerify(out2))
+        #expect(h.flow?.scaled == true)
+        #expect(h.shim.scaledFlowCount == 1)
+        // Retransmissions get the same treatment.
+        #expect(h.guest(syn).1 == out1)
+        #expect(h.nat(synAck).1 == out2)
+        #expect(h.shim.flowCount == 1 && h.shim.scaledFlowCount == 1)
+    }
+
+    @Test("a SYN-ACK with IPv4 header options grows correctly")
+    func ipv4OptionsOnGrowth() {
+        var h = ShimHarness()
+        _ = h.guest(h.fromGuest(TCPFrame.syn, seq: h.guestISN, options: [1, 3, 3, 9]))
+        var synAck = h.toGuest(TCPFrame.syn | TCPFrame.ackFlag, seq: h.slirpISN, ack: h.g(0), window: 65535, options: [2, 4, 0x05, 0xB4])
+        synAck.ipOptions = [1, 1, 1, 0]
+        synAck.padding = 6
+        let (v, out) = h.nat(synAck)
+        #expect(v == .rewritten)
+        #expect(TCPFrame.checksumsVerify(out))
+        #expect(TCPFrame.options(out) == [1, 3, 3, 7, 2, 4, 0x05, 0xB4])
+        #expect(out.count == synAck.bytes.count + 4 - 6)  // padding dropped, header grown
+    }
+
+    @Test("libslirp opens (host forward): its SYN gains WS(7); the guest's SYN-ACK with WS makes the flow scaled", arguments: [false, true])
+    func slirpOpens(v6: Bool) {
+        var h = ShimHarness(v6: v6)
+        let syn = h.toGuest(TCPFrame.syn, seq: h.slirpISN, ack: 0, window: 65535, options: [2, 4, 0x05, 0xB4])
+        let (v1, out1) = h.nat(syn)
+        #expect(v1 == .rewritten)
+        #expect(TCPFrame.options(out1) == [1, 3, 3, 7, 2, 4, 0x05, 0xB4])
+        #expect(TCPFrame.checksumsVerify(out1))
+        #expect(h.flow?.scaled == false)
+        #expect(h.nat(syn).1 == out1)  // retransmitted SYN
+        let synAck = h.fromGuest(TCPFrame.syn | TCPFrame.ackFlag, seq: h.guestISN, ack: h.slirpISN + 1, window: 64240, options: linuxSYNOptions)
+        let (v2, out2) = h.guest(synAck)
+        #expect(v2 == .rewritten)
+        #expect(TCPFrame.options(out2).suffix(3) == [1, 1, 1])
+        #expect(TCPFrame.checksumsVerify(out2))
+        #expect(h.flow?.scaled == true)
+        // libslirp's ACK of the SYN-ACK is scaled toward the guest; the guest's window unscaled toward libslirp.
+        #expect(h.slirpAck(0) > 512)
+        #expect(TCPFrame.window(h.send(0, 100).1) == 64256)  // 502 << 7
+    }
+
+    @Test("libslirp opens, the guest's SYN-ACK has no Window Scale: the flow passes untouched")
+    func slirpOpensGuestDeclines() {
+        var h = ShimHarness()
+        _ = h.nat(h.toGuest(TCPFrame.syn, seq: h.slirpISN, ack: 0, window: 65535, options: [2, 4, 0x05, 0xB4]))
+        let synAck = h.fromGuest(TCPFrame.syn | TCPFrame.ackFlag, seq: h.guestISN, ack: h.slirpISN + 1, window: 64240, options: [2, 4, 0x05, 0xB4])
+        #expect(h.guest(synAck).0 == .pass)
+        #expect(h.shim.flowCount == 0)
+        #expect(h.nat(h.toGuest(seq: h.slirpISN + 1, ack: h.g(0), window: 65535)).0 == .pass)
+        #expect(h.send(0).0 == .pass)
+    }
+
+    @Test("a guest without Window Scale: every frame of the flow passes byte for byte, no state", arguments: [false, true])
+    func passThrough(v6: Bool) {
+        var h = ShimHarness(v6: v6)
+        #expect(h.guest(h.fromGuest(TCPFrame.syn, seq: h.guestISN, options: [2, 4, 0x05, 0xB4])).0 == .pass)
+        #expect(h.nat(h.toGuest(TCPFrame.syn | TCPFrame.ackFlag, seq: h.slirpISN, ack: h.g(0), window: 65535, options: [2, 4, 0x05, 0xB4])).0 == .pass)
+        for n in 0..<100 { #expect(h.send(n * 1000).0 == .pass) }
+        #expect(h.nat(h.toGuest(seq: h.slirpISN + 1, ack: h.g(100_000), window: 0)).0 == .pass)
+        #expect(h.shim.flowCount == 0 && h.shim.queuedBytes == 0)
+    }
+
+    @Test("non-TCP and unparseable frames pass")
+    func otherFrames() {
+        var h = ShimHarness()
+        var udp = h.fromGuest(payload: 10).bytes
+        udp[23] = 17
+        let short = Array(h.fromGuest().bytes.prefix(40))
+        for frame in [udp, short, [UInt8](repeating: 0, count: 10)] {
+            #expect(frame.withUnsafeBytes { h.shim.fromGuest($0, port: h.port, now: 0) } == .pass)
+            #expect(frame.withUnsafeBytes { h.shim.fromNAT($0, port: h.port, now: 0) } == .pass)
+        }
+    }
+
+    @Test("guest windows unscaled toward libslirp: min(65535, field << shift) for shifts 0, 7, 14", arguments: [
+        (UInt8(0), UInt16(1000), UInt16(1000)), (0, 65535, 65535), (7, 502, 64256), (7, 512, 65535), (7, 0, 0),
+        (14, 1, 16384), (14, 3, 49152), (14, 4, 65535), (15, 1, 16384),
+    ])
+    func guestWindowUnscaled(shift: UInt8, field: UInt16, expected: UInt16) {
+        var h = ShimHarness()
+        h.open(shift: shift)
+        let (_, out) = h.guest(h.fromGuest(seq: h.g(0), ack: h.slirpISN + 1, window: field))
+        #expect(TCPFrame.window(out) == expected)
+        #expect(TCPFrame.checksumsVerify(out))
+    }
+
+    @Test("offered window: libslirp's window rounded up plus the flow cap rounded down, in units of 128")
+    func offeredWindow() {
+        var h = ShimHarness(flowCap: 1 << 20)
+        h.open()
+        #expect(h.slirpAck(0) == UInt16((65535 + (1 << 20)) >> 7))
+        var small = ShimHarness(flowCap: 0)
+        small.open(window: 1000)
+        #expect(small.slirpAck(0, window: 1000) == 8)  // ceil(1000 / 128)
+        var zero = ShimHarness(flowCap: 0)
+        zero.open(window: 0)
+        #expect(zero.slirpAck(0, window: 0) == 0)
+        var full = ShimHarness(flowCap: 0)
+        full.open()
+        #expect(full.slirpAck(0, window: 65535) == 512)
+    }
+
+    @Test("the offered edge never retracts, whatever libslirp's ack and window do")
+    func neverRetract() {
+        var h = ShimHarness(flowCap: 0)
+        h.open()
+        #expect(h.slirpAck(0, window: 65535) == 512)  // edge = g(65536)
+        #expect(h.slirpAck(0, window: 100) == 512)
+        #expect(h.slirpAck(1000, window: 0) == 505)  // ceil(64536 / 128)
+        #expect(h.flow.map { $0.edge } == h.g(1000 + 505 * 128))  // rounded up, 104 bytes past the cap
+        #expect(h.slirpAck(4000, window: 0) == 481)  // ceil(61640 / 128): 128 bytes past the cap would be too many
+        #expect(h.slirpAck(65536, window: 0) == 0)
+    }
+
+    @Test("segments beyond libslirp's window are queued and released in order as its ACKs arrive, with the latest ACK and window")
+    func queueAndRelease() {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { #expect(h.send(n * 1000).0 == .rewritten) }  // 65,000 <= 65,535
+        for n in 65..<70 { #expect(h.send(n * 1000).0 == .queued) }
+        #expect(h.shim.queuedBytes == 5000)
+        #expect(h.releases().isEmpty)
+        // The guest's later ACK (for data libslirp sent it) rides on the released segments.
+        _ = h.guest(h.fromGuest(seq: h.g(70_000), ack: h.slirpISN + 101, window: 400))
+        _ = h.slirpAck(3000)  // edge g(68,535): the segments ending at 66,000..68,000 fit
+        let first = h.releases()
+        #expect(first.map { TCPFrame.seq($0) } == [h.g(65_000), h.g(66_000), h.g(67_000)])
+        #expect(h.shim.queuedBytes == 2000)
+        for f in first {
+            #expect(TCPFrame.ack(f) == h.slirpISN + 101)
+            #expect(TCPFrame.window(f) == 51200)
+            #expect(TCPFrame.checksumsVerify(f))
+        }
+        _ = h.slirpAck(5000)
+        #expect(h.releases().map { TCPFrame.seq($0) } == [h.g(68_000), h.g(69_000)])
+        #expect(h.shim.queuedBytes == 0 && h.shim.segmentsReleased == 5)
+    }
+
+    @Test("out-of-order segments are released in sequence order")
+    func outOfOrder() {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        for n in [68, 66, 67, 65] { #expect(h.send(n * 1000).0 == .queued) }
+        _ = h.slirpAck(10_000)
+        #expect(h.releases().map { TCPFrame.seq($0) } == [65, 66, 67, 68].map { h.g($0 * 1000) })
+        #expect(h.shim.queuedBytes == 0)
+    }
+
+    @Test("duplicates and covered segments are dropped; a longer retransmission replaces what it covers")
+    func duplicates() {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        #expect(h.send(66_000).0 == .queued)
+        #expect(h.send(66_000).0 == .drop)
+        #expect(h.send(66_200, 500).0 == .drop)  // inside 66,000..67,000
+        #expect(h.shim.queuedBytes == 1000)
+        #expect(h.send(65_000, 3000).0 == .queued)  // covers 66,000..67,000
+        #expect(h.shim.queuedBytes == 3000)
+        _ = h.slirpAck(10_000)
+        let out = h.releases()
+        #expect(out.map { TCPFrame.seq($0) } == [h.g(65_000)])
+        // A retransmission of data libslirp already has passes at once.
+        #expect(h.send(1000).0 == .rewritten)
+    }
+
+    @Test("a segment beyond the offered edge is dropped and counted")
+    func beyondEdge() {
+        var h = ShimHarness(flowCap: 10_000)
+        h.open()
+        let field = h.slirpAck(0)
+        let edge = Int(field) * 128
+        #expect(h.send(edge - 1000).0 == .queued)
+        #expect(h.send(edge - 999).0 == .drop)
+        #expect(h.shim.droppedBeyondEdge == 1)
+    }
+
+    @Test("the network cap shrinks later flows' offers; queued bytes stay within commitments; no retraction")
+    func networkCap() {
+        var a = ShimHarness(flowCap: 40_000, networkCap: 50_000)
+        a.open()
+        #expect(a.slirpAck(0) == UInt16((65535 + 40_000) >> 7))
+        // A second flow on the same shim (another guest port number).
+        var b = TCPFrame.fromGuest()
+        b.sourcePort = 40001
+        b.flags = TCPFrame.syn
+        b.options = [1, 3, 3, 7]
+        _ = b.bytes.withUnsafeBytes { a.shim.fromGuest($0, port: a.port, now: 0) }
+        var bs = TCPFrame.toGuest()
+        bs.destinationPort = 40001
+        bs.flags = TCPFrame.syn | TCPFrame.ackFlag
+        bs.ack = 1
+        _ = bs.bytes.withUnsafeBytes { a.shim.fromNAT($0, port: a.port, now: 0) }
+        bs.flags = TCPFrame.ackFlag
+        _ = bs.bytes.withUnsafeBytes { a.shim.fromNAT($0, port: a.port, now: 0) }
+        let committedA = a.flow?.committed ?? -1
+        #expect(committedA <= 40_000)
+        #expect(a.shim.committedBytes <= 50_000)
+        let out = a.shim.natOutput
+        #expect(Int(TCPFrame.window(out)) * 128 - 65535 <= 50_000 - committedA)
+        // libslirp acks flow a's data: its commitment shrinks, and its edge does not move back.
+        let edge = a.flow?.edge
+        #expect(a.slirpAck(0, window: 0) == UInt16((Int(edge.map { $0 &- a.g(0) } ?? 0) + 127) >> 7))
+    }
+
+    @Test("per-flow cap: a flow never holds more than it was offered beyond libslirp's edge")
+    func flowCap() {
+        var h = ShimHarness(flowCap: 5000)
+        h.open()
+        _ = h.slirpAck(0)
+        var queued = 0
+        for n in 65..<80 where h.send(n * 1000).0 == .queued { queued += 1 }
+        #expect(h.shim.queuedBytes <= 5000 + 128)
+        #expect(queued == 5)  // 65,000..70,000; the window covers 65,535 + 5,000 rounded down
+    }
+
+    @Test("zero window from libslirp with nothing to queue: the guest sees 0, then the update releases what was held")
+    func zeroWindow() {
+        var h = ShimHarness(flowCap: 4096)
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        #expect(h.send(65_000).0 == .queued)
+        _ = h.slirpAck(65_000, window: 0)
+        #expect(h.releases().isEmpty)
+        _ = h.slirpAck(65_000, window: 65535)  // libslirp's socket drained
+        #expect(h.releases().count == 1)
+    }
+
+    @Test("a FIN after queued data waits for it; FINs both ways free the flow")
+    func finAfterQueued() {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        #expect(h.send(65_000).0 == .queued)
+        #expect(h.send(66_000, 0, flags: TCPFrame.ackFlag | TCPFrame.fin).0 == .queued)
+        _ = h.nat(h.toGuest(TCPFrame.ackFlag | TCPFrame.fin, seq: h.slirpISN + 1, ack: h.g(0), window: 65535))
+        _ = h.slirpAck(10_000)
+        let out = h.releases()
+        #expect(out.count == 2)
+        #expect(out.last.map { $0[TCPFrame.tcpOffset($0) + 13] & TCPFrame.fin } == TCPFrame.fin)
+        #expect(h.shim.flowCount == 0 && h.shim.queuedBytes == 0 && h.shim.committedBytes == 0)
+    }
+
+    @Test("a RST from either side frees the flow and its queue", arguments: [false, true])
+    func rst(fromGuest: Bool) {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 65..<70 { _ = h.send(n * 1000) }
+        #expect(h.shim.queuedBytes == 5000)
+        let v = fromGuest ? h.guest(h.fromGuest(TCPFrame.rst, seq: h.g(0))).0
+            : h.nat(h.toGuest(TCPFrame.rst | TCPFrame.ackFlag, seq: h.slirpISN + 1, ack: h.g(0), window: 0)).0
+        #expect(v == .pass)
+        #expect(h.shim.flowCount == 0 && h.shim.queuedBytes == 0 && h.shim.committedBytes == 0 && h.shim.scaledFlowCount == 0)
+        #expect(h.releases().isEmpty)
+    }
+
+    @Test("removePort and expire free flows")
+    func removeAndExpire() {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        _ = h.send(70_000)
+        h.shim.removePort(PortID(2))
+        #expect(h.shim.flowCount == 1)
+        h.shim.removePort(h.port)
+        #expect(h.shim.flowCount == 0 && h.shim.queuedBytes == 0)
+        var e = ShimHarness()
+        e.open()
+        e.shim.expire(now: TCPWindowShim.defaultIdleTimeout)
+        #expect(e.shim.flowCount == 1)
+        e.shim.expire(now: TCPWindowShim.defaultIdleTimeout + 1)
+        #expect(e.shim.flowCount == 0 && e.shim.scaledFlowCount == 0)
+    }
+
+    @Test("past maxFlows new flows are not scaled, and are counted")
+    func tableFull() {
+        var h = ShimHarness(maxFlows: 0)
+        #expect(h.guest(h.fromGuest(TCPFrame.syn, seq: h.guestISN, options: [1, 3, 3, 7])).0 == .pass)
+        #expect(h.nat(h.toGuest(TCPFrame.syn | TCPFrame.ackFlag, seq: h.slirpISN, ack: h.g(0), window: 65535)).0 == .pass)
+        #expect(h.shim.flowsRefused == 1 && h.shim.flowCount == 0)
+    }
+
+    @Test("guest frames with Ethernet padding and IPv4 options: lengths come from IP; queued copies drop the padding")
+    func paddingAndIPOptions() {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        var f = h.fromGuest(TCPFrame.ackFlag, seq: h.g(0), ack: h.slirpISN + 1, window: 502, payload: 10)
+        f.ipOptions = [1, 1, 1, 0]
+        f.padding = 8
+        let (v, out) = h.guest(f)
+        #expect(v == .rewritten && TCPFrame.window(out) == 64256 && TCPFrame.checksumsVerify(out))
+        f.seq = h.g(70_000)
+        #expect(h.guest(f).0 == .queued)
+        _ = h.slirpAck(70_000)
+        let released = h.releases()
+        #expect(released.count == 1)
+        #expect(released.first.map { $0.count } == f.bytes.count - 8)
+        #expect(released.allSatisfy(TCPFrame.checksumsVerify))
+    }
+}
