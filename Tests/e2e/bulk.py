@@ -51,20 +51,22 @@ def send_then_close(payload: bytes, times: int = 1) -> Callable[[socket.socket],
 
 
 class HostPeer:
-    """Listens on 127.0.0.1 (random port) for `count` connections; each runs `handler(conn)`
+    """Listens on 127.0.0.1 or ::1 (random port) for `count` connections; each runs `handler(conn)`
     in its own thread (the i-th accepted one gets handlers[i] when a list is given).
     results() waits for all of them and returns their return values in accept order,
     re-raising the first failure. Everything stops at `timeout` seconds."""
 
-    def __init__(self, handler, count: int = 1, timeout: float = 300, rcvbuf: Optional[int] = None):
+    def __init__(self, handler, count: int = 1, timeout: float = 300, rcvbuf: Optional[int] = None,
+                 host: str = "127.0.0.1"):
         self.handlers = handler if isinstance(handler, list) else [handler] * count
         self.count = len(self.handlers)
         self.deadline = time.monotonic() + timeout
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        assert host in ("127.0.0.1", "::1"), "host peers listen on loopback only"
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if rcvbuf is not None:   # set before listen so accepted sockets inherit it
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.sock.listen(self.count)
         self.port: int = self.sock.getsockname()[1]
         self.accepted: list[socket.socket] = []
@@ -173,7 +175,7 @@ def tcp_options(raw: bytes) -> dict:
 
 
 def read_pcap_tcp(path, port: Optional[int] = None) -> list[Segment]:
-    """IPv4 TCP segments of an Ethernet pcap (micro- or nanosecond), optionally only those
+    """IPv4 and IPv6 TCP segments of an Ethernet pcap (micro- or nanosecond), optionally only those
     to or from `port`. Frames cut short by the snap length still give their headers."""
     data = open(path, "rb").read()
     assert len(data) >= 24, f"{path}: no pcap header ({len(data)} bytes)"
@@ -191,17 +193,21 @@ def read_pcap_tcp(path, port: Optional[int] = None) -> list[Segment]:
         incl, orig = struct.unpack(endian + "II", data[at + 8:at + 16])
         frame = data[at + 16:at + 16 + incl]
         at += 16 + incl
-        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        if len(frame) >= 34 and frame[12:14] == b"\x08\x00" and frame[23] == 6:
+            ihl = (frame[14] & 0x0F) * 4
+            t, size = 14 + ihl, struct.unpack("!H", frame[16:18])[0] - ihl
+            src, dst = socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34])
+        elif len(frame) >= 54 and frame[12:14] == b"\x86\xdd" and frame[20] == 6:   # no extension headers
+            t, size = 54, struct.unpack("!H", frame[18:20])[0]
+            src, dst = (socket.inet_ntop(socket.AF_INET6, frame[a:a + 16]) for a in (22, 38))
+        else:
             continue
-        ihl = (frame[14] & 0x0F) * 4
-        t = 14 + ihl
         if len(frame) < t + 20:
             continue
         sport, dport, seq, ack, off, flags, window = struct.unpack("!HHIIBBH", frame[t:t + 16])
         if port is not None and port not in (sport, dport):
             continue
         hlen = (off >> 4) * 4
-        total = struct.unpack("!H", frame[16:18])[0]
-        out.append(Segment(socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34]), sport, dport, seq, ack,
-                           flags, window, tcp_options(frame[t + 20:t + hlen]), payload=total - ihl - hlen))
+        out.append(Segment(src, dst, sport, dport, seq, ack, flags, window, tcp_options(frame[t + 20:t + hlen]),
+                           payload=size - hlen))
     return out

@@ -265,8 +265,11 @@ def handshake(net):
 
 
 def check_scaled_handshake(segments, port, where):
-    syn = next((s for s in segments if s.is_syn and s.dport == port), None)
-    assert syn is not None, f"{where}: no SYN from the guest to port {port}"
+    # The last connection to the port: an earlier test's server may have had the same number.
+    starts = [i for i, s in enumerate(segments) if s.is_syn and s.dport == port]
+    assert starts, f"{where}: no SYN from the guest to port {port}"
+    segments = segments[starts[-1]:]
+    syn = segments[0]
     assert syn.window_scale is not None, f"{where}: the guest's SYN offers no window scale (options {syn.options})"
     synack = next((s for s in segments if s.is_synack and s.sport == port), None)
     assert synack is not None, f"{where}: no SYN-ACK toward the guest"
@@ -292,8 +295,31 @@ def test_slirpd_capture_shows_what_the_guest_gets(handshake):
     """slirpctl capture must show the frames as the guest gets them (after the shim's rewrite),
     and agree with QEMU's dump on the guest's own SYN."""
     port, guest_view, captured = handshake
-    dumped_syn = next(s for s in guest_view if s.is_syn and s.dport == port)
-    captured_syn = next((s for s in captured if s.is_syn and s.dport == port), None)
+    dumped_syn = [s for s in guest_view if s.is_syn and s.dport == port][-1]
+    captured_syn = ([s for s in captured if s.is_syn and s.dport == port] or [None])[-1]
     assert captured_syn is not None, "slirpd's capture lacks the guest's SYN"
     assert captured_syn.options == dumped_syn.options, "slirpd's capture shows the guest's SYN altered"
     check_scaled_handshake(captured, port, "slirpctl capture")
+
+
+def guest_ipv6(g: Guest) -> str:
+    """The guest's SLAAC address in fec0::/64 once duplicate address detection is done, else ""."""
+    rc, out = g.run("ip -6 addr show dev eth0 | grep fec0:: | grep -v tentative | grep -o 'fec0::[0-9a-f:]*'")
+    return out.strip() if rc == 0 else ""
+
+
+def test_ipv6_flow_is_intact_and_its_handshake_scaled(net):
+    """The shim covers IPv6 too: the datagram guest sends to fec0::2 (the host's ::1), and
+    QEMU's dump of its NIC shows the scaled handshake."""
+    g = net.guests["dgram"]
+    wait_for(lambda: guest_ipv6(g), 60, interval=1, what="the guest's IPv6 address")
+    times = max(1, HOSTFWD_MIB // BLOB_MIB)
+    with HostPeer(receive_and_hash, host="::1", timeout=leg_timeout(HOSTFWD_MIB)) as peer:
+        t0 = time.monotonic()
+        g.check(f"nc fec0::2 {peer.port} -e sh -c '{repeat_blob(times)}'", timeout=leg_timeout(HOSTFWD_MIB))
+        [(n, sha)] = peer.results()
+        took = time.monotonic() - t0
+    note(f"dgram guest->host over IPv6 {n / MIB:.0f} MiB in {took:.1f} s")
+    assert (n, sha) == (times * len(net.blob), net.expected_sha(times)), "the IPv6 flow's data differs"
+    segments = [s for s in read_pcap_tcp(net.guest_dump, peer.port) if ":" in s.src]
+    check_scaled_handshake(segments, peer.port, "QEMU's dump of the guest NIC, IPv6")
