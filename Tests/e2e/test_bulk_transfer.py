@@ -28,7 +28,7 @@ import time
 import pytest
 
 from bulk import HostPeer, read_pcap_tcp, receive_and_hash, repeated_sha256, send_then_close
-from daemon import SLIRPCTL, Slirpd, dgram_netdev, stream_netdev, tcp_stream_netdev
+from daemon import SLIRPCTL, Slirpd, dgram_netdev, slirpctl, stream_netdev, tcp_stream_netdev
 from guest import Guest, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -69,9 +69,8 @@ def repeat_blob(times: int) -> str:
 
 
 class BulkNetwork:
-    """One slirpd with stream, datagram and TCP endpoints and a guest on each; host forwards
-    to the stream guest; the datagram guest's NIC traffic is dumped by QEMU (the guest's own
-    view of the wire) for the handshake test."""
+    """One slirpd with stream, datagram and TCP endpoints and a guest on each. QEMU dumps the
+    datagram guest's NIC traffic (the guest's own view of the wire) for the handshake checks."""
 
     def __init__(self, tmp):
         self.tmp = tmp
@@ -83,16 +82,12 @@ class BulkNetwork:
         self.blob_sha = hashlib.sha256(self.blob).hexdigest()
         self._sha_cache: dict[int, str] = {}
         self.guests: dict[str, Guest] = {}
-        self.d = Slirpd(["-o", f"hostfwd=tcp:127.0.0.1:{self.fwd_in}-10.0.2.15:{FWD_IN},"
-                               f"hostfwd=tcp:127.0.0.1:{self.fwd_out}-10.0.2.15:{FWD_OUT}",
-                         "--stream", self.sock, "--dgram", self.dgram, "--tcp", f"127.0.0.1:{self.tcp_port}"], tmp)
+        self.d = Slirpd(["--stream", self.sock, "--dgram", self.dgram, "--tcp", f"127.0.0.1:{self.tcp_port}"], tmp)
 
     def boot(self):
         started = time.monotonic()
-        # The stream guest first, so it gets 10.0.2.15, where the host forwards point.
-        s = self.guests["stream"] = Guest("s", stream_netdev(self.sock), MAC_S, log_dir=self.tmp,
-                                          memory_mb=GUEST_MEMORY_MB)
-        assert s.wait_lease()["ip"] == "10.0.2.15", s.lease
+        self.guests["stream"] = Guest("s", stream_netdev(self.sock), MAC_S, log_dir=self.tmp,
+                                      memory_mb=GUEST_MEMORY_MB)
         self.guests["dgram"] = Guest(
             "d", dgram_netdev(str(self.tmp / "d.sock"), self.dgram), MAC_D, log_dir=self.tmp,
             memory_mb=GUEST_MEMORY_MB,
@@ -202,12 +197,16 @@ def guest_listening(g: Guest, port: int) -> bool:
     return "LISTENING" in out
 
 
-def test_host_forward_carries_bulk_both_ways_intact(net):
-    """Connections libslirp opens toward the guest (host forwards) go through the shim too."""
-    g = net.guests["stream"]
+def test_host_forward_carries_bulk_both_ways_intact_with_a_scaled_handshake(net):
+    """Connections libslirp opens toward the guest (host forwards) go through the shim too:
+    the SYN toward the guest offers window scale 7, and the guest's answer takes it up."""
+    g = net.guests["dgram"]
+    ip = g.lease["ip"]
+    slirpctl(net.d, "forward", "add", f"tcp:127.0.0.1:{net.fwd_in}-{ip}:{FWD_IN}")
+    slirpctl(net.d, "forward", "add", f"tcp:127.0.0.1:{net.fwd_out}-{ip}:{FWD_OUT}")
     times = max(1, HOSTFWD_MIB // BLOB_MIB)
     expected = net.expected_sha(times)
-    # Host -> guest through 127.0.0.1:fwd_in -> 10.0.2.15:FWD_IN.
+    # Host -> guest through 127.0.0.1:fwd_in -> the guest's FWD_IN.
     g.check(f"rm -f /tmp/hf; nc -l -p {FWD_IN} -e sh -c 'sha256sum >/tmp/hf' &")
     wait_for(lambda: guest_listening(g, FWD_IN), 30, what="the guest's listener")
     t0 = time.monotonic()
@@ -218,7 +217,7 @@ def test_host_forward_carries_bulk_both_ways_intact(net):
     assert sent == times * len(net.blob)
     assert out.split()[0] == expected, f"sha256 in the guest differs: {out}"
 
-    # Guest -> host through 127.0.0.1:fwd_out -> 10.0.2.15:FWD_OUT.
+    # Guest -> host through 127.0.0.1:fwd_out -> the guest's FWD_OUT.
     g.check(f"nc -l -p {FWD_OUT} -e sh -c '{repeat_blob(times)}' &")
     wait_for(lambda: guest_listening(g, FWD_OUT), 30, what="the guest's listener")
     t0 = time.monotonic()
@@ -230,6 +229,22 @@ def test_host_forward_carries_bulk_both_ways_intact(net):
          f"guest->host {n / MIB:.0f} MiB in {took_out:.1f} s")
     assert n == times * len(net.blob), f"the host got {n} bytes through the forward"
     assert sha == expected, "sha256 of what came out of the forward differs"
+
+    for port, sends in ((FWD_IN, False), (FWD_OUT, True)):
+        where = f"QEMU's dump of the guest NIC, host forward to guest port {port}"
+        segments = read_pcap_tcp(net.guest_dump, port)
+        starts = [i for i, s in enumerate(segments) if s.is_syn and s.dport == port]
+        assert starts, f"{where}: no SYN toward the guest"
+        segments = segments[starts[-1]:]
+        assert segments[0].window_scale == SHIM_SHIFT, (
+            f"{where}: the SYN toward the guest offers window scale {segments[0].window_scale} "
+            f"(options {segments[0].options}); the shim must offer shift {SHIM_SHIFT}")
+        synack = next((s for s in segments if s.is_synack and s.sport == port), None)
+        assert synack is not None and synack.window_scale is not None, f"{where}: the guest did not take up scaling"
+        if sends:
+            widest = max(s.window << SHIM_SHIFT for s in segments
+                         if s.dport == port and s.flags & s.ACK and not s.flags & s.SYN)
+            assert widest > UNSCALED_MAX, f"{where}: the widest window offered to the guest is {widest} bytes"
 
 
 # --- the handshake as the guest sees it ----------------------------------------------------
