@@ -54,6 +54,8 @@ final class Network {
     var onEvent: ((Event) -> Void)?
     var captures: [Int: CaptureSink] = [:]
     var nextCaptureID = 0
+    /// Set while a frame from libslirp is switched with a capture running: its first delivery is captured.
+    var capturingNATFrame = false
 
     /// Guests that left with NAT connections open, oldest first (see `resetDepartedConnections`).
     private var departed: [DepartedGuest] = []
@@ -453,10 +455,16 @@ final class Network {
         framePath.fromGuest(frame, header, from: port.state, now: monotonicNanoseconds(), sink: self)
     }
 
+    /// A capture records libslirp's frame as the guest gets it, after the TCP shim's rewrite
+    /// (the first delivery of it, see `deliver(_:to:)`), or as libslirp sent it when no
+    /// guest gets it.
     private func fromNAT(_ frame: UnsafeRawBufferPointer) {
         guard let header = EthernetHeader(frame) else { return }
-        if !captures.isEmpty { capture(frame, header) }
+        guard !captures.isEmpty else { return framePath.fromNAT(frame, header, now: monotonicNanoseconds(), sink: self) }
+        capturingNATFrame = true
         framePath.fromNAT(frame, header, now: monotonicNanoseconds(), sink: self)
+        if capturingNATFrame { capture(frame, header) }
+        capturingNATFrame = false
     }
 
     /// Hands libslirp the frames made while it was busy (between its calls, never inside one).

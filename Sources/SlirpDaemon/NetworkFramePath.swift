@@ -19,6 +19,10 @@ extension Network: FramePathSink {
     }
 
     func deliver(_ frame: UnsafeRawBufferPointer, to id: PortID) {
+        if capturingNATFrame, let header = EthernetHeader(frame) {
+            capturingNATFrame = false
+            capture(frame, header)
+        }
         guard let port = ports[id] else { return }
         deliver(frame, to: port)
     }
