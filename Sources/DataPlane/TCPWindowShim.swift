@@ -363,20 +363,14 @@ public struct TCPWindowShim {
         for i in slots.indices where slots[i].live && now - slots[i].lastActive > idleTimeout { free(i) }
     }
 
-    /// For tests and the fuzzer: the flow's libslirp edge, offered edge and queued bytes.
+    /// For tests and the fuzzer: a flow's libslirp edge, offered edge, queued and committed
+    /// bytes, whether it is scaled and whether both edges are known yet.
     public func flowState(guest: [UInt8], guestPort: UInt16, remote: [UInt8], remotePort: UInt16)
         -> (slirpEdge: UInt32, edge: UInt32, queued: Int, committed: Int, scaled: Bool, hasEdges: Bool)? {
         guard let key = FlowKey(guest: guest, guestPort: guestPort, remote: remote, remotePort: remotePort),
               let i = index[key] else { return nil }
         let f = slots[i]
         return (f.slirpEdge, f.edge, f.bytes, f.committed, f.phase == .scaled, f.hasEdge && f.hasSlirpEdge)
-    }
-
-    /// Every live flow's (libslirp edge, offered edge, queued bytes, held segments' sequence ranges), for the fuzzer.
-    public func allFlows() -> [(slirpEdge: UInt32, edge: UInt32, hasEdge: Bool, queued: Int, held: [(UInt32, UInt32)])] {
-        slots.filter(\.live).map { f in
-            (f.slirpEdge, f.edge, f.hasEdge && f.hasSlirpEdge, f.bytes, f.queue[f.head...].map { ($0.seq, $0.end) })
-        }
     }
 
     // MARK: Flow table
