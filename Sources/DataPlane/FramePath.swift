@@ -82,6 +82,9 @@ public final class FramePath {
     public internal(set) var ingressCheck = NATIngressCheck()
     /// Window scaling toward guests over libslirp's 64 KiB TCP window.
     public internal(set) var tcpShim = TCPWindowShim()
+    /// Whether the last frame from libslirp was a pure ACK the shim held for the turn's end.
+    public internal(set) var natFrameHeld = false
+    var heldACKBuffer: [UInt8] = []
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     var pendingToNAT: [[UInt8]] = []
 
@@ -134,7 +137,8 @@ public final class FramePath {
 
     public var hasPendingForNAT: Bool { !pendingToNAT.isEmpty }
 
-    /// Hands libslirp the frames made while it was busy (between its calls, never inside one).
+    /// Hands libslirp the frames made while it was busy (between its calls, never inside one),
+    /// and the TCP shim's held segments its window now takes.
     public func injectPending(_ sink: any FramePathSink) {
         while !pendingToNAT.isEmpty {
             let batch = pendingToNAT

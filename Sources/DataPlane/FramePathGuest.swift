@@ -137,7 +137,7 @@ extension FramePath {
             // Copied out first: libslirp's answer re-enters the shim before this returns.
             let out = tcpShim.guestOutput
             out.withUnsafeBytes { sink.inputToNAT($0) }
-        case .queued:
+        case .queued, .held:
             break
         case .drop:
             sink.frameEvent(.shimDropped(port.id, count: tcpShim.droppedTotal))

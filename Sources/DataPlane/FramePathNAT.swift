@@ -5,6 +5,7 @@ import FrameSwitch
 extension FramePath {
     /// Switches one frame libslirp sent (its `send_packet`, possibly from inside `inputToNAT`).
     public func fromNAT(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader, now: Int64, sink: any FramePathSink) {
+        natFrameHeld = false
         if header.etherType == ARPPacket.etherType, answerForGuest(frame) { return }
         if header.etherType == 0x86DD, header.destination.isGroup, answerSolicitation(frame) { return }
         let verdict = bridge.ingress(from: natPort, source: header.source, destination: header.destination, now: now)
@@ -51,11 +52,22 @@ extension FramePath {
     /// The last step toward a guest: the TCP window shim scales libslirp's window (and adds
     /// Window Scale to its SYN or SYN-ACK) after the NAT connections and flow budget saw it.
     private func toGuest(_ frame: UnsafeRawBufferPointer, _ port: PortState, now: Int64, sink: any FramePathSink) {
-        if tcpShim.fromNAT(frame, port: port.id, now: now) == .rewritten {
+        switch tcpShim.fromNAT(frame, port: port.id, now: now) {
+        case .rewritten:
             let out = tcpShim.natOutput
             out.withUnsafeBytes { sink.deliver($0, to: port.id) }
-        } else {
+        case .held:
+            natFrameHeld = true
+        case .pass, .queued, .drop:
             sink.deliver(frame, to: port.id)
+        }
+    }
+
+    /// Delivers the pure ACKs the TCP shim held for the end of the loop turn, one per flow.
+    public func deliverHeldACKs(_ sink: any FramePathSink) {
+        while let id = tcpShim.takeHeldACK(into: &heldACKBuffer) {
+            let frame = heldACKBuffer
+            frame.withUnsafeBytes { sink.deliver($0, to: id) }
         }
     }
 

@@ -23,6 +23,12 @@ import FrameSwitch
 //   its end; one beyond the offered edge is dropped (the guest retransmits it). libslirp
 //   still sends every ACK, so an ACK toward the guest still means libslirp took the data.
 //
+// - ACKs. libslirp ACKs every segment it takes; a TCG guest pays for each. A pure ACK of a
+//   scaled flow is held to the end of the loop turn (`takeHeldACK`) and replaced by the
+//   flow's later ones, so a guest gets one ACK per flow per turn, no later than the
+//   turn's other frames. A duplicate (same ACK and window) still goes at once, as the
+//   guest counts those for fast retransmit, and anything else libslirp sends supersedes it.
+//
 // libslirp emits the ACK for an in-order segment synchronously inside slirp_input (header
 // prediction sets TF_ACKNOW), so the Network feeds one release, sees the ACK come back
 // through `fromNAT` (which may make more of the queue ready) and asks for the next
@@ -45,6 +51,9 @@ public struct TCPWindowShim {
         case queued
         /// Dropped: beyond the window offered to the guest, a duplicate, or over a cap.
         case drop
+        /// (From `fromNAT`.) A pure ACK kept until the end of the loop turn (`takeHeldACK`),
+        /// where a later one of the same flow replaces it.
+        case held
     }
 
     /// The shift offered to guests: 128-byte units, so 65535 covers 8 MiB.
@@ -70,6 +79,10 @@ public struct TCPWindowShim {
     public private(set) var scaledFlowCount = 0
     public private(set) var segmentsQueued = 0
     public private(set) var segmentsReleased = 0
+    /// libslirp's pure ACKs replaced by a later one of their flow in the same loop turn.
+    public private(set) var acksCoalesced = 0
+    /// Whether libslirp's pure ACKs are held to the end of the loop turn (`takeHeldACK`).
+    public var coalescesACKs = true
     public private(set) var droppedBeyondEdge = 0
     /// Segments dropped as duplicates of queued data or over a hard memory cap.
     public private(set) var droppedOther = 0
@@ -84,6 +97,8 @@ public struct TCPWindowShim {
     private var index: [FlowKey: Int] = [:]
     /// Flows whose first queued segment fits libslirp's window.
     private var ready: [Int] = []
+    /// Flows holding a pure ACK for the end of the loop turn.
+    private var heldList: [Int] = []
 
     public init(flowCap: Int = 4 << 20, networkCap: Int = 64 << 20, maxFlows: Int = 65536,
                 idleTimeout: Int64 = TCPWindowShim.defaultIdleTimeout) {
@@ -233,11 +248,50 @@ public struct TCPWindowShim {
         let field = offer(i, ack: h.ack, window: h.window)
         markIfReady(i)
         finishIfDone(i)
+        let pureACK = h.flags == Flag.ack && h.payload == 0
+        if slots[i].live, coalescesACKs {
+            if pureACK, holdACK(i, frame, h, field: field) { return .held }
+            // Anything else libslirp sends carries the same or a later ACK: the held one is stale.
+            if !pureACK { slots[i].heldACK.removeAll(keepingCapacity: true) }
+        }
         guard field != h.window else { return .pass }
         natOutput.removeAll(keepingCapacity: true)
         natOutput.append(contentsOf: frame)
         Self.setWord(&natOutput, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
         return .rewritten
+    }
+
+    /// Keeps libslirp's pure ACK as the flow's one ACK for this loop turn, replacing an
+    /// earlier one; false when it must go now: a duplicate of the held one (same ACK and
+    /// window: the guest counts duplicates for fast retransmit) goes at once.
+    private mutating func holdACK(_ i: Int, _ frame: UnsafeRawBufferPointer, _ h: Segment, field: UInt16) -> Bool {
+        let held = slots[i].heldACK
+        if !held.isEmpty, let old = held.withUnsafeBytes({ Segment($0) }),
+           old.ack == h.ack, old.window == field { return false }
+        slots[i].heldACK.removeAll(keepingCapacity: true)
+        slots[i].heldACK.append(contentsOf: frame[0..<h.ipEnd])
+        Self.setWord(&slots[i].heldACK, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
+        if !slots[i].inHeldList {
+            slots[i].inHeldList = true
+            heldList.append(i)
+        }
+        acksCoalesced += held.isEmpty ? 0 : 1
+        return true
+    }
+
+    /// The next ACK held for the end of the loop turn, copied into `frame`, and its guest's
+    /// port; nil when none is left. Call it in a loop once libslirp is done for the turn.
+    public mutating func takeHeldACK(into frame: inout [UInt8]) -> PortID? {
+        while let i = heldList.popLast() {
+            guard slots[i].inHeldList else { continue }
+            slots[i].inHeldList = false
+            guard slots[i].live, !slots[i].heldACK.isEmpty else { continue }
+            frame.removeAll(keepingCapacity: true)
+            frame.append(contentsOf: slots[i].heldACK)
+            slots[i].heldACK.removeAll(keepingCapacity: true)
+            return slots[i].port
+        }
+        return nil
     }
 
     private mutating func natSYN(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: FlowKey,
@@ -690,6 +744,9 @@ private struct Flow {
     var lastActive: Int64
     var ready = false
     var live = true
+    /// libslirp's latest pure ACK this loop turn, window already scaled; empty: none.
+    var heldACK: [UInt8] = []
+    var inHeldList = false
 
     init(port: PortID, lastActive: Int64) {
         self.port = port

@@ -56,6 +56,7 @@ final class Network {
     var nextCaptureID = 0
     /// Set while a frame from libslirp is switched with a capture running: its first delivery is captured.
     var capturingNATFrame = false
+    var capturingHeldACKs = false
 
     /// Guests that left with NAT connections open, oldest first (see `resetDepartedConnections`).
     private var departed: [DepartedGuest] = []
@@ -463,13 +464,18 @@ final class Network {
         guard !captures.isEmpty else { return framePath.fromNAT(frame, header, now: monotonicNanoseconds(), sink: self) }
         capturingNATFrame = true
         framePath.fromNAT(frame, header, now: monotonicNanoseconds(), sink: self)
-        if capturingNATFrame { capture(frame, header) }
+        if capturingNATFrame, !framePath.natFrameHeld { capture(frame, header) }
         capturingNATFrame = false
     }
 
-    /// Hands libslirp the frames made while it was busy (between its calls, never inside one).
+    /// Hands libslirp the frames made while it was busy (between its calls, never inside one);
+    /// then, libslirp being done for the loop turn, delivers the pure ACKs the TCP shim held
+    /// (one per flow), each captured as delivered.
     func injectPending() {
         framePath.injectPending(self)
+        capturingHeldACKs = !captures.isEmpty
+        framePath.deliverHeldACKs(self)
+        capturingHeldACKs = false
     }
 
     /// Descriptors new guests may not take (see acceptAll).

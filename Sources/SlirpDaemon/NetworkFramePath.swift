@@ -19,7 +19,7 @@ extension Network: FramePathSink {
     }
 
     func deliver(_ frame: UnsafeRawBufferPointer, to id: PortID) {
-        if capturingNATFrame, let header = EthernetHeader(frame) {
+        if capturingNATFrame || capturingHeldACKs, let header = EthernetHeader(frame) {
             capturingNATFrame = false
             capture(frame, header)
         }

@@ -25,9 +25,14 @@ struct ShimHarness {
         return (v, v == .rewritten ? shim.guestOutput : bytes)
     }
 
+    /// A held pure ACK is taken at once, as at the end of the Network's loop turn.
     mutating func nat(_ f: TCPFrame) -> (TCPWindowShim.Verdict, [UInt8]) {
         let bytes = f.bytes
         let v = bytes.withUnsafeBytes { shim.fromNAT($0, port: port, now: now) }
+        if v == .held {
+            var held: [UInt8] = []
+            return shim.takeHeldACK(into: &held) == port ? (.rewritten, held) : (v, [])
+        }
         return (v, v == .rewritten ? shim.natOutput : bytes)
     }
 
@@ -288,6 +293,7 @@ struct TCPWindowShimTests {
     @Test("the network cap shrinks later flows' offers; queued bytes stay within commitments; no retraction")
     func networkCap() {
         var a = ShimHarness(flowCap: 40_000, networkCap: 50_000)
+        a.shim.coalescesACKs = false  // natOutput is read after each ACK below
         a.open()
         #expect(a.slirpAck(0) == UInt16((65535 + 40_000) >> 7))
         // A second flow on the same shim (another guest port number).
@@ -410,5 +416,98 @@ struct TCPWindowShimTests {
         #expect(released.count == 1)
         #expect(released.first.map { $0.count } == f.bytes.count - 8)
         #expect(released.allSatisfy(TCPFrame.checksumsVerify))
+    }
+}
+
+@Suite("TCPWindowShim: libslirp's pure ACKs, one per flow per loop turn")
+struct TCPWindowShimACKTests {
+    /// libslirp's frame for the guest, as the Network hands it over (no end-of-turn take).
+    func fromNAT(_ h: inout ShimHarness, _ f: TCPFrame) -> TCPWindowShim.Verdict {
+        let bytes = f.bytes
+        return bytes.withUnsafeBytes { h.shim.fromNAT($0, port: h.port, now: h.now) }
+    }
+
+    func endOfTurn(_ h: inout ShimHarness) -> [(PortID, [UInt8])] {
+        var out: [(PortID, [UInt8])] = []
+        var frame: [UInt8] = []
+        while let port = h.shim.takeHeldACK(into: &frame) { out.append((port, frame)) }
+        return out
+    }
+
+    @Test("several ACKs in one turn reach the guest as the last one, its window scaled", arguments: [false, true])
+    func lastWins(v6: Bool) {
+        var h = ShimHarness(v6: v6)
+        h.open()
+        for n in 1...5 {
+            #expect(fromNAT(&h, h.toGuest(seq: h.slirpISN + 1, ack: h.g(n * 1000), window: 65535)) == .held)
+        }
+        let out = endOfTurn(&h)
+        #expect(out.count == 1)
+        #expect(out.first?.0 == h.port)
+        let frame = out.first?.1 ?? []
+        #expect(TCPFrame.ack(frame) == h.g(5000))
+        #expect(Int(TCPFrame.window(frame)) << 7 > 65535)
+        #expect(TCPFrame.checksumsVerify(frame))
+        #expect(h.shim.acksCoalesced == 4)
+        #expect(endOfTurn(&h).isEmpty)
+    }
+
+    @Test("a duplicate ACK (same ACK and window) goes at once, so the guest can count it for fast retransmit")
+    func duplicatesGoAtOnce() {
+        var h = ShimHarness()
+        h.open()
+        let ack = h.toGuest(seq: h.slirpISN + 1, ack: h.g(1000), window: 65535)
+        #expect(fromNAT(&h, ack) == .held)
+        let second = fromNAT(&h, ack)
+        #expect(second == .rewritten || second == .pass)
+        #expect(fromNAT(&h, ack) != .held)
+        #expect(endOfTurn(&h).count == 1)
+    }
+
+    @Test("data, FIN or RST from libslirp supersede the held ACK")
+    func supersededByData() {
+        var h = ShimHarness()
+        h.open()
+        #expect(fromNAT(&h, h.toGuest(seq: h.slirpISN + 1, ack: h.g(1000), window: 65535)) == .held)
+        let data = h.toGuest(TCPFrame.ackFlag | TCPFrame.psh, seq: h.slirpISN + 1, ack: h.g(1000), window: 65535, payload: 100)
+        #expect(fromNAT(&h, data) != .held)
+        #expect(endOfTurn(&h).isEmpty)
+        #expect(fromNAT(&h, h.toGuest(seq: h.slirpISN + 101, ack: h.g(2000), window: 65535)) == .held)
+        _ = fromNAT(&h, h.toGuest(TCPFrame.rst | TCPFrame.ackFlag, seq: h.slirpISN + 101, ack: h.g(2000), window: 0))
+        #expect(endOfTurn(&h).isEmpty)
+        #expect(h.shim.flowCount == 0)
+    }
+
+    @Test("each flow keeps its own ACK; a flow that ends before the turn's end loses its held one")
+    func perFlow() {
+        var h = ShimHarness()
+        h.open()
+        #expect(fromNAT(&h, h.toGuest(seq: h.slirpISN + 1, ack: h.g(1000), window: 65535)) == .held)
+        // A second flow: another guest port number.
+        var syn = h.fromGuest(TCPFrame.syn, seq: 1, window: 64240, options: [1, 3, 3, 7])
+        syn.sourcePort = 40001
+        _ = syn.bytes.withUnsafeBytes { h.shim.fromGuest($0, port: PortID(2), now: 0) }
+        var synack = h.toGuest(TCPFrame.syn | TCPFrame.ackFlag, seq: 9, ack: 2, window: 65535)
+        synack.destinationPort = 40001
+        _ = fromNAT(&h, synack)
+        var ack = h.toGuest(seq: 10, ack: 500, window: 65535)
+        ack.destinationPort = 40001
+        #expect(fromNAT(&h, ack) == .held)
+        #expect(Set(endOfTurn(&h).map(\.0.raw)) == [1, 2])
+        // Held, then the guest resets the flow: nothing is delivered for it.
+        #expect(fromNAT(&h, ack) == .held)
+        var rst = h.fromGuest(TCPFrame.rst, seq: 500)
+        rst.sourcePort = 40001
+        _ = rst.bytes.withUnsafeBytes { h.shim.fromGuest($0, port: PortID(2), now: 0) }
+        #expect(endOfTurn(&h).isEmpty)
+    }
+
+    @Test("with coalescing off every ACK goes at once")
+    func off() {
+        var h = ShimHarness()
+        h.shim.coalescesACKs = false
+        h.open()
+        #expect(fromNAT(&h, h.toGuest(seq: h.slirpISN + 1, ack: h.g(1000), window: 65535)) == .rewritten)
+        #expect(endOfTurn(&h).isEmpty)
     }
 }
