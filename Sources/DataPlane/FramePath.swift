@@ -100,6 +100,11 @@ public final class FramePath {
         ports[port.id] = port
     }
 
+    /// Caps what the TCP shim offers each flow of `port` beyond libslirp's window.
+    public func setShimFlowCap(_ bytes: Int, for port: PortID) {
+        tcpShim.setFlowCap(bytes, for: port)
+    }
+
     /// Forgets a port that has gone: its MACs, its addresses and what the neighbour tables
     /// learnt from them, and its TCP flows. Returns the MACs the switch had learnt on it.
     @discardableResult

@@ -39,7 +39,9 @@ import FrameSwitch
 // most `networkCap`; when the network's commitments reach its cap, new offers shrink
 // (never below what was already offered). Flow state goes on RST, after FINs both ways
 // with an empty queue, with the guest's port, or after `idleTimeout` of silence; past
-// `maxFlows` new flows are not scaled. SACK and timestamps are never on (libslirp does not
+// `maxFlows` new flows are not scaled. A port can give its flows a smaller cap
+// (`setFlowCap`: a tap drops what its queue cannot hold). Flows whose MSS exceeds 16 KiB
+// are not scaled (`maxScaledMSS`). SACK and timestamps are never on (libslirp does not
 // offer them), so neither needs translating.
 public struct TCPWindowShim {
     public enum Verdict: Equatable, Sendable {
@@ -60,6 +62,13 @@ public struct TCPWindowShim {
     public static let ourShift: UInt8 = 7
     /// RFC 7323's largest shift.
     public static let maxShift: UInt8 = 14
+    /// Flows with a larger MSS are not scaled. libslirp sends a window update only once its
+    /// window has opened by two segments (tcp_output), which a 64 KiB window never does
+    /// for segments over 32 KiB: held data would then wait for an update that never comes.
+    /// Such flows (MTU 65520) already carry one segment per libslirp window.
+    public static let maxScaledMSS = 16384
+    /// RFC 9293's default when a SYN has no MSS option.
+    static let defaultMSS = 536
     public static let defaultIdleTimeout: Int64 = 120_000_000_000
 
     public let flowCap: Int
@@ -99,6 +108,8 @@ public struct TCPWindowShim {
     private var ready: [Int] = []
     /// Flows holding a pure ACK for the end of the loop turn.
     private var heldList: [Int] = []
+    /// Per-flow caps below `flowCap` for the flows of some ports (`setFlowCap`).
+    private var portCaps: [PortID: Int] = [:]
 
     public init(flowCap: Int = 4 << 20, networkCap: Int = 64 << 20, maxFlows: Int = 65536,
                 idleTimeout: Int64 = TCPWindowShim.defaultIdleTimeout) {
@@ -167,6 +178,7 @@ public struct TCPWindowShim {
         }
         guard let slot = i ?? create(key, port: port, now: now) else { return .pass }
         slots[slot].shift = min(frame[ws + 2], Self.maxShift)
+        slots[slot].guestMSS = h.mssOption(frame) ?? Self.defaultMSS
         slots[slot].lastActive = now
         return nopOut(frame, h, option: ws)
     }
@@ -212,7 +224,7 @@ public struct TCPWindowShim {
             k += 1
         }
         let length = h.payload
-        guard slots[i].bytes - removed + length <= flowCap, queuedBytes - removed + length <= networkCap else {
+        guard slots[i].bytes - removed + length <= slots[i].cap, queuedBytes - removed + length <= networkCap else {
             droppedOther += 1
             return .drop
         }
@@ -301,6 +313,10 @@ public struct TCPWindowShim {
             free(old)
             i = nil
         }
+        guard (h.mssOption(frame) ?? Self.defaultMSS) <= Self.maxScaledMSS else {
+            if let i { free(i) }
+            return .pass
+        }
         guard let slot = i ?? create(key, port: port, now: now) else { return .pass }
         slots[slot].phase = .slirpSYN
         slots[slot].lastActive = now
@@ -314,7 +330,8 @@ public struct TCPWindowShim {
     private mutating func natSYNACK(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: FlowKey,
                                     now: Int64) -> Verdict {
         guard let i = index[key], slots[i].phase != .slirpSYN else { return .pass }
-        guard appendWindowScale(frame, h) else {
+        guard min(h.mssOption(frame) ?? Self.defaultMSS, slots[i].guestMSS) <= Self.maxScaledMSS,
+              appendWindowScale(frame, h) else {
             free(i)
             return .pass
         }
@@ -337,7 +354,7 @@ public struct TCPWindowShim {
         advanceSlirpEdge(i, ack &+ UInt32(window))
         let flow = slots[i]
         let others = committedBytes - flow.committed
-        let room = max(0, min(flowCap, networkCap - others))
+        let room = max(0, min(flow.cap, networkCap - others))
         let base = max(0, Int(seqDiff(flow.slirpEdge, ack)))
         // libslirp's own window rounded up, so the guest can always fill it; the room
         // rounded down, so the caps hold.
@@ -349,7 +366,7 @@ public struct TCPWindowShim {
             // RFC 7323 2.4; what it already sent up to the old edge is still accepted).
             let keep = Int(seqDiff(flow.edge, ack))
             var kept = (keep + 127) >> 7
-            if (kept << 7) - base > flowCap + 127 { kept = keep >> 7 }
+            if (kept << 7) - base > flow.cap + 127 { kept = keep >> 7 }
             field = max(field, kept)
         }
         field = min(field, 65535)
@@ -407,8 +424,16 @@ public struct TCPWindowShim {
         return nil
     }
 
+    /// Caps what each new flow of `port` may be offered beyond libslirp's window below
+    /// `flowCap`: a guest behind a tap drops what its device's queue cannot hold (1,000
+    /// frames by default) instead of waiting, so its offer must fit that queue.
+    public mutating func setFlowCap(_ bytes: Int, for port: PortID) {
+        portCaps[port] = max(0, bytes)
+    }
+
     /// Forgets the flows of a guest whose port closed.
     public mutating func removePort(_ port: PortID) {
+        portCaps[port] = nil
         for i in slots.indices where slots[i].live && slots[i].port == port { free(i) }
     }
 
@@ -434,7 +459,8 @@ public struct TCPWindowShim {
             flowsRefused += 1
             return nil
         }
-        let flow = Flow(port: port, lastActive: now)
+        var flow = Flow(port: port, lastActive: now)
+        flow.cap = min(flowCap, portCaps[port] ?? flowCap)
         let i: Int
         if let reused = freeSlots.popLast() {
             i = reused
@@ -686,8 +712,18 @@ private struct Segment {
         return key
     }
 
+    /// The value of a well-formed MSS option (kind 2, length 4), if any.
+    func mssOption(_ frame: UnsafeRawBufferPointer) -> Int? {
+        option(frame, kind: 2, length: 4).map { Int(read16(frame, $0 + 2)) }
+    }
+
     /// The offset of a well-formed Window Scale option (kind 3, length 3), if any.
     func windowScaleOption(_ frame: UnsafeRawBufferPointer) -> Int? {
+        option(frame, kind: 3, length: 3)
+    }
+
+    /// The offset of option `kind` if it is present and `length` bytes long.
+    func option(_ frame: UnsafeRawBufferPointer, kind wanted: UInt8, length wantedLength: Int) -> Int? {
         var i = tcp + 20
         let end = tcp + dataOffset
         while i < end {
@@ -697,7 +733,7 @@ private struct Segment {
             guard i + 1 < end else { return nil }
             let length = Int(frame[i + 1])
             guard length >= 2, i + length <= end else { return nil }
-            if kind == 3 { return length == 3 ? i : nil }
+            if kind == wanted { return length == wantedLength ? i : nil }
             i += length
         }
         return nil
@@ -725,6 +761,8 @@ private struct Flow {
     var port: PortID
     var phase: Phase = .guestSYN
     var shift: UInt8 = 0
+    /// The MSS in the guest's SYN, when it opened.
+    var guestMSS = TCPWindowShim.defaultMSS
     /// libslirp's right edge (its ack + window), only ever moved forward.
     var slirpEdge: UInt32 = 0
     var hasSlirpEdge = false
@@ -739,6 +777,8 @@ private struct Flow {
     var head = 0
     var bytes = 0
     var committed = 0
+    /// What the flow may be offered beyond libslirp's window: `flowCap`, or its port's.
+    var cap = 0
     var guestFin = false
     var slirpFin = false
     var lastActive: Int64

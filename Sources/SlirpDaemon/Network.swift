@@ -149,6 +149,16 @@ final class Network {
                              kind: .tap(name: name, received: ByteBuffer(capacity: StreamFraming.maximumFrame)),
                              socket: socket, now: monotonicNanoseconds())
         admit(port, on: "tap:\(name)")
+        framePath.setShimFlowCap(Network.tapShimFlowCap(mtu: config.mtu), for: port.id)
+    }
+
+    /// What the TCP shim may offer a flow behind a tap beyond libslirp's window. The tap's
+    /// queue (1,000 frames by default) holds what the guest sent and slirpd has not read,
+    /// and drops the rest: a 4 MiB offer let a namespace overrun it, and its TCP (libslirp
+    /// has no SACK) fell to 0.4x with thousands of retransmissions. 256 frames leave room
+    /// for a few flows at once; at MTU 65520 the shim's own 4 MiB cap applies.
+    static func tapShimFlowCap(mtu: Int) -> Int {
+        max(0, 256 * (mtu - 40) - 65535)
     }
 
     /// Hands a guest forward to libslirp. The address is resolved (empty means .4) so that

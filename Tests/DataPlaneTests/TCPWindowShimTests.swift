@@ -511,3 +511,51 @@ struct TCPWindowShimACKTests {
         #expect(endOfTurn(&h).isEmpty)
     }
 }
+
+@Suite("TCPWindowShim: which flows are scaled, and how far")
+struct TCPWindowShimScopeTests {
+    @Test("an MSS over 16 KiB on both sides leaves the flow unscaled: libslirp's SYN-ACK passes as it is; one small MSS is scaled")
+    func jumboGuestOpens() {
+        for (guestMSS, slirpMSS) in [(UInt16(65480), UInt16(1460)), (1460, 65480)] {
+            var h = ShimHarness()
+            _ = h.guest(h.fromGuest(TCPFrame.syn, seq: h.guestISN, window: 64240,
+                                    options: [2, 4, UInt8(guestMSS >> 8), UInt8(guestMSS & 0xFF), 1, 3, 3, 7]))
+            let synack = h.toGuest(TCPFrame.syn | TCPFrame.ackFlag, seq: h.slirpISN, ack: h.g(0), window: 65535,
+                                   options: [2, 4, UInt8(slirpMSS >> 8), UInt8(slirpMSS & 0xFF)])
+            // libslirp's segments follow the smaller MSS, so its window updates keep coming.
+            #expect(h.nat(synack).0 == .rewritten)
+            #expect(h.shim.scaledFlowCount == 1)
+        }
+        for (guestMSS, slirpMSS) in [(UInt16(65480), UInt16(65480)), (32000, 20000)] {
+            var h = ShimHarness()
+            _ = h.guest(h.fromGuest(TCPFrame.syn, seq: h.guestISN, window: 64240,
+                                    options: [2, 4, UInt8(guestMSS >> 8), UInt8(guestMSS & 0xFF), 1, 3, 3, 7]))
+            let synack = h.toGuest(TCPFrame.syn | TCPFrame.ackFlag, seq: h.slirpISN, ack: h.g(0), window: 65535,
+                                   options: [2, 4, UInt8(slirpMSS >> 8), UInt8(slirpMSS & 0xFF)])
+            let (v, out) = h.nat(synack)
+            #expect(v == .pass)
+            #expect(out == synack.bytes)
+            #expect(h.shim.scaledFlowCount == 0)
+            #expect(h.flow == nil)
+        }
+    }
+
+    @Test("libslirp's SYN with a jumbo MSS (a host forward on an MTU 65520 network) gains no Window Scale")
+    func jumboHostForward() {
+        var h = ShimHarness()
+        let syn = h.toGuest(TCPFrame.syn, seq: h.slirpISN, ack: 0, window: 65535, options: [2, 4, 0xFF, 0xC8])
+        let (v, out) = h.nat(syn)
+        #expect(v == .pass && out == syn.bytes)
+        #expect(h.shim.flowCount == 0)
+    }
+
+    @Test("a port's flow cap limits what its new flows are offered beyond libslirp's window")
+    func portCap() {
+        var h = ShimHarness(flowCap: 1 << 20)
+        h.shim.setFlowCap(100_000, for: h.port)
+        h.open()
+        let field = Int(h.slirpAck(0))
+        #expect(field == (65535 + 127) >> 7 + 100_000 >> 7 || field == (65535 + 100_000) >> 7)
+        #expect((h.flow?.committed ?? .max) <= 100_000)
+    }
+}
