@@ -10,6 +10,8 @@ public struct NetworkConfig: Sendable, Equatable {
     public var endpoints: [EndpointSpec]
     /// 0 keeps libslirp's default (1500).
     public var mtu: Int
+    /// The MTU in effect: `mtu`, or libslirp's default 1500.
+    public var effectiveMTU: Int { mtu > 0 ? mtu : 1500 }
     /// Permission bits of the Unix socket files.
     public var socketMode: UInt32
     /// Group to give the Unix socket files, by name; nil keeps the daemon's own group.

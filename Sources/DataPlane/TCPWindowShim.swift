@@ -120,6 +120,18 @@ public struct TCPWindowShim {
         self.idleTimeout = idleTimeout
     }
 
+    /// The scaled flow of a segment past the handshake, or nil (it passes untouched); a
+    /// RST, which passes too, frees its flow.
+    private mutating func scaledFlow(_ key: FlowKey, _ h: Segment, now: Int64) -> Int? {
+        guard let i = index[key] else { return nil }
+        if h.flags & Flag.rst != 0 {
+            free(i)
+            return nil
+        }
+        slots[i].lastActive = now
+        return slots[i].phase == .scaled ? i : nil
+    }
+
     // MARK: Guest -> libslirp
 
     /// A guest's frame for libslirp (after NATIngressCheck).
@@ -130,13 +142,7 @@ public struct TCPWindowShim {
             if h.flags & Flag.ack == 0 { return guestSYN(frame, h, key, port: port, now: now) }
             return guestSYNACK(frame, h, key, now: now)
         }
-        guard let i = index[key] else { return .pass }
-        if h.flags & Flag.rst != 0 {
-            free(i)
-            return .pass
-        }
-        slots[i].lastActive = now
-        guard slots[i].phase == .scaled else { return .pass }
+        guard let i = scaledFlow(key, h, now: now) else { return .pass }
         let window = UInt16(min(65535, Int(h.window) << Int(slots[i].shift)))
         if h.flags & Flag.ack != 0 {
             if !slots[i].hasGuestAck || seqGT(h.ack, slots[i].guestAck) {
@@ -248,13 +254,7 @@ public struct TCPWindowShim {
             if h.flags & Flag.ack == 0 { return natSYN(frame, h, key, port: port, now: now) }
             return natSYNACK(frame, h, key, now: now)
         }
-        guard let i = index[key] else { return .pass }
-        if h.flags & Flag.rst != 0 {
-            free(i)
-            return .pass
-        }
-        slots[i].lastActive = now
-        guard slots[i].phase == .scaled else { return .pass }
+        guard let i = scaledFlow(key, h, now: now) else { return .pass }
         if h.flags & Flag.fin != 0 { slots[i].slirpFin = true }
         guard h.flags & Flag.ack != 0 else { return .pass }
         let field = offer(i, ack: h.ack, window: h.window)

@@ -149,7 +149,7 @@ final class Network {
                              kind: .tap(name: name, received: ByteBuffer(capacity: StreamFraming.maximumFrame)),
                              socket: socket, now: monotonicNanoseconds())
         admit(port, on: "tap:\(name)")
-        framePath.setShimFlowCap(Network.tapShimFlowCap(mtu: config.mtu), for: port.id)
+        framePath.setShimFlowCap(Network.tapShimFlowCap(mtu: config.effectiveMTU), for: port.id)
     }
 
     /// What the TCP shim may offer a flow behind a tap beyond libslirp's window. The tap's

@@ -88,7 +88,7 @@ extension Network {
         let o = config.options
         return NetworkInfo(
             name: config.name, options: config.optionText, network: "\(o.network.address)/\(o.network.prefixLength)",
-            gateway: "\(o.host)", dns: "\(o.dns)", dhcpStart: "\(o.dhcpStart)", mtu: config.mtu == 0 ? 1500 : config.mtu,
+            gateway: "\(o.host)", dns: "\(o.dns)", dhcpStart: "\(o.dhcpStart)", mtu: config.effectiveMTU,
             restricted: o.restricted, endpoints: config.endpoints.map(\.description), guests: ports.count,
             counters: totalCounters, flowLimits: flowLimitsInfo)
     }
