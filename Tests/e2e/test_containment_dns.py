@@ -271,8 +271,11 @@ def test_a_three_thousand_byte_query_over_udp_is_answered(tmp_path):
             assert r["rcode"] == 0 and not r["tc"] and r["answers"] == [["TXT", BIG_TXT]], r
             assert r["reassembled"] >= 1, f"the {r['size']}-byte answer did not come as fragments: {r}"
             # The same answer to a small query over IPv6 comes as IPv6 fragments.
-            wait_for(lambda: "fec0::" in nss.exec(0, "ip", "-6", "addr", "show", "scope", "site").stdout,
-                     30, what="a SLAAC address")
+            # Usable once duplicate address detection is over: a tentative address neither sends nor receives.
+            def slaac_ready() -> bool:
+                out = nss.exec(0, "ip", "-6", "addr", "show", "scope", "site").stdout
+                return "fec0::" in out and "tentative" not in out
+            wait_for(slaac_ready, 30, what="a SLAAC address past duplicate address detection")
             r = ask("big.example.test", 0, server="fec0::3")
             assert r["rcode"] == 0 and not r["tc"] and r["answers"] == [["TXT", BIG_TXT]], r
             assert r["reassembled"] >= 1, f"the {r['size']}-byte answer did not come as IPv6 fragments: {r}"
