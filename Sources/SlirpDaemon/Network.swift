@@ -15,7 +15,8 @@ import SlirpKit
 /// every per-frame decision is DataPlane's `FramePath`, which holds no socket. A frame
 /// read from a guest is counted, shown to captures and handed to `framePath.fromGuest`;
 /// libslirp's output arrives through the stack's `onOutput` (while the loop is inside a
-/// libslirp call), is shown to captures and handed to `framePath.fromNAT`. The frame path
+/// libslirp call), is handed to `framePath.fromNAT` and shown to captures as the guest
+/// gets it (after the TCP window shim's rewrite). The frame path
 /// answers through `FramePathSink` (NetworkFramePath.swift): `deliver` only enqueues,
 /// `inputToNAT` calls libslirp, `serveLocally` asks DHCP/DNS, and its events are counted
 /// and logged here, paced. Closing a port is deferred to the end of the iteration.
@@ -24,7 +25,7 @@ import SlirpKit
 /// network"): the switch caps MACs per port and port security checks every frame's
 /// addresses (NetworkSecurity.swift); a frame for the NAT is reassembled, checked for
 /// lengths libslirp would misread and admitted by the guest's flow budget
-/// (NetworkBudget.swift), last, before libslirp; libslirp's frames go only to the port
+/// (NetworkBudget.swift) before the TCP window shim and libslirp; libslirp's frames go only to the port
 /// holding their destination address, and its budget sees them on the way (FramePath.swift).
 final class Network {
     static let natPort = PortID(0)
