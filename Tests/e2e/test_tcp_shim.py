@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from bulk import receive_and_hash
 from daemon import Slirpd, metric
 from guest import free_port, wait_for
 from test_tap import in_ns, namespace_tap, sh  # noqa: F401 (fixture)
@@ -48,15 +49,9 @@ def digest_server(listener, results):
     conn, _ = listener.accept()
     with conn:
         conn.settimeout(60)
-        h, n = hashlib.sha256(), 0
-        while True:
-            b = conn.recv(1 << 16)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
+        n, digest = receive_and_hash(conn)
         results.append(n)
-        conn.sendall(h.hexdigest().encode())
+        conn.sendall(digest.encode())
 
 
 def test_window_scale_offered_both_ways_and_a_bulk_transfer_arrives_intact(tmp_path, namespace_tap):
