@@ -5,7 +5,6 @@ open, and a bulk transfer arrives intact through the held-segment queue.
 Traffic goes only to 127.0.0.1 (via the gateway 10.0.2.2) and into the test's namespace.
 """
 
-import hashlib
 import signal
 import socket
 import subprocess
