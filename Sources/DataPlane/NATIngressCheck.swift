@@ -191,19 +191,12 @@ public struct NATIngressCheck: Sendable {
     /// Whether every TCP option between `start` and `end` lies inside them, with the
     /// lengths RFC 9293 and RFC 7323 give MSS (4) and window scale (3).
     private static func optionsFit(_ frame: UnsafeRawBufferPointer, from start: Int, to end: Int) -> Bool {
-        var i = start
-        while i < end {
-            let kind = frame[i]
-            if kind == 0 { return true }
-            if kind == 1 { i += 1; continue }
-            guard i + 1 < end else { return false }
-            let length = Int(frame[i + 1])
-            guard length >= 2, i + length <= end else { return false }
-            if kind == 2, length != 4 { return false }
-            if kind == 3, length != 3 { return false }
-            i += length
+        var lengthsRight = true
+        let inside = TCPOptions.walk(frame, from: start, to: end) { kind, _, length in
+            lengthsRight = !(kind == 2 && length != 4) && !(kind == 3 && length != 3)
+            return lengthsRight
         }
-        return true
+        return inside && lengthsRight
     }
 
     private static func udp(_ frame: UnsafeRawBufferPointer, at u: Int, length: Int) -> Verdict {

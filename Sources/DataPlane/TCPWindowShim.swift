@@ -724,19 +724,13 @@ private struct Segment {
 
     /// The offset of option `kind` if it is present and `length` bytes long.
     func option(_ frame: UnsafeRawBufferPointer, kind wanted: UInt8, length wantedLength: Int) -> Int? {
-        var i = tcp + 20
-        let end = tcp + dataOffset
-        while i < end {
-            let kind = frame[i]
-            if kind == 0 { return nil }
-            if kind == 1 { i += 1; continue }
-            guard i + 1 < end else { return nil }
-            let length = Int(frame[i + 1])
-            guard length >= 2, i + length <= end else { return nil }
-            if kind == wanted { return length == wantedLength ? i : nil }
-            i += length
+        var found: Int?
+        let wellFormed = TCPOptions.walk(frame, from: tcp + 20, to: tcp + dataOffset) { kind, offset, length in
+            guard kind == wanted else { return true }
+            found = length == wantedLength ? offset : nil
+            return false
         }
-        return nil
+        return wellFormed ? found : nil
     }
 }
 
