@@ -36,6 +36,10 @@ import Testing
             let f = Edge.segment(v6: v6, fromGuest: false, length: length, flags: Self.ack | Self.psh)
             let pieces = segment(f, mss: mss)
             #expect(pieces?.count == count, "payload \(length), mss \(mss)")
+            // The allocation-free form builds the same pieces in one reused buffer.
+            var scratch: [UInt8] = [], same: [[UInt8]] = []
+            let cut = f.withUnsafeBytes { TCPSegmentation.forEachSegment($0, mss: mss, scratch: &scratch) { same.append(Array($0)) } }
+            #expect(cut == (pieces != nil) && same == (pieces ?? []))
             guard let pieces else { continue }
             expectPieces(pieces, of: f, mss: mss)
             for p in pieces.dropLast() { #expect(Edge.payload(p).count == mss) }

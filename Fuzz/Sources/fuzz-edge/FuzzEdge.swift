@@ -1,5 +1,5 @@
-// fuzz-edge: the libFuzzer target for the edge stages, TCPSegmentation (software TSO) and
-// TCPCoalescer (software GRO).
+// fuzz-edge: the libFuzzer target for the edge stages, TCPSegmentation (software TSO, both
+// forms) and TCPCoalescer (software GRO).
 //
 // Theory of operation. The first 18 bytes of the input describe a frame and what to do
 // with it; the rest is its TCP payload, or (mode bit 1) the whole frame, raw. Crafted
@@ -140,6 +140,9 @@ func checkSegment(_ f: [UInt8], mss: Int) -> [[UInt8]]? {
     let parsed = Parsed(f)
     let expected = parsed.map { mss > 0 && $0.end - $0.payload > mss && $0.flags & 0x06 == 0 } ?? false
     check((pieces != nil) == expected, "segment answered \(pieces != nil) for a frame it should \(expected ? "" : "not ")cut")
+    var scratch: [UInt8] = [], same: [[UInt8]] = []
+    let cut = f.withUnsafeBytes { TCPSegmentation.forEachSegment($0, mss: mss, scratch: &scratch) { same.append(Array($0)) } }
+    check(cut == (pieces != nil) && same == (pieces ?? []), "forEachSegment differs from segment")
     guard let pieces, let p = parsed else { return nil }
     var offset = 0
     for (i, piece) in pieces.enumerated() {
