@@ -35,6 +35,8 @@ let package = Package(
         fuzzTarget("fuzz-nat-stream", ["FrameSwitch", "SlirpDaemon"]),
         // The TCP window shim: both sides' frames in any order (DataPlane/TCPWindowShim.swift).
         fuzzTarget("fuzz-tcp-shim", ["FrameSwitch", "DataPlane"]),
+        // The edge stages: software TSO and GRO (DataPlane/TCPSegmentation.swift, TCPCoalescer.swift).
+        fuzzTarget("fuzz-edge", ["FrameSwitch", "DataPlane"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -63,15 +63,7 @@ public func ipv6Source<C: RandomAccessCollection<UInt8>>(frame: C) -> IPv6Key? w
 public enum IPChecksum {
     /// The folded 16-bit one's complement sum, not yet complemented.
     public static func sum(_ bytes: [UInt8], initial: UInt16 = 0) -> UInt16 {
-        var sum = UInt32(initial)
-        var i = 0
-        while i + 1 < bytes.count {
-            sum += UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1])
-            i += 2
-        }
-        if i < bytes.count { sum += UInt32(bytes[i]) << 8 }
-        while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
-        return UInt16(sum)
+        bytes.withUnsafeBytes { sum($0, initial: initial) }  // InternetChecksum.swift
     }
 
     /// Writes the checksum of `bytes` (whose checksum field at `offset` is zero), with the

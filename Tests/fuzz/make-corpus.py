@@ -22,6 +22,9 @@ nat-stream seeds are fuzz-nat-stream's segment records (flags, urgent pointer, a
 data-offset/option-words byte and the options, a payload length and payload, a byte of
 length tricks): in-order data as a guest sends it, with and without options, and one
 honest urgent segment (pointer inside its payload).
+edge seeds are fuzz-edge's inputs (an 18-byte description, then the payload or a raw
+frame): IPv4 and IPv6 segments to cut at MSS 1460 and at odd sizes, with options,
+padding, FIN/PSH/URG/CWR, a wrong IP length, and edit programs for the coalescer.
 options seeds are option strings from README.md and the unit tests; config seeds are the
 configs of README.md, ConfigFile.swift's documentation, systemd/slirpd.toml and the unit
 tests, taken from those files, and a few more.
@@ -357,6 +360,35 @@ NAT_STREAM_SEEDS = {
 }
 
 
+def edge_seed(payload, mode=0, flags=0x10, mss=1459, urgent=0, split=700, max_payload=64999, seq=0xFFFFF000,
+              delta=0, program=(0x3F, 0x3F, 0x3F)):
+    """One fuzz-edge input (see its theory of operation): mode bits 0 IPv6, 1 raw frame,
+    2 TCP options, 3 IPv4 options, 4 padding, 5 length trick, 7 MSS taken as is (else 1 +
+    mss % 1500); the program's bytes: top 2 bits corrupt/drop/duplicate/insert, low 6 the piece."""
+    return (bytes([mode, flags]) + struct.pack("!HHHHI", mss, urgent, split, max_payload, seq)
+            + struct.pack("!b", delta) + bytes(program) + payload)
+
+
+def edge_payload(n):
+    return bytes((i * 7 + (i >> 8)) & 0xFF for i in range(n))
+
+
+EDGE_SEEDS = {
+    "v4-psh-mss1460": edge_seed(edge_payload(3000), flags=0x18),
+    "v6-fin-mss7": edge_seed(edge_payload(101), mode=0x01, flags=0x19, mss=6, split=50),
+    "v4-options-padding-urgent": edge_seed(edge_payload(200), mode=0x1C, flags=0xB0, mss=31, urgent=50, split=1),
+    "v6-options-cwr-ece": edge_seed(edge_payload(999), mode=0x05, flags=0xD8, mss=99),
+    "v4-short-ip-length": edge_seed(edge_payload(300), mode=0x20, mss=99, delta=-3),
+    "v6-long-ip-length": edge_seed(edge_payload(300), mode=0x21, mss=99, delta=5),
+    "coalesce-corrupt-drop-dup": edge_seed(edge_payload(1200), mss=199, program=(0x02, 0x43, 0x81)),
+    "coalesce-insert-small-cap": edge_seed(edge_payload(1200), mss=99, max_payload=299, program=(0xC3, 0x3F, 0x3F)),
+    "syn-not-cut": edge_seed(edge_payload(2000), flags=0x12, mss=99),
+    "mss-as-is-zero": edge_seed(edge_payload(50), mode=0x80, mss=0),
+    "raw-frame": edge_seed(bytes.fromhex("5255 0a000202 525400123456 0800 4500 0030 0001 0000 4006 0000")
+                           + bytes([10, 0, 2, 2, 10, 0, 2, 15]) + bytes(28), mode=0x02, mss=3),
+}
+
+
 def write(kind, name, data):
     path = os.path.join(HERE, "corpus", kind, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -409,6 +441,9 @@ def main():
 
     for name, records in NAT_STREAM_SEEDS.items():
         write("nat-stream", name + ".records", records)
+
+    for name, data in EDGE_SEEDS.items():
+        write("edge", name + ".bin", data)
 
     for name, text in OPTION_STRINGS.items():
         write("options", name + ".opts", text.encode())
