@@ -143,16 +143,16 @@ public struct TCPCoalescer {
         held.withUnsafeMutableBytes { out in
             let ip = TCPSegmentLayout.ip, t = l.tcp
             if l.v6 {
-                out.store16(UInt16(l.end - t), at: ip + 4)
+                out.storeNet16(UInt16(l.end - t), at: ip + 4)
             } else {
-                out.store16(UInt16(l.end - ip), at: ip + 2)
-                out.store16(0, at: ip + 10)
-                out.store16(~IPChecksum.sum(UnsafeRawBufferPointer(rebasing: out[ip..<t])), at: ip + 10)
+                out.storeNet16(UInt16(l.end - ip), at: ip + 2)
+                out.storeNet16(0, at: ip + 10)
+                out.storeNet16(~IPChecksum.sum(UnsafeRawBufferPointer(rebasing: out[ip..<t])), at: ip + 10)
             }
-            out.store16(0, at: t + 16)
+            out.storeNet16(0, at: t + 16)
             let headerSum = IPChecksum.sum(UnsafeRawBufferPointer(rebasing: out[t..<l.payload]))
             let total = IPChecksum.add(IPChecksum.add(pseudo, UInt16(l.end - t)), IPChecksum.add(headerSum, sum))
-            out.store16(~total, at: t + 16)
+            out.storeNet16(~total, at: t + 16)
         }
     }
 
