@@ -97,10 +97,7 @@ public struct TCPCoalescer {
               layout.payloadLength + l.payloadLength <= maxPayload,
               Self.seq(frame, l.tcp) == nextSeq else { return false }
         return held.withUnsafeBytes { h in
-            func same(_ range: Range<Int>) -> Bool {
-                for i in range where h[i] != frame[i] { return false }
-                return true
-            }
+            func same(_ range: Range<Int>) -> Bool { Self.equal(h, frame, range) }
             let ip = TCPSegmentLayout.ip, t = l.tcp
             let ipSame = l.v6 ? same(ip..<(ip + 4)) && h[ip + 7] == frame[ip + 7] && same((ip + 8)..<(ip + 40))
                 : h[ip + 1] == frame[ip + 1] && h[ip + 6] & 0x40 == frame[ip + 6] & 0x40 && h[ip + 8] == frame[ip + 8]
@@ -143,17 +140,36 @@ public struct TCPCoalescer {
         held.withUnsafeMutableBytes { out in
             let ip = TCPSegmentLayout.ip, t = l.tcp
             if l.v6 {
-                out.store16(UInt16(l.end - t), at: ip + 4)
+                out.storeNet16(UInt16(l.end - t), at: ip + 4)
             } else {
-                out.store16(UInt16(l.end - ip), at: ip + 2)
-                out.store16(0, at: ip + 10)
-                out.store16(~IPChecksum.sum(UnsafeRawBufferPointer(rebasing: out[ip..<t])), at: ip + 10)
+                out.storeNet16(UInt16(l.end - ip), at: ip + 2)
+                out.storeNet16(0, at: ip + 10)
+                out.storeNet16(~IPChecksum.sum(UnsafeRawBufferPointer(rebasing: out[ip..<t])), at: ip + 10)
             }
-            out.store16(0, at: t + 16)
+            out.storeNet16(0, at: t + 16)
             let headerSum = IPChecksum.sum(UnsafeRawBufferPointer(rebasing: out[t..<l.payload]))
             let total = IPChecksum.add(IPChecksum.add(pseudo, UInt16(l.end - t)), IPChecksum.add(headerSum, sum))
-            out.store16(~total, at: t + 16)
+            out.storeNet16(~total, at: t + 16)
         }
+    }
+
+    /// Whether two buffers hold the same bytes in `range`, compared eight at a time.
+    private static func equal(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
+        guard range.upperBound <= a.count, range.upperBound <= b.count else { return false }
+        var i = range.lowerBound
+        if let pa = a.baseAddress, let pb = b.baseAddress {
+            while i + 8 <= range.upperBound {
+                if pa.loadUnaligned(fromByteOffset: i, as: UInt64.self) != pb.loadUnaligned(fromByteOffset: i, as: UInt64.self) {
+                    return false
+                }
+                i += 8
+            }
+        }
+        while i < range.upperBound {
+            if a[i] != b[i] { return false }
+            i += 1
+        }
+        return true
     }
 
     private static func seq(_ frame: UnsafeRawBufferPointer, _ t: Int) -> UInt32 {

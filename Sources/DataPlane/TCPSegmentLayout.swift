@@ -64,16 +64,16 @@ struct TCPSegmentLayout {
 }
 
 extension UnsafeMutableRawBufferPointer {
-    /// Stores a big-endian 16-bit value.
-    func store16(_ value: UInt16, at offset: Int) {
+    /// Network-order (big-endian) stores and loads; named apart from other helpers of the module.
+    func storeNet16(_ value: UInt16, at offset: Int) {
         self[offset] = UInt8(value >> 8)
         self[offset + 1] = UInt8(truncatingIfNeeded: value)
     }
 
-    func store32(_ value: UInt32, at offset: Int) {
-        store16(UInt16(value >> 16), at: offset)
-        store16(UInt16(truncatingIfNeeded: value), at: offset + 2)
+    func storeNet32(_ value: UInt32, at offset: Int) {
+        storeNet16(UInt16(value >> 16), at: offset)
+        storeNet16(UInt16(truncatingIfNeeded: value), at: offset + 2)
     }
 
-    func load16(at offset: Int) -> UInt16 { UInt16(self[offset]) << 8 | UInt16(self[offset + 1]) }
+    func loadNet16(at offset: Int) -> UInt16 { UInt16(self[offset]) << 8 | UInt16(self[offset + 1]) }
 }

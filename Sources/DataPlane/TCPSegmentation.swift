@@ -110,36 +110,36 @@ public enum TCPSegmentation {
             .copyMemory(from: UnsafeRawBufferPointer(rebasing: frame[source..<(source + length)]))
         let ip = TCPSegmentLayout.ip, t = l.tcp
         if l.v6 {
-            out.store16(UInt16(l.dataOffset + length), at: ip + 4)
+            out.storeNet16(UInt16(l.dataOffset + length), at: ip + 4)
         } else {
-            out.store16(UInt16(l.ipHeaderLength + l.dataOffset + length), at: ip + 2)
-            out.store16(out.load16(at: ip + 4) &+ UInt16(truncatingIfNeeded: index), at: ip + 4)
-            out.store16(0, at: ip + 10)
-            out.store16(~IPChecksum.sum(UnsafeRawBufferPointer(rebasing: out[ip..<t])), at: ip + 10)
+            out.storeNet16(UInt16(l.ipHeaderLength + l.dataOffset + length), at: ip + 2)
+            out.storeNet16(out.loadNet16(at: ip + 4) &+ UInt16(truncatingIfNeeded: index), at: ip + 4)
+            out.storeNet16(0, at: ip + 10)
+            out.storeNet16(~IPChecksum.sum(UnsafeRawBufferPointer(rebasing: out[ip..<t])), at: ip + 10)
         }
         let seq = UInt32(out[t + 4]) << 24 | UInt32(out[t + 5]) << 16 | UInt32(out[t + 6]) << 8 | UInt32(out[t + 7])
-        out.store32(seq &+ UInt32(truncatingIfNeeded: offset), at: t + 4)
+        out.storeNet32(seq &+ UInt32(truncatingIfNeeded: offset), at: t + 4)
         var flags = out[t + 13]
         if !last { flags &= ~(fin | psh) }
         if index > 0 {
             flags &= ~cwr
             if flags & urg != 0 {
-                let pointer = Int(out.load16(at: t + 18))
+                let pointer = Int(out.loadNet16(at: t + 18))
                 if offset < pointer {
-                    out.store16(UInt16(pointer - offset), at: t + 18)
+                    out.storeNet16(UInt16(pointer - offset), at: t + 18)
                 } else {
                     flags &= ~urg
-                    out.store16(0, at: t + 18)
+                    out.storeNet16(0, at: t + 18)
                 }
             }
         }
         out[t + 13] = flags
-        out.store16(0, at: t + 16)
+        out.storeNet16(0, at: t + 16)
         let headerSum = IPChecksum.sum(UnsafeRawBufferPointer(rebasing: out[t..<headers]))
         let payloadSum = IPChecksum.sum(UnsafeRawBufferPointer(rebasing: out[headers..<(headers + length)]))
         let sum = IPChecksum.add(IPChecksum.add(pseudo, UInt16(l.dataOffset + length)),
                                  IPChecksum.add(headerSum, payloadSum))
-        out.store16(~sum, at: t + 16)
+        out.storeNet16(~sum, at: t + 16)
     }
 }
 
