@@ -647,7 +647,7 @@ private struct FlowKey: Hashable {
 
 /// A parsed TCP segment in an Ethernet frame (IPv4 without fragments, or IPv6 with TCP as
 /// the first next header); lengths come from the IP header, so Ethernet padding is ignored.
-private struct Segment {
+struct Segment {
     var v6: Bool
     var tcp: Int
     var ipEnd: Int
@@ -694,7 +694,7 @@ private struct Segment {
         window = read16(frame, tcp + 14)
     }
 
-    func key(_ frame: UnsafeRawBufferPointer, guestIsSource: Bool) -> FlowKey {
+    fileprivate func key(_ frame: UnsafeRawBufferPointer, guestIsSource: Bool) -> FlowKey {
         var key = FlowKey()
         key.v6 = v6
         let ip = EthernetHeader.length
