@@ -315,39 +315,53 @@ public struct FlowBudget: Sendable {
     /// The frame a host refusing the flow would send: RST|ACK for a SYN, ICMP(v6) port
     /// unreachable for UDP, from the address and MAC the guest sent to.
     static func refusal<C: RandomAccessCollection<UInt8>>(_ frame: C, _ packet: Packet) -> [UInt8] where C.Index == Int {
-        let bytes = Array(frame)
-        let ethernet = Array(bytes[6..<12]) + Array(bytes[0..<6])
-        let t = packet.payload
-        var body: [UInt8]
-        let proto: UInt8
-        if packet.proto == 6 {
-            let length = UInt32(max(0, packet.end - t - Int(bytes[t + 12] >> 4) * 4))
-            let ack = read32(bytes, t + 4) &+ length &+ 1
-            body = Array(bytes[(t + 2)..<(t + 4)]) + Array(bytes[t..<(t + 2)]) + [0, 0, 0, 0] + bigEndianBytes(ack)
-            body += [5 << 4, 0x14, 0, 0, 0, 0, 0, 0]   // data offset 5, RST|ACK, window 0
-            proto = 6
-        } else if packet.isIPv4 {
-            // Type 3 code 3, quoting the IP header and the first 8 bytes of its payload (RFC 792).
-            body = [3, 3, 0, 0, 0, 0, 0, 0] + Array(bytes[14..<min(t + 8, packet.end)])
-            IPChecksum.store(in: &body, at: 2)
-            proto = 1
-        } else {
-            // ICMPv6 type 1 code 4, quoting the start of the packet (RFC 4443).
-            body = [1, 4, 0, 0, 0, 0, 0, 0] + Array(bytes[14..<min(t + 8, packet.end)])
-            proto = 58
+        guard packet.proto == 6 else {
+            // Port unreachable: ICMP type 3 code 3 (RFC 792), ICMPv6 type 1 code 4 (RFC 4443).
+            return packet.isIPv4 ? ICMPError.about(frame, packet, type: 3, code: 3)
+                : ICMPError.about(frame, packet, type: 1, code: 4)
         }
+        let bytes = Array(frame)
+        let t = packet.payload
+        let length = UInt32(max(0, packet.end - t - Int(bytes[t + 12] >> 4) * 4))
+        let ack = read32(bytes, t + 4) &+ length &+ 1
+        var body = Array(bytes[(t + 2)..<(t + 4)]) + Array(bytes[t..<(t + 2)]) + [0, 0, 0, 0] + bigEndianBytes(ack)
+        body += [5 << 4, 0x14, 0, 0, 0, 0, 0, 0]   // data offset 5, RST|ACK, window 0
+        return ICMPError.reply(to: bytes, packet, proto: 6, body: body, checksumAt: 16)
+    }
+}
+
+/// Answers slirpd sends a guest about one of its packets, as the host or router it sent
+/// the packet to would: from that address and MAC, back to the guest's.
+enum ICMPError {
+    /// An ICMP (IPv4) or ICMPv6 error: `type`, `code`, `rest` as the header's last four
+    /// bytes (the MTU of Fragmentation Needed or Packet Too Big), quoting the packet's IP
+    /// header and the first 8 bytes of its payload (RFC 792, RFC 4443).
+    static func about<C: RandomAccessCollection<UInt8>>(_ frame: C, _ packet: Packet, type: UInt8, code: UInt8,
+                                                        rest: [UInt8] = [0, 0, 0, 0]) -> [UInt8] where C.Index == Int {
+        let bytes = Array(frame)
+        var body = [type, code, 0, 0] + rest + Array(bytes[14..<min(packet.payload + 8, packet.end)])
+        if packet.isIPv4 { IPChecksum.store(in: &body, at: 2) }
+        return reply(to: bytes, packet, proto: packet.isIPv4 ? 1 : 58, body: body, checksumAt: packet.isIPv4 ? nil : 2)
+    }
+
+    /// `body` in an IP packet from the packet's destination to its source; its checksum at
+    /// `checksumAt` is filled with the pseudo-header's sum (TCP, ICMPv6).
+    static func reply(to bytes: [UInt8], _ packet: Packet, proto: UInt8, body: [UInt8], checksumAt: Int?) -> [UInt8] {
+        var body = body
+        let ethernet = Array(bytes[6..<12]) + Array(bytes[0..<6])
         let source = Array(bytes[packet.destinationOffset..<(packet.destinationOffset + packet.addressLength)])
         let destination = Array(bytes[packet.sourceOffset..<(packet.sourceOffset + packet.addressLength)])
         if packet.isIPv4 {
-            if proto == 6 {
-                IPChecksum.store(in: &body, at: 16, pseudoHeader: source + destination + [0, 6] + bigEndianBytes(UInt16(body.count)))
+            if let c = checksumAt {
+                IPChecksum.store(in: &body, at: c, pseudoHeader: source + destination + [0, proto] + bigEndianBytes(UInt16(body.count)))
             }
             var ip: [UInt8] = [0x45, 0] + bigEndianBytes(UInt16(20 + body.count)) + [0, 0, 0x40, 0, 64, proto, 0, 0] + source + destination
             IPChecksum.store(in: &ip, at: 10)
             return ethernet + [0x08, 0x00] + ip + body
         }
-        let pseudo = source + destination + bigEndianBytes(UInt32(body.count)) + [0, 0, 0, proto]
-        IPChecksum.store(in: &body, at: proto == 6 ? 16 : 2, pseudoHeader: pseudo)
+        if let c = checksumAt {
+            IPChecksum.store(in: &body, at: c, pseudoHeader: source + destination + bigEndianBytes(UInt32(body.count)) + [0, 0, 0, proto])
+        }
         return ethernet + [0x86, 0xDD, 0x60, 0, 0, 0] + bigEndianBytes(UInt16(body.count)) + [proto, 64] + source + destination + body
     }
 }
