@@ -87,6 +87,19 @@ public final class FramePath {
     var heldACKBuffer: [UInt8] = []
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     var pendingToNAT: [[UInt8]] = []
+    /// Ports whose coalescer holds a segment for libslirp until the end of the loop turn.
+    var holdingPorts: Set<PortID> = []
+    /// Frames cut for a guest's MTU: TCP segments (software TSO), IP packets (fragments).
+    public internal(set) var segmentedFrames = 0
+    public internal(set) var fragmentedFrames = 0
+    /// Frames too large for a guest's MTU that could not be cut (IPv4 with DF, not IP).
+    public internal(set) var oversizedDropped = 0
+    /// Guest TCP segments merged into the one before them for libslirp (software GRO).
+    public internal(set) var coalescedSegments = 0
+    /// Where TCPSegmentation builds the pieces of a cut toward a guest.
+    var segmentScratch: [UInt8] = []
+    /// The Identification of the next IPv6 Fragment header slirpd adds.
+    var fragmentIdentification: UInt32 = 0
 
     public init(natPort: PortID, settings: Settings) {
         self.natPort = natPort
@@ -110,6 +123,7 @@ public final class FramePath {
     @discardableResult
     public func removePort(_ id: PortID) -> [MACAddress] {
         ports[id] = nil
+        holdingPorts.remove(id)
         tcpShim.removePort(id)
         let macs = bridge.removePort(id)
         for key in security.removePort(id) { neighbors6[key] = nil }
@@ -142,9 +156,11 @@ public final class FramePath {
 
     public var hasPendingForNAT: Bool { !pendingToNAT.isEmpty }
 
-    /// Hands libslirp the frames made while it was busy (between its calls, never inside one),
-    /// and the TCP shim's held segments its window now takes.
-    public func injectPending(_ sink: any FramePathSink) {
+    /// Hands libslirp the segments the coalescers held for the turn's end, the frames made
+    /// while it was busy (between its calls, never inside one), and the TCP shim's held
+    /// segments its window now takes.
+    public func injectPending(now: Int64, _ sink: any FramePathSink) {
+        flushCoalesced(now: now, sink: sink)
         while !pendingToNAT.isEmpty {
             let batch = pendingToNAT
             pendingToNAT.removeAll()

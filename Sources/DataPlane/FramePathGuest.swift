@@ -20,6 +20,7 @@ extension FramePath {
             sink.frameEvent(.macReclaimed(port.id, header.source))
         }
         if verdict != .drop(.invalidSource), securityRefuses(port, frame, now: now, sink: sink) { return }
+        if port.learnsMTU, frame.count - EthernetHeader.length > port.mtu { port.mtu = frame.count - EthernetHeader.length }
         learnNeighbor(frame, header)
         switch verdict {
         case .drop(.invalidSource):
@@ -35,11 +36,11 @@ extension FramePath {
         case .forward(let id):
             // isolate=on: a guest's frames go to the NAT only; one aimed at another guest is dropped.
             guard !settings.isolateGuests else { port.drops += 1; return }
-            if ports[id] != nil { sink.deliver(frame, to: id) }
+            put(frame, to: id, from: port, sink: sink)
         case .flood:
             _ = toNAT(frame, from: port, now: now, sink: sink)
             guard !settings.isolateGuests else { return }
-            for id in ports.keys where id != port.id { sink.deliver(frame, to: id) }
+            for id in ports.keys where id != port.id { put(frame, to: id, from: port, sink: sink) }
         case .drop, .duplicate:
             break
         }
@@ -104,11 +105,11 @@ extension FramePath {
         switch verdict {
         case .pass:
             guard admitFlow(frame, from: port, now: now, sink: sink) else { return false }
-            toLibslirp(frame, from: port, now: now, sink: sink)
+            coalesce(frame, from: port, now: now, sink: sink)
         case .rewritten(let fixed):
             sink.frameEvent(.natIngressRewritten(port.id, count: ingressCheck.rewritten))
             guard fixed.withUnsafeBytes({ admitFlow($0, from: port, now: now, sink: sink) }) else { return false }
-            fixed.withUnsafeBytes { toLibslirp($0, from: port, now: now, sink: sink) }
+            fixed.withUnsafeBytes { coalesce($0, from: port, now: now, sink: sink) }
         case .drop(let reason):
             sink.frameEvent(.natIngressDropped(port.id, reason, count: ingressCheck.dropped[reason.rawValue]))
             return false
@@ -127,9 +128,21 @@ extension FramePath {
         return false
     }
 
-    /// The last step toward libslirp: the TCP window shim passes, rewrites, holds or drops
-    /// the segment; then whatever libslirp's ACKs have made room for is released.
-    private func toLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
+    /// The last steps toward libslirp: the MSS of a handshake raised (MSSClamp), then the
+    /// TCP window shim.
+    func toLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
+        if port.learnsMTU, let offered = MSSClamp.mtuOffered(frame), offered > port.mtu {
+            port.mtu = min(offered, MSSClamp.natMTU)
+        }
+        guard let clamped = MSSClamp.towardNAT(frame, portMTU: port.mtu) else {
+            return shimToLibslirp(frame, from: port, now: now, sink: sink)
+        }
+        clamped.withUnsafeBytes { shimToLibslirp($0, from: port, now: now, sink: sink) }
+    }
+
+    /// The TCP window shim passes, rewrites, holds or drops the segment; then whatever
+    /// libslirp's ACKs have made room for is released.
+    private func shimToLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
         switch tcpShim.fromGuest(frame, port: port.id, now: now) {
         case .pass:
             sink.inputToNAT(frame)

@@ -26,9 +26,9 @@ extension FramePath {
             }
         case .flood:
             if let id = natSolicitationPort(frame, header) {
-                if ports[id] != nil { sink.deliver(frame, to: id) }
+                if ports[id] != nil { put(frame, to: id, sink: sink) }
             } else {
-                for id in ports.keys { sink.deliver(frame, to: id) }
+                for id in ports.keys { put(frame, to: id, sink: sink) }
             }
         case .duplicate(let owner):
             sink.frameEvent(.natMACTaken(owner: owner, header.source))
@@ -49,17 +49,25 @@ extension FramePath {
         toGuest(frame, port, now: now, sink: sink)
     }
 
-    /// The last step toward a guest: the TCP window shim scales libslirp's window (and adds
-    /// Window Scale to its SYN or SYN-ACK) after the NAT connections and flow budget saw it.
+    /// The last steps toward a guest: the MSS of libslirp's handshake lowered to the port's
+    /// MTU (MSSClamp); the TCP window shim scales libslirp's window (and adds Window Scale to
+    /// its SYN or SYN-ACK); the frame is cut to the port's MTU (`put`).
     private func toGuest(_ frame: UnsafeRawBufferPointer, _ port: PortState, now: Int64, sink: any FramePathSink) {
+        guard let clamped = MSSClamp.towardGuest(frame, portMTU: port.mtu) else {
+            return shimToGuest(frame, port, now: now, sink: sink)
+        }
+        clamped.withUnsafeBytes { shimToGuest($0, port, now: now, sink: sink) }
+    }
+
+    private func shimToGuest(_ frame: UnsafeRawBufferPointer, _ port: PortState, now: Int64, sink: any FramePathSink) {
         switch tcpShim.fromNAT(frame, port: port.id, now: now) {
         case .rewritten:
             let out = tcpShim.natOutput
-            out.withUnsafeBytes { sink.deliver($0, to: port.id) }
+            out.withUnsafeBytes { put($0, to: port.id, sink: sink) }
         case .held:
             natFrameHeld = true
         case .pass, .queued, .drop:
-            sink.deliver(frame, to: port.id)
+            put(frame, to: port.id, sink: sink)
         }
     }
 

@@ -27,10 +27,25 @@ public final class PortState {
     public var drops = 0
     /// Frames port security dropped, by reason; paces the log, so a flood of one kind does not hide another.
     public var securityDrops: [SecurityViolation: Int] = [:]
+    /// The largest IP packet the guest takes: the network's MTU, raised when `learnsMTU` to
+    /// the largest packet it has sent or said it takes (the MSS in its SYNs, plus headers):
+    /// a guest at MTU 9000 on a 1500 network does both. Larger frames toward it are cut (FramePath.put).
+    public var mtu: Int
+    /// False for a port whose reads are not bounded by its MTU (a tap handing over
+    /// 64 KiB GSO frames).
+    public var learnsMTU: Bool
+    /// The port's writer cuts TCP segments itself (a tap with the kernel's TSO): TCP
+    /// segments of any size go to it whole; other oversized frames are still fragmented.
+    public var takesLargeSegments = false
+    /// Its in-order TCP segments toward libslirp, merged within a loop turn.
+    public var coalescer = TCPCoalescer(maxPayload: MSSClamp.natMSS)
 
-    public init(id: PortID, closesOnDuplicateMAC: Bool, flows: FlowBudget = FlowBudget(dnsAddress: nil)) {
+    public init(id: PortID, closesOnDuplicateMAC: Bool, flows: FlowBudget = FlowBudget(dnsAddress: nil),
+                mtu: Int = 1500, learnsMTU: Bool = true) {
         self.id = id
         self.closesOnDuplicateMAC = closesOnDuplicateMAC
         self.flows = flows
+        self.mtu = mtu
+        self.learnsMTU = learnsMTU
     }
 }

@@ -36,6 +36,18 @@ enum Metrics {
         family("slirpd_tcp_shim_dropped_total", "counter",
                "Guest TCP segments the window shim dropped: beyond the window offered, already held, or over a cap.",
                nets.map { ($0.label, $0.net.framePath.tcpShim.droppedTotal) })
+        family("slirpd_tcp_segmented_total", "counter",
+               "TCP segments larger than a guest's MTU cut into segments of its MSS (software TSO).",
+               nets.map { ($0.label, $0.net.framePath.segmentedFrames) })
+        family("slirpd_tcp_coalesced_total", "counter",
+               "Guest TCP segments merged into the one before them for libslirp (software GRO).",
+               nets.map { ($0.label, $0.net.framePath.coalescedSegments) })
+        family("slirpd_ip_fragmented_total", "counter",
+               "IP packets larger than a guest's MTU sent to it as fragments.",
+               nets.map { ($0.label, $0.net.framePath.fragmentedFrames) })
+        family("slirpd_oversized_dropped_total", "counter",
+               "Frames larger than a guest's MTU that could not be cut (IPv4 with DF, not IP), dropped.",
+               nets.map { ($0.label, $0.net.framePath.oversizedDropped) })
         family("slirpd_nat_unknown_unicast_dropped_total", "counter",
                "Unicast frames from the NAT to a destination no guest holds, dropped instead of flooded to every guest.",
                nets.map { ($0.label, $0.net.framePath.natUnknownUnicastDropped) })

@@ -100,7 +100,7 @@ final class Network {
         self.log = log
         framePath = FramePath(natPort: Network.natPort, settings: Self.framePathSettings(config.options))
         do {
-            stack = try SlirpStack(options: config.options, mtu: config.mtu, ownServices: true)
+            stack = try SlirpStack(options: config.options, mtu: MSSClamp.natMTU, ownServices: true)
             self.relayCommand = relayCommand
             for rule in config.options.hostForwards {
                 try stack.addHostForward(rule)
@@ -483,7 +483,7 @@ final class Network {
     /// then, libslirp being done for the loop turn, delivers the pure ACKs the TCP shim held
     /// (one per flow), each captured as delivered.
     func injectPending() {
-        framePath.injectPending(self)
+        framePath.injectPending(now: monotonicNanoseconds(), self)
         capturingHeldACKs = !captures.isEmpty
         framePath.deliverHeldACKs(self)
         capturingHeldACKs = false
@@ -545,6 +545,8 @@ final class Network {
     /// Adds a new guest port, logging where it came in.
     func admit(_ port: GuestPort, on endpoint: String) {
         port.flows = FlowBudget(dnsAddress: config.options.ipv4 ? config.options.dns.value : nil)
+        port.state.mtu = config.effectiveMTU
+        port.state.learnsMTU = port.transport != .tap
         ports[port.id] = port
         framePath.addPort(port.state)
         log.info("\(port.label) attached on \(endpoint)")

@@ -77,7 +77,7 @@ extension Network {
             let source = query.destinationMAC.isGroup ? Self.natMAC(config.options.dns) : query.destinationMAC
             let frame = query.reply(reply, from: source).frame(ipID: ident)
             // An answer from the upstream can exceed the guest's MTU: it gets fragments.
-            let mtu = config.effectiveMTU
+            let mtu = guest.state.mtu
             let pieces = switch query.addresses {
             case .v4: IPv4Fragmentation.fragments(of: frame, mtu: mtu)
             case .v6: IPv6Fragmentation.fragments(of: frame, mtu: mtu, identification: UInt32(ident))

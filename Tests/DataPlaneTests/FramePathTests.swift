@@ -215,7 +215,7 @@ struct FramePathTests {
         #expect(sink.delivered.isEmpty)
         #expect(sink.toNAT.isEmpty)
         #expect(path.hasPendingForNAT)
-        path.injectPending(sink)
+        path.injectPending(now: 0, sink)
         #expect(sink.toNAT.count == 1)
         let reply = sink.toNAT.first.flatMap { ARPPacket.parse(frame: $0) }
         #expect(reply?.operation == ARPPacket.reply)

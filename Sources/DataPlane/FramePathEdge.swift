@@ -1,0 +1,106 @@
+import FrameSwitch
+
+// FramePath at the guest edge: where libslirp's jumbo MTU meets each port's own.
+//
+// Theory of operation. libslirp runs at MSSClamp.natMTU; a guest port keeps its MTU
+// (PortState.mtu). Every frame toward a guest, from libslirp or from another guest, goes
+// through `put`: one that fits the port's MTU is delivered as it is; a larger TCP segment
+// is cut into segments of the port's MSS (software TSO: TCPSegmentation), unless the
+// port's writer does that itself (`takesLargeSegments`); a larger IPv4 packet is cut into
+// fragments, and a larger IPv6 packet gets a Fragment header, as its sender's stack would
+// have done for a link of that MTU. What cannot be cut (IPv4 with DF, anything else) is
+// dropped and counted, as the guest's link would drop it; a guest that sent an IPv4
+// packet with DF is told the MTU (Fragmentation Needed), as a router would tell it.
+//
+// Toward libslirp, a guest's in-order TCP segments of one flow are merged within a loop
+// turn (software GRO: TCPCoalescer, one per port), so libslirp, whose cost is per segment,
+// sees a few large segments instead of many small ones. Anything that cannot extend the
+// held segment sends it first, so the guest's frames keep their order; `flushCoalesced`
+// sends what is held at the end of the turn, before `injectPending` lets libslirp's ACKs
+// release the TCP shim's queue.
+extension FramePath {
+    /// Puts a frame on a guest port's output, cut to the port's MTU. `source`: the guest
+    /// that sent it, told the MTU (ICMP Fragmentation Needed, as a router would) when its
+    /// IPv4 packet with DF is too large, so its path MTU discovery adapts.
+    func put(_ frame: UnsafeRawBufferPointer, to id: PortID, from source: PortState? = nil, sink: any FramePathSink) {
+        guard let port = ports[id], frame.count - EthernetHeader.length > port.mtu else {
+            return sink.deliver(frame, to: id)
+        }
+        if let tcpHeaders = Self.tcpHeaderLength(frame) {
+            if port.takesLargeSegments { return sink.deliver(frame, to: id) }
+            // `deliver` copies each piece out and never re-enters the frame path, so one
+            // scratch buffer serves every cut.
+            if TCPSegmentation.forEachSegment(frame, mss: port.mtu - tcpHeaders, scratch: &segmentScratch, {
+                sink.deliver($0, to: id)
+            }) {
+                segmentedFrames += 1
+                return
+            }
+        } else if let pieces = fragments(frame, mtu: port.mtu) {
+            fragmentedFrames += 1
+            for piece in pieces { piece.withUnsafeBytes { sink.deliver($0, to: id) } }
+            return
+        }
+        oversizedDropped += 1
+        port.drops += 1
+        if let source, let packet = Packet(frame), packet.isIPv4, packet.proto != 1 || frame[packet.payload] == 8 {
+            // Type 3 code 4 with the next-hop MTU (RFC 1191); never about an ICMP error.
+            let mtu = bigEndianBytes(UInt16(0)) + bigEndianBytes(UInt16(clamping: port.mtu))
+            sink.send(ICMPError.about(frame, packet, type: 3, code: 4, rest: mtu), to: source.id)
+        }
+    }
+
+    /// An IP packet cut to `mtu`, or nil when it cannot be (not IP, DF set, malformed).
+    private func fragments(_ frame: UnsafeRawBufferPointer, mtu: Int) -> [[UInt8]]? {
+        let pieces: [[UInt8]]
+        switch read16(frame, 12) {
+        case 0x0800:
+            pieces = IPv4Fragmentation.fragments(of: Array(frame), mtu: mtu)
+        case 0x86DD:
+            fragmentIdentification &+= 1
+            pieces = IPv6Fragmentation.fragments(of: Array(frame), mtu: mtu, identification: fragmentIdentification)
+        default:
+            return nil
+        }
+        // Both hand back the frame unchanged when they cannot cut it.
+        return pieces.count > 1 ? pieces : nil
+    }
+
+    /// The IP and TCP header bytes of a TCP segment (IPv4 not fragmented, or IPv6 with TCP
+    /// next), or nil for any other frame.
+    static func tcpHeaderLength(_ frame: UnsafeRawBufferPointer) -> Int? {
+        guard let segment = Segment(frame) else { return nil }
+        return segment.tcp - EthernetHeader.length + segment.dataOffset
+    }
+
+    // MARK: Toward libslirp
+
+    /// Merges a guest's TCP segment for libslirp with the ones before it, or hands over
+    /// what cannot be merged (after what was held, to keep the guest's order). A segment
+    /// larger than the port's MTU (a tap's GSO frame) is first cut to natMSS: the TCP shim
+    /// holds a segment until libslirp's window takes all of it, which libslirp's window
+    /// updates guarantee only for segments up to two of its MSS. (Checked first: cutting
+    /// recomputes checksums, which must not make a damaged segment look whole.)
+    func coalesce(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
+        if frame.count - EthernetHeader.length > port.mtu, TCPSegmentation.hasValidChecksums(frame),
+           let pieces = TCPSegmentation.segment(frame, mss: MSSClamp.natMSS) {
+            for piece in pieces { piece.withUnsafeBytes { coalesce($0, from: port, now: now, sink: sink) } }
+            return
+        }
+        let before = port.coalescer.merged
+        let (flushed, outcome) = port.coalescer.offer(frame)
+        coalescedSegments += port.coalescer.merged - before
+        if port.coalescer.isHolding { holdingPorts.insert(port.id) }
+        if let flushed { flushed.withUnsafeBytes { toLibslirp($0, from: port, now: now, sink: sink) } }
+        if outcome == .pass { toLibslirp(frame, from: port, now: now, sink: sink) }
+    }
+
+    /// Sends libslirp every segment the coalescers hold (the end of a loop turn).
+    public func flushCoalesced(now: Int64, sink: any FramePathSink) {
+        while let id = holdingPorts.popFirst() {
+            guard let port = ports[id], let held = port.coalescer.flush() else { continue }
+            held.withUnsafeBytes { toLibslirp($0, from: port, now: now, sink: sink) }
+        }
+    }
+
+}
