@@ -167,7 +167,15 @@ public final class FramePath {
             for frame in batch { frame.withUnsafeBytes { sink.inputToNAT($0) } }
         }
         releaseHeld(sink)
+        // Held data libslirp's window has not reached for a while: ask libslirp for its window.
+        while let probe = tcpShim.nextProbe(now: now) {
+            probe.withUnsafeBytes { sink.inputToNAT($0) }
+            releaseHeld(sink)
+        }
     }
+
+    /// When `injectPending` has a window probe to send, if ever.
+    public var nextProbeDeadline: Int64? { tcpShim.nextProbeDeadline }
 
     // MARK: Neighbours (the ARP/NDP proxy's tables)
 

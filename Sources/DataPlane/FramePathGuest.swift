@@ -150,7 +150,7 @@ extension FramePath {
             // Copied out first: libslirp's answer re-enters the shim before this returns.
             let out = tcpShim.guestOutput
             out.withUnsafeBytes { sink.inputToNAT($0) }
-        case .queued, .held:
+        case .queued, .held, .absorbed:
             break
         case .drop:
             sink.frameEvent(.shimDropped(port.id, count: tcpShim.droppedTotal))

@@ -64,7 +64,7 @@ extension FramePath {
         case .rewritten:
             let out = tcpShim.natOutput
             out.withUnsafeBytes { put($0, to: port.id, sink: sink) }
-        case .held:
+        case .held, .absorbed:
             natFrameHeld = true
         case .pass, .queued, .drop:
             put(frame, to: port.id, sink: sink)

@@ -20,8 +20,12 @@ import FrameSwitch
 // - Guest data. A segment that fits E goes to libslirp now; one beyond E but within the
 //   edge offered to the guest is held in the flow's queue (sorted by sequence number) and
 //   released, with the guest's latest ACK and window, once libslirp's ACKs move E past
-//   its end; one beyond the offered edge is dropped (the guest retransmits it). libslirp
-//   still sends every ACK, so an ACK toward the guest still means libslirp took the data.
+//   its end (or its start, split off, when that is all the window takes: libslirp 4.7
+//   announces an opened window only once it has grown by two of its segments, so waiting
+//   for all of a large segment to fit could wait for ever); one beyond the offered edge is
+//   dropped (the guest retransmits it). A guest's resend of held data libslirp needs next
+//   goes to libslirp at once, as a window probe. libslirp still sends every ACK, so an
+//   ACK toward the guest still means libslirp took the data.
 //
 // - ACKs. libslirp ACKs every segment it takes; a TCG guest pays for each. A pure ACK of a
 //   scaled flow is held to the end of the loop turn (`takeHeldACK`) and replaced by the
@@ -56,6 +60,9 @@ public struct TCPWindowShim {
         /// (From `fromNAT`.) A pure ACK kept until the end of the loop turn (`takeHeldACK`),
         /// where a later one of the same flow replaces it.
         case held
+        /// (From `fromNAT`.) libslirp's answer to a window probe (`nextProbe`) that moved
+        /// nothing: not for the guest, to which it would be a duplicate ACK.
+        case absorbed
     }
 
     /// The shift offered to guests: 128-byte units, so 65535 covers 8 MiB.
@@ -70,6 +77,10 @@ public struct TCPWindowShim {
     /// RFC 9293's default when a SYN has no MSS option.
     static let defaultMSS = 536
     public static let defaultIdleTimeout: Int64 = 120_000_000_000
+    /// How long held data waits on libslirp's window before the first probe, and the
+    /// longest wait between probes (doubling in between).
+    public static let firstProbe: Int64 = 2_000_000
+    public static let maxProbeInterval: Int64 = 200_000_000
 
     public let flowCap: Int
     public let networkCap: Int
@@ -95,6 +106,12 @@ public struct TCPWindowShim {
     public private(set) var droppedBeyondEdge = 0
     /// Segments dropped as duplicates of queued data or over a hard memory cap.
     public private(set) var droppedOther = 0
+    /// Held segments of which only the start fit libslirp's window, sent in two parts.
+    public private(set) var segmentsSplit = 0
+    /// Guest resends of held data passed to libslirp to learn its window (see fromGuest).
+    public private(set) var windowProbes = 0
+    /// Held segments given up for an earlier one over a cap (the guest resends them).
+    public private(set) var segmentsEvicted = 0
     /// New flows left unscaled because the table was full.
     public private(set) var flowsRefused = 0
 
@@ -102,6 +119,8 @@ public struct TCPWindowShim {
     public var droppedTotal: Int { droppedBeyondEdge + droppedOther }
 
     private var slots: [Flow] = []
+    /// Flows whose held data waits on libslirp's window, and when each is probed next.
+    private var probeDue: [Int: Int64] = [:]
     private var freeSlots: [Int] = []
     private var index: [FlowKey: Int] = [:]
     /// Flows whose first queued segment fits libslirp's window.
@@ -168,7 +187,18 @@ public struct TCPWindowShim {
             droppedBeyondEdge += 1
             return .drop
         }
-        return enqueue(i, frame, h, end: end, fin: fin)
+        if seqLE(h.seq, flow.slirpAck), !empty, seqLE(flow.queue[flow.head].seq, flow.slirpAck) {
+            // The guest resends what libslirp needs next, and it is held: it waits for an
+            // edge libslirp has not announced. libslirp gets the resend as a window probe:
+            // it keeps what fits and ACKs with its real window, which releases the rest.
+            // (libslirp 4.7 announces an opened window only once it has grown by two of its
+            // segments: with a large MSS, or a window that shrank part way, it may never.)
+            windowProbes += 1
+            return rewriteGuest(frame, h, window: window)
+        }
+        let verdict = enqueue(i, frame, h, end: end, fin: fin)
+        scheduleProbe(i, now: now)
+        return verdict
     }
 
     private mutating func guestSYN(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: FlowKey,
@@ -230,9 +260,26 @@ public struct TCPWindowShim {
             k += 1
         }
         let length = h.payload
-        guard slots[i].bytes - removed + length <= slots[i].cap, queuedBytes - removed + length <= networkCap else {
+        // Over a cap, data held past this segment gives way to it: it fills a hole libslirp
+        // needs before any of that (the guest resends what was lost, e.g. in a tap's full
+        // queue), and what gives way was never acknowledged, so the guest resends it too.
+        // Without this, a full queue behind a hole waits for a segment it keeps refusing.
+        var evicted = 0
+        var last = slots[i].queue.count
+        while last > k, slots[i].bytes - removed - evicted + length > slots[i].cap
+                || queuedBytes - removed - evicted + length > networkCap {
+            last -= 1
+            evicted += slots[i].queue[last].length
+        }
+        guard slots[i].bytes - removed - evicted + length <= slots[i].cap,
+              queuedBytes - removed - evicted + length <= networkCap else {
             droppedOther += 1
             return .drop
+        }
+        if last < slots[i].queue.count {
+            segmentsEvicted += slots[i].queue.count - last
+            slots[i].queue.removeSubrange(last...)
+            removed += evicted
         }
         if k > pos { slots[i].queue.removeSubrange(pos..<k) }
         let item = Held(seq: seq, end: end, fin: fin, frame: Array(frame[0..<h.ipEnd]))
@@ -257,10 +304,18 @@ public struct TCPWindowShim {
         guard let i = scaledFlow(key, h, now: now) else { return .pass }
         if h.flags & Flag.fin != 0 { slots[i].slirpFin = true }
         guard h.flags & Flag.ack != 0 else { return .pass }
+        let ackBefore = slots[i].slirpAck
         let field = offer(i, ack: h.ack, window: h.window)
         markIfReady(i)
+        scheduleProbe(i, now: now)
         finishIfDone(i)
         let pureACK = h.flags == Flag.ack && h.payload == 0
+        if slots[i].live, slots[i].probeOutstanding, pureACK {
+            slots[i].probeOutstanding = false
+            if seqLE(h.ack, ackBefore) { return .absorbed }
+        }
+        // libslirp moved on: the next wait on its window starts probing from the shortest interval.
+        if seqGT(h.ack, ackBefore) { slots[i].probeInterval = Self.firstProbe }
         if slots[i].live, coalescesACKs {
             if pureACK, holdACK(i, frame, h, field: field) { return .held }
             // Anything else libslirp sends carries the same or a later ACK: the held one is stale.
@@ -351,6 +406,7 @@ public struct TCPWindowShim {
     /// The scaled window field to offer the guest with libslirp's `ack` and `window`, and
     /// the edge it makes (recorded: it never moves back).
     private mutating func offer(_ i: Int, ack: UInt32, window: UInt16) -> UInt16 {
+        if !slots[i].hasSlirpEdge || seqGT(ack, slots[i].slirpAck) { slots[i].slirpAck = ack }
         advanceSlirpEdge(i, ack &+ UInt32(window))
         let flow = slots[i]
         let others = committedBytes - flow.committed
@@ -387,34 +443,42 @@ public struct TCPWindowShim {
     public mutating func nextRelease() -> [UInt8]? {
         while let i = ready.last {
             guard slots[i].live, slots[i].head < slots[i].queue.count,
-                  seqLE(slots[i].queue[slots[i].head].end, slots[i].slirpEdge) else {
+                  slots[i].queue[slots[i].head].starts(before: slots[i].slirpEdge) else {
                 ready.removeLast()
                 slots[i].ready = false
                 continue
             }
             let head = slots[i].head
             var item = slots[i].queue[head]
-            slots[i].queue[head].frame = []
-            slots[i].head += 1
+            if seqGT(item.end, slots[i].slirpEdge) {
+                // Only its start fits libslirp's window: that part goes now, the rest stays at
+                // the head. Waiting for all of it to fit could wait for ever: libslirp 4.7
+                // announces an opened window only once it has grown by two of its segments.
+                let fit = Int(seqDiff(slots[i].slirpEdge, item.seq))
+                guard let (first, rest) = item.frame.withUnsafeBytes({ TCPSegmentation.split($0, payloadBytes: fit) }) else {
+                    ready.removeLast()
+                    slots[i].ready = false
+                    continue
+                }
+                slots[i].queue[head] = Held(seq: slots[i].slirpEdge, end: item.end, fin: item.fin, frame: rest)
+                item = Held(seq: item.seq, end: slots[i].slirpEdge, fin: false, frame: first)
+                segmentsSplit += 1
+            } else {
+                slots[i].queue[head].frame = []
+                slots[i].head += 1
+                compact(i)
+            }
             slots[i].bytes -= item.length
             queuedBytes -= item.length
-            compact(i)
             if slots[i].head == slots[i].queue.count
-                || seqGT(slots[i].queue[slots[i].head].end, slots[i].slirpEdge) {
+                || !slots[i].queue[slots[i].head].starts(before: slots[i].slirpEdge) {
                 ready.removeLast()
                 slots[i].ready = false
             }
+            // libslirp already has all of it (a window probe carried it): nothing to send.
+            if !item.fin, seqLE(item.end, slots[i].slirpAck) { continue }
             segmentsReleased += 1
-            if let h = item.frame.withUnsafeBytes({ Segment($0) }) {
-                if h.flags & Flag.ack != 0, slots[i].hasGuestAck, seqGT(slots[i].guestAck, h.ack) {
-                    let ack = slots[i].guestAck
-                    Self.setWord(&item.frame, at: h.tcp + 8, UInt16(ack >> 16), checksumAt: h.tcp + 16)
-                    Self.setWord(&item.frame, at: h.tcp + 10, UInt16(ack & 0xFFFF), checksumAt: h.tcp + 16)
-                }
-                let window = slots[i].hasGuestAck ? slots[i].guestWindow
-                    : UInt16(min(65535, Int(h.window) << Int(slots[i].shift)))
-                Self.setWord(&item.frame, at: h.tcp + 14, window, checksumAt: h.tcp + 16)
-            }
+            withGuestACK(i, &item.frame)
             if item.fin {
                 slots[i].guestFin = true
                 finishIfDone(i)
@@ -422,6 +486,62 @@ public struct TCPWindowShim {
             return item.frame
         }
         return nil
+    }
+
+    /// Gives a held segment the guest's latest ACK and (unscaled) window.
+    private func withGuestACK(_ i: Int, _ frame: inout [UInt8]) {
+        guard let h = frame.withUnsafeBytes({ Segment($0) }) else { return }
+        if h.flags & Flag.ack != 0, slots[i].hasGuestAck, seqGT(slots[i].guestAck, h.ack) {
+            let ack = slots[i].guestAck
+            Self.setWord(&frame, at: h.tcp + 8, UInt16(ack >> 16), checksumAt: h.tcp + 16)
+            Self.setWord(&frame, at: h.tcp + 10, UInt16(ack & 0xFFFF), checksumAt: h.tcp + 16)
+        }
+        let window = slots[i].hasGuestAck ? slots[i].guestWindow
+            : UInt16(min(65535, Int(h.window) << Int(slots[i].shift)))
+        Self.setWord(&frame, at: h.tcp + 14, window, checksumAt: h.tcp + 16)
+    }
+
+    // MARK: Window probes
+
+    /// When the next window probe is due, if any flow's held data waits on libslirp.
+    public var nextProbeDeadline: Int64? { probeDue.values.min() }
+
+    /// A window probe due by `now`: the first byte of a flow's held data that libslirp's
+    /// window does not reach. libslirp 4.7 announces an opened window only once it has
+    /// grown by two of its segments, which a window that closed part way may never do;
+    /// a guest behind the shim, offered more, never probes it itself. libslirp keeps the
+    /// byte if it has room and ACKs with its window either way (an ACK that moves nothing
+    /// is absorbed, not shown to the guest). Probes back off from 2 to 200 ms while
+    /// libslirp's ACK does not move.
+    public mutating func nextProbe(now: Int64) -> [UInt8]? {
+        for (i, due) in probeDue where due <= now {
+            let f = slots[i]
+            guard f.live, f.head < f.queue.count, !f.queue[f.head].starts(before: f.slirpEdge) else {
+                probeDue[i] = nil
+                continue
+            }
+            let held = f.queue[f.head]
+            var probe = held.length > 1
+                ? held.frame.withUnsafeBytes({ TCPSegmentation.split($0, payloadBytes: 1) })?.head ?? held.frame
+                : held.frame
+            slots[i].probeInterval = min(max(f.probeInterval, Self.firstProbe) * 2, Self.maxProbeInterval)
+            probeDue[i] = now + slots[i].probeInterval
+            slots[i].probeOutstanding = true
+            windowProbes += 1
+            withGuestACK(i, &probe)
+            return probe
+        }
+        return nil
+    }
+
+    /// Starts probing a flow whose held data libslirp's window does not reach; stops when it does.
+    private mutating func scheduleProbe(_ i: Int, now: Int64) {
+        let f = slots[i]
+        if f.live, f.head < f.queue.count, !f.queue[f.head].starts(before: f.slirpEdge) {
+            if probeDue[i] == nil { probeDue[i] = now + max(f.probeInterval, Self.firstProbe) }
+        } else if probeDue[i] != nil {
+            probeDue[i] = nil
+        }
     }
 
     /// Caps what each new flow of `port` may be offered beyond libslirp's window below
@@ -480,6 +600,7 @@ public struct TCPWindowShim {
         queuedBytes -= slots[i].bytes
         committedBytes -= slots[i].committed
         index[slots[i].key] = nil
+        probeDue[i] = nil
         // A stale entry in `ready` is skipped by nextRelease (the slot is not live or is
         // a later flow, whose own queue it then checks).
         slots[i] = Flow(port: slots[i].port, lastActive: 0)
@@ -509,7 +630,7 @@ public struct TCPWindowShim {
 
     private mutating func markIfReady(_ i: Int) {
         let f = slots[i]
-        guard !f.ready, f.head < f.queue.count, seqLE(f.queue[f.head].end, f.slirpEdge) else { return }
+        guard !f.ready, f.head < f.queue.count, f.queue[f.head].starts(before: f.slirpEdge) else { return }
         slots[i].ready = true
         ready.append(i)
     }
@@ -742,6 +863,11 @@ private struct Held {
 
     var length: Int { Int(end &- seq) }
 
+    /// Whether libslirp's window, up to `edge`, takes all of it or at least its first byte.
+    func starts(before edge: UInt32) -> Bool {
+        seqLE(end, edge) || (end != seq && seqLT(seq, edge))
+    }
+
     /// Whether this segment holds all of [seq, end) (and the FIN, if that has one).
     func covers(_ s: UInt32, _ e: UInt32, _ f: Bool) -> Bool {
         seqLE(seq, s) && seqGE(end, e) && (fin || !f)
@@ -759,6 +885,11 @@ private struct Flow {
     var guestMSS = TCPWindowShim.defaultMSS
     /// libslirp's right edge (its ack + window), only ever moved forward.
     var slirpEdge: UInt32 = 0
+    /// libslirp's latest ACK: the first byte it still needs.
+    var slirpAck: UInt32 = 0
+    var probeInterval: Int64 = 0
+    /// A probe went to libslirp; its answer, if it moves nothing, is not for the guest.
+    var probeOutstanding = false
     var hasSlirpEdge = false
     /// The right edge offered to the guest, only ever moved forward.
     var edge: UInt32 = 0

@@ -244,7 +244,8 @@ final class Network {
     /// The earliest time `runTimers` has something to do.
     var nextServiceDeadline: Int64? {
         let save = leasesDirty ? leasesSavedAt + 1_000_000_000 : nil
-        return [dns?.nextDeadline, save, nextDialAttempt, departed.first?.resetAt].compactMap { $0 }.min()
+        return [dns?.nextDeadline, save, nextDialAttempt, departed.first?.resetAt, framePath.nextProbeDeadline]
+            .compactMap { $0 }.min()
     }
 
     // MARK: Stream guests

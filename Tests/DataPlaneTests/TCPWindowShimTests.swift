@@ -231,21 +231,22 @@ struct TCPWindowShimTests {
         for n in 0..<65 { #expect(h.send(n * 1000).0 == .rewritten) }  // 65,000 <= 65,535
         for n in 65..<70 { #expect(h.send(n * 1000).0 == .queued) }
         #expect(h.shim.queuedBytes == 5000)
-        #expect(h.releases().isEmpty)
+        // libslirp's edge (65,535) takes the start of the first held segment at once.
+        #expect(h.releases().map(TCPFrame.seq) == [h.g(65_000)])
         // The guest's later ACK (for data libslirp sent it) rides on the released segments.
         _ = h.guest(h.fromGuest(seq: h.g(70_000), ack: h.slirpISN + 101, window: 400))
-        _ = h.slirpAck(3000)  // edge g(68,535): the segments ending at 66,000..68,000 fit
+        _ = h.slirpAck(3000)  // edge g(68,535): the segments ending at 66,000..68,000 fit, and 535 of the next
         let first = h.releases()
-        #expect(first.map { TCPFrame.seq($0) } == [h.g(65_000), h.g(66_000), h.g(67_000)])
-        #expect(h.shim.queuedBytes == 2000)
+        #expect(first.map { TCPFrame.seq($0) } == [h.g(65_535), h.g(66_000), h.g(67_000), h.g(68_000)])
+        #expect(h.shim.queuedBytes == 1465)
         for f in first {
             #expect(TCPFrame.ack(f) == h.slirpISN + 101)
             #expect(TCPFrame.window(f) == 51200)
             #expect(TCPFrame.checksumsVerify(f))
         }
         _ = h.slirpAck(5000)
-        #expect(h.releases().map { TCPFrame.seq($0) } == [h.g(68_000), h.g(69_000)])
-        #expect(h.shim.queuedBytes == 0 && h.shim.segmentsReleased == 5)
+        #expect(h.releases().map { TCPFrame.seq($0) } == [h.g(68_535), h.g(69_000)])
+        #expect(h.shim.queuedBytes == 0 && h.shim.segmentsReleased == 7 && h.shim.segmentsSplit == 2)
     }
 
     @Test("out-of-order segments are released in sequence order")
@@ -330,6 +331,91 @@ struct TCPWindowShimTests {
         #expect(queued == 5)  // 65,000..70,000; the window covers 65,535 + 5,000 rounded down
     }
 
+    @Test("a full queue behind a hole takes the hole's retransmission, giving up its latest held data")
+    func holeAtFullCap() {
+        var h = ShimHarness(flowCap: 5000)
+        h.open()
+        _ = h.slirpAck(0)                       // offered: 65,536 + 4,992
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        _ = h.slirpAck(65_000, window: 0)       // libslirp's window closes; 65,000..66,000 is lost on the way
+        for n in 66..<70 { #expect(h.send(n * 1000).0 == .queued) }
+        #expect(h.send(70_000, 400).0 == .queued)
+        #expect(h.shim.queuedBytes == 4400)
+        #expect(h.send(65_000).0 == .queued)    // the hole's resend: 70,000..70,400 gives way
+        #expect(h.shim.queuedBytes == 5000)
+        #expect(h.shim.segmentsEvicted == 1)
+        _ = h.slirpAck(65_000, window: 65535)   // libslirp's socket drained
+        #expect(h.releases().map(TCPFrame.seq) == (65..<70).map { h.g($0 * 1000) })
+        #expect(h.send(70_000, 400).0 != .drop) // and the guest's resend of what gave way is taken
+    }
+
+    @Test("the guest resending held data libslirp needs next: passed to libslirp as a window probe")
+    func resendProbesLibslirp() {
+        var h = ShimHarness(flowCap: 5000)
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        _ = h.slirpAck(65_000, window: 0)       // closed
+        #expect(h.send(65_000).0 == .queued)
+        #expect(h.send(66_000).0 == .queued)
+        // libslirp drained its socket but announced nothing; the guest's timer resends 65,000.
+        let (verdict, out) = h.send(65_000)
+        #expect(verdict == .pass || verdict == .rewritten)
+        #expect(TCPFrame.seq(out) == h.g(65_000))
+        #expect(h.shim.windowProbes == 1)
+        // A resend of held data libslirp does not need next is still dropped.
+        #expect(h.send(66_000).0 == .drop)
+        // libslirp's answer (its real window) releases what was held.
+        _ = h.slirpAck(66_000, window: 65535)
+        #expect(h.releases().map(TCPFrame.seq) == [h.g(66_000)])
+    }
+
+    @Test("a held segment straddling libslirp's edge: its start goes at once, the rest when the edge moves")
+    func splitAtEdge() {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        _ = h.slirpAck(65_000, window: 0)
+        #expect(h.send(65_000, 16_000).0 == .queued)
+        _ = h.slirpAck(65_000, window: 6_000)      // room for 6,000 of the 16,000 held
+        let first = h.releases()
+        #expect(first.count == 1)
+        #expect(first.first.map { (TCPFrame.seq($0), TCPFrame.checksumsVerify($0)) } ?? (0, false) == (h.g(65_000), true))
+        #expect(first.first.map { $0.count } == TCPFrame.fromGuest().bytes.count + 6_000)
+        #expect(h.shim.queuedBytes == 10_000 && h.shim.segmentsSplit == 1)
+        _ = h.slirpAck(71_000, window: 65535)
+        #expect(h.releases().map(TCPFrame.seq) == [h.g(71_000)])
+        #expect(h.shim.queuedBytes == 0)
+    }
+
+    @Test("held data libslirp's window does not reach: probed with its first byte, backing off; a probe's empty answer is absorbed")
+    func windowProbes() throws {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        _ = h.slirpAck(65_535, window: 0)       // libslirp took it all and closed its window
+        #expect(h.send(65_535, 1000).0 == .queued)
+        #expect(h.shim.nextProbeDeadline == h.now + TCPWindowShim.firstProbe)
+        #expect(h.shim.nextProbe(now: h.now + TCPWindowShim.firstProbe - 1) == nil)
+        h.now += TCPWindowShim.firstProbe
+        let first = h.shim.nextProbe(now: h.now)
+        let probe = try #require(first)
+        #expect(TCPFrame.seq(probe) == h.g(65_535) && probe.count == TCPFrame.fromGuest().bytes.count + 1)
+        #expect(TCPFrame.checksumsVerify(probe))
+        #expect(h.shim.nextProbeDeadline == h.now + 2 * TCPWindowShim.firstProbe)   // backing off
+        // libslirp's window is still closed: its ACK moves nothing and is not the guest's.
+        #expect(h.nat(h.toGuest(seq: h.slirpISN + 1, ack: h.g(65_535), window: 0)).0 == .absorbed)
+        // The next probe finds room: the ACK moves on, and what was held goes.
+        h.now += 2 * TCPWindowShim.firstProbe
+        let second = h.shim.nextProbe(now: h.now)
+        #expect(second != nil)
+        #expect(h.nat(h.toGuest(seq: h.slirpISN + 1, ack: h.g(65_536), window: 60_000)).0 != .absorbed)
+        #expect(h.releases().map(TCPFrame.seq) == [h.g(65_535)])
+        #expect(h.shim.nextProbeDeadline == nil)
+    }
+
     @Test("zero window from libslirp with nothing to queue: the guest sees 0, then the update releases what was held")
     func zeroWindow() {
         var h = ShimHarness(flowCap: 4096)
@@ -338,9 +424,11 @@ struct TCPWindowShimTests {
         for n in 0..<65 { _ = h.send(n * 1000) }
         #expect(h.send(65_000).0 == .queued)
         _ = h.slirpAck(65_000, window: 0)
+        // The edge it announced before (65,535) still takes the first 535 bytes.
+        #expect(h.releases().map(TCPFrame.seq) == [h.g(65_000)])
         #expect(h.releases().isEmpty)
-        _ = h.slirpAck(65_000, window: 65535)  // libslirp's socket drained
-        #expect(h.releases().count == 1)
+        _ = h.slirpAck(65_535, window: 65535)  // libslirp's socket drained
+        #expect(h.releases().map(TCPFrame.seq) == [h.g(65_535)])
     }
 
     @Test("a FIN after queued data waits for it; FINs both ways free the flow")
