@@ -145,11 +145,13 @@ final class Network {
 
     /// A tap device is one guest port from the start: whatever sits behind it is the guest.
     private func attachTap(_ name: String) throws(IOError) {
-        let socket = try openTap(name: name)
+        // The MTU behind the tap: the network's for now (a per-port MTU will replace it).
+        let (socket, offload) = try TapOffload.open(name: name, mtu: config.effectiveMTU)
         let port = GuestPort(id: allocatePortID(), transport: .tap, peer: "tap \(name)", endpointName: "tap:\(name)",
-                             kind: .tap(name: name, received: ByteBuffer(capacity: StreamFraming.maximumFrame)),
+                             kind: .tap(name: name, received: ByteBuffer(capacity: TapOffload.receiveCapacity), offload: offload),
                              socket: socket, now: monotonicNanoseconds())
         admit(port, on: "tap:\(name)")
+        log.info("tap \(name): \(offload.summary)")
         framePath.setShimFlowCap(Network.tapShimFlowCap(mtu: config.effectiveMTU), for: port.id)
     }
 
@@ -297,7 +299,7 @@ final class Network {
 
     /// Reads until the socket is drained, switching each complete frame.
     private func readAll(_ port: GuestPort) {
-        if case .tap(let name, let received) = port.kind { return readTap(port, name, received) }
+        if case .tap(let name, let received, let offload) = port.kind { return readTap(port, name, received, offload) }
         guard case .stream(let received) = port.kind else { return }
         while port.closeReason == nil {
             let result: IOResult<Int>
@@ -318,7 +320,9 @@ final class Network {
     }
 
     /// A tap gives one frame per read; it has no connection to reset, so bad frames are dropped.
-    private func readTap(_ port: GuestPort, _ name: String, _ received: ByteBuffer) {
+    /// Behind a virtio-net header a frame may be a 64 KiB TCP segment (it goes on whole:
+    /// libslirp takes it) or a UDP super-frame (cut into its datagrams here).
+    private func readTap(_ port: GuestPort, _ name: String, _ received: ByteBuffer, _ offload: TapOffload) {
         while port.closeReason == nil {
             let result: IOResult<Int>
             do {
@@ -328,11 +332,23 @@ final class Network {
                 break
             }
             guard case .done(let n) = result, n > 0 else { return }
-            guard n >= StreamFraming.minimumFrame else {
+            let bytes = received.mutableReadable
+            switch offload.read(bytes) {
+            case .frame(let range):
+                guard range.count >= StreamFraming.minimumFrame else {
+                    port.drops += 1
+                    continue
+                }
+                fromGuest(port, UnsafeRawBufferPointer(rebasing: bytes[range]))
+            case .udpSegments(let range, let header):
+                header.udpSegments(UnsafeRawBufferPointer(rebasing: bytes[range])) { fromGuest(port, $0) }
+            case .malformed(let why):
                 port.drops += 1
-                continue
+                let count = offload.malformedTotal
+                if isLoggedOccurrence(count) {
+                    log.warning("\(port.label): dropped a frame whose virtio-net header is malformed (\(why?.rawValue ?? "unreadable header")), \(count) so far")
+                }
             }
-            fromGuest(port, received.readable)
         }
         scheduleClose(port)
     }
@@ -359,7 +375,9 @@ final class Network {
         guard port.closeReason == nil else { return }
         while !port.queued.isEmpty {
             do {
-                let result = port.isStream ? try port.socket.write(from: port.queued) : try port.socket.writeFrames(from: port.queued)
+                let result = if port.isStream { try port.socket.write(from: port.queued) }
+                    else if let tap = port.tapOffload { try tap.writeFrames(from: port.queued, to: port.socket) }
+                    else { try port.socket.writeFrames(from: port.queued) }
                 guard case .done = result else { return }
             } catch {
                 writeFailed(port, error, unqueued: 0)
@@ -514,7 +532,8 @@ final class Network {
         guard port.closeReason == nil, port.refusedFor == nil else { return }
         if frame.count >= Network.directWriteMinimum, port.queued.isEmpty, !port.isStream {
             do {
-                if case .done = try port.socket.writeFrame(frame) { return port.countSent(frame) }
+                let result = if let tap = port.tapOffload { try tap.write(frame, to: port.socket) } else { try port.socket.writeFrame(frame) }
+                if case .done = result { return port.countSent(frame) }
             } catch {
                 writeFailed(port, error, unqueued: 1)
                 scheduleClose(port)
