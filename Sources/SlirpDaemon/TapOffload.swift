@@ -13,7 +13,8 @@ import PosixIO
 /// (VirtioNetHeader.inbound), a UDP super-frame cut into datagrams; malformed ones are
 /// dropped and counted. Writing: each frame gets its header, a GSO one when it is TCP and
 /// longer than `mtu` (the MTU of what is behind the tap). SLIRPD_TAP_OFFLOAD=off (internal,
-/// for tests) opens the tap as before, without header.
+/// for tests) opens the tap as before, without header; SLIRPD_TAP_MTU (internal, for
+/// tests) sets `mtu` below the network's.
 final class TapOffload {
     /// TUN_F_* sets to try, the most wanted first.
     static let candidates: [UInt32] = {
@@ -49,7 +50,10 @@ final class TapOffload {
     static func open(name: String, mtu: Int) throws(IOError) -> (Descriptor, TapOffload) {
         let (tap, offloads) = try openTap(name: name, offloadCandidates: forcedOff ? [] : candidates,
                                           vnetHeaderSize: VirtioNetHeader.length)
-        return (tap, TapOffload(offloads: offloads, mtu: mtu))
+        // SLIRPD_TAP_MTU (internal, for tests until ports have their own MTU): a tap MTU
+        // below the network's, so libslirp's large segments leave with a GSO header.
+        let override = environmentValue("SLIRPD_TAP_MTU").flatMap { Int($0) }.flatMap { (68...65535).contains($0) ? $0 : nil }
+        return (tap, TapOffload(offloads: offloads, mtu: override ?? mtu))
     }
 
     var summary: String {

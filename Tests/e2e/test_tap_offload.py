@@ -1,0 +1,194 @@
+"""Kernel offloads on the tap endpoint: slirpd opens the tap with a virtio-net header
+(IFF_VNET_HDR) and TUNSETOFFLOAD, so a namespace at MTU 1500 hands it 64 KiB TCP
+segments (TSO) and UDP super-frames (USO), and takes large TCP segments back with a GSO
+header. The network runs libslirp at MTU 65520 (--mtu 65520) so it takes and makes large
+segments; the namespace's interface stays at 1500. SLIRPD_TAP_MTU=1500 (internal) gives
+the tap port its own MTU, and the namespace's route advertises a large MSS (advmss), as
+the MSS rewriting toward libslirp will, so libslirp's segments toward the namespace exceed
+the tap's MTU and leave with a GSO header.
+Traffic goes only to 127.0.0.1 (via the gateway 10.0.2.2) and into the test's namespace.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from bulk import HostPeer, receive_and_hash, repeated_sha256, send_then_close
+from daemon import Slirpd
+from guest import free_port, wait_for
+from test_tap import in_ns, namespace_tap, sh  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.e2e
+
+SIZE = 256 << 20
+BLOCK = bytes(range(256)) * 256
+
+# Sends SIZE deterministic bytes to HOST:PORT, half-closes, prints its sha256 and the server's reply.
+SENDER = """
+import hashlib, socket, sys
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.create_connection((host, port), timeout=30)
+h = hashlib.sha256()
+block = bytes(range(256)) * 256
+sent = 0
+while sent < size:
+    chunk = block[: min(len(block), size - sent)]
+    s.sendall(chunk); h.update(chunk); sent += len(chunk)
+s.shutdown(socket.SHUT_WR)
+reply = b""
+while True:
+    b = s.recv(4096)
+    if not b: break
+    reply += b
+print(h.hexdigest(), reply.decode())
+"""
+
+# Reads HOST:PORT to EOF; prints the byte count and sha256.
+RECEIVER = """
+import hashlib, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+h, n = hashlib.sha256(), 0
+while True:
+    b = s.recv(1 << 20)
+    if not b: break
+    h.update(b); n += len(b)
+print(n, h.hexdigest())
+"""
+
+# Echoes UDP datagrams on port 7 until killed.
+UDP_ECHO = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7))
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(data, peer)
+"""
+
+# One send of 8 x 1000 bytes as a UDP_SEGMENT (USO) super-frame to HOST:PORT.
+USO_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, 1000)  # UDP_SEGMENT
+s.sendto(bytes((i * 7) & 0xFF for i in range(8000)), (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def tap_metrics(d: Slirpd) -> dict[str, int]:
+    text = subprocess.run(["curl", "-s", "--unix-socket", d.control, "http://slirpd/metrics"],
+                          capture_output=True, text=True, check=True, timeout=10).stdout
+    out = {}
+    for direction in ("in", "out"):
+        m = re.search(rf'^slirpd_tap_gso_frames_total{{[^}}]*direction="{direction}"}} (\d+)$', text, re.M)
+        assert m, "no slirpd_tap_gso_frames_total in /metrics"
+        out[direction] = int(m.group(1))
+    m = re.search(r'^slirpd_tap_malformed_headers_total{[^}]*} (\d+)$', text, re.M)
+    assert m, "no slirpd_tap_malformed_headers_total in /metrics"
+    out["malformed"] = int(m.group(1))
+    return out
+
+
+def setup_namespace(tap: str, ns: str, advmss: bool) -> None:
+    sh("ip", "link", "set", tap, "netns", ns)
+    route = ["route", "add", "default", "via", "10.0.2.2"] + (["advmss", "65000"] if advmss else [])
+    for cmd in (["link", "set", "lo", "up"], ["link", "set", tap, "mtu", "1500"], ["link", "set", tap, "up"],
+                ["addr", "add", "10.0.2.15/24", "dev", tap], route):
+        sh("ip", "-n", ns, *cmd)
+
+
+def digest_server(listener, results):
+    """Reads one connection to EOF and answers with the sha256 of what it read."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(60)
+        n, digest = receive_and_hash(conn)
+        results.append((n, digest))
+        conn.sendall(digest.encode())
+
+
+def bulk_both_ways(ns: str, size: int) -> None:
+    # Namespace -> host: size bytes, sha256 on both ends.
+    listener = socket.create_server(("127.0.0.1", 0))
+    results = []
+    server = threading.Thread(target=digest_server, args=(listener, results), daemon=True)
+    server.start()
+    out = in_ns(ns, "python3", "-c", SENDER, "10.0.2.2", str(listener.getsockname()[1]), str(size), timeout=60).stdout.split()
+    server.join(30)
+    listener.close()
+    expected = repeated_sha256(BLOCK, size // len(BLOCK))
+    assert results == [(size, expected)], results
+    assert out == [expected, expected], out
+    # Host -> namespace.
+    with HostPeer(send_then_close(BLOCK, size // len(BLOCK)), timeout=60) as peer:
+        got = in_ns(ns, "python3", "-c", RECEIVER, "10.0.2.2", str(peer.port), timeout=60).stdout.split()
+        assert peer.results() == [size]
+    assert got == [str(size), expected], got
+
+
+def udp_round_trip(ns: str, fwd: int) -> None:
+    """An 8,000-byte datagram from the host to the namespace's echo server and back."""
+    echo = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-c", UDP_ECHO])
+    try:
+        assert wait_for(lambda: ":7 " in in_ns(ns, "ss", "-lunH").stdout, 10, what="the namespace's UDP echo")
+        payload = bytes((i * 13 + 5) & 0xFF for i in range(8000))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(2)
+            for _ in range(5):
+                s.sendto(payload, ("127.0.0.1", fwd))
+                try:
+                    data = s.recv(65535)
+                    break
+                except socket.timeout:
+                    continue
+            else:
+                pytest.fail("no echo of the 8,000-byte datagram")
+        assert data == payload
+    finally:
+        echo.kill()
+        echo.wait(10)
+
+
+def test_offloads_bulk_both_ways_gso_frames_and_udp(tmp_path, namespace_tap):
+    tap, ns, _ = namespace_tap
+    fwd = free_port()
+    env = dict(os.environ, SLIRPD_TAP_MTU="1500")
+    with Slirpd(["--tap", tap, "--mtu", "65520", "-o", f"hostfwd=udp:127.0.0.1:{fwd}-10.0.2.15:7"], tmp_path, env=env) as d:
+        line = d.wait_log(f"tap {tap}: virtio-net header of 10 bytes, offloads CSUM|TSO4|TSO6")
+        setup_namespace(tap, ns, advmss=True)
+        bulk_both_ways(ns, SIZE)
+        m = tap_metrics(d)
+        # 512 MiB crossed: most of it in frames far above the namespace's MTU.
+        assert m["in"] > 1000 and m["out"] > 1000, m
+        assert m["malformed"] == 0, m
+
+        udp_round_trip(ns, fwd)
+
+        # A UDP_SEGMENT send leaves the namespace as one USO super-frame (when the kernel
+        # granted USO) and reaches the host as 8 datagrams of 1,000 bytes.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(5)
+            before = tap_metrics(d)["in"]
+            in_ns(ns, "python3", "-c", USO_SENDER, "10.0.2.2", str(s.getsockname()[1]))
+            got = b"".join(s.recv(65535) for _ in range(8))
+        assert got == bytes((i * 7) & 0xFF for i in range(8000))
+        if "USO4|USO6" in line:
+            assert tap_metrics(d)["in"] == before + 1
+        assert d.alive()
+
+
+def test_without_offloads_the_tap_still_works(tmp_path, namespace_tap):
+    """SLIRPD_TAP_OFFLOAD=off opens the tap as before offloads: no header, whole frames."""
+    tap, ns, _ = namespace_tap
+    fwd = free_port()
+    env = dict(os.environ, SLIRPD_TAP_OFFLOAD="off")
+    with Slirpd(["--tap", tap, "-o", f"hostfwd=udp:127.0.0.1:{fwd}-10.0.2.15:7"], tmp_path, env=env) as d:
+        d.wait_log(f"tap {tap}: no virtio-net header (SLIRPD_TAP_OFFLOAD=off), no offloads")
+        setup_namespace(tap, ns, advmss=False)
+        bulk_both_ways(ns, 32 << 20)
+        udp_round_trip(ns, fwd)
+        assert tap_metrics(d) == {"in": 0, "out": 0, "malformed": 0}
