@@ -35,6 +35,8 @@ let package = Package(
         fuzzTarget("fuzz-nat-stream", ["FrameSwitch", "SlirpDaemon"]),
         // The TCP window shim: both sides' frames in any order (DataPlane/TCPWindowShim.swift).
         fuzzTarget("fuzz-tcp-shim", ["FrameSwitch", "DataPlane"]),
+        // The tap's virtio-net header: random headers and frame sizes (DataPlane/VirtioNetHeader.swift).
+        fuzzTarget("fuzz-vnet", ["DataPlane"]),
     ],
     swiftLanguageModes: [.v6]
 )
