@@ -192,3 +192,35 @@ def test_without_offloads_the_tap_still_works(tmp_path, namespace_tap):
         bulk_both_ways(ns, 32 << 20)
         udp_round_trip(ns, fwd)
         assert tap_metrics(d) == {"in": 0, "out": 0, "malformed": 0}
+
+
+def test_a_namespace_routes_gso_frames_onto_a_1500_link(tmp_path, namespace_tap):
+    """The GSO header lets the namespace's kernel cut libslirp's 64 KiB segments for a
+    link at MTU 1500: namespace A (on the tap) routes for namespace B (10.0.2.16, proxy
+    ARP) over a veth; B downloads 64 MiB from the host and uploads 64 MiB, intact."""
+    tap, a, _ = namespace_tap
+    b = a + "b"
+    sh("ip", "netns", "add", b)
+    try:
+        env = dict(os.environ, SLIRPD_TAP_MTU="1500")
+        with Slirpd(["--tap", tap, "--mtu", "65520"], tmp_path, env=env) as d:
+            d.wait_log(f"tap {tap}: virtio-net header of 10 bytes")
+            setup_namespace(tap, a, advmss=False)
+            for cmd in (["ip", "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b],
+                        ["ip", "-n", a, "link", "set", "va", "mtu", "1500", "up"],
+                        ["ip", "-n", b, "link", "set", "vb", "mtu", "1500", "up"],
+                        ["ip", "-n", b, "link", "set", "lo", "up"],
+                        ["ip", "-n", a, "addr", "add", "192.168.77.1/32", "dev", "va"],
+                        ["ip", "-n", a, "route", "add", "10.0.2.16/32", "dev", "va"],
+                        ["ip", "-n", b, "addr", "add", "10.0.2.16/32", "dev", "vb"],
+                        ["ip", "-n", b, "route", "add", "192.168.77.1/32", "dev", "vb"],
+                        ["ip", "-n", b, "route", "add", "default", "via", "192.168.77.1", "dev", "vb", "advmss", "65000"],
+                        ["ip", "netns", "exec", a, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+                         "net.ipv4.conf.all.proxy_arp=1", f"net.ipv4.conf.{tap}.proxy_arp=1"]):
+                sh(*cmd)
+            bulk_both_ways(b, 64 << 20)
+            m = tap_metrics(d)
+            assert m["out"] > 100, m
+            assert m["malformed"] == 0, m
+    finally:
+        sh("ip", "netns", "delete", b, check=False)
