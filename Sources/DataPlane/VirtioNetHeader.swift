@@ -16,13 +16,17 @@
 //   datagrams, each with its own lengths and checksums, since each is one datagram for the
 //   host. Headers that do not describe the frame (unknown gso_type, offsets outside it, a
 //   TCP gso_type on a non-TCP frame, gso_size 0, UFO, which slirpd never offers) are
-//   refused: the caller drops and counts the frame.
+//   refused: the caller drops and counts the frame. A super-frame's IPv4 total length is
+//   real: a tap's gso_max_size is the legacy 64 KiB, so BIG TCP's total length 0 never
+//   comes (seen: every super-frame passed NATIngressCheck's length check); one whose
+//   length does not fit its frame does not parse and is refused.
 // - Toward the kernel (`header(forOutgoing:mtu:)`): a TCP frame longer than the tap's MTU
 //   gets a GSO header (TCPV4/TCPV6, gso_size filling the MTU) with NEEDS_CSUM and the
 //   pseudo-header sum in its checksum field, which is what the kernel's own stack hands a
 //   TSO device: the kernel segments it if it forwards it, and trusts it without summing
-//   64 KiB if it delivers it locally. Everything else gets an all-zero header (the frame's
-//   checksums are already complete; the tap ignores DATA_VALID on frames written to it).
+//   64 KiB if it delivers it locally. Everything else gets an all-zero header: its
+//   checksums are already complete, and DATA_VALID would save nothing, since the tap's
+//   virtio_net_hdr_to_skb reads only NEEDS_CSUM and the GSO fields of a written header.
 // Pure: bytes in, bytes out, no I/O.
 
 /// The virtio-net header (struct virtio_net_hdr) of one tap frame.

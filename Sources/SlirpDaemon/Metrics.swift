@@ -106,6 +106,9 @@ enum Metrics {
         family("slirpd_tap_malformed_headers_total", "counter",
                "Frames read from a tap whose virtio-net header did not describe them, dropped. Per attached tap.",
                taps.map { ($0.0, $0.1.malformedTotal) })
+        family("slirpd_tap_refused_frames_total", "counter",
+               "Frames a tap's kernel refused as invalid on write (EINVAL), dropped. Per attached tap.",
+               taps.map { ($0.0, $0.1.refused) })
         out += "# HELP slirpd_build_info The libslirp in use.\n# TYPE slirpd_build_info gauge\n"
         out += "slirpd_build_info{libslirp=\"\(escape(SlirpStack.libraryVersion))\"} 1\n"
         return out

@@ -150,6 +150,12 @@ final class Network {
         let port = GuestPort(id: allocatePortID(), transport: .tap, peer: "tap \(name)", endpointName: "tap:\(name)",
                              kind: .tap(name: name, received: ByteBuffer(capacity: TapOffload.receiveCapacity), offload: offload),
                              socket: socket, now: monotonicNanoseconds())
+        offload.onRefused = { [unowned port, log] count in
+            port.drops += 1
+            if isLoggedOccurrence(count) {
+                log.warning("\(port.label): the kernel refused a frame and its virtio-net header as invalid; dropped (\(count) so far)")
+            }
+        }
         admit(port, on: "tap:\(name)")
         log.info("tap \(name): \(offload.summary)")
         framePath.setShimFlowCap(Network.tapShimFlowCap(mtu: config.effectiveMTU), for: port.id)

@@ -30,6 +30,11 @@ final class TapOffload {
     var mtu: Int
     /// Frames with a GSO header, read from the kernel (in) and written to it (out).
     var gsoIn = 0, gsoOut = 0
+    /// Frames the kernel refused on write (EINVAL: a header built from another guest's odd
+    /// frame); each is dropped rather than closing the tap.
+    var refused = 0
+    /// Told each refusal (with the count so far), to count and log it against the port.
+    var onRefused: ((Int) -> Void)?
     /// Frames read whose header did not describe them, by reason.
     var malformed: [VirtioNetHeader.Malformed: Int] = [:]
     /// All of them, and reads too short for a header.
@@ -105,9 +110,17 @@ final class TapOffload {
                 return .failure(error)
             }
         }
-        let result = try outcome.get()
-        if case .done = result, header.gsoType != .none { gsoOut += 1 }
-        return result
+        switch outcome {
+        case .success(let result):
+            if case .done = result, header.gsoType != .none { gsoOut += 1 }
+            return result
+        case .failure(let error) where error.frameRefused:
+            refused += 1
+            onRefused?(refused)
+            return .done(0)
+        case .failure(let error):
+            throw error
+        }
     }
 
     /// Writes queued length-prefixed frames until the queue is empty or the tap is full.

@@ -54,8 +54,9 @@ func validFrame(v6: Bool, udp: Bool, size: Int, fill: UInt8) -> [UInt8] {
 
 /// Whether the IP packet in `f` (IPv4 or IPv6 without extensions) has valid checksums.
 func verifies(_ f: [UInt8]) -> Bool {
-    guard f.count >= 54 else { return false }
+    guard f.count >= 34 else { return false }
     let v6 = f[12] == 0x86
+    guard !v6 || f.count >= 54 else { return false }
     let ip = 14, l4 = v6 ? 54 : 14 + Int(f[14] & 0x0F) * 4
     let end = v6 ? 54 + (Int(f[18]) << 8 | Int(f[19])) : 14 + (Int(f[16]) << 8 | Int(f[17]))
     guard end <= f.count, l4 <= end else { return false }
@@ -66,6 +67,7 @@ func verifies(_ f: [UInt8]) -> Bool {
     return sum(f[l4..<end], UInt32(pseudo)) == 0xFFFF
 }
 
+@_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let input = Array(UnsafeBufferPointer(start: data, count: size))
     guard input.count >= 11 else { return 0 }
