@@ -110,21 +110,22 @@ def digest_server(listener, results):
         conn.sendall(digest.encode())
 
 
-def bulk_both_ways(ns: str, size: int) -> None:
+def bulk_both_ways(ns: str, size: int, v6: bool = False) -> None:
+    gateway, loopback = ("fec0::2", "::1") if v6 else ("10.0.2.2", "127.0.0.1")
     # Namespace -> host: size bytes, sha256 on both ends.
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = socket.create_server((loopback, 0), family=socket.AF_INET6 if v6 else socket.AF_INET)
     results = []
     server = threading.Thread(target=digest_server, args=(listener, results), daemon=True)
     server.start()
-    out = in_ns(ns, "python3", "-c", SENDER, "10.0.2.2", str(listener.getsockname()[1]), str(size), timeout=60).stdout.split()
+    out = in_ns(ns, "python3", "-c", SENDER, gateway, str(listener.getsockname()[1]), str(size), timeout=60).stdout.split()
     server.join(30)
     listener.close()
     expected = repeated_sha256(BLOCK, size // len(BLOCK))
     assert results == [(size, expected)], results
     assert out == [expected, expected], out
     # Host -> namespace.
-    with HostPeer(send_then_close(BLOCK, size // len(BLOCK)), timeout=60) as peer:
-        got = in_ns(ns, "python3", "-c", RECEIVER, "10.0.2.2", str(peer.port), timeout=60).stdout.split()
+    with HostPeer(send_then_close(BLOCK, size // len(BLOCK)), timeout=60, host=loopback) as peer:
+        got = in_ns(ns, "python3", "-c", RECEIVER, gateway, str(peer.port), timeout=60).stdout.split()
         assert peer.results() == [size]
     assert got == [str(size), expected], got
 
@@ -224,3 +225,22 @@ def test_a_namespace_routes_gso_frames_onto_a_1500_link(tmp_path, namespace_tap)
             assert m["malformed"] == 0, m
     finally:
         sh("ip", "netns", "delete", b, check=False)
+
+
+def test_ipv6_bulk_both_ways_with_tso6(tmp_path, namespace_tap):
+    """IPv6 through the gateway fec0::2 to the host's [::1]: the namespace's TSO6
+    super-frames reach libslirp whole and 64 MiB cross each way intact."""
+    tap, ns, _ = namespace_tap
+    with Slirpd(["--tap", tap, "--mtu", "65520"], tmp_path) as d:
+        d.wait_log(f"tap {tap}: virtio-net header of 10 bytes, offloads CSUM|TSO4|TSO6")
+        setup_namespace(tap, ns, advmss=False)
+
+        def configured():
+            out = in_ns(ns, "ip", "-6", "addr", "show", "scope", "site").stdout
+            return "fec0::" in out and "tentative" not in out
+        assert wait_for(configured, 30, what="the namespace's fec0:: address from libslirp's RA")
+        before = tap_metrics(d)["in"]
+        bulk_both_ways(ns, 64 << 20, v6=True)
+        m = tap_metrics(d)
+        assert m["in"] - before > 100, m
+        assert m["malformed"] == 0, m
