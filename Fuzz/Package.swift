@@ -37,6 +37,8 @@ let package = Package(
         fuzzTarget("fuzz-tcp-shim", ["FrameSwitch", "DataPlane"]),
         // The edge stages: software TSO and GRO (DataPlane/TCPSegmentation.swift, TCPCoalescer.swift).
         fuzzTarget("fuzz-edge", ["FrameSwitch", "DataPlane"]),
+        // The tap's virtio-net header: random headers and frame sizes (DataPlane/VirtioNetHeader.swift).
+        fuzzTarget("fuzz-vnet", ["FrameSwitch", "DataPlane"]),
     ],
     swiftLanguageModes: [.v6]
 )

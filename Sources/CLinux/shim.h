@@ -14,13 +14,30 @@ extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 struct clinux_ucred { int32_t pid; uint32_t uid; uint32_t gid; };
 
 // ioctl is variadic, which Swift cannot call: attach fd (from /dev/net/tun) to the tap
-// device `name`, frames without the packet-information header.
-static inline int clinux_tap_attach(int fd, const char *name) {
+// device `name`, frames without the packet-information header, and with a virtio-net
+// header in front of each frame when `vnet_header` is nonzero (IFF_VNET_HDR).
+static inline int clinux_tap_attach(int fd, const char *name, int vnet_header) {
     struct ifreq request;
     memset(&request, 0, sizeof request);
     strncpy(request.ifr_name, name, IFNAMSIZ - 1);
-    request.ifr_flags = IFF_TAP | IFF_NO_PI;
+    request.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet_header ? IFF_VNET_HDR : 0);
     return ioctl(fd, TUNSETIFF, &request);
+}
+
+// Linux 6.2's UDP segmentation offload flags, absent from older headers (Debian 12's 6.1).
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20
+#define TUN_F_USO6 0x40
+#endif
+
+// TUNSETOFFLOAD: which of TUN_F_* the reader takes (partial checksums, GSO frames).
+static inline int clinux_tap_set_offload(int fd, unsigned int flags) {
+    return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags);
+}
+
+// TUNSETVNETHDRSZ: the virtio-net header's size in bytes (10 or 12).
+static inline int clinux_tap_set_vnet_header_size(int fd, int size) {
+    return ioctl(fd, TUNSETVNETHDRSZ, &size);
 }
 
 // prctl is variadic too: from here on, exec can never grant privileges (setuid bits,

@@ -29,6 +29,11 @@ public final class ByteBuffer {
         UnsafeRawBufferPointer(start: storage + head, count: tail - head)
     }
 
+    /// The same bytes, writable in place (a tap frame's checksum completed). Valid until the next mutation.
+    public var mutableReadable: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: storage + head, count: tail - head)
+    }
+
     var freeSpace: UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: storage + tail, count: capacity - tail)
     }

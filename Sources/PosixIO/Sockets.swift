@@ -439,13 +439,59 @@ public func groupID(named name: String) throws(IOError) -> gid_t {
 /// Opens the tap device `name` for frames (one per read or write). The device must
 /// exist and the caller may use it: `ip tuntap add mode tap user USER name NAME`.
 public func openTap(name: String) throws(IOError) -> Descriptor {
+    try openTap(name: name, offloadCandidates: []).tap
+}
+
+/// How a tap was opened: with a virtio-net header of `vnetHeaderSize` bytes before each
+/// frame (0: none) and the TUN_F_* offloads the kernel accepted.
+public struct TapOffloads: Sendable, Equatable {
+    public var vnetHeaderSize: Int
+    public var flags: UInt32
+
+    public static let checksum = UInt32(TUN_F_CSUM)
+    public static let tso4 = UInt32(TUN_F_TSO4)
+    public static let tso6 = UInt32(TUN_F_TSO6)
+    public static let tsoECN = UInt32(TUN_F_TSO_ECN)
+    /// USO4 and USO6: the kernel takes only both together.
+    public static let uso = UInt32(TUN_F_USO4) | UInt32(TUN_F_USO6)
+
+    /// TUN_F_* names, for the log.
+    public var names: String {
+        let all: [(UInt32, String)] = [(Self.checksum, "CSUM"), (Self.tso4, "TSO4"), (Self.tso6, "TSO6"),
+                                       (Self.tsoECN, "TSO_ECN"), (UInt32(TUN_F_USO4), "USO4"), (UInt32(TUN_F_USO6), "USO6")]
+        let set = all.filter { flags & $0.0 != 0 }.map(\.1)
+        return set.isEmpty ? "none" : set.joined(separator: "|")
+    }
+}
+
+/// Opens the tap device `name`. With `offloadCandidates` (TUN_F_* sets, the most wanted
+/// first), asks for a virtio-net header of `vnetHeaderSize` bytes (IFF_VNET_HDR,
+/// TUNSETVNETHDRSZ) and enables the first set the kernel accepts (TUNSETOFFLOAD); if it
+/// refuses IFF_VNET_HDR, the tap runs without header and offloads. Without candidates, or
+/// then, offloads a previous user left on the device are cleared: frames must arrive whole.
+public func openTap(name: String, offloadCandidates: [UInt32], vnetHeaderSize: Int = 10) throws(IOError) -> (tap: Descriptor, offloads: TapOffloads) {
     guard !name.isEmpty, name.utf8.count < 16 else {
         throw IOError(call: "open", code: EINVAL, detail: "tap name '\(name)': 1 to 15 characters")
     }
     let fd = try syscallBlocking("open", detail: "/dev/net/tun") { open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC) }
     let tap = Descriptor(owning: fd)
-    try syscallBlocking("ioctl(TUNSETIFF)", detail: name) { clinux_tap_attach(fd, name) }
-    return tap
+    do {
+        if !offloadCandidates.isEmpty, clinux_tap_attach(fd, name, 1) == 0 {
+            // The size is the device's, kept from its last user (QEMU may have set 12): set it.
+            try syscallBlocking("ioctl(TUNSETVNETHDRSZ)", detail: name) { clinux_tap_set_vnet_header_size(fd, Int32(vnetHeaderSize)) }
+            for flags in offloadCandidates where clinux_tap_set_offload(fd, flags) == 0 {
+                return (tap, TapOffloads(vnetHeaderSize: vnetHeaderSize, flags: flags))
+            }
+            _ = clinux_tap_set_offload(fd, 0)
+            return (tap, TapOffloads(vnetHeaderSize: vnetHeaderSize, flags: 0))
+        }
+        try syscallBlocking("ioctl(TUNSETIFF)", detail: name) { clinux_tap_attach(fd, name, 0) }
+        _ = clinux_tap_set_offload(fd, 0)
+        return (tap, TapOffloads(vnetHeaderSize: 0, flags: 0))
+    } catch {
+        tap.close()
+        throw error
+    }
 }
 
 extension Descriptor {
@@ -453,5 +499,33 @@ extension Descriptor {
     public func readFrame(into buffer: ByteBuffer) throws(IOError) -> IOResult<Int> {
         buffer.removeAll()
         return try read(into: buffer)
+    }
+
+    /// Writes one frame to a tap behind its virtio-net `header`, with the two bytes at
+    /// `patchOffset` replaced by `patch` (big-endian) when given: the frame itself is not
+    /// changed (it may be libslirp's). The corresponding C call is `writev`.
+    public func writeTapFrame(_ frame: UnsafeRawBufferPointer, header: UnsafeRawBufferPointer,
+                              patch: UInt16?, patchOffset: Int) throws(IOError) -> IOResult<Int> {
+        var word = (patch ?? 0).bigEndian
+        return try withUnsafeBytes(of: &word) { (patchBytes) throws(IOError) -> IOResult<Int> in
+            var parts: (iovec, iovec, iovec, iovec) = (
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
+                iovec(), iovec(), iovec())
+            var count: Int32 = 2
+            if patch != nil, patchOffset >= 0, patchOffset + 2 <= frame.count {
+                parts.1 = iovec(iov_base: UnsafeMutableRawPointer(mutating: frame.baseAddress), iov_len: patchOffset)
+                parts.2 = iovec(iov_base: UnsafeMutableRawPointer(mutating: patchBytes.baseAddress), iov_len: 2)
+                parts.3 = iovec(iov_base: UnsafeMutableRawPointer(mutating: frame.baseAddress.map { $0 + patchOffset + 2 }),
+                                iov_len: frame.count - patchOffset - 2)
+                count = 4
+            } else {
+                parts.1 = iovec(iov_base: UnsafeMutableRawPointer(mutating: frame.baseAddress), iov_len: frame.count)
+            }
+            return try withUnsafePointer(to: &parts) { (p) throws(IOError) -> IOResult<Int> in
+                try p.withMemoryRebound(to: iovec.self, capacity: 4) { (v) throws(IOError) -> IOResult<Int> in
+                    try syscall("writev") { Glibc.writev(raw, v, count) }
+                }
+            }
+        }
     }
 }

@@ -28,6 +28,9 @@ public struct IOError: Error, Sendable, CustomStringConvertible, Equatable {
     /// A tap device whose interface is down (it refuses frames until brought up).
     public var interfaceDown: Bool { code == EIO }
 
+    /// A tap refused one frame as invalid (its virtio-net header, say): that frame alone fails.
+    public var frameRefused: Bool { code == EINVAL }
+
     /// The address is taken (by a live socket).
     public var addressInUse: Bool { code == EADDRINUSE }
 

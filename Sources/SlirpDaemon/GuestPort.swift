@@ -20,8 +20,9 @@ final class GuestPort {
         case stream(received: ByteBuffer)
         /// Frames arrive on the endpoint's shared socket; `socket` only sends to `peer`.
         case datagram(endpoint: DatagramEndpoint, peer: UnixAddress)
-        /// A tap device: each read or write on `socket` is one frame.
-        case tap(name: String, received: ByteBuffer)
+        /// A tap device: each read or write on `socket` is one frame (behind a virtio-net
+        /// header when `offload` has one).
+        case tap(name: String, received: ByteBuffer, offload: TapOffload)
     }
 
     /// The output queue: about 700 full-size frames, or 16 of the largest.
@@ -88,6 +89,12 @@ final class GuestPort {
     var label: String {
         let who = mac.map { " mac \($0)" } ?? ""
         return "guest \(id.raw) (\(transport.rawValue) \(peer)\(who))"
+    }
+
+    /// The tap's offloads, for a tap port.
+    var tapOffload: TapOffload? {
+        if case .tap(_, _, let offload) = kind { return offload }
+        return nil
     }
 
     var isStream: Bool {

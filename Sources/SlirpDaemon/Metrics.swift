@@ -107,6 +107,20 @@ enum Metrics {
                 }
             })
         }
+        let taps = nets.flatMap { n in
+            n.net.ports.values.sorted { $0.id < $1.id }.compactMap { port in
+                port.tapOffload.map { ("\(n.label),guest=\"\(port.id.raw)\"", $0) }
+            }
+        }
+        family("slirpd_tap_gso_frames_total", "counter",
+               "Frames with a GSO virtio-net header (one TCP or UDP super-frame) read from a tap (in) or written to it (out). Per attached tap.",
+               taps.flatMap { t in [("\(t.0),direction=\"in\"", t.1.gsoIn), ("\(t.0),direction=\"out\"", t.1.gsoOut)] })
+        family("slirpd_tap_malformed_headers_total", "counter",
+               "Frames read from a tap whose virtio-net header did not describe them, dropped. Per attached tap.",
+               taps.map { ($0.0, $0.1.malformedTotal) })
+        family("slirpd_tap_refused_frames_total", "counter",
+               "Frames a tap's kernel refused as invalid on write (EINVAL), dropped. Per attached tap.",
+               taps.map { ($0.0, $0.1.refused) })
         out += "# HELP slirpd_build_info The libslirp in use.\n# TYPE slirpd_build_info gauge\n"
         out += "slirpd_build_info{libslirp=\"\(escape(SlirpStack.libraryVersion))\"} 1\n"
         return out

@@ -145,12 +145,26 @@ final class Network {
 
     /// A tap device is one guest port from the start: whatever sits behind it is the guest.
     private func attachTap(_ name: String) throws(IOError) {
-        let socket = try openTap(name: name)
+        // The MTU behind the tap is the network's: a tap's reads (64 KiB GSO frames) say
+        // nothing about it, so it is not learnt (PortState.learnsMTU).
+        let (socket, offload) = try TapOffload.open(name: name, mtu: config.effectiveMTU)
         let port = GuestPort(id: allocatePortID(), transport: .tap, peer: "tap \(name)", endpointName: "tap:\(name)",
-                             kind: .tap(name: name, received: ByteBuffer(capacity: StreamFraming.maximumFrame)),
+                             kind: .tap(name: name, received: ByteBuffer(capacity: TapOffload.receiveCapacity), offload: offload),
                              socket: socket, now: monotonicNanoseconds())
+        offload.onRefused = { [unowned port, log] count in
+            port.drops += 1
+            if isLoggedOccurrence(count) {
+                log.warning("\(port.label): the kernel refused a frame and its virtio-net header as invalid; dropped (\(count) so far)")
+            }
+        }
         admit(port, on: "tap:\(name)")
-        framePath.setShimFlowCap(Network.tapShimFlowCap(mtu: config.effectiveMTU), for: port.id)
+        log.info("tap \(name): \(offload.summary)")
+        // With the kernel's TSO the tap takes large TCP segments and cuts them itself; its
+        // queue of 1,000 frames then holds far more than the shim offers a flow.
+        port.state.takesLargeSegments = offload.segmentsTCP
+        if !offload.segmentsTCP {
+            framePath.setShimFlowCap(Network.tapShimFlowCap(mtu: config.effectiveMTU), for: port.id)
+        }
     }
 
     /// What the TCP shim may offer a flow behind a tap beyond libslirp's window. The tap's
@@ -298,7 +312,7 @@ final class Network {
 
     /// Reads until the socket is drained, switching each complete frame.
     private func readAll(_ port: GuestPort) {
-        if case .tap(let name, let received) = port.kind { return readTap(port, name, received) }
+        if case .tap(let name, let received, let offload) = port.kind { return readTap(port, name, received, offload) }
         guard case .stream(let received) = port.kind else { return }
         while port.closeReason == nil {
             let result: IOResult<Int>
@@ -319,7 +333,9 @@ final class Network {
     }
 
     /// A tap gives one frame per read; it has no connection to reset, so bad frames are dropped.
-    private func readTap(_ port: GuestPort, _ name: String, _ received: ByteBuffer) {
+    /// Behind a virtio-net header a frame may be a 64 KiB TCP segment (it goes on whole:
+    /// libslirp takes it) or a UDP super-frame (cut into its datagrams here).
+    private func readTap(_ port: GuestPort, _ name: String, _ received: ByteBuffer, _ offload: TapOffload) {
         while port.closeReason == nil {
             let result: IOResult<Int>
             do {
@@ -329,11 +345,23 @@ final class Network {
                 break
             }
             guard case .done(let n) = result, n > 0 else { return }
-            guard n >= StreamFraming.minimumFrame else {
+            let bytes = received.mutableReadable
+            switch offload.read(bytes) {
+            case .frame(let range):
+                guard range.count >= StreamFraming.minimumFrame else {
+                    port.drops += 1
+                    continue
+                }
+                fromGuest(port, UnsafeRawBufferPointer(rebasing: bytes[range]))
+            case .udpSegments(let range, let header):
+                header.udpSegments(UnsafeRawBufferPointer(rebasing: bytes[range])) { fromGuest(port, $0) }
+            case .malformed(let why):
                 port.drops += 1
-                continue
+                let count = offload.malformedTotal
+                if isLoggedOccurrence(count) {
+                    log.warning("\(port.label): dropped a frame whose virtio-net header is malformed (\(why?.rawValue ?? "unreadable header")), \(count) so far")
+                }
             }
-            fromGuest(port, received.readable)
         }
         scheduleClose(port)
     }
@@ -360,7 +388,9 @@ final class Network {
         guard port.closeReason == nil else { return }
         while !port.queued.isEmpty {
             do {
-                let result = port.isStream ? try port.socket.write(from: port.queued) : try port.socket.writeFrames(from: port.queued)
+                let result = if port.isStream { try port.socket.write(from: port.queued) }
+                    else if let tap = port.tapOffload { try tap.writeFrames(from: port.queued, to: port.socket) }
+                    else { try port.socket.writeFrames(from: port.queued) }
                 guard case .done = result else { return }
             } catch {
                 writeFailed(port, error, unqueued: 0)
@@ -515,7 +545,8 @@ final class Network {
         guard port.closeReason == nil, port.refusedFor == nil else { return }
         if frame.count >= Network.directWriteMinimum, port.queued.isEmpty, !port.isStream {
             do {
-                if case .done = try port.socket.writeFrame(frame) { return port.countSent(frame) }
+                let result = if let tap = port.tapOffload { try tap.write(frame, to: port.socket) } else { try port.socket.writeFrame(frame) }
+                if case .done = result { return port.countSent(frame) }
             } catch {
                 writeFailed(port, error, unqueued: 1)
                 scheduleClose(port)
