@@ -17,6 +17,27 @@ from typing import Callable, Optional
 
 CHUNK = 1 << 20
 
+# Run with python3 -c in a namespace: sends SIZE deterministic bytes to HOST:PORT (argv 1-3),
+# half-closes, prints its sha256 and the server's reply.
+SHA_SENDER = """
+import hashlib, socket, sys
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.create_connection((host, port), timeout=30)
+h = hashlib.sha256()
+block = bytes(range(256)) * 256
+sent = 0
+while sent < size:
+    chunk = block[: min(len(block), size - sent)]
+    s.sendall(chunk); h.update(chunk); sent += len(chunk)
+s.shutdown(socket.SHUT_WR)
+reply = b""
+while True:
+    b = s.recv(4096)
+    if not b: break
+    reply += b
+print(h.hexdigest(), reply.decode())
+"""
+
 
 def repeated_sha256(blob: bytes, times: int) -> str:
     h = hashlib.sha256()

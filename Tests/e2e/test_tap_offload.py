@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from bulk import HostPeer, receive_and_hash, repeated_sha256, send_then_close
+from bulk import SHA_SENDER, HostPeer, receive_and_hash, repeated_sha256, send_then_close
 from daemon import Slirpd
 from guest import free_port, wait_for
 from test_tap import in_ns, namespace_tap, sh  # noqa: F401 (fixture)
@@ -25,25 +25,6 @@ pytestmark = pytest.mark.e2e
 SIZE = 256 << 20
 BLOCK = bytes(range(256)) * 256
 
-# Sends SIZE deterministic bytes to HOST:PORT, half-closes, prints its sha256 and the server's reply.
-SENDER = """
-import hashlib, socket, sys
-host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.create_connection((host, port), timeout=30)
-h = hashlib.sha256()
-block = bytes(range(256)) * 256
-sent = 0
-while sent < size:
-    chunk = block[: min(len(block), size - sent)]
-    s.sendall(chunk); h.update(chunk); sent += len(chunk)
-s.shutdown(socket.SHUT_WR)
-reply = b""
-while True:
-    b = s.recv(4096)
-    if not b: break
-    reply += b
-print(h.hexdigest(), reply.decode())
-"""
 
 # Reads HOST:PORT to EOF; prints the byte count and sha256.
 RECEIVER = """
@@ -115,7 +96,7 @@ def bulk_both_ways(ns: str, size: int, v6: bool = False) -> None:
     results = []
     server = threading.Thread(target=digest_server, args=(listener, results), daemon=True)
     server.start()
-    out = in_ns(ns, "python3", "-c", SENDER, gateway, str(listener.getsockname()[1]), str(size), timeout=60).stdout.split()
+    out = in_ns(ns, "python3", "-c", SHA_SENDER, gateway, str(listener.getsockname()[1]), str(size), timeout=60).stdout.split()
     server.join(30)
     listener.close()
     expected = repeated_sha256(BLOCK, size // len(BLOCK))

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from bulk import receive_and_hash
+from bulk import SHA_SENDER, receive_and_hash
 from daemon import Slirpd, metric
 from guest import free_port, wait_for
 from test_tap import in_ns, namespace_tap, sh  # noqa: F401 (fixture)
@@ -22,25 +22,6 @@ pytestmark = pytest.mark.e2e
 
 SIZE = 64 << 20
 
-# Sends SIZE deterministic bytes to HOST:PORT, half-closes, prints its sha256 and the server's reply.
-CLIENT = """
-import hashlib, socket, sys
-host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.create_connection((host, port), timeout=30)
-h = hashlib.sha256()
-block = bytes(range(256)) * 256
-sent = 0
-while sent < size:
-    chunk = block[: min(len(block), size - sent)]
-    s.sendall(chunk); h.update(chunk); sent += len(chunk)
-s.shutdown(socket.SHUT_WR)
-reply = b""
-while True:
-    b = s.recv(4096)
-    if not b: break
-    reply += b
-print(h.hexdigest(), reply.decode())
-"""
 
 
 def digest_server(listener, results):
@@ -80,7 +61,7 @@ def test_window_scale_offered_both_ways_and_a_bulk_transfer_arrives_intact(tmp_p
             results = []
             server = threading.Thread(target=digest_server, args=(listener, results), daemon=True)
             server.start()
-            out = in_ns(ns, "python3", "-c", CLIENT, "10.0.2.2", str(port), str(SIZE), timeout=120).stdout.split()
+            out = in_ns(ns, "python3", "-c", SHA_SENDER, "10.0.2.2", str(port), str(SIZE), timeout=120).stdout.split()
             server.join(60)
             listener.close()
             assert results == [SIZE]
