@@ -105,7 +105,8 @@ public struct VirtioNetHeader: Equatable, Sendable {
 
     /// Why a frame from the kernel was refused.
     public enum Malformed: String, Sendable, CaseIterable {
-        /// csum_start/csum_offset do not leave two bytes inside the frame.
+        /// csum_start/csum_offset do not leave two bytes inside the frame (or, for a GSO
+        /// frame, csum_start is not its transport header).
         case checksumOutOfFrame = "checksum offsets outside the frame"
         /// A GSO type whose frame is not that protocol, or whose headers do not parse.
         case gsoMismatch = "GSO type does not match the frame"
@@ -139,6 +140,9 @@ public struct VirtioNetHeader: Equatable, Sendable {
             case .tcpv6: guard !l4.isIPv4, l4.proto == 6 else { return .malformed(.gsoMismatch) }
             default: guard l4.proto == 17 else { return .malformed(.gsoMismatch) }
             }
+            // The kernel points a GSO frame's partial checksum at its transport header;
+            // aimed anywhere else, completing it could overwrite the headers just checked.
+            guard !needsChecksumCompleted || Int(checksumStart) == l4.l4 else { return .malformed(.checksumOutOfFrame) }
         }
         if needsChecksumCompleted {
             guard Self.completeChecksum(frame: frame, start: Int(checksumStart), offset: Int(checksumOffset)) else {

@@ -195,6 +195,11 @@ import Testing
             (VirtioNetHeader(gsoType: .tcpv4, gsoSize: 1460), arp, .gsoMismatch),
             (VirtioNetHeader(gsoType: .tcpv4, gsoSize: 1460), Array(tcp4.prefix(40)), .gsoMismatch),
             (VirtioNetHeader(gsoType: .udp, gsoSize: 1000), udp4, .unsupportedGSO),
+            // A GSO frame's partial checksum aimed at its IP header (the length), not at TCP.
+            (VirtioNetHeader(flags: csum, gsoType: .tcpv4, gsoSize: 1460, checksumStart: 14, checksumOffset: 2), tcp4,
+             .checksumOutOfFrame),
+            (VirtioNetHeader(flags: csum, gsoType: .udpL4, gsoSize: 1000, checksumStart: 18, checksumOffset: 0),
+             Self.frame(v6: true, udp: true, payload: Self.payload(3000)), .checksumOutOfFrame),
         ]
         for (header, original, reason) in cases {
             var f = original
