@@ -3,10 +3,10 @@ import FrameSwitch
 // TCPSegmentLayout: where the parts of an untagged Ethernet frame carrying one TCP segment
 // are, for the edge stages that cut (TCPSegmentation) and merge (TCPCoalescer) segments.
 //
-// Theory of operation. Lengths come from the IP header, never the frame's size, so
-// Ethernet padding past the datagram is ignored; a datagram longer than the frame, an
-// IPv4 fragment, IPv6 with an extension header before TCP, or a TCP data offset outside
-// the segment is no layout at all, and callers pass such frames on untouched.
+// Theory of operation. IPLayers finds the packet (lengths from the IP header, no
+// fragments, no IPv6 extension headers); a packet that is not TCP, or whose TCP data
+// offset falls outside the segment, is no layout at all, and callers pass such frames on
+// untouched.
 struct TCPSegmentLayout {
     static let ip = EthernetHeader.length
     var v6: Bool
@@ -27,27 +27,10 @@ struct TCPSegmentLayout {
     var payloadLength: Int { end - payload }
 
     init?(_ frame: UnsafeRawBufferPointer) {
-        let ip = Self.ip
-        guard frame.count >= ip + 20 else { return nil }
-        switch UInt16(frame[12]) << 8 | UInt16(frame[13]) {
-        case 0x0800:
-            let ihl = Int(frame[ip] & 0x0F) * 4
-            let total = Int(frame[ip + 2]) << 8 | Int(frame[ip + 3])
-            guard frame[ip] >> 4 == 4, ihl >= 20, total >= ihl + 20, ip + total <= frame.count, frame[ip + 9] == 6,
-                  frame[ip + 6] & 0x3F == 0, frame[ip + 7] == 0 else { return nil }  // no MF, offset 0
-            v6 = false
-            tcp = ip + ihl
-            end = ip + total
-        case 0x86DD:
-            guard frame.count >= ip + 40, frame[ip] >> 4 == 6, frame[ip + 6] == 6 else { return nil }
-            let length = Int(frame[ip + 4]) << 8 | Int(frame[ip + 5])
-            guard length >= 20, ip + 40 + length <= frame.count else { return nil }
-            v6 = true
-            tcp = ip + 40
-            end = ip + 40 + length
-        default:
-            return nil
-        }
+        guard let l = IPLayers(frame, minimumL4: 20), l.proto == 6 else { return nil }
+        v6 = !l.isIPv4
+        tcp = l.l4
+        end = l.end
         let dataOffset = Int(frame[tcp + 12] >> 4) * 4
         guard dataOffset >= 20, tcp + dataOffset <= end else { return nil }
         payload = tcp + dataOffset

@@ -766,8 +766,7 @@ private struct FlowKey: Hashable {
     }
 }
 
-/// A parsed TCP segment in an Ethernet frame (IPv4 without fragments, or IPv6 with TCP as
-/// the first next header); lengths come from the IP header, so Ethernet padding is ignored.
+/// A TCP segment's layout (TCPSegmentLayout) and the header fields the shim reads.
 struct Segment {
     var v6: Bool
     var tcp: Int
@@ -780,35 +779,12 @@ struct Segment {
     var window: UInt16
 
     init?(_ frame: UnsafeRawBufferPointer) {
-        let ip = EthernetHeader.length
-        guard frame.count >= ip + 20 else { return nil }
-        let tcpLength: Int
-        switch read16(frame, 12) {
-        case 0x0800:
-            guard frame[ip] >> 4 == 4 else { return nil }
-            let headerLength = Int(frame[ip] & 0x0F) * 4
-            let total = Int(read16(frame, ip + 2))
-            guard headerLength >= 20, total >= headerLength, ip + total <= frame.count, frame[ip + 9] == 6,
-                  read16(frame, ip + 6) & 0x3FFF == 0 else { return nil }
-            v6 = false
-            tcp = ip + headerLength
-            ipEnd = ip + total
-            tcpLength = total - headerLength
-        case 0x86DD:
-            guard frame.count >= ip + 40, frame[ip] >> 4 == 6, frame[ip + 6] == 6 else { return nil }
-            let payload = Int(read16(frame, ip + 4))
-            guard ip + 40 + payload <= frame.count else { return nil }
-            v6 = true
-            tcp = ip + 40
-            ipEnd = ip + 40 + payload
-            tcpLength = payload
-        default:
-            return nil
-        }
-        guard tcpLength >= 20 else { return nil }
-        dataOffset = Int(frame[tcp + 12] >> 4) * 4
-        guard dataOffset >= 20, dataOffset <= tcpLength else { return nil }
-        payload = tcpLength - dataOffset
+        guard let layout = TCPSegmentLayout(frame) else { return nil }
+        v6 = layout.v6
+        tcp = layout.tcp
+        ipEnd = layout.end
+        dataOffset = layout.dataOffset
+        payload = layout.payloadLength
         flags = frame[tcp + 13]
         seq = read32(frame, tcp + 4)
         ack = read32(frame, tcp + 8)

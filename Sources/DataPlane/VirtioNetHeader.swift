@@ -134,7 +134,7 @@ public struct VirtioNetHeader: Equatable, Sendable {
             return .malformed(.unsupportedGSO)
         case .tcpv4, .tcpv6, .udpL4:
             guard gsoSize > 0 else { return .malformed(.gsoSizeZero) }
-            guard let l4 = Layers(UnsafeRawBufferPointer(frame)) else { return .malformed(.gsoMismatch) }
+            guard let l4 = IPLayers(UnsafeRawBufferPointer(frame), minimumL4: 8) else { return .malformed(.gsoMismatch) }
             switch gsoType {
             case .tcpv4: guard l4.isIPv4, l4.proto == 6 else { return .malformed(.gsoMismatch) }
             case .tcpv6: guard !l4.isIPv4, l4.proto == 6 else { return .malformed(.gsoMismatch) }
@@ -158,7 +158,7 @@ public struct VirtioNetHeader: Equatable, Sendable {
     @discardableResult
     public static func completeChecksum(frame: UnsafeMutableRawBufferPointer, start: Int, offset: Int) -> Bool {
         let field = start + offset
-        guard start >= EthernetLengths.ethernet, field + 2 <= frame.count, start < frame.count else { return false }
+        guard start >= EthernetHeader.length, field + 2 <= frame.count, start < frame.count else { return false }
         var sum = ~IPChecksum.sum(UnsafeRawBufferPointer(rebasing: frame[start...]))
         if offset == 6, sum == 0 { sum = 0xFFFF }
         frame[field] = UInt8(sum >> 8)
@@ -172,7 +172,7 @@ public struct VirtioNetHeader: Equatable, Sendable {
     /// to `emit` in a scratch buffer valid for that call only. Returns the count.
     @discardableResult
     public func udpSegments(_ frame: UnsafeRawBufferPointer, emit: (UnsafeRawBufferPointer) -> Void) -> Int {
-        guard gsoType == .udpL4, gsoSize > 0, let l = Layers(frame), l.proto == 17 else { return 0 }
+        guard gsoType == .udpL4, gsoSize > 0, let l = IPLayers(frame, minimumL4: 8), l.proto == 17 else { return 0 }
         let headers = l.l4 + 8
         let end = l.end
         guard headers <= end else { return 0 }
@@ -224,7 +224,7 @@ public struct VirtioNetHeader: Equatable, Sendable {
     /// gets a GSO header whose segments fill the MTU, NEEDS_CSUM, and a patch that puts
     /// the pseudo-header sum in its checksum field; any other frame an all-zero header.
     public static func header(forOutgoing frame: UnsafeRawBufferPointer, mtu: Int) -> (header: VirtioNetHeader, patch: ChecksumPatch?) {
-        guard frame.count - EthernetLengths.ethernet > mtu, let l = Layers(frame), l.proto == 6,
+        guard frame.count - EthernetHeader.length > mtu, let l = IPLayers(frame, minimumL4: 8), l.proto == 6,
               l.l4 + 20 <= l.end else { return (VirtioNetHeader(), nil) }
         let tcpHeader = Int(frame[l.l4 + 12] >> 4) * 4
         let headers = l.l4 + tcpHeader
@@ -237,49 +237,8 @@ public struct VirtioNetHeader: Equatable, Sendable {
         return (header, ChecksumPatch(offset: l.l4 + 16, value: pseudoHeaderSum(frame, l, l4Length: l.end - l.l4)))
     }
 
-    // MARK: Layers
-
-    /// Offsets of an untagged IPv4 or IPv6 frame's layers (IPv6 without extension
-    /// headers: the kernel's GSO frames have none), checked against the frame.
-    struct Layers {
-        var isIPv4: Bool
-        var ip: Int
-        var l4: Int
-        var proto: UInt8
-        /// End of the IP packet (Ethernet padding excluded).
-        var end: Int
-
-        init?(_ frame: UnsafeRawBufferPointer) {
-            let e = EthernetLengths.ethernet
-            guard frame.count >= e + 20 else { return nil }
-            let type = UInt16(frame[12]) << 8 | UInt16(frame[13])
-            ip = e
-            if type == 0x0800, frame[e] >> 4 == 4 {
-                let ihl = Int(frame[e] & 0x0F) * 4
-                let total = Int(UInt16(frame[e + 2]) << 8 | UInt16(frame[e + 3]))
-                guard ihl >= 20, total >= ihl, e + total <= frame.count else { return nil }
-                // Fragments have no GSO and no L4 header past the first.
-                guard frame[e + 6] & 0x3F == 0, frame[e + 7] == 0 else { return nil }
-                isIPv4 = true
-                l4 = e + ihl
-                proto = frame[e + 9]
-                end = e + total
-            } else if type == 0x86DD, frame.count >= e + 40, frame[e] >> 4 == 6 {
-                let payload = Int(UInt16(frame[e + 4]) << 8 | UInt16(frame[e + 5]))
-                guard e + 40 + payload <= frame.count else { return nil }
-                isIPv4 = false
-                l4 = e + 40
-                proto = frame[e + 6]
-                end = e + 40 + payload
-            } else {
-                return nil
-            }
-            guard l4 + 8 <= end else { return nil }
-        }
-    }
-
     /// The folded (not complemented) pseudo-header sum for an L4 segment of `l4Length` bytes.
-    static func pseudoHeaderSum(_ frame: UnsafeRawBufferPointer, _ l: Layers, l4Length: Int) -> UInt16 {
+    static func pseudoHeaderSum(_ frame: UnsafeRawBufferPointer, _ l: IPLayers, l4Length: Int) -> UInt16 {
         let addresses = l.isIPv4 ? UnsafeRawBufferPointer(rebasing: frame[(l.ip + 12)..<(l.ip + 20)])
                                  : UnsafeRawBufferPointer(rebasing: frame[(l.ip + 8)..<(l.ip + 40)])
         let extra = IPChecksum.add(IPChecksum.add(UInt16(l.proto), UInt16(l4Length & 0xFFFF)), UInt16(l4Length >> 16))
@@ -290,8 +249,4 @@ public struct VirtioNetHeader: Equatable, Sendable {
         bytes[at] = UInt8(v >> 8)
         bytes[at + 1] = UInt8(v & 0xFF)
     }
-}
-
-enum EthernetLengths {
-    static let ethernet = 14
 }
