@@ -329,7 +329,7 @@ private struct Loader {
         for (spec, key) in endpointKeys {
             let resource: String
             switch spec {
-            case .stream(let path), .dgram(let path): resource = "socket path '\(path)'"
+            case .stream(let path), .dgram(let path), .vhostUser(let path): resource = "socket path '\(path)'"
             case .tcp: resource = "TCP address \(spec.description.dropFirst("tcp:".count))"
             case .tap(let device): resource = "tap device '\(device)'"
             case .connect(let path): resource = "QEMU socket '\(path)'"

@@ -7,6 +7,7 @@ import NetServices
 import PosixIO
 import SlirpAPI
 import SlirpKit
+import VhostUser
 
 /// One virtual network: a libslirp instance, a switch, its endpoints and guests.
 ///
@@ -63,6 +64,8 @@ final class Network {
     private var departed: [DepartedGuest] = []
     /// NAT connections reset in libslirp for guests that left for good.
     private(set) var natConnectionsReset = 0
+    /// vhost-user connections closed for a protocol error, a bad ring or a failed mapping.
+    var vhostUserCloses: [VhostUserError.Kind: Int] = [:]
     /// Peers kept out by guest-uids/guest-gids.
     private(set) var refusedGuests = 0
     /// Datagrams from new peers dropped for want of a descriptor to answer them with.
@@ -124,7 +127,7 @@ final class Network {
                 switch spec {
                 case .tap(let name): try attachTap(name)
                 case .connect(let path): dialTargets.append(DialTarget(path: path, fromAPI: false))
-                case .stream, .tcp:
+                case .stream, .tcp, .vhostUser:
                     listeners.append(try StreamListener(spec: spec, mode: config.socketMode, group: config.socketGroup,
                                                         inherited: inherited.descriptor(for: spec)))
                 case .dgram(let path):
@@ -196,6 +199,8 @@ final class Network {
         case listener(StreamListener)
         case datagram(DatagramEndpoint)
         case guest(GuestPort)
+        /// A vhost-user guest's kick eventfd for queue 0 (RX) or 1 (TX).
+        case vhostKick(GuestPort, VhostUserLink, Int)
         case dnsUpstream
         case dnsListener
         case dnsConnection(DNSConnection)
@@ -211,6 +216,17 @@ final class Network {
             sources.append(.datagram(d))
         }
         for port in ports.values where port.closeReason == nil {
+            if let link = port.vhostUser {
+                // Messages on the socket; TX kicks always; RX kicks only while frames wait for buffers.
+                set.add(port.socket.raw, .input)
+                sources.append(.guest(port))
+                for (index, queue) in link.device.queues.enumerated() where queue.isActive {
+                    guard let kick = queue.kick, index == VhostUserDevice.txQueue || !port.queued.isEmpty else { continue }
+                    set.add(kick, .input)
+                    sources.append(.vhostKick(port, link, index))
+                }
+                continue
+            }
             // A datagram guest's own socket only sends: poll it only while frames wait.
             let events: PollEvents = port.readsOwnDescriptor ? .input : []
             let wanted = port.queued.isEmpty ? events : events.union(.output)
@@ -237,6 +253,7 @@ final class Network {
         switch source {
         case .listener(let l): acceptAll(l, now: now)
         case .datagram(let d): receiveAll(d, now: now)
+        case .vhostKick(let port, let link, let queue): vhostKicked(port, link, queue: queue)
         case .guest(let port):
             if events.contains(.output) { flush(port) }
             if port.readsOwnDescriptor, !events.isDisjoint(with: [.input, .hangup, .error]) { readAll(port) }
@@ -294,9 +311,10 @@ final class Network {
                     continue
                 }
             }
-            let port = GuestPort(
-                id: allocatePortID(), transport: listener.transport, peer: peer, endpointName: "\(listener.spec)",
-                kind: .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity)), socket: socket, now: now)
+            let kind: GuestPort.Kind = listener.transport == .vhostUser
+                ? .vhostUser(VhostUserLink()) : .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity))
+            let port = GuestPort(id: allocatePortID(), transport: listener.transport, peer: peer, endpointName: "\(listener.spec)",
+                                 kind: kind, socket: socket, now: now)
             admit(port, on: "\(listener.spec)")
         }
     }
@@ -313,6 +331,7 @@ final class Network {
     /// Reads until the socket is drained, switching each complete frame.
     private func readAll(_ port: GuestPort) {
         if case .tap(let name, let received, let offload) = port.kind { return readTap(port, name, received, offload) }
+        if let link = port.vhostUser { return readVhostMessages(port, link) }
         guard case .stream(let received) = port.kind else { return }
         while port.closeReason == nil {
             let result: IOResult<Int>
@@ -386,6 +405,10 @@ final class Network {
     /// Writes queued frames until the queue is empty or the guest's socket is full.
     private func flush(_ port: GuestPort) {
         guard port.closeReason == nil else { return }
+        if let link = port.vhostUser {
+            flushVhost(port, link)
+            return scheduleClose(port)
+        }
         while !port.queued.isEmpty {
             do {
                 let result = if port.isStream { try port.socket.write(from: port.queued) }
@@ -490,7 +513,7 @@ final class Network {
 
     // MARK: Switching
 
-    private func fromGuest(_ port: GuestPort, _ frame: UnsafeRawBufferPointer) {
+    func fromGuest(_ port: GuestPort, _ frame: UnsafeRawBufferPointer) {
         guard let header = EthernetHeader(frame) else { return }
         port.rxFrames += 1
         port.rxBytes += frame.count
@@ -543,6 +566,16 @@ final class Network {
     /// slice of round trip (about 10% faster at MTU 65520).
     func deliver(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
         guard port.closeReason == nil, port.refusedFor == nil else { return }
+        if let link = port.vhostUser, port.queued.isEmpty, vhostDeliver(frame, to: port, link) {
+            // Written into the guest's buffers (or dropped as too large); its interrupt goes
+            // out with the flush list, once per loop turn.
+            port.countSent(frame)
+            if !port.inFlushList {
+                port.inFlushList = true
+                flushList.append(port)
+            }
+            return scheduleClose(port)
+        }
         if frame.count >= Network.directWriteMinimum, port.queued.isEmpty, !port.isStream {
             do {
                 let result = if let tap = port.tapOffload { try tap.write(frame, to: port.socket) } else { try port.socket.writeFrame(frame) }
@@ -578,7 +611,8 @@ final class Network {
     func admit(_ port: GuestPort, on endpoint: String) {
         port.flows = FlowBudget(dnsAddress: config.options.ipv4 ? config.options.dns.value : nil)
         port.state.mtu = config.effectiveMTU
-        port.state.learnsMTU = port.transport != .tap
+        // A tap's reads and a vhost-user guest's TX chains are 64 KiB GSO frames: not its MTU.
+        port.state.learnsMTU = port.transport != .tap && port.transport != .vhostUser
         ports[port.id] = port
         framePath.addPort(port.state)
         log.info("\(port.label) attached on \(endpoint)")
@@ -602,6 +636,7 @@ final class Network {
             guard let reason = port.closeReason, ports.removeValue(forKey: port.id) != nil else { continue }
             let macs = framePath.removePort(port.id)
             port.socket.close()
+            port.vhostUser?.close()
             if case .datagram(let endpoint, let peer) = port.kind { endpoint.peers[peer] = nil }
             let now = monotonicNanoseconds()
             dialledPortClosed(port, now: now)
@@ -698,7 +733,10 @@ final class Network {
     func shutdown() {
         stopServices()
         finishCaptures()
-        for port in ports.values { port.socket.close() }
+        for port in ports.values {
+            port.socket.close()
+            port.vhostUser?.close()
+        }
         ports.removeAll()
         closeEndpoints()
         stack.close()

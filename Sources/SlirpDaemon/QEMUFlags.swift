@@ -13,6 +13,11 @@ enum QEMUFlags {
         }
         let mac = QEMUArgs.freshMAC()
         let text = "\(endpoint)"
+        if case .vhostUser(let path) = endpoint {
+            // The guest's RAM must be shared memory (memfd, share=on) for the back end to map it.
+            return ["attach a guest to network \(network) over \(text) (RAM size must match -m):",
+                    "  -object memory-backend-memfd,id=mem,size=RAM,share=on -numa node,memdev=mem -chardev socket,id=c0,path=\(path),reconnect=1 -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0,mac=\(mac)"]
+        }
         if case .connect(let path) = endpoint {
             return ["network \(network) dials QEMU at unix:\(path) (again after every drop or restart); start that QEMU with:",
                     "  " + ((try? QEMUArgs.flags(endpoint: text, mac: mac, mtu: mtu)) ?? "")]

@@ -14,7 +14,7 @@
 /// Why a connection is closed: the message, ring or memory layout the guest's QEMU sent
 /// does not follow the protocol. The daemon logs `message` and drops the connection.
 public struct VhostUserError: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Kind: String, Sendable {
+    public enum Kind: String, Sendable, CaseIterable {
         /// A message that is malformed, unknown, or out of order.
         case protocolViolation = "protocol"
         /// A ring or descriptor in guest memory that cannot be followed safely.

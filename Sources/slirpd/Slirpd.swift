@@ -39,6 +39,9 @@ struct Slirpd: ParsableCommand {
     @Option(help: ArgumentHelp("Attach a tap device you may use (ip tuntap add mode tap user USER name IFNAME), so a network namespace or container joins the network. Repeatable.", valueName: "IFNAME"))
     var tap: [String] = []
 
+    @Option(name: .customLong("vhost-user"), help: ArgumentHelp("Listen on a Unix socket as a vhost-user virtio-net back end (QEMU -netdev vhost-user); one guest per connection. Repeatable.", valueName: "PATH"))
+    var vhostUser: [String] = []
+
     @Option(name: .customLong("connect"), help: ArgumentHelp("Dial a QEMU '-netdev stream,server=on' socket, and re-dial it whenever the connection drops or slirpd restarts. Repeatable.", valueName: "unix:PATH"))
     var connectTargets: [String] = []
 
@@ -143,6 +146,7 @@ struct Slirpd: ParsableCommand {
             endpoints.append(spec)
         }
         endpoints += tap.map { .tap(name: $0) }
+        endpoints += vhostUser.map { .vhostUser(path: $0) }
         for text in connectTargets {
             guard let spec = EndpointSpec.connect(parsing: text) else { throw fail("invalid --connect '\(text)' (expected unix:PATH)") }
             endpoints.append(spec)
