@@ -97,6 +97,7 @@ extension Network {
                 let bytes = UnsafeRawBufferPointer(rebasing: link.messageBuffer[0..<received.count])
                 guard let message = try link.assembler.received(bytes, descriptors: received.descriptors) else { continue }
                 link.messages += 1
+                log.trace("\(port.label): vhost-user \(VhostUserMessage.name(message.request)) flags 0x\(String(message.flags, radix: 16)) \(message.payload.count) bytes \(message.descriptors.count) descriptors")
                 if let reply = try link.device.handle(message) {
                     do {
                         try port.socket.sendAll(reply.encoded)

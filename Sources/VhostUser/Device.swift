@@ -259,9 +259,8 @@ public final class VhostUserDevice {
         case .setVringEnable:
             let (index, num) = try m.vringState()
             let q = try queue(index, request)
-            guard has(.protocolFeatures), num <= 1 else {
-                throw VhostUserError(.protocolViolation, "SET_VRING_ENABLE \(num) for queue \(index) without PROTOCOL_FEATURES or with a bad value")
-            }
+            // QEMU 7.2 sends it as soon as PROTOCOL_FEATURES is offered, before SET_FEATURES.
+            guard num <= 1 else { throw VhostUserError(.protocolViolation, "SET_VRING_ENABLE \(num) for queue \(index)") }
             q.enabled = num == 1
             generation += 1
             return nil
