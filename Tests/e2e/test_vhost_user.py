@@ -91,3 +91,18 @@ def test_vhost_user_bulk_both_ways_uses_large_segments(vhost_net):
     # Toward the guest the NAT's large segments went whole into its buffers (GSO).
     assert vhost_metric(daemon, "slirpd_vhost_user_gso_frames_total", ',direction="out"') > out_before
     assert "closing its connection" not in daemon.log, daemon.log[-3000:]
+
+
+def test_vhost_user_upload_uses_large_segments(vhost_net):
+    from bulk import HostPeer, receive_and_hash
+    daemon, guest = vhost_net
+    mib = 16
+    in_before = vhost_metric(daemon, "slirpd_vhost_user_gso_frames_total", ',direction="in"')
+    with HostPeer(receive_and_hash, timeout=120) as peer:
+        guest.check(f"nc 10.0.2.2 {peer.port} -e sh -c 'dd if=/dev/zero bs=1048576 count={mib} 2>/dev/null'", timeout=120)
+        n, sha = peer.results()[0]
+    assert n == mib << 20
+    assert sha == hashlib.sha256(bytes(mib << 20)).hexdigest()
+    # The guest's TSO: TCP segments over its MTU came out of its TX ring whole.
+    assert vhost_metric(daemon, "slirpd_vhost_user_gso_frames_total", ',direction="in"') > in_before
+    assert "closing its connection" not in daemon.log, daemon.log[-3000:]
