@@ -106,3 +106,41 @@ def test_vhost_user_upload_uses_large_segments(vhost_net):
     # The guest's TSO: TCP segments over its MTU came out of its TX ring whole.
     assert vhost_metric(daemon, "slirpd_vhost_user_gso_frames_total", ',direction="in"') > in_before
     assert "closing its connection" not in daemon.log, daemon.log[-3000:]
+
+
+def test_vhost_user_guest_survives_slirpd_restart_with_reconnect(tmp_path):
+    """QEMU's `-chardev socket,...,reconnect=1` attaches the guest again after slirpd
+    restarts: QEMU sends the whole setup again and the rings resume from the used
+    index. The guest keeps its lease (the new slirpd restores it from its state
+    directory) and its forward, without a new DHCP exchange."""
+    from daemon import retry_http_get
+    from guest import free_port
+    path = str(tmp_path / "vhost.sock")
+    port = free_port()
+    state = str(tmp_path / "state")
+    args = ["--vhost-user", path, "--state-dir", state, "-o", f"hostfwd=tcp:127.0.0.1:{port}-:8080"]
+    first = Slirpd(args, tmp_path, name="first")
+    guest = None
+    try:
+        guest = Guest("r", None, MAC_V, memory_mb=MEMORY_MB, log_dir=tmp_path,
+                      extra_args=vhost_user_args(path, MAC_V, reconnect=True))
+        guest.wait_ready()
+        assert retry_http_get(f"http://127.0.0.1:{port}/").strip() == f"hello from guest {MAC_V}"
+        first.wait_log("vhost-user queues running")
+        first.stop()
+        second = Slirpd(args, tmp_path, name="second")
+        try:
+            second.wait_log("vhost-user queues running", timeout=30)
+            # The lease came back from the state directory, not from a new exchange.
+            with HostHTTPServer() as http:
+                assert guest_get(guest, http.url("10.0.2.2")) == http.body.decode()
+            assert retry_http_get(f"http://127.0.0.1:{port}/").strip() == f"hello from guest {MAC_V}"
+            assert "1 of 1 saved leases still valid" in second.log
+            assert f"lease: {MAC_V} has" not in second.log, "the guest asked for a new lease"
+            assert "closing its connection" not in second.log, second.log[-3000:]
+        finally:
+            second.stop()
+    finally:
+        if guest is not None:
+            guest.stop()
+        first.stop()
