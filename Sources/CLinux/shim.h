@@ -85,3 +85,11 @@ static inline long clinux_recv_with_fds(int sock, void *buffer, size_t length, i
     if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
     return n;
 }
+
+// fcntl is variadic: a memfd's seals (F_GET_SEALS), or -1 with errno EINVAL for a file
+// that is not a memfd.
+#include <fcntl.h>
+#define CLINUX_F_SEAL_SHRINK 0x0002
+static inline int clinux_memfd_seals(int fd) {
+    return fcntl(fd, 1034 /* F_GET_SEALS */);
+}

@@ -57,8 +57,11 @@ public final class SharedMapping {
     public let base: UnsafeMutableRawPointer
     public let length: Int
 
-    /// Maps `length` bytes from offset 0. Refuses a file shorter than that: touching a
-    /// mapping beyond its file's end raises SIGBUS, which would take the daemon down.
+    /// Maps `length` bytes from offset 0. Touching a mapping beyond its file's end raises
+    /// SIGBUS, which would take the daemon down, so the file must be that long now and, if
+    /// it is a memfd (QEMU's memory-backend-memfd), sealed against shrinking (its default,
+    /// seal=on). Other files (memory-backend-file on tmpfs or hugetlbfs) cannot be sealed;
+    /// they are taken as they are, and their owner could still truncate them.
     public init(descriptor fd: Int32, length: Int) throws(IOError) {
         guard length > 0 else { throw IOError(call: "mmap", code: EINVAL, detail: "empty region") }
         var info = stat()
@@ -66,6 +69,10 @@ public final class SharedMapping {
         let isFile = (info.st_mode & S_IFMT) == S_IFREG
         guard isFile, Int(info.st_size) >= length else {
             throw IOError(call: "mmap", code: EINVAL, detail: isFile ? "region of \(length) bytes in a file of \(info.st_size)" : "region not backed by a file (mode \(String(info.st_mode, radix: 8)))")
+        }
+        let seals = clinux_memfd_seals(fd)
+        if seals >= 0, seals & CLINUX_F_SEAL_SHRINK == 0 {
+            throw IOError(call: "mmap", code: EPERM, detail: "a memfd not sealed against shrinking (use memory-backend-memfd's default seal=on)")
         }
         let address = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let address, address != MAP_FAILED else { throw IOError(call: "mmap", code: errno, detail: "\(length) bytes") }

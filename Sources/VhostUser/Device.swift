@@ -82,8 +82,6 @@ public final class VhostUserDevice {
     public let queues = [Queue(), Queue()]
     /// Bumped whenever a queue's kick descriptor or state changes, so the daemon refreshes its poll set.
     public private(set) var generation = 0
-    /// Set once the first queue starts with features negotiated: the daemon logs the attach then.
-    public private(set) var resumedQueues = 0
 
     private var txPieces: [SplitRing.Piece] = []
     private var rxPieces: [SplitRing.Piece] = []
@@ -114,8 +112,8 @@ public final class VhostUserDevice {
     /// Closes every descriptor and unmaps the memory: the connection has gone.
     public func close() {
         for q in queues { closeDescriptors(of: q) }
-        memory = GuestMemory()
         for q in queues { q.ring = nil }
+        memory = GuestMemory()
     }
 
     private func closeDescriptors(of q: Queue) {
@@ -199,7 +197,7 @@ public final class VhostUserDevice {
                 throw VhostUserError(.protocolViolation, "SET_VRING_NUM \(num) for queue \(index) (a power of two up to \(SplitRing.maximumSize))")
             }
             q.size = Int(num)
-            q.ring = nil
+            dropRing(q)
             q.addresses = nil
             generation += 1
             return nil
@@ -210,7 +208,6 @@ public final class VhostUserDevice {
             q.addresses = (m.payload.readLE64(8), m.payload.readLE64(16), m.payload.readLE64(24))
             try resolve(q)
             if q.ring?.resumeFromUsedIndex() == true, let ring = q.ring { q.base = ring.lastAvail }
-            resumedQueues += 1
             generation += 1
             return nil
         case .setVringBase:
@@ -303,13 +300,19 @@ public final class VhostUserDevice {
         }
         // The old table goes (and is unmapped) only once the new one is mapped.
         let mapped = try GuestMemory.map(table, descriptors: fds, platform: platform)
-        for q in queues { q.ring = nil }
+        for q in queues { dropRing(q) }
         memory = mapped
         // The mappings stay; the descriptors are no longer needed (closed by handle's defer).
         for q in queues where q.addresses != nil {
             try resolve(q)
         }
         generation += 1
+    }
+
+    /// Forgets a ring's pointers (its memory or size is changing), keeping where it stood.
+    private func dropRing(_ q: Queue) {
+        if let ring = q.ring { q.base = ring.lastAvail }
+        q.ring = nil
     }
 
     /// Builds a queue's ring from its size, addresses and base once memory is mapped.

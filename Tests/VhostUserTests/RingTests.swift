@@ -288,6 +288,19 @@ import TestSupport
         #expect(failure { _ = try etherFrame(60).withUnsafeBytes { b in try g.device.receive(b, mtu: 1500) } } == .badRing)
     }
 
+    @Test func aNewMemTableKeepsEachRingWhereItStood() throws {
+        let g = try FakeGuest()
+        for _ in 0..<2 { g.post(1, parts: [Self.header12 + etherFrame(60)]) }
+        #expect(try g.transmittedFrames().count == 2)
+        // QEMU sends the table again (memory hot-plug, say); the rings are rebuilt on it.
+        _ = try g.device.handle(Msg.memTable([MemoryRegion(guestPhysical: 0, size: UInt64(FakeGuest.memorySize), userAddress: FakeGuest.userBase, mmapOffset: 0)],
+                                             fds: [FakeGuest.memoryFD]))
+        let frame = etherFrame(70, seed: 3)
+        g.post(1, parts: [Self.header12 + frame])
+        #expect(try g.transmittedFrames() == [frame])
+        #expect(try g.device.handle(Msg.state(.getVringBase, 1, 0))?.payload == le32(1) + le32(3))
+    }
+
     // MARK: Reconnect
 
     @Test func reconnectResumesFromTheUsedIndex() throws {
