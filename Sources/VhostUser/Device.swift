@@ -63,7 +63,7 @@ public final class VhostUserDevice {
         var addresses: (desc: UInt64, used: UInt64, avail: UInt64)?
         public internal(set) var kick: Int32?
         public internal(set) var call: Int32?
-        var err: Int32?
+        public internal(set) var err: Int32?
         public internal(set) var enabled = false
         public internal(set) var started = false
         var ring: SplitRing?

@@ -52,7 +52,8 @@ func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >>
 
 let half = 2048
 let userBase: UInt64 = 0x7F00_0000_0000
-let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 12 + VhostUserDevice.maximumFrame, alignment: 16)
+// libFuzzer runs one input at a time on one thread: the scratch is never shared.
+nonisolated(unsafe) let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 12 + VhostUserDevice.maximumFrame, alignment: 16)
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
@@ -97,7 +98,7 @@ func fuzzRings(_ input: [UInt8]) {
     } catch {
         return
     }
-    do throws(VhostUserError) {
+    do {
         for _ in 0..<4 {
             let before = device.queues[1].size
             let (count, _) = try device.transmit(scratch: scratch, limit: 64) { chain in
@@ -115,7 +116,7 @@ func fuzzRings(_ input: [UInt8]) {
         for _ in 0..<16 {
             guard let s = sizes.next() else { break }
             let length = 14 + Int(s) * 257
-            let result = try frame.withUnsafeBytes { all throws(VhostUserError) in
+            let result = try frame.withUnsafeBytes { all in
                 try device.receive(UnsafeRawBufferPointer(rebasing: all[0..<length]), mtu: 1500)
             }
             if result == .noRoom { break }
@@ -149,8 +150,8 @@ func fuzzMessages(_ input: [UInt8]) {
         handed += fds
         let chunk = input[at..<(at + wanted)]
         at += wanted
-        do throws(VhostUserError) {
-            guard let m = try chunk.withUnsafeBytes({ b throws(VhostUserError) in try assembler.received(b, descriptors: fds) }) else { continue }
+        do {
+            guard let m = try chunk.withUnsafeBytes({ b in try assembler.received(b, descriptors: fds) }) else { continue }
             _ = try device.handle(m)
         } catch {
             for fd in assembler.takeDescriptors() { platform.close(descriptor: fd) }
@@ -158,7 +159,7 @@ func fuzzMessages(_ input: [UInt8]) {
         }
     }
     for fd in assembler.takeDescriptors() { platform.close(descriptor: fd) }
-    let kept = device.queues.flatMap { [$0.kick, $0.call].compactMap { $0 } }
+    let kept = device.queues.flatMap { [$0.kick, $0.call, $0.err].compactMap { $0 } }
     let accounted = Set(platform.closed + kept)
     for fd in handed { check(accounted.contains(fd), "descriptor \(fd) neither closed nor kept") }
     device.close()
