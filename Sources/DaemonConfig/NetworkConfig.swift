@@ -51,8 +51,8 @@ public enum EndpointSpec: Hashable, Sendable, CustomStringConvertible {
     /// A QEMU `-netdev stream,server=on` Unix socket that slirpd dials, and re-dials
     /// whenever the connection drops or slirpd restarts.
     case connect(path: String)
-    /// A Unix stream socket serving the vhost-user protocol as a virtio-net back end
-    /// (`-chardev socket,path=` with `-netdev vhost-user`): one guest per connection.
+    /// A Unix stream socket serving the vhost-user protocol (`-netdev vhost-user`): the
+    /// guest's virtio-net device talks to slirpd through shared memory.
     case vhostUser(path: String)
 
     public var isTap: Bool {

@@ -13,16 +13,16 @@ enum QEMUFlags {
         }
         let mac = QEMUArgs.freshMAC()
         let text = "\(endpoint)"
-        if case .vhostUser(let path) = endpoint {
-            // The guest's RAM must be shared memory (memfd, share=on) for the back end to map it.
-            return ["attach a guest to network \(network) over \(text) (RAM size must match -m):",
-                    "  -object memory-backend-memfd,id=mem,size=RAM,share=on -numa node,memdev=mem -chardev socket,id=c0,path=\(path),reconnect=1 -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0,mac=\(mac)"]
-        }
         if case .connect(let path) = endpoint {
             return ["network \(network) dials QEMU at unix:\(path) (again after every drop or restart); start that QEMU with:",
                     "  " + ((try? QEMUArgs.flags(endpoint: text, mac: mac, mtu: mtu)) ?? "")]
         }
-        var lines = ["attach a guest to network \(network) over \(text)\(text.hasPrefix("dgram:") ? " (local.path must be unique per guest)" : ""):"]
+        let note = switch endpoint {
+        case .dgram: " (local.path must be unique per guest)"
+        case .vhostUser: " (virtio-net only; the guest's RAM is shared with slirpd: keep -m and size= equal)"
+        default: ""
+        }
+        var lines = ["attach a guest to network \(network) over \(text)\(note):"]
         if let flags = try? QEMUArgs.flags(endpoint: text, mac: mac, mtu: mtu) { lines.append("  " + flags) }
         if case .tcp = endpoint, let flags = try? QEMUArgs.flags(endpoint: text, mac: mac, mtu: mtu, legacySocket: true) {
             lines.append("  or: " + flags)
