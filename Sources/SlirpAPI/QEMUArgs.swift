@@ -47,9 +47,11 @@ public enum QEMUArgs {
         }
         if let path = endpoint.dropPrefix("vhost-user:") {
             guard model.hasPrefix("virtio-net") else { throw .vhostUserNeedsVirtio(model: model) }
-            // reconnect=1: QEMU re-attaches by itself after slirpd restarts.
+            // reconnect=1: QEMU re-attaches by itself after slirpd restarts. vectors=0 (legacy
+            // INTx, no MSI-X): QEMU 7.2 without KVM (TCG) segfaults in msix_set_vector_notifiers
+            // when vhost_net_start sets up the guest notifiers of an MSI-X vhost-user NIC.
             return "-m \(memory) -object memory-backend-memfd,id=mem,size=\(memory),share=on -machine memory-backend=mem "
-                + "-chardev socket,id=c0,path=\(path),reconnect=1 -netdev vhost-user,id=n0,chardev=c0 \(device)"
+                + "-chardev socket,id=c0,path=\(path),reconnect=1 -netdev vhost-user,id=n0,chardev=c0 \(device),vectors=0"
         }
         if let path = endpoint.dropPrefix("dgram:") {
             let local = localPath ?? sibling(of: path, named: "guest-\(mac.filter { $0 != ":" }).sock")

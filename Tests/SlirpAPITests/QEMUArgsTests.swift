@@ -26,7 +26,7 @@ struct QEMUArgsTests {
     func vhostUser() throws {
         #expect(try QEMUArgs.flags(endpoint: "vhost-user:/run/net.vu", mac: mac, memory: "1G")
             == "-m 1G -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem "
-            + "-chardev socket,id=c0,path=/run/net.vu,reconnect=1 -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0,mac=\(mac)")
+            + "-chardev socket,id=c0,path=/run/net.vu,reconnect=1 -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0,mac=\(mac),vectors=0")
         #expect(throws: QEMUArgs.Failure.vhostUserNeedsVirtio(model: "e1000")) {
             try QEMUArgs.flags(endpoint: "vhost-user:/run/net.vu", mac: mac, model: "e1000")
         }

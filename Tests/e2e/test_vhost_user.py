@@ -98,7 +98,7 @@ def test_qemu_args_print_the_shared_memory_form(net):
 
 def test_the_vhost_user_guest_leases_the_first_address(net):
     lease = net.vhost.lease
-    assert lease["ip"] == "10.0.2.15" and lease["router"] == "10.0.2.2" and lease["mtu"] == "1500", lease
+    assert lease["ip"] == "10.0.2.15" and lease["router"] == "10.0.2.2" and lease["mtu"] == 1500, lease
 
 
 def test_fetch_from_a_host_service_through_the_gateway(net):
