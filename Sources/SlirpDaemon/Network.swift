@@ -566,10 +566,10 @@ final class Network {
     /// slice of round trip (about 10% faster at MTU 65520).
     func deliver(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
         guard port.closeReason == nil, port.refusedFor == nil else { return }
-        if let link = port.vhostUser, port.queued.isEmpty, vhostDeliver(frame, to: port, link) {
+        if let link = port.vhostUser, port.queued.isEmpty, case let outcome = vhostDeliver(frame, to: port, link), outcome != .wait {
             // Written into the guest's buffers (or dropped as too large); its interrupt goes
             // out with the flush list, once per loop turn.
-            port.countSent(frame)
+            if outcome == .written { port.countSent(frame) }
             if !port.inFlushList {
                 port.inFlushList = true
                 flushList.append(port)

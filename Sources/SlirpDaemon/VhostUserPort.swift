@@ -176,26 +176,29 @@ extension Network {
         }
     }
 
-    /// Offers a frame to the guest's RX ring now; false when it must wait in the queue.
-    func vhostDeliver(_ frame: UnsafeRawBufferPointer, to port: GuestPort, _ link: VhostUserLink) -> Bool {
+    enum VhostDelivery { case written, dropped, wait }
+
+    /// Offers a frame to the guest's RX ring now: written, dropped (too large, or the
+    /// connection failed), or to wait in the queue for buffers.
+    func vhostDeliver(_ frame: UnsafeRawBufferPointer, to port: GuestPort, _ link: VhostUserLink) -> VhostDelivery {
         do {
             switch try link.device.receive(frame, mtu: port.state.mtu) {
             case .delivered:
                 if frame.count - EthernetHeader.length > port.state.mtu { link.gsoOut += 1 }
-                return true
+                return .written
             case .tooLarge:
                 link.tooLarge += 1
                 port.drops += 1
                 if isLoggedOccurrence(link.tooLarge) {
                     log.warning("\(port.label): a frame of \(frame.count) bytes does not fit the buffers the guest posts; dropped (\(link.tooLarge) so far)")
                 }
-                return true
+                return .dropped
             case .noRoom:
-                return false
+                return .wait
             }
         } catch {
             vhostFailed(port, error)
-            return true
+            return .dropped
         }
     }
 
@@ -205,7 +208,7 @@ extension Network {
         while port.closeReason == nil, queue.count >= 4 {
             let bytes = queue.readable
             let length = Int(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)))
-            guard vhostDeliver(UnsafeRawBufferPointer(rebasing: bytes[4..<(4 + length)]), to: port, link) else { break }
+            guard vhostDeliver(UnsafeRawBufferPointer(rebasing: bytes[4..<(4 + length)]), to: port, link) != .wait else { break }
             queue.consume(4 + length)
         }
         if port.closeReason == nil { link.device.takeNotifications { signalEventCounter($0) } }
