@@ -15,7 +15,11 @@ import PosixIO
 
 extension Network: FramePathSink {
     static func framePathSettings(_ o: NetworkOptions) -> FramePath.Settings {
-        FramePath.Settings(isolateGuests: o.isolateGuests, ipv6: o.ipv6, network: o.network.address.value, mask: o.network.mask)
+        // DNSSL: the dnssearch= list, else the domainname= guests get from DHCP.
+        let search = o.dnsSearch.isEmpty ? (o.domainName.map { [$0] } ?? []) : o.dnsSearch
+        let ra = RouterAdvertisementOptions(dns: o.ipv6 ? o.ipv6DNS.bytes : nil, searchDomains: search)
+        return FramePath.Settings(isolateGuests: o.isolateGuests, ipv6: o.ipv6, network: o.network.address.value,
+                                  mask: o.network.mask, routerAdvertisement: ra)
     }
 
     func deliver(_ frame: UnsafeRawBufferPointer, to id: PortID) {
