@@ -26,7 +26,7 @@ final class StreamListener {
         case .tcp(let host, let port):
             if let descriptor { socket = descriptor } else { socket = try listenTCP(host: host, port: port) }
             transport = .tcp
-        case .dgram, .tap, .connect:
+        case .dgram, .tap, .connect, .vhostUser:
             preconditionFailure("only stream and TCP endpoints are listeners")
         }
     }

@@ -119,9 +119,14 @@ final class Network {
             stack.close()
             throw DaemonError("network \(config.name): guest-uids and guest-gids check Unix socket peers, and \(tcp) is TCP, whose peers have no credentials; remove one or the other")
         }
+        if let vhost = config.endpoints.first(where: { if case .vhostUser = $0 { true } else { false } }) {
+            stack.close()
+            throw DaemonError("network \(config.name): \(vhost) is not served yet")
+        }
         do {
             for spec in config.endpoints {
                 switch spec {
+                case .vhostUser: break
                 case .tap(let name): try attachTap(name)
                 case .connect(let path): dialTargets.append(DialTarget(path: path, fromAPI: false))
                 case .stream, .tcp:
