@@ -12,12 +12,13 @@ struct RouterAdvertisementTests {
 
     /// The RA libslirp 4.7 builds (ndp_send_ra): SLLA, prefix fec0::/64, and, when `rdnss`,
     /// its own RDNSS with a lifetime of 1,200,000 s.
-    static func slirpRA(rdnss: Bool = false) -> [UInt8] {
+    static func slirpRA(rdnss: Bool = false, mtu: UInt32? = nil) -> [UInt8] {
         var icmp: [UInt8] = [134, 0, 0, 0, 255, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0]
         icmp += [1, 1] + slirpMAC.bytes
         icmp += [3, 4, 64, 0xC0] + bigEndianBytes(UInt32(86400)) + bigEndianBytes(UInt32(14400)) + [0, 0, 0, 0]
             + [0xFE, 0xC0] + Array(repeating: 0, count: 14)
         if rdnss { icmp += [25, 3, 0, 0] + bigEndianBytes(UInt32(1_200_000)) + dns }
+        if let mtu { icmp += [5, 1, 0, 0] + bigEndianBytes(mtu) }
         let pseudo = linkLocal + allNodes + bigEndianBytes(UInt32(icmp.count)) + [0, 0, 0, 58]
         IPChecksum.store(in: &icmp, at: 2, pseudoHeader: pseudo)
         return MACAddress(raw: 0x3333_0000_0001).bytes + slirpMAC.bytes + [0x86, 0xDD, 0x60, 0, 0, 0]
@@ -68,8 +69,9 @@ struct RouterAdvertisementTests {
         #expect(found[1].1 == Array(Self.slirpRA()[(70 + 8 + 2)..<(70 + 8 + 32)]))
     }
 
-    @Test func replacesLibslirpsRDNSSAndOmitsDNSSLWithoutSearchDomains() throws {
-        let out = try #require(RouterAdvertisement.rewrite(Self.slirpRA(rdnss: true), mtu: 1500,
+    @Test func replacesLibslirpsRDNSSAndMTUAndOmitsDNSSLWithoutSearchDomains() throws {
+        // An MTU option of libslirp's own 65520 (4.7 sends none, a later one might) never reaches a guest.
+        let out = try #require(RouterAdvertisement.rewrite(Self.slirpRA(rdnss: true, mtu: 65520), mtu: 1500,
                                                            options: RouterAdvertisementOptions(dns: Self.dns)))
         #expect(Self.checksumIsValid(out))
         let found = Self.options(out)
