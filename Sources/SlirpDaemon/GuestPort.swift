@@ -1,6 +1,7 @@
 import DataPlane
 import FrameSwitch
 import PosixIO
+import SlirpAPI
 
 /// One attached guest: a stream connection (Unix or TCP), a datagram peer, a tap or a vhost-user connection.
 ///
@@ -11,10 +12,8 @@ import PosixIO
 /// peer's path: only then does poll() report when the peer's receive queue (10
 /// datagrams by default, net.unix.max_dgram_qlen) has room again.
 final class GuestPort {
-    enum Transport: String {
-        case stream, tcp, dgram, tap
-        case vhostUser = "vhost-user"
-    }
+    /// SlirpAPI's list, so the API and its schema name exactly the transports there are.
+    typealias Transport = GuestTransport
 
     enum Kind {
         /// Frames arrive on `socket` with a length prefix and are reassembled in `received`.

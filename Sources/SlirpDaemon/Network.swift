@@ -239,7 +239,7 @@ final class Network {
             set.add(socket.raw, .input)
             sources.append(.dnsUpstream)
         }
-        if let listener = dns.listener {
+        for listener in dns.listeners {
             set.add(listener.raw, .input)
             sources.append(.dnsListener)
         }
@@ -518,6 +518,9 @@ final class Network {
         port.rxFrames += 1
         port.rxBytes += frame.count
         if !captures.isEmpty { capture(frame, header) }
+        if let tcp6 = dns?.tcp6, let redirected = tcp6.towardNAT(frame) {  // DNSOverTCP6.swift
+            return redirected.withUnsafeBytes { framePath.fromGuest($0, header, from: port.state, now: monotonicNanoseconds(), sink: self) }
+        }
         framePath.fromGuest(frame, header, from: port.state, now: monotonicNanoseconds(), sink: self)
     }
 
@@ -526,6 +529,9 @@ final class Network {
     /// guest gets it.
     private func fromNAT(_ frame: UnsafeRawBufferPointer) {
         guard let header = EthernetHeader(frame) else { return }
+        if let tcp6 = dns?.tcp6, let restored = tcp6.towardGuest(frame) {  // DNSOverTCP6.swift
+            return restored.withUnsafeBytes { fromNAT($0) }
+        }
         guard !captures.isEmpty else { return framePath.fromNAT(frame, header, now: monotonicNanoseconds(), sink: self) }
         capturingNATFrame = true
         framePath.fromNAT(frame, header, now: monotonicNanoseconds(), sink: self)
