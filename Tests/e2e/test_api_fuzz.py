@@ -213,8 +213,10 @@ def test_control_api_survives_schemathesis(tmp_path):
             g = FakeGuest(endpoint, f"52:54:00:f0:00:{i + 1:02x}")
             guests.append(g)
             g.dhcp_offer()
-        listed = wait_for(lambda: (l := get_json(daemon.control, "/v1/guests")) if len(l) == len(attachable) else None,
-                          10, what="a guest on every transport")
+        def all_attached():
+            guests_now = get_json(daemon.control, "/v1/guests")
+            return guests_now if len(guests_now) == len(attachable) else None
+        listed = wait_for(all_attached, 10, what="a guest on every transport")
         assert sorted(g["transport"] for g in listed) == sorted(attachable), listed
         validator = schema_validator("GuestInfo")
         for g in listed + get_json(daemon.control, "/v1/networks/default/guests"):
