@@ -41,6 +41,8 @@ extension SharedMapping: MappedRegion {}
 final class VhostUserLink {
     /// Chains taken from the TX ring per loop turn.
     static let txBatch = 256
+    /// Protocol messages handled per loop turn (QEMU's whole setup is about 30).
+    static let messageBatch = 64
 
     let device = VhostUserDevice(platform: PosixVhostPlatform())
     var assembler = MessageAssembler()
@@ -71,9 +73,12 @@ final class VhostUserLink {
 }
 
 extension Network {
-    /// Reads and handles protocol messages until the socket is drained.
+    /// Reads and handles protocol messages until the socket is drained, or for at most
+    /// `messageBatch` messages: a peer that floods the socket with requests gets the rest
+    /// of its turn next iteration, after everyone else.
     func readVhostMessages(_ port: GuestPort, _ link: VhostUserLink) {
-        while port.closeReason == nil {
+        var handled = 0
+        while port.closeReason == nil, handled < VhostUserLink.messageBatch {
             let wanted = link.assembler.wanted
             let result: IOResult<ReceivedWithDescriptors>
             do {
@@ -97,6 +102,7 @@ extension Network {
                 let bytes = UnsafeRawBufferPointer(rebasing: link.messageBuffer[0..<received.count])
                 guard let message = try link.assembler.received(bytes, descriptors: received.descriptors) else { continue }
                 link.messages += 1
+                handled += 1
                 log.trace("\(port.label): vhost-user \(VhostUserMessage.name(message.request)) flags 0x\(String(message.flags, radix: 16)) \(message.payload.count) bytes \(message.descriptors.count) descriptors")
                 if let reply = try link.device.handle(message) {
                     do {
