@@ -297,3 +297,69 @@ def test_vhost_user_guest_survives_slirpd_restart_with_reconnect(tmp_path):
         if guest is not None:
             guest.stop()
         first.stop()
+
+
+def _vu_message(request: int, payload: bytes = b"", flags: int = 1) -> bytes:
+    import struct
+    return struct.pack("<III", request, flags, len(payload)) + payload
+
+
+def test_vhost_user_protocol_errors_close_only_that_connection(tmp_path):
+    """A front end that breaks the protocol (extra descriptors, an unsealed memfd, a
+    request never offered) loses its own connection, with a log line and a count in
+    /metrics; the daemon and a well-behaved front end on the same socket carry on.
+    Descriptors travel over SCM_RIGHTS, as QEMU sends them."""
+    import fcntl
+    import socket
+    import struct
+    path = str(tmp_path / "vu.sock")
+    d = Slirpd(["--vhost-user", path], tmp_path)
+    try:
+        good = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        good.settimeout(10)
+        good.connect(path)
+        good.sendall(_vu_message(1))  # GET_FEATURES
+        reply = good.recv(20)
+        request, flags, size, features = struct.unpack("<IIIQ", reply)
+        assert (request, flags & 7, size) == (1, 5, 8), reply
+        assert features & (1 << 32) and features & (1 << 11) and not features & (1 << 22), hex(features)
+
+        def broken(send) -> None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(path)
+            send(s)
+            assert s.recv(64) == b"", "slirpd should have closed this connection"
+            s.close()
+
+        e1, e2 = os.eventfd(0), os.eventfd(0)
+        # SET_VRING_CALL with two descriptors where one belongs.
+        broken(lambda s: socket.send_fds(s, [_vu_message(13, struct.pack("<Q", 0))], [e1, e2]))
+        # SET_MEM_TABLE with a memfd that could shrink under the mapping (no F_SEAL_SHRINK).
+        mem = os.memfd_create("guest", os.MFD_ALLOW_SEALING)
+        os.ftruncate(mem, 1 << 20)
+        table = struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, 1 << 20, 0x7F0000000000, 0)
+        broken(lambda s: socket.send_fds(s, [_vu_message(5, table)], [mem]))
+        # The same memfd sealed maps, and the connection stays; a request never offered closes it.
+        fcntl.fcntl(mem, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+
+        def mapped_then_log_base(s):
+            socket.send_fds(s, [_vu_message(5, table, flags=1 | 8)], [mem])   # need_reply, no REPLY_ACK: no answer
+            s.sendall(_vu_message(6, struct.pack("<QQ", 4096, 0)))           # SET_LOG_BASE: LOG_ALL never offered
+        broken(mapped_then_log_base)
+        for fd in (e1, e2, mem):
+            os.close(fd)
+
+        assert metric(d, "slirpd_vhost_user_closed_total", reason="protocol") == 2
+        assert metric(d, "slirpd_vhost_user_closed_total", reason="mapping") == 1
+        assert "setVringCall with 2 descriptors (expected 1)" in d.log, d.log[-3000:]
+        assert "not sealed against shrinking" in d.log
+        assert "setLogBase, whose feature was never offered" in d.log
+        # The well-behaved connection is still served.
+        good.sendall(_vu_message(15))  # GET_PROTOCOL_FEATURES
+        request, flags, size, value = struct.unpack("<IIIQ", good.recv(20))
+        assert (request, size, value) == (15, 8, 1 << 3)
+        good.close()
+        assert d.alive()
+    finally:
+        d.stop()
