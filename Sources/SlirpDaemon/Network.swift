@@ -582,7 +582,7 @@ final class Network {
             }
             return scheduleClose(port)
         }
-        if frame.count >= Network.directWriteMinimum, port.queued.isEmpty, !port.isStream {
+        if frame.count >= Network.directWriteMinimum, port.queued.isEmpty, !port.isStream, port.vhostUser == nil {
             do {
                 let result = if let tap = port.tapOffload { try tap.write(frame, to: port.socket) } else { try port.socket.writeFrame(frame) }
                 if case .done = result { return port.countSent(frame) }

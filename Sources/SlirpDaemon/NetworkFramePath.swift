@@ -50,7 +50,7 @@ extension Network: FramePathSink {
     }
 
     /// Why `holder` is no longer there, or nil if it is (or cannot be told): a datagram
-    /// peer whose socket is closed or whose file is gone, a stream peer that hung up.
+    /// peer whose socket is closed or whose file is gone, a stream or vhost-user peer that hung up.
     private func holderHasGone(_ holder: GuestPort) -> String? {
         guard holder.closeReason == nil else { return holder.closeReason }
         switch holder.kind {
@@ -63,7 +63,7 @@ extension Network: FramePathSink {
             } catch {
                 return nil
             }
-        case .stream:
+        case .stream, .vhostUser:
             return holder.socket.peerHasHungUp ? "disconnected" : nil
         default:
             return nil
