@@ -54,15 +54,18 @@ class VhostNetwork:
         self.fwd = free_port()
         self.args = ["-o", f"hostfwd=tcp:127.0.0.1:{self.fwd}-10.0.2.15:8080", "--vhost-user", self.vu, "--stream", self.sock,
                      "--state-dir", str(tmp / "state")]
+        self.guests: list[Guest] = []
         self.d = Slirpd(self.args, tmp)
         self.http = HostHTTPServer(body=BODY)
         self.blob = os.urandom(BLOB_MIB * MIB)
-        self.guests: list[Guest] = []
+
+    def start(self):
+        """Boots the guests; close() stops whatever started, even if this fails."""
         out = slirpctl(self.d, "qemu-args", "--transport", "vhost-user", "--memory", f"{MEMORY_MB}M").stdout.strip()
         self.flags = shlex.split(out)
         self.mac = self.flags[self.flags.index("-device") + 1].split("mac=")[1].split(",")[0]
-        self.vhost = self.boot(Guest("vu", None, self.mac, extra_args=self.flags, log_dir=tmp, memory_mb=MEMORY_MB))
-        self.stream = self.boot(Guest("st", stream_netdev(self.sock), MAC_S, log_dir=tmp))
+        self.vhost = self.boot(Guest("vu", None, self.mac, extra_args=self.flags, log_dir=self.tmp, memory_mb=MEMORY_MB))
+        self.stream = self.boot(Guest("st", stream_netdev(self.sock), MAC_S, log_dir=self.tmp))
 
     def boot(self, g: Guest) -> Guest:
         self.guests.append(g)
@@ -84,6 +87,7 @@ class VhostNetwork:
 def net(tmp_path_factory):
     n = VhostNetwork(tmp_path_factory.mktemp("vhost"))
     try:
+        n.start()
         yield n
         assert n.d.alive(), "slirpd died"
     finally:
