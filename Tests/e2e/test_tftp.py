@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import Slirpd, metric
+from daemon import Slirpd, dgram_netdev, metric, stream_netdev
 from netns import BUSYBOX, Namespaces
 
 pytestmark = pytest.mark.e2e
@@ -86,3 +86,23 @@ def test_escapes_get_error_packets(tftp_net):
         r = client(nss, "error", "10.0.2.2", name, timeout=20)
         assert (r["op"], r["code"]) == (5, code), (name, r)
     assert metric(d, "slirpd_tftp_errors_total") == 7
+
+
+@pytest.mark.parametrize("transport,model", [("stream", "e1000"), ("dgram", "virtio-net-pci")])
+def test_qemu_guest_fetches_with_busybox_tftp(tmp_path, e2e_dir, make_guest, transport, model):
+    """A real guest (TCG) fetches 6 MB with busybox's tftp at 512 and 1468-byte blocks."""
+    root = tmp_path / "tftp"
+    root.mkdir()
+    data = os.urandom(6 * 1024 * 1024 + 777)
+    (root / "kernel.img").write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+    sock, remote, local = e2e_dir / "t.sock", e2e_dir / "d.sock", e2e_dir / "q.sock"
+    endpoint = ["--stream", str(sock)] if transport == "stream" else ["--dgram", str(remote)]
+    with Slirpd([*endpoint, "-o", f"tftp={root}"], tmp_path) as d:
+        netdev = stream_netdev(str(sock)) if transport == "stream" else dgram_netdev(str(local), str(remote))
+        g = make_guest("t", netdev, "52:54:00:7f:00:01", model=model)
+        g.wait_ready()
+        for blocks in ("", "-b 1468 "):
+            rc, out = g.run(f"rm -f /tmp/k; tftp -g {blocks}-r kernel.img -l /tmp/k 10.0.2.2 && sha256sum /tmp/k", timeout=180)
+            assert rc == 0 and want in out, (blocks, out)
+        assert metric(d, "slirpd_tftp_bytes_total") >= 2 * len(data)
