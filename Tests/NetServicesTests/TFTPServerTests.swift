@@ -1,4 +1,5 @@
 import FrameSwitch
+import TestSupport
 import Testing
 
 @testable import NetServices
@@ -333,5 +334,54 @@ struct TFTPServerTests {
         _ = Self.send(&s, Self.datagram([0, 5, 0, 0, 0], port: 10))
         #expect(s.sessionCount == 0)
         #expect(source.handles[2].closed)
+    }
+
+    @Test("random datagrams and clocks: no crash, caps hold, DATA only within what the file has")
+    func randomInput() {
+        var limits = TFTPLimits()
+        limits.sessionsPerGuest = 3
+        limits.sessionsPerNetwork = 5
+        var (s, _) = Self.make(["a": 0, "b": 511, "c": 513, "d": 70_000], limits: limits)
+        var rng = SeededGenerator(state: 23)
+        var now: Int64 = 0
+        let names = ["a", "b", "c", "d", "../x", "/d", "", "e"]
+        var dataSeen = 0
+        for _ in 0..<30_000 {
+            now += Int64.random(in: 0...400_000_000, using: &rng)
+            let port = UInt16.random(in: 1...6, using: &rng)
+            let guest = UInt32.random(in: 1...3, using: &rng)
+            var payload: [UInt8]
+            switch Int.random(in: 0..<10, using: &rng) {
+            case 0:
+                var options: [(String, String)] = []
+                for name in ["blksize", "windowsize", "timeout", "tsize", "x"] where Bool.random(using: &rng) {
+                    options.append((name, String(Int.random(in: -2...70_000, using: &rng))))
+                }
+                payload = Self.rrq(names.randomElement(using: &rng)!, options, port: port).payload
+            case 1:
+                payload = (0..<Int.random(in: 0...40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                if payload.count >= 2, Bool.random(using: &rng) { payload[0] = 0; payload[1] = UInt8.random(in: 0...7, using: &rng) }
+            case 2:
+                payload = [0, 5, 0, 0, 0]
+            default:
+                payload = [0, 4] + be16(UInt16.random(in: 0...40, using: &rng))
+            }
+            let mtu = [576, 1500, 9000][Int(guest) - 1]  // a guest's MTU is fixed (it only ever grows)
+            let d = Self.datagram(payload, port: port)
+            let frames = s.handle(d, guest: guest, mtu: mtu, now: now).map { (guest, $0) }
+                + s.expire(now: now).map { ($0.guest, $0.frame) }
+            for (to, f) in frames {
+                let mtu = [576, 1500, 9000][Int(to) - 1]
+                if case .data(let n, let data) = TFTPPacket(frame: f) {
+                    dataSeen += 1
+                    #expect(data.count <= 65464)
+                    #expect(n <= 138)  // "d" at 512-byte blocks has 137 blocks and the last
+                }
+                #expect(f.count - 14 <= max(mtu, 20 + 8 + 4 + 512))
+            }
+            #expect(s.sessionCount <= 5)
+            if let next = s.nextDeadline { #expect(next > now) }
+        }
+        #expect(dataSeen > 1000)
     }
 }
