@@ -58,6 +58,16 @@ public protocol TFTPFileSource {
     func open(_ path: String) -> Result<any TFTPFile, TFTPOpenFailure>
 }
 
+/// What happened to a request, for the daemon's log.
+public enum TFTPEvent: Sendable, Equatable {
+    /// The last block was acknowledged.
+    case served(guest: UInt32, path: String, bytes: UInt64)
+    /// The request got an ERROR (not found, access violation, option refused...).
+    case refused(guest: UInt32, request: String, code: UInt16, message: String)
+    /// A transfer ended early: timed out, or the file changed or could not be read.
+    case abandoned(guest: UInt32, path: String, reason: String)
+}
+
 public struct TFTPLimits: Sendable, Equatable {
     public var sessionsPerGuest = 8
     public var sessionsPerNetwork = 64
@@ -108,6 +118,7 @@ public struct TFTPServer {
     }
 
     struct Session {
+        var path: String
         var template: UDPDatagram
         var file: any TFTPFile
         var blockSize: Int
@@ -132,6 +143,11 @@ public struct TFTPServer {
     private var sessions: [Key: Session] = [:]
     private var ipID: UInt16 = 0
     public private(set) var counters = Counters()
+    /// Events not yet taken, at most `maxEvents` (the oldest are kept).
+    private var events: [TFTPEvent] = []
+    public static let maxEvents = 64
+    /// Set by `error(_:_:to:)`, the refusal of the request being handled.
+    private var refusal: (code: UInt16, message: String)?
 
     public init(serverMAC: MACAddress, files: any TFTPFileSource, limits: TFTPLimits = TFTPLimits()) {
         self.serverMAC = serverMAC
@@ -140,6 +156,16 @@ public struct TFTPServer {
     }
 
     public var sessionCount: Int { sessions.count }
+
+    /// The events since the last call, oldest first.
+    public mutating func takeEvents() -> [TFTPEvent] {
+        defer { events.removeAll(keepingCapacity: true) }
+        return events
+    }
+
+    private mutating func record(_ event: TFTPEvent) {
+        if events.count < Self.maxEvents { events.append(event) }
+    }
 
     /// When `expire` next has work to do.
     public var nextDeadline: Int64? { sessions.values.lazy.map(\.deadline).min() }
@@ -155,7 +181,13 @@ public struct TFTPServer {
         let opcode = UInt16(p[0]) << 8 | UInt16(p[1])
         switch opcode {
         case 1:
-            return readRequest(datagram, key: key, mtu: mtu, now: now)
+            refusal = nil
+            let out = readRequest(datagram, key: key, mtu: mtu, now: now)
+            if let refusal {
+                let name = Self.strings(p.dropFirst(2)).first.map { String(decoding: $0.prefix(128), as: UTF8.self) } ?? ""
+                record(.refused(guest: guest, request: name, code: refusal.code, message: refusal.message))
+            }
+            return out
         case 2:
             return [error(2, "Access violation: this server is read-only", to: datagram)]
         case 4:
@@ -177,6 +209,7 @@ public struct TFTPServer {
             if s.retries >= limits.maxRetries {
                 out.append(Outgoing(guest: key.guest, frame: error(0, "Timed out waiting for an ACK", template: s.template)))
                 counters.sessionsTimedOut += 1
+                record(.abandoned(guest: key.guest, path: s.path, reason: "no ACK after \(limits.maxRetries) retransmissions"))
                 end(key)
                 continue
             }
@@ -268,7 +301,7 @@ public struct TFTPServer {
             }
         }
         var session = Session(
-            template: datagram.reply([], from: datagram.destinationMAC.isGroup ? serverMAC : datagram.destinationMAC),
+            path: path, template: datagram.reply([], from: datagram.destinationMAC.isGroup ? serverMAC : datagram.destinationMAC),
             file: file, blockSize: blockSize, windowSize: windowSize, baseTimeout: timeout, size: file.size,
             lastBlock: file.size / UInt64(blockSize) + 1)
         counters.sessionsStarted += 1
@@ -310,6 +343,7 @@ public struct TFTPServer {
         sessions[key] = s
         if block >= s.lastBlock {
             counters.sessionsCompleted += 1
+            record(.served(guest: key.guest, path: s.path, bytes: s.size))
             end(key)
             return []
         }
@@ -321,6 +355,7 @@ public struct TFTPServer {
         guard var s = sessions[key] else { return [] }
         if s.file.hasChanged() {
             let failure = error(0, "File changed during the transfer; ask again", template: s.template)
+            record(.abandoned(guest: key.guest, path: s.path, reason: "the file changed on disk"))
             end(key)
             return [failure]
         }
@@ -332,6 +367,7 @@ public struct TFTPServer {
             let expected = block == s.lastBlock ? Int(s.size - offset) : s.blockSize
             guard let data = s.file.read(at: offset, count: expected), data.count == expected else {
                 let failure = error(0, "File changed or unreadable during the transfer", template: s.template)
+                record(.abandoned(guest: key.guest, path: s.path, reason: "the file was cut short or could not be read"))
                 end(key)
                 return frames + [failure]
             }
@@ -373,7 +409,8 @@ public struct TFTPServer {
     }
 
     private mutating func error(_ code: UInt16, _ message: String, to request: UDPDatagram) -> [UInt8] {
-        error(code, message, template: request.reply([], from: request.destinationMAC.isGroup ? serverMAC : request.destinationMAC))
+        refusal = (code, message)
+        return error(code, message, template: request.reply([], from: request.destinationMAC.isGroup ? serverMAC : request.destinationMAC))
     }
 
     /// The NUL-terminated strings of an RRQ, in order; an unterminated tail is dropped.

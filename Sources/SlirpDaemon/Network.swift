@@ -78,6 +78,7 @@ final class Network {
     var dnsOverTCP = false
     /// `tftp=`'s server (TFTPService.swift); nil without `tftp=`.
     var tftp: TFTPServer?
+    var tftpAbandoned = 0
     var leasesDirty = false
     var leasesSavedAt: Int64 = 0
     var poolFullCount = 0

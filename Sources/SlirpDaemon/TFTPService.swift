@@ -54,6 +54,7 @@ extension Network {
         }
         let frames = tftp?.handle(datagram, guest: port.id.raw, mtu: port.state.mtu, now: monotonicNanoseconds()) ?? []
         for reply in frames { sendTFTP(reply, port) }
+        logTFTPEvents()
         return true
     }
 
@@ -65,6 +66,25 @@ extension Network {
                 continue
             }
             sendTFTP(out.frame, port)
+        }
+        logTFTPEvents()
+    }
+
+    /// Transfers served and requests refused at debug level (a PXE client tries many names
+    /// that do not exist); transfers cut short as warnings, paced like other guest-caused lines.
+    private func logTFTPEvents() {
+        for event in tftp?.takeEvents() ?? [] {
+            switch event {
+            case .served(let guest, let path, let bytes):
+                log.debug("TFTP: port \(guest) fetched \(path) (\(bytes) bytes)")
+            case .refused(let guest, let request, let code, let message):
+                log.debug("TFTP: port \(guest) asked for '\(request)': error \(code), \(message)")
+            case .abandoned(let guest, let path, let reason):
+                tftpAbandoned += 1
+                if isLoggedOccurrence(tftpAbandoned) {
+                    log.warning("TFTP: transfer of \(path) to port \(guest) abandoned: \(reason) (\(tftpAbandoned) so far)")
+                }
+            }
         }
     }
 

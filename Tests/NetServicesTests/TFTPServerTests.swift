@@ -123,6 +123,8 @@ struct TFTPServerTests {
         #expect(source.handles[0].closed)
         #expect(s.counters.sessionsCompleted == 1)
         #expect(s.counters.bytesSent == 1300)
+        #expect(s.takeEvents() == [.served(guest: 1, path: "boot/pxelinux.0", bytes: 1300)])
+        #expect(s.takeEvents().isEmpty)
         #expect(s.nextDeadline == nil)
         // An exact multiple of the block size ends with an empty block.
         _ = Self.send(&s, Self.rrq("/even", port: 3000))
@@ -169,6 +171,7 @@ struct TFTPServerTests {
         #expect(s.sessionCount == 0)
         #expect(source.handles[0].closed)
         #expect(s.counters.sessionsTimedOut == 1)
+        #expect(s.takeEvents() == [.abandoned(guest: 1, path: "k", reason: "no ACK after 5 retransmissions")])
         #expect(s.counters.retransmissions == 5)
         // Progress resets the backoff.
         _ = Self.send(&s, Self.rrq("k", port: 7), at: 0)
@@ -287,7 +290,9 @@ struct TFTPServerTests {
         // Absolute paths are rooted, as in libslirp: /etc/passwd is <root>/etc/passwd.
         #expect(Self.send(&s, Self.rrq("/etc/passwd")).map(\.errorCode) == [1])
         #expect(source.opened == ["etc/passwd"])
+        _ = s.takeEvents()
         #expect(Self.send(&s, Self.rrq("secret")).map(\.errorCode) == [2])
+        #expect(s.takeEvents() == [.refused(guest: 1, request: "secret", code: 2, message: "Access violation")])
         #expect(Self.send(&s, Self.rrq("ok", mode: "netascii")).map(\.errorCode) == [4])
         #expect(Self.send(&s, Self.datagram([0, 2] + Array("ok".utf8) + [0] + Array("octet".utf8) + [0])).map(\.errorCode) == [2])
         #expect(s.sessionCount == 0)

@@ -65,6 +65,7 @@ def test_busybox_and_curl_fetch_whole_files(tftp_net):
     assert r.get("sha256") == want, r
     assert metric(d, "slirpd_tftp_bytes_total") >= 4 * (6 * 1024 * 1024 + 123)
     assert metric(d, "slirpd_tftp_sessions") == 0
+    d.wait_log("TFTP: port 1 fetched inside-link (6291579 bytes)")
 
 
 def test_a_dropped_block_is_resent_never_the_next_across_the_wrap(tftp_net):
@@ -86,6 +87,7 @@ def test_escapes_get_error_packets(tftp_net):
         r = client(nss, "error", "10.0.2.2", name, timeout=20)
         assert (r["op"], r["code"]) == (5, code), (name, r)
     assert metric(d, "slirpd_tftp_errors_total") == 7
+    d.wait_log("asked for 'rel-link': error 2, Access violation")
 
 
 @pytest.mark.parametrize("transport,model", [("stream", "e1000"), ("dgram", "virtio-net-pci")])
