@@ -10,6 +10,7 @@ let package = Package(
         // For the fuzz package in Fuzz/, which builds these with -sanitize=fuzzer.
         .library(name: "FrameSwitch", targets: ["FrameSwitch"]),
         .library(name: "DataPlane", targets: ["DataPlane"]),
+        .library(name: "VhostUser", targets: ["VhostUser"]),
         .library(name: "NetOptions", targets: ["NetOptions"]),
         .library(name: "NetServices", targets: ["NetServices"]),
         .library(name: "DaemonConfig", targets: ["DaemonConfig"]),
@@ -32,6 +33,8 @@ let package = Package(
         .target(name: "FrameSwitch"),
         // Pure stages on the frame path between the switch and libslirp (frames in, frames out).
         .target(name: "DataPlane", dependencies: ["FrameSwitch"]),
+        // The vhost-user protocol and split virtqueues (pure: memory mapping is injected).
+        .target(name: "VhostUser", dependencies: ["DataPlane"]),
         .target(name: "NetOptions"),
         .target(name: "NetServices", dependencies: ["FrameSwitch", "NetOptions"]),
         .target(name: "SlirpKit", dependencies: ["CSlirp", "PosixIO", "NetOptions", "SlirpAPI"]),
@@ -52,7 +55,7 @@ let package = Package(
         .target(
             name: "SlirpDaemon",
             dependencies: [
-                "PosixIO", "SlirpKit", "FrameSwitch", "DataPlane", "NetOptions", "DaemonConfig", "SlirpAPI",
+                "PosixIO", "SlirpKit", "FrameSwitch", "DataPlane", "VhostUser", "NetOptions", "DaemonConfig", "SlirpAPI",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
@@ -80,6 +83,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["FrameSwitch"], path: "Tests/TestSupport"),
         .testTarget(name: "FrameSwitchTests", dependencies: ["FrameSwitch", "TestSupport"]),
         .testTarget(name: "DataPlaneTests", dependencies: ["DataPlane", "FrameSwitch", "TestSupport"]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "DataPlane", "FrameSwitch", "TestSupport"]),
         .testTarget(name: "NetOptionsTests", dependencies: ["NetOptions"]),
         .testTarget(name: "NetServicesTests", dependencies: ["NetServices", "FrameSwitch", "NetOptions", "SlirpKit", "TestSupport"]),
         .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit", "SlirpAPI", "FrameSwitch", "DataPlane", "NetOptions", "PosixIO"]),

@@ -50,3 +50,46 @@ extern int prctl(int option, ...);
 static inline int clinux_forbid_new_privileges(void) {
     return prctl(CLINUX_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 }
+
+// recvmsg with SCM_RIGHTS, whose CMSG_* macros Swift cannot use: reads up to `length`
+// bytes into `buffer` and up to `max_fds` descriptors (close-on-exec) into `fds`. Any
+// descriptors beyond `max_fds` are closed here. *fd_count gets the number kept and
+// *truncated is set when the kernel cut the control data (MSG_CTRUNC: descriptors the
+// kernel did not install were released by it).
+#include <unistd.h>
+static inline long clinux_recv_with_fds(int sock, void *buffer, size_t length, int *fds, int max_fds,
+                                        int *fd_count, int *truncated) {
+    union { char bytes[CMSG_SPACE(16 * sizeof(int))]; struct cmsghdr align; } control;
+    struct iovec iov = { buffer, length };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.bytes;
+    msg.msg_controllen = sizeof control.bytes;
+    *fd_count = 0;
+    *truncated = 0;
+    long n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *received = (int *)CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, received + i, sizeof fd);
+            if (*fd_count < max_fds) fds[(*fd_count)++] = fd;
+            else { close(fd); *truncated = 1; }
+        }
+    }
+    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
+    return n;
+}
+
+// fcntl is variadic: a memfd's seals (F_GET_SEALS), or -1 with errno EINVAL for a file
+// that is not a memfd.
+#include <fcntl.h>
+#define CLINUX_F_SEAL_SHRINK 0x0002
+static inline int clinux_memfd_seals(int fd) {
+    return fcntl(fd, 1034 /* F_GET_SEALS */);
+}

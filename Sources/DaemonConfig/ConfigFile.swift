@@ -48,6 +48,7 @@ import PosixIO
 /// stream = ["/run/slirpd/lab.sock"]    # Unix stream socket paths
 /// dgram = ["/run/slirpd/lab.dgram"]    # Unix datagram socket paths
 /// tcp = ["127.0.0.1:5555"]             # HOST:PORT or [V6]:PORT
+/// vhost-user = ["/run/slirpd/lab.vu"]  # Unix sockets serving vhost-user (virtio-net)
 /// mtu = 1500                           # 68 to 65521; default libslirp's 1500
 /// socket-mode = "0660"                 # octal string, at most 0777; default 0660
 /// socket-group = "kvm"                 # group of the socket files; default unchanged
@@ -158,7 +159,7 @@ private struct Loader {
     static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
     static let networkKeys =
         ["name", "options"] + stringOptions.sorted() + booleanOptions.sorted() + integerOptions.sorted() + listOptions.keys.sorted()
-        + ["stream", "dgram", "tcp", "tap", "connect", "guest-uids", "guest-gids", "mtu", "socket-mode", "socket-group", "static-lease"]
+        + ["stream", "dgram", "tcp", "tap", "connect", "vhost-user", "guest-uids", "guest-gids", "mtu", "socket-mode", "socket-group", "static-lease"]
     static let leaseKeys = ["mac", "ip", "hostname"]
 
     func error(_ message: String, key: String?, in scope: KeyLines.Scope) -> ConfigError {
@@ -227,7 +228,8 @@ private struct Loader {
         var name: String?
         var optionsString: (text: String, line: Int?)?
         var pieces: [(text: String, line: Int?)] = []
-        var streams: [EndpointSpec] = [], dgrams: [EndpointSpec] = [], tcps: [EndpointSpec] = [], taps: [EndpointSpec] = [], connects: [EndpointSpec] = []
+        var streams: [EndpointSpec] = [], dgrams: [EndpointSpec] = [], tcps: [EndpointSpec] = [], taps: [EndpointSpec] = [], connects: [EndpointSpec] = [],
+            vhostUsers: [EndpointSpec] = []
         var endpointKeys: [(spec: EndpointSpec, key: String)] = []
         var mtu = 0
         var socketMode: UInt32 = 0o660
@@ -266,11 +268,15 @@ private struct Loader {
                 if !items.isEmpty {
                     pieces.append((items.map { "\(option)=\(Self.escaped($0))" }.joined(separator: ","), line))
                 }
-            case "stream", "dgram":
+            case "stream", "dgram", "vhost-user":
                 for path in try strings(key, value, scope) {
                     guard !path.isEmpty else { throw error("'\(key)' has an empty path", key: key, in: scope) }
-                    let spec: EndpointSpec = key == "stream" ? .stream(path: path) : .dgram(path: path)
-                    if key == "stream" { streams.append(spec) } else { dgrams.append(spec) }
+                    let spec: EndpointSpec
+                    switch key {
+                    case "stream": spec = .stream(path: path); streams.append(spec)
+                    case "dgram": spec = .dgram(path: path); dgrams.append(spec)
+                    default: spec = .vhostUser(path: path); vhostUsers.append(spec)
+                    }
                     endpointKeys.append((spec, key))
                 }
             case "tcp":
@@ -329,7 +335,7 @@ private struct Loader {
         for (spec, key) in endpointKeys {
             let resource: String
             switch spec {
-            case .stream(let path), .dgram(let path): resource = "socket path '\(path)'"
+            case .stream(let path), .dgram(let path), .vhostUser(let path): resource = "socket path '\(path)'"
             case .tcp: resource = "TCP address \(spec.description.dropFirst("tcp:".count))"
             case .tap(let device): resource = "tap device '\(device)'"
             case .connect(let path): resource = "QEMU socket '\(path)'"
@@ -342,7 +348,7 @@ private struct Loader {
         let options = try networkOptions(optionsString, pieces, scope)
         try checkLeases(leases, options)
         return NetworkConfig(
-            name: name, options: options, endpoints: streams + dgrams + tcps + taps + connects, mtu: mtu, socketMode: socketMode,
+            name: name, options: options, endpoints: streams + dgrams + tcps + taps + connects + vhostUsers, mtu: mtu, socketMode: socketMode,
             socketGroup: socketGroup, staticLeases: leases.map(\.lease), guestAccess: guestAccess)
     }
 

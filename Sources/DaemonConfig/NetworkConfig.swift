@@ -51,6 +51,9 @@ public enum EndpointSpec: Hashable, Sendable, CustomStringConvertible {
     /// A QEMU `-netdev stream,server=on` Unix socket that slirpd dials, and re-dials
     /// whenever the connection drops or slirpd restarts.
     case connect(path: String)
+    /// A Unix stream socket serving the vhost-user protocol (`-netdev vhost-user`): the
+    /// guest's virtio-net device talks to slirpd through shared memory.
+    case vhostUser(path: String)
 
     public var isTap: Bool {
         if case .tap = self { return true }
@@ -69,6 +72,7 @@ public enum EndpointSpec: Hashable, Sendable, CustomStringConvertible {
         case .tcp(let host, let port): host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
         case .tap(let name): "tap:\(name)"
         case .connect(let path): "connect:unix:\(path)"
+        case .vhostUser(let path): "vhost-user:\(path)"
         }
     }
 

@@ -24,7 +24,8 @@ import FrameSwitch
 // a unicast frame goes to the port holding its destination address, else the MAC table's
 // port, else the port whose own MAC it is, else it is dropped (never flooded); the guest's
 // NATConnections and FlowBudget see it, then `toGuest` delivers it. Broadcasts are flooded,
-// except that with isolate=on a solicitation for a held address goes to its holder only.
+// except that with isolate=on a solicitation for a held address goes to its holder only,
+// and a router advertisement goes to each guest rewritten for it (RouterAdvertisement.swift).
 //
 // Re-entrancy: `sink.inputToNAT` runs libslirp, whose output comes back through `fromNAT`
 // before it returns. So no call to the sink is made inside a mutating access to a stored
@@ -47,12 +48,16 @@ public final class FramePath {
         /// The IPv4 network, for the ARP proxy's table.
         public var network: UInt32
         public var mask: UInt32
+        /// What every router advertisement toward a guest carries besides libslirp's options.
+        public var routerAdvertisement: RouterAdvertisementOptions
 
-        public init(isolateGuests: Bool, ipv6: Bool, network: UInt32, mask: UInt32) {
+        public init(isolateGuests: Bool, ipv6: Bool, network: UInt32, mask: UInt32,
+                    routerAdvertisement: RouterAdvertisementOptions = RouterAdvertisementOptions()) {
             self.isolateGuests = isolateGuests
             self.ipv6 = ipv6
             self.network = network
             self.mask = mask
+            self.routerAdvertisement = routerAdvertisement
         }
     }
 

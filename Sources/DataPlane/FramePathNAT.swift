@@ -25,6 +25,9 @@ extension FramePath {
                 natUnknownUnicastDropped += 1
             }
         case .flood:
+            if header.etherType == 0x86DD, RouterAdvertisement.isAdvertisement(frame) {
+                return advertise(frame, sink: sink)
+            }
             if let id = natSolicitationPort(frame, header) {
                 if ports[id] != nil { put(frame, to: id, sink: sink) }
             } else {
@@ -40,6 +43,18 @@ extension FramePath {
     public func fromNAT(_ frame: UnsafeRawBufferPointer, now: Int64, sink: any FramePathSink) {
         guard let header = EthernetHeader(frame) else { return }
         fromNAT(frame, header, now: now, sink: sink)
+    }
+
+    /// libslirp's router advertisement, to each guest with that port's MTU and slirpd's
+    /// DNS options (RouterAdvertisement.swift says why it is rewritten, not replaced).
+    private func advertise(_ frame: UnsafeRawBufferPointer, sink: any FramePathSink) {
+        for (id, port) in ports {
+            if let rewritten = RouterAdvertisement.rewrite(frame, mtu: port.mtu, options: settings.routerAdvertisement) {
+                rewritten.withUnsafeBytes { put($0, to: id, sink: sink) }
+            } else {
+                put(frame, to: id, sink: sink)
+            }
+        }
     }
 
     /// A frame from the NAT for one guest: its connections and flow budget see it first.

@@ -278,8 +278,10 @@ public struct DHCPServer: Sendable {
         let mac = message.clientMAC
         guard var lease = byMAC[mac], lease.address.value == message.clientAddress,
               !lease.isStatic, lease.expires > now else { return ([], []) }
-        // Kept, expired, so the client gets the same address back if nobody took it.
+        // Kept, expired, so the client gets the same address back if nobody took it; its
+        // hostname goes with the lease (the lease file keeps no name for it either).
         lease.expires = now
+        lease.hostname = nil
         byMAC[mac] = lease
         return ([], [.released(mac, lease.address)])
     }
@@ -358,7 +360,11 @@ public struct DHCPServer: Sendable {
     private mutating func bind(mac: MACAddress, address: UInt32, clientHostname: String?, now: Int64) -> DHCPLease {
         let fixed = staticByMAC[mac]
         let sent = clientHostname.flatMap { $0.isEmpty ? nil : $0 }
-        let hostname = fixed?.hostname ?? sent ?? byMAC[mac]?.hostname
+        // A client that leaves option 12 out of a renewal keeps its name; one whose lease
+        // was released or expired starts afresh, so a name never sticks to a MAC for
+        // whoever uses it next.
+        let current = byMAC[mac].flatMap { $0.expires > now ? $0.hostname : nil }
+        let hostname = fixed?.hostname ?? sent ?? current
         if let previous = byMAC[mac] { forget(previous) }
         if let holder = byAddress[address], let other = byMAC[holder] { forget(other) }
         dropOffer(for: mac)

@@ -279,6 +279,10 @@ public struct DNSRecord: Hashable, Sendable {
         DNSRecord(name: name, type: .a, ttl: ttl, data: .a(address))
     }
 
+    public static func aaaa(_ name: DNSName, _ address: IPv6Address, ttl: UInt32) -> DNSRecord {
+        DNSRecord(name: name, type: .aaaa, ttl: ttl, data: .aaaa(address))
+    }
+
     public static func ptr(_ name: DNSName, _ target: DNSName, ttl: UInt32) -> DNSRecord {
         DNSRecord(name: name, type: .ptr, ttl: ttl, data: .ptr(target))
     }

@@ -16,15 +16,20 @@ import NetOptions
 //   (RFC 6891 6.1.1). These replies carry no question, since we cannot trust it, and
 //   no OPT record. Replying rather than dropping spares the client its timeouts.
 // - A name at or below the domain, class IN or ANY: answered here with AA set. A known
-//   name gives its A records (for QTYPE A or ANY) or NOERROR with no answers (NODATA)
-//   for other types; an unknown name gives NXDOMAIN, except that a name with known
-//   names below it exists (an empty non-terminal, RFC 8020) and gets NODATA, as does
-//   the domain itself. Zone transfers (AXFR/IXFR) are REFUSED. No SOA is sent, so
-//   negative answers are simply not cached, which suits names that come and go with
-//   guests.
+//   name gives its A records (QTYPE A), AAAA records (AAAA) or both (ANY), or NOERROR
+//   with no answers (NODATA) for other types; an unknown name gives NXDOMAIN, except
+//   that a name with known names below it exists (an empty non-terminal, RFC 8020) and
+//   gets NODATA, as does the domain itself, which also answers SOA. Zone transfers
+//   (AXFR/IXFR) are REFUSED. Every negative answer (NXDOMAIN and NODATA) carries the
+//   zone's SOA in its authority section (RFC 2308 3), so resolvers may cache it, for
+//   `negativeTTL` seconds only (the SOA's TTL and MINIMUM): names come and go with guests.
 // - A PTR query, class IN or ANY, for `d.c.b.a.in-addr.arpa` where a.b.c.d is a local
 //   name's address: answered here with AA, the name being the smallest of the names
 //   with that address so the choice is stable.
+// - Any query for a name in the ip6.arpa zone of the network's IPv6 prefix
+//   (`reversePrefix6`): answered here, never forwarded (no upstream knows these
+//   addresses): PTR for a local name's IPv6 address, else NXDOMAIN or NODATA with that
+//   reverse zone's SOA.
 // - Anything else, including reverse names of other addresses: `.forward`, and the
 //   daemon sends the query bytes unchanged to its upstream resolver. If the upstream
 //   does not answer in time or fails, `serverFailure(for:)` makes the guest's answer;
@@ -46,14 +51,39 @@ public struct LocalZone: Sendable, Equatable {
     /// e.g. "web1.slirpd.internal", "host.slirpd.internal". Lookups rely on that form;
     /// `set`, `add` and `remove` produce it.
     public var records: [String: [IPv4Address]]
+    /// The same names → their AAAA records (the gateway's, guests' SLAAC addresses).
+    public var records6: [String: [IPv6Address]]
     public var ttl: UInt32
+    /// The network's IPv6 prefix, whose ip6.arpa names are answered here; nil: none.
+    public var reversePrefix6: (address: IPv6Address, length: Int)? {
+        get { reverse6.map { ($0.address, $0.length) } }
+        set { reverse6 = newValue.map { Reverse6(address: $0.address, length: max(0, min(128, $0.length))) } }
+    }
+    struct Reverse6: Sendable, Equatable {
+        var address: IPv6Address
+        var length: Int
+    }
+    var reverse6: Reverse6?
+    /// The SOA's serial; the daemon sets it from the clock when the names change.
+    public var serial: UInt32 = 1
+    /// How long a resolver may cache a negative answer (RFC 2308 5): the SOA's TTL and MINIMUM.
+    public var negativeTTL: UInt32 = 10
 
     public static let defaultDomain = "slirpd.internal"
 
     public init(domain: String = LocalZone.defaultDomain, ttl: UInt32 = 60) {
         self.domain = Self.normalize(domain)
         self.records = [:]
+        self.records6 = [:]
         self.ttl = ttl
+    }
+
+    /// Adds an IPv6 `address` to the name's AAAA records (once); the name is completed as in `set`.
+    @discardableResult
+    public mutating func add(_ name: String, address6 address: IPv6Address) -> Bool {
+        guard let full = fullName(name) else { return false }
+        if records6[full]?.contains(address) != true { records6[full, default: []].append(address) }
+        return true
     }
 
     /// Makes `name` resolve to `address` alone. A name not already under the domain is
@@ -80,6 +110,7 @@ public struct LocalZone: Sendable, Equatable {
     public mutating func remove(_ name: String) {
         guard let full = fullName(name) else { return }
         records[full] = nil
+        records6[full] = nil
     }
 
     /// `name` completed with the domain and lower-cased, if it is a valid DNS name.
@@ -233,32 +264,133 @@ public enum DNSResponder {
         let name = question.name.lowercased
         let labels = name.labels
         let domainText = LocalZone.normalize(zone.domain)
+        let type = question.type
         // An empty domain would claim the whole name space; then only PTR is local.
         if !domainText.isEmpty, let domain = DNSName(domainText), name.isSubdomain(of: domain) {
-            if question.type == .axfr || question.type == .ixfr {
+            if type == .axfr || type == .ixfr {
                 return query.response(rcode: .refused, authoritative: true)
             }
+            let soa = soaRecord(owner: domain, zone: zone)
             let key = recordKey(labels)
             let addresses = key.flatMap { zone.records[$0] } ?? []
+            let addresses6 = key.flatMap { zone.records6[$0] } ?? []
             var response = query.response(rcode: .noError, authoritative: true)
-            if !addresses.isEmpty {
-                if question.type == .a || question.type == .any {
-                    response.answers = addresses.map { .a(question.name, $0, ttl: zone.ttl) }
+            if !addresses.isEmpty || !addresses6.isEmpty || key == domainText {
+                if type == .a || type == .any {
+                    response.answers += addresses.map { .a(question.name, $0, ttl: zone.ttl) }
                 }
+                if type == .aaaa || type == .any {
+                    response.answers += addresses6.map { .aaaa(question.name, $0, ttl: zone.ttl) }
+                }
+                if key == domainText, type == .soa || type == .any {
+                    var own = soa
+                    own.name = question.name
+                    response.answers.append(own)
+                }
+                if response.answers.isEmpty { response.authorities = [soa] }
                 return response
             }
-            let exists = key.map { key in
-                key == domainText || zone.records.contains { !$0.value.isEmpty && $0.key.hasSuffix("." + key) }
+            let below = key.map { key in
+                zone.records.contains { !$0.value.isEmpty && $0.key.hasSuffix("." + key) }
+                    || zone.records6.contains { !$0.value.isEmpty && $0.key.hasSuffix("." + key) }
             } ?? false
-            if !exists { response.header.rcode = UInt8(DNSResponseCode.nameError.rawValue) }
+            if !below { response.header.rcode = UInt8(DNSResponseCode.nameError.rawValue) }
+            response.authorities = [soa]
             return response
         }
-        if question.type == .ptr, let address = reverseAddress(name), let target = ptrTarget(for: address, in: zone) {
+        if let reverse = zone.reverse6, let nibbles = reverseNibbles6(name) {
+            return reverse6Response(to: query, question: question, nibbles: nibbles, reverse: reverse, zone: zone)
+        }
+        if type == .ptr, let address = reverseAddress(name), let target = ptrTarget(for: address, in: zone) {
             var response = query.response(rcode: .noError, authoritative: true)
             response.answers = [.ptr(question.name, target, ttl: zone.ttl)]
             return response
         }
         return nil
+    }
+
+    /// The answer for a name under ip6.arpa, or nil when it is outside the network's
+    /// prefix (then it goes upstream like any other name).
+    static func reverse6Response(to query: DNSMessage, question: DNSQuestion, nibbles: [UInt8],
+                                 reverse: LocalZone.Reverse6, zone: LocalZone) -> DNSMessage? {
+        // The zone's apex: the prefix's nibbles, rounded up to a whole nibble.
+        let apexCount = (reverse.length + 3) / 4
+        let prefixNibbles = nibbles6(reverse.address)
+        guard nibbles.count >= apexCount else { return nil }
+        for bit in 0..<reverse.length {
+            let shift = UInt8(3 - bit % 4)
+            if (nibbles[bit / 4] >> shift) & 1 != (prefixNibbles[bit / 4] >> shift) & 1 { return nil }
+        }
+        let type = question.type
+        var apexLabels = prefixNibbles.prefix(apexCount).reversed().map { [hexDigit($0)] }
+        apexLabels += [Array("ip6".utf8), Array("arpa".utf8)]
+        guard let apex = DNSName(labels: apexLabels) else { return nil }
+        let soa = soaRecord(owner: apex, zone: zone)
+        var response = query.response(rcode: .noError, authoritative: true)
+        if type == .axfr || type == .ixfr { return query.response(rcode: .refused, authoritative: true) }
+        let known = zone.records6.values.joined().map(nibbles6)
+        if nibbles.count == 32 {
+            if let address = IPv6Address(bytes: (0..<16).map { nibbles[2 * $0] << 4 | nibbles[2 * $0 + 1] }),
+               let target = ptrTarget(for: address, in: zone) {
+                if type == .ptr || type == .any { response.answers = [.ptr(question.name, target, ttl: zone.ttl)] }
+            } else {
+                response.header.rcode = UInt8(DNSResponseCode.nameError.rawValue)
+            }
+        } else if nibbles.count == apexCount {
+            if type == .soa || type == .any {
+                var own = soa
+                own.name = question.name
+                response.answers = [own]
+            }
+        } else if !known.contains(where: { $0.starts(with: nibbles) }) {
+            response.header.rcode = UInt8(DNSResponseCode.nameError.rawValue)
+        }
+        if response.answers.isEmpty { response.authorities = [soa] }
+        return response
+    }
+
+    /// The 4-bit nibbles, most significant first, of `n.n.n...ip6.arpa` (1 to 32 of them), else nil.
+    static func reverseNibbles6(_ lowercasedName: DNSName) -> [UInt8]? {
+        let labels = lowercasedName.labels
+        guard labels.count >= 3, labels.count <= 34, labels[labels.count - 2] == Array("ip6".utf8),
+              labels[labels.count - 1] == Array("arpa".utf8) else { return nil }
+        var nibbles: [UInt8] = []
+        for label in labels.dropLast(2).reversed() {
+            guard label.count == 1 else { return nil }
+            switch label[0] {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibbles.append(label[0] - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibbles.append(label[0] - UInt8(ascii: "a") + 10)
+            default: return nil
+            }
+        }
+        return nibbles
+    }
+
+    static func nibbles6(_ address: IPv6Address) -> [UInt8] {
+        address.bytes.flatMap { [$0 >> 4, $0 & 0x0F] }
+    }
+
+    static func hexDigit(_ nibble: UInt8) -> UInt8 {
+        nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
+    }
+
+    /// The zone's SOA at `owner` (RFC 1035 3.3.13): the gateway's name as primary, a
+    /// hostmaster mailbox, and `negativeTTL` as both its TTL and MINIMUM (RFC 2308 4).
+    static func soaRecord(owner: DNSName, zone: LocalZone) -> DNSRecord {
+        let domain = LocalZone.normalize(zone.domain)
+        let primary = DNSName(domain.isEmpty ? "localhost" : "host." + domain) ?? .root
+        let mailbox = DNSName(domain.isEmpty ? "hostmaster.localhost" : "hostmaster." + domain) ?? .root
+        var data: [UInt8] = []
+        for name in [primary, mailbox] {
+            for label in name.labels { data += [UInt8(label.count)] + label }
+            data.append(0)
+        }
+        // Serial, refresh, retry, expire, minimum.
+        for value in [zone.serial, 3600, 600, 86400, zone.negativeTTL] {
+            data += [UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16), UInt8(truncatingIfNeeded: value >> 8),
+                     UInt8(truncatingIfNeeded: value)]
+        }
+        return DNSRecord(name: owner, type: .soa, ttl: zone.negativeTTL, data: .opaque(data))
     }
 
     /// The `records` key a lower-cased name would have, or nil if no key can spell it:
@@ -281,6 +413,11 @@ public enum DNSResponder {
     /// The smallest valid name with `address`, so the same query always gets the same name.
     static func ptrTarget(for address: IPv4Address, in zone: LocalZone) -> DNSName? {
         zone.records.filter { $0.value.contains(address) }.keys.sorted()
+            .lazy.compactMap { DNSName($0) }.first
+    }
+
+    static func ptrTarget(for address: IPv6Address, in zone: LocalZone) -> DNSName? {
+        zone.records6.filter { $0.value.contains(address) }.keys.sorted()
             .lazy.compactMap { DNSName($0) }.first
     }
 

@@ -174,8 +174,11 @@ public func readWholeFile(_ path: String, limit: Int) throws(IOError) -> [UInt8]
     }
 }
 
-/// Replaces `path` with `text` in one step (a temporary file renamed over it), so a
-/// crash leaves the old file or the new one, never half of one.
+/// Replaces `path` with `text` so that a crash or power loss at any moment leaves either
+/// the old file or the new one, never a truncated one: the text goes to a temporary file
+/// beside it (`path.tmp`, replaced if a crash left one), which is fsynced, renamed over
+/// `path`, and then the directory is fsynced so the rename itself is on disk. One
+/// writer per path: the state directory's lock (`lockExclusively`) keeps other daemons out.
 public func writeFileAtomically(_ path: String, _ text: String, mode: mode_t = 0o600) throws(IOError) {
     let temporary = path + ".tmp"
     let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
@@ -193,12 +196,57 @@ public func writeFileAtomically(_ path: String, _ text: String, mode: mode_t = 0
         }
         written += n
     }
+    guard fsync(file.raw) == 0 else {
+        let code = errno
+        unlink(temporary)
+        throw IOError(call: "fsync", code: code, detail: temporary)
+    }
     file.close()
     guard rename(temporary, path) == 0 else {
         let code = errno
         unlink(temporary)
         throw IOError(call: "rename", code: code, detail: path)
     }
+    let slash = path.utf8.lastIndex(of: UInt8(ascii: "/"))
+    let directory = slash.map { $0 == path.utf8.startIndex ? "/" : String(path[..<$0]) } ?? "."
+    let dirfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard dirfd >= 0 else { throw IOError(call: "open", code: errno, detail: directory) }
+    let dir = Descriptor(owning: dirfd)
+    guard fsync(dir.raw) == 0 else { throw IOError(call: "fsync", code: errno, detail: directory) }
+}
+
+/// The outcome of `lockExclusively`.
+public enum FileLock {
+    /// This process holds the lock for as long as the descriptor stays open.
+    case held(Descriptor)
+    /// Another process holds it; its PID as it wrote it in the file, if it has yet.
+    case heldByOther(pid: Int32?)
+}
+
+/// Takes an exclusive `flock` on `path` (created with `mode` if missing) without waiting,
+/// and writes this process's PID into it. The lock goes with the descriptor: it ends when
+/// the descriptor is closed or the process dies, however it dies, so a stale lock file
+/// never keeps a later process out. The descriptor is close-on-exec, so no child
+/// (a guest forward's command) keeps the lock. The corresponding C call is `flock`.
+public func lockExclusively(_ path: String, mode: mode_t = 0o600) throws(IOError) -> FileLock {
+    let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, mode)
+    guard fd >= 0 else { throw IOError(call: "open", code: errno, detail: path) }
+    let file = Descriptor(owning: fd)
+    while flock(file.raw, LOCK_EX | LOCK_NB) != 0 {
+        let code = errno
+        if code == EINTR { continue }
+        guard code == EWOULDBLOCK else { throw IOError(call: "flock", code: code, detail: path) }
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let n = buffer.withUnsafeMutableBytes { pread(file.raw, $0.baseAddress, $0.count, 0) }
+        let text = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
+        return .heldByOther(pid: Int32(text.split(whereSeparator: { $0 == "\n" || $0 == " " }).first ?? ""))
+    }
+    let pid = Array("\(getpid())\n".utf8)
+    guard ftruncate(file.raw, 0) == 0,
+          pid.withUnsafeBytes({ pwrite(file.raw, $0.baseAddress, $0.count, 0) }) == pid.count else {
+        throw IOError(call: "write", code: errno, detail: path)
+    }
+    return .held(file)
 }
 
 /// How many descriptors this process has open (entries of /proc/self/fd) and may open

@@ -110,3 +110,17 @@ public enum SignalNumber {
     public static let terminate = SIGTERM
     public static let interrupt = SIGINT
 }
+
+extension Descriptor {
+    /// Whether the peer of this connected stream socket has gone: it closed or shut down
+    /// its side (POLLRDHUP, POLLHUP) or the connection failed (POLLERR), even with its last
+    /// bytes still unread. Answers at once (poll with a zero timeout). A peer that vanished
+    /// without a word (a host that lost power) still looks alive here.
+    public var peerHasHungUp: Bool {
+        let rdhup: Int16 = 0x2000  // POLLRDHUP (Linux; poll.h shows it only with _GNU_SOURCE)
+        var entry = pollfd(fd: raw, events: Int16(POLLIN) | rdhup, revents: 0)
+        let n = Glibc.poll(&entry, 1, 0)
+        guard n > 0 else { return false }
+        return entry.revents & (rdhup | Int16(POLLHUP) | Int16(POLLERR)) != 0
+    }
+}

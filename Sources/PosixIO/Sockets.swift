@@ -529,3 +529,22 @@ extension Descriptor {
         }
     }
 }
+
+/// The port a bound inet socket has (after binding port 0, the one the kernel chose).
+/// The corresponding C call is `getsockname`.
+public func boundPort(_ socket: Descriptor) throws(IOError) -> UInt16 {
+    var storage = sockaddr_storage()
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let rc = withUnsafeMutablePointer(to: &storage) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket.raw, $0, &length) }
+    }
+    guard rc == 0 else { throw IOError(call: "getsockname", code: errno) }
+    switch Int32(storage.ss_family) {
+    case AF_INET:
+        return withUnsafeBytes(of: &storage) { UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self)) }
+    case AF_INET6:
+        return withUnsafeBytes(of: &storage) { UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self)) }
+    default:
+        throw IOError(call: "getsockname", code: EAFNOSUPPORT)
+    }
+}

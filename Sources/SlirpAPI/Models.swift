@@ -85,10 +85,18 @@ public struct NetworkInfo: Codable, Sendable, Equatable {
     }
 }
 
+/// How a guest is attached: the one list of transports. The daemon's guest ports use it
+/// (GuestPort.Transport), `GuestInfo.transport` is one of its raw values, and openapi.yaml's
+/// `GuestInfo.transport` enum must list exactly these (OpenAPISchemaTests checks it).
+public enum GuestTransport: String, CaseIterable, Codable, Sendable {
+    case stream, tcp, dgram, tap
+    case vhostUser = "vhost-user"
+}
+
 public struct GuestInfo: Codable, Sendable, Equatable {
     public var id: UInt32
     public var network: String
-    /// stream, tcp or dgram.
+    /// A `GuestTransport` raw value.
     public var transport: String
     public var endpoint: String
     /// Who is attached: the peer's pid and uid, its TCP address, or its datagram socket path.

@@ -1,8 +1,24 @@
 /// The QEMU flags that attach a guest to an endpoint, shared by slirpd's start-up
 /// banner and `slirpctl qemu-args`. Endpoints are given as the API lists them:
-/// `stream:PATH`, `dgram:PATH`, `tcp:HOST:PORT` (`tcp:[V6]:PORT`) or `connect:unix:PATH`.
+/// `stream:PATH`, `dgram:PATH`, `tcp:HOST:PORT` (`tcp:[V6]:PORT`), `connect:unix:PATH` or
+/// `vhost-user:PATH`.
 public enum QEMUArgs {
-    public enum Failure: Error, Equatable { case unknownEndpoint(String) }
+    public enum Failure: Error, Equatable, CustomStringConvertible {
+        case unknownEndpoint(String)
+        /// vhost-user serves a virtio-net device only.
+        case vhostUserNeedsVirtio(model: String)
+
+        public var description: String {
+            switch self {
+            case .unknownEndpoint(let endpoint): "unknown endpoint \(endpoint)"
+            case .vhostUserNeedsVirtio(let model): "a vhost-user endpoint serves virtio-net devices only, not \(model)"
+            }
+        }
+    }
+
+    /// Guest RAM for vhost-user flags when none is given: it must be shared with slirpd,
+    /// so the flags size it themselves (-m and the memory backend must agree).
+    public static let defaultVhostUserMemory = "512M"
 
     /// NICs that a QEMU machine builds in (on a board rather than a bus): they cannot be
     /// made with `-device`, only joined to a netdev with `-net nic,model=...`.
@@ -12,8 +28,11 @@ public enum QEMUArgs {
     ///   - model: the NIC: a `-device` model (virtio-net-pci, e1000, ...) or one of `onBoardModels`.
     ///   - localPath: for datagram endpoints, the guest's own socket path (unique per guest).
     ///   - legacySocket: for TCP endpoints, QEMU's older `-netdev socket,connect=` form (same framing).
+    ///   - memory: for vhost-user endpoints, the guest's RAM (`-m`), which QEMU must put in a
+    ///     shared memfd for slirpd to map.
     public static func flags(endpoint: String, mac: String, model: String = "virtio-net-pci", mtu: Int = 0,
-                             localPath: String? = nil, legacySocket: Bool = false) throws(Failure) -> String {
+                             localPath: String? = nil, legacySocket: Bool = false,
+                             memory: String = defaultVhostUserMemory) throws(Failure) -> String {
         // virtio-net tells the guest driver the MTU through host_mtu; other NICs have no such flag.
         // QEMU names the MAC option macaddr= on -net nic and mac= on -device.
         let device = onBoardModels.contains(model)
@@ -25,6 +44,14 @@ public enum QEMUArgs {
         if let path = endpoint.dropPrefix("connect:unix:") {
             // slirpd dials this one: QEMU listens, and takes slirpd again after a restart.
             return "-netdev stream,id=n0,server=on,addr.type=unix,addr.path=\(path) \(device)"
+        }
+        if let path = endpoint.dropPrefix("vhost-user:") {
+            guard model.hasPrefix("virtio-net") else { throw .vhostUserNeedsVirtio(model: model) }
+            // reconnect=1: QEMU re-attaches by itself after slirpd restarts. vectors=0 (legacy
+            // INTx, no MSI-X): QEMU 7.2 without KVM (TCG) segfaults in msix_set_vector_notifiers
+            // when vhost_net_start sets up the guest notifiers of an MSI-X vhost-user NIC.
+            return "-m \(memory) -object memory-backend-memfd,id=mem,size=\(memory),share=on -machine memory-backend=mem "
+                + "-chardev socket,id=c0,path=\(path),reconnect=1 -netdev vhost-user,id=n0,chardev=c0 \(device),vectors=0"
         }
         if let path = endpoint.dropPrefix("dgram:") {
             let local = localPath ?? sibling(of: path, named: "guest-\(mac.filter { $0 != ":" }).sock")

@@ -9,7 +9,8 @@ import PosixIO
 // Theory of operation. Guests ask the network's DNS address. Over UDP the switch hands
 // each query here as a parsed datagram (`query(_:from:)`); over TCP libslirp carries the
 // guest's connection to a guest forward at DNS:53, which ends on this service's Unix
-// socket (`tcpPath`), where queries arrive length-prefixed. Either way `DNSResponder`
+// socket (`tcpPath`), where queries arrive length-prefixed; to the IPv6 DNS address, it
+// carries it to a TCP listener on [::1] (DNSOverTCP6.swift says how and why). Either way `DNSResponder`
 // decides: names under the network's domain and their PTRs are answered from `zone`;
 // the rest go to the upstream resolver over one connected UDP socket. Each forwarded
 // query gets a fresh id, so answers from the upstream are matched to their guest by id
@@ -47,6 +48,10 @@ final class DNSService {
     }
 
     var zone: LocalZone
+    /// The guests' IPv6 addresses `zone` was built from (Network.rebuildZone).
+    var zoneNeighbors6: [IPv6Key: MACAddress] = [:]
+    /// Runs before each query is answered: the network refreshes `zone` if it is stale.
+    var beforeAnswering: (() -> Void)?
     let upstream: DNSUpstream?
     let restricted: Bool
     let log: Logger
@@ -62,6 +67,12 @@ final class DNSService {
 
     let tcpPath: String?
     private(set) var listener: Descriptor?
+    /// DNS over TCP to the IPv6 DNS address: the [::1] listener libslirp reaches and the
+    /// port rewrite that takes guests there (DNSOverTCP6.swift).
+    private(set) var listener6: Descriptor?
+    private(set) var tcp6: DNSOverTCP6?
+    /// Every listener for DNS over TCP.
+    var listeners: [Descriptor] { [listener, listener6].compactMap { $0 } }
     private(set) var connections: [DNSConnection] = []
 
     private(set) var answeredLocally = 0
@@ -75,8 +86,8 @@ final class DNSService {
     private(set) var connectionsEvicted = 0
     private(set) var connectionsTimedOut = 0
 
-    init(zone: LocalZone, upstream: DNSUpstream?, restricted: Bool, tcpPath: String?, log: Logger,
-         answerUDP: @escaping (UDPDatagram, PortID, [UInt8], UInt16) -> Void) {
+    init(zone: LocalZone, upstream: DNSUpstream?, restricted: Bool, tcpPath: String?, tcp6Address: IPv6Address? = nil,
+         log: Logger, answerUDP: @escaping (UDPDatagram, PortID, [UInt8], UInt16) -> Void) {
         self.zone = zone
         self.upstream = upstream
         self.restricted = restricted
@@ -97,11 +108,25 @@ final class DNSService {
                 log.error("DNS: cannot listen on \(tcpPath) for DNS over TCP: \(error); guests get DNS over UDP only")
             }
         }
+        if let tcp6Address {
+            do {
+                let socket = try listenTCP(host: "::1", port: 0)
+                listener6 = socket
+                tcp6 = DNSOverTCP6(address: tcp6Address.bytes, port: try boundPort(socket))
+            } catch {
+                listener6?.close()
+                listener6 = nil
+                log.error("DNS: cannot listen on [::1] for DNS over TCP to \(tcp6Address): \(error); IPv6 guests get DNS over UDP only")
+            }
+        }
     }
 
     func close() {
         upstreamSocket?.close()
         listener?.close()
+        listener6?.close()
+        listener6 = nil
+        tcp6 = nil
         if let tcpPath, listener != nil { removeFile(tcpPath) }
         listener = nil
         for connection in connections { connection.socket.close() }
@@ -132,6 +157,7 @@ final class DNSService {
     }
 
     private func handle(_ message: [UInt8], origin: Origin, transport: DNSTransport, now: Int64) {
+        beforeAnswering?()
         switch DNSResponder.answer(query: message, zone: zone, transport: transport) {
         case .drop:
             return
@@ -259,7 +285,10 @@ final class DNSService {
     // MARK: DNS over TCP
 
     func acceptConnections() {
-        guard let listener else { return }
+        for listener in listeners { accept(listener) }
+    }
+
+    private func accept(_ listener: Descriptor) {
         while true {
             let accepted: Descriptor
             do {

@@ -30,6 +30,8 @@ public final class Daemon {
     let reloadSource: (() throws(DaemonError) -> [NetworkConfig])?
     /// Lease files and DNS sockets go here (see Network.stateDirectory).
     let stateDirectory: String?
+    /// Each network's lock on its files in the state directory (`lockStateDirectory`).
+    var stateLocks: [String: Descriptor] = [:]
     /// Sockets from systemd, used by the networks whose endpoints they are.
     let inherited: InheritedEndpoints
     /// READY=1, STATUS= and the watchdog for systemd (nothing without NOTIFY_SOCKET).
@@ -92,10 +94,33 @@ public final class Daemon {
     /// Binds a network's endpoints and adds it to the loop.
     @discardableResult
     func startNetwork(_ config: NetworkConfig) throws(DaemonError) -> Network {
+        try lockStateDirectory(for: config.name)
         let net = try Network(config: config, stateDirectory: stateDirectory, inherited: inherited, relayCommand: Daemon.relayCommand)
         net.onEvent = { [unowned self] event in self.publish(event) }
         networks.append(net)
         return net
+    }
+
+    /// One owner per network's state files: an exclusive `flock` on `<state dir>/NAME.lock`,
+    /// held until the network is removed or the process ends (however it ends), so a second
+    /// daemon on the same directory and network name stops at once, naming the holder,
+    /// instead of sharing (and overwriting) the first one's leases and run-time changes.
+    /// A network restarted by a reload keeps the lock it has.
+    func lockStateDirectory(for name: String) throws(DaemonError) {
+        guard let stateDirectory, stateLocks[name] == nil else { return }
+        let path = "\(stateDirectory)/\(name).lock"
+        let lock: FileLock
+        do {
+            lock = try lockExclusively(path)
+        } catch {
+            throw DaemonError("network \(name): cannot lock \(path): \(error)")
+        }
+        switch lock {
+        case .held(let descriptor):
+            stateLocks[name] = descriptor
+        case .heldByOther(let pid):
+            throw DaemonError("network \(name): state directory \(stateDirectory) is in use by another slirpd (PID \(pid.map { "\($0)" } ?? "unknown"), holding \(path)); give each daemon its own --state-dir or network name")
+        }
     }
 
     /// The command libslirp runs for each guest connection to a `guestfwd=...-tcp:HOST:PORT` rule.

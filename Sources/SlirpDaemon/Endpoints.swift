@@ -2,7 +2,7 @@ import DaemonConfig
 import FrameSwitch
 import PosixIO
 
-/// A listening stream socket: every accepted connection becomes a guest port.
+/// A listening stream socket (stream, TCP or vhost-user): every accepted connection becomes a guest port.
 final class StreamListener {
     let spec: EndpointSpec
     let socket: Descriptor
@@ -26,8 +26,11 @@ final class StreamListener {
         case .tcp(let host, let port):
             if let descriptor { socket = descriptor } else { socket = try listenTCP(host: host, port: port) }
             transport = .tcp
+        case .vhostUser(let path):
+            if let descriptor { socket = descriptor } else { socket = try bindUnixSocket(path: path, kind: .stream, mode: mode, group: group) }
+            transport = .vhostUser
         case .dgram, .tap, .connect:
-            preconditionFailure("only stream and TCP endpoints are listeners")
+            preconditionFailure("only stream, TCP and vhost-user endpoints are listeners")
         }
     }
 
@@ -35,6 +38,7 @@ final class StreamListener {
         guard !inherited else { return }
         socket.close()
         if case .stream(let path) = spec { removeFile(path) }
+        if case .vhostUser(let path) = spec { removeFile(path) }
     }
 }
 

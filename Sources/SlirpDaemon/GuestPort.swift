@@ -1,8 +1,9 @@
 import DataPlane
 import FrameSwitch
 import PosixIO
+import SlirpAPI
 
-/// One attached guest: a stream connection (Unix or TCP) or a datagram peer.
+/// One attached guest: a stream connection (Unix or TCP), a datagram peer, a tap or a vhost-user connection.
 ///
 /// Every guest has its own socket and a bounded output queue of length-prefixed
 /// frames, flushed once per loop iteration and again when the socket turns writable.
@@ -11,9 +12,8 @@ import PosixIO
 /// peer's path: only then does poll() report when the peer's receive queue (10
 /// datagrams by default, net.unix.max_dgram_qlen) has room again.
 final class GuestPort {
-    enum Transport: String {
-        case stream, tcp, dgram, tap
-    }
+    /// SlirpAPI's list, so the API and its schema name exactly the transports there are.
+    typealias Transport = GuestTransport
 
     enum Kind {
         /// Frames arrive on `socket` with a length prefix and are reassembled in `received`.
@@ -23,6 +23,9 @@ final class GuestPort {
         /// A tap device: each read or write on `socket` is one frame (behind a virtio-net
         /// header when `offload` has one).
         case tap(name: String, received: ByteBuffer, offload: TapOffload)
+        /// A vhost-user connection: `socket` carries protocol messages; frames move through
+        /// the guest's virtqueues in shared memory (VhostUserPort.swift).
+        case vhostUser(VhostUserLink)
     }
 
     /// The output queue: about 700 full-size frames, or 16 of the largest.
@@ -79,9 +82,10 @@ final class GuestPort {
         self.kind = kind
         self.socket = socket
         self.connectedAt = now
-        if case .stream = kind {
+        switch kind {
+        case .stream, .vhostUser:
             state = PortState(id: id, closesOnDuplicateMAC: true)
-        } else {
+        case .datagram, .tap:
             state = PortState(id: id, closesOnDuplicateMAC: false)
         }
     }
@@ -94,6 +98,12 @@ final class GuestPort {
     /// The tap's offloads, for a tap port.
     var tapOffload: TapOffload? {
         if case .tap(_, _, let offload) = kind { return offload }
+        return nil
+    }
+
+    /// The protocol state, for a vhost-user port.
+    var vhostUser: VhostUserLink? {
+        if case .vhostUser(let link) = kind { return link }
         return nil
     }
 

@@ -3,6 +3,7 @@ import FrameSwitch
 import NetServices
 import SlirpAPI
 import SlirpKit
+import VhostUser
 
 /// The Prometheus text exposition format (version 0.0.4) for every network and guest.
 enum Metrics {
@@ -136,6 +137,23 @@ enum Metrics {
         family("slirpd_tap_refused_frames_total", "counter",
                "Frames a tap's kernel refused as invalid on write (EINVAL), dropped. Per attached tap.",
                taps.map { ($0.0, $0.1.refused) })
+        let vhosts = nets.flatMap { n in
+            n.net.ports.values.sorted { $0.id < $1.id }.compactMap { port in
+                port.vhostUser.map { ("\(n.label),guest=\"\(port.id.raw)\"", $0) }
+            }
+        }
+        family("slirpd_vhost_user_gso_frames_total", "counter",
+               "Frames larger than the guest's MTU (GSO) taken from a vhost-user guest's TX ring (in) or written to its RX ring (out). Per attached vhost-user guest.",
+               vhosts.flatMap { v in [("\(v.0),direction=\"in\"", v.1.gsoIn), ("\(v.0),direction=\"out\"", v.1.gsoOut)] })
+        family("slirpd_vhost_user_malformed_frames_total", "counter",
+               "TX chains from a vhost-user guest dropped: a virtio-net header that does not describe its frame, or a frame too short or too long. Per attached vhost-user guest.",
+               vhosts.map { ($0.0, $0.1.malformed) })
+        family("slirpd_vhost_user_too_large_frames_total", "counter",
+               "Frames toward a vhost-user guest larger than all the RX buffers it posts, dropped. Per attached vhost-user guest.",
+               vhosts.map { ($0.0, $0.1.tooLarge) })
+        family("slirpd_vhost_user_closed_total", "counter",
+               "vhost-user connections closed by slirpd, by reason: protocol (a malformed, unknown or out-of-order message), bad ring (a ring or descriptor outside the rules), mapping (the guest's memory could not be mapped).",
+               nets.flatMap { n in VhostUserError.Kind.allCases.map { ("\(n.label),reason=\"\($0.rawValue.replacingOccurrences(of: " ", with: "_"))\"", n.net.vhostUserCloses[$0, default: 0]) } })
         out += "# HELP slirpd_build_info The libslirp in use.\n# TYPE slirpd_build_info gauge\n"
         out += "slirpd_build_info{libslirp=\"\(escape(SlirpStack.libraryVersion))\"} 1\n"
         return out

@@ -7,6 +7,7 @@ import NetServices
 import PosixIO
 import SlirpAPI
 import SlirpKit
+import VhostUser
 
 /// One virtual network: a libslirp instance, a switch, its endpoints and guests.
 ///
@@ -63,6 +64,8 @@ final class Network {
     private var departed: [DepartedGuest] = []
     /// NAT connections reset in libslirp for guests that left for good.
     private(set) var natConnectionsReset = 0
+    /// vhost-user connections closed for a protocol error, a bad ring or a failed mapping.
+    var vhostUserCloses: [VhostUserError.Kind: Int] = [:]
     /// Peers kept out by guest-uids/guest-gids.
     private(set) var refusedGuests = 0
     /// Datagrams from new peers dropped for want of a descriptor to answer them with.
@@ -127,7 +130,7 @@ final class Network {
                 switch spec {
                 case .tap(let name): try attachTap(name)
                 case .connect(let path): dialTargets.append(DialTarget(path: path, fromAPI: false))
-                case .stream, .tcp:
+                case .stream, .tcp, .vhostUser:
                     listeners.append(try StreamListener(spec: spec, mode: config.socketMode, group: config.socketGroup,
                                                         inherited: inherited.descriptor(for: spec)))
                 case .dgram(let path):
@@ -199,6 +202,8 @@ final class Network {
         case listener(StreamListener)
         case datagram(DatagramEndpoint)
         case guest(GuestPort)
+        /// A vhost-user guest's kick eventfd for queue 0 (RX) or 1 (TX).
+        case vhostKick(GuestPort, VhostUserLink, Int)
         case dnsUpstream
         case dnsListener
         case dnsConnection(DNSConnection)
@@ -214,6 +219,17 @@ final class Network {
             sources.append(.datagram(d))
         }
         for port in ports.values where port.closeReason == nil {
+            if let link = port.vhostUser {
+                // Messages on the socket; TX kicks always; RX kicks only while frames wait for buffers.
+                set.add(port.socket.raw, .input)
+                sources.append(.guest(port))
+                for (index, queue) in link.device.queues.enumerated() where queue.isActive {
+                    guard let kick = queue.kick, index == VhostUserDevice.txQueue || !port.queued.isEmpty else { continue }
+                    set.add(kick, .input)
+                    sources.append(.vhostKick(port, link, index))
+                }
+                continue
+            }
             // A datagram guest's own socket only sends: poll it only while frames wait.
             let events: PollEvents = port.readsOwnDescriptor ? .input : []
             let wanted = port.queued.isEmpty ? events : events.union(.output)
@@ -226,7 +242,7 @@ final class Network {
             set.add(socket.raw, .input)
             sources.append(.dnsUpstream)
         }
-        if let listener = dns.listener {
+        for listener in dns.listeners {
             set.add(listener.raw, .input)
             sources.append(.dnsListener)
         }
@@ -240,6 +256,7 @@ final class Network {
         switch source {
         case .listener(let l): acceptAll(l, now: now)
         case .datagram(let d): receiveAll(d, now: now)
+        case .vhostKick(let port, let link, let queue): vhostKicked(port, link, queue: queue)
         case .guest(let port):
             if events.contains(.output) { flush(port) }
             if port.readsOwnDescriptor, !events.isDisjoint(with: [.input, .hangup, .error]) { readAll(port) }
@@ -298,9 +315,10 @@ final class Network {
                     continue
                 }
             }
-            let port = GuestPort(
-                id: allocatePortID(), transport: listener.transport, peer: peer, endpointName: "\(listener.spec)",
-                kind: .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity)), socket: socket, now: now)
+            let kind: GuestPort.Kind = listener.transport == .vhostUser
+                ? .vhostUser(VhostUserLink()) : .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity))
+            let port = GuestPort(id: allocatePortID(), transport: listener.transport, peer: peer, endpointName: "\(listener.spec)",
+                                 kind: kind, socket: socket, now: now)
             admit(port, on: "\(listener.spec)")
         }
     }
@@ -317,6 +335,7 @@ final class Network {
     /// Reads until the socket is drained, switching each complete frame.
     private func readAll(_ port: GuestPort) {
         if case .tap(let name, let received, let offload) = port.kind { return readTap(port, name, received, offload) }
+        if let link = port.vhostUser { return readVhostMessages(port, link) }
         guard case .stream(let received) = port.kind else { return }
         while port.closeReason == nil {
             let result: IOResult<Int>
@@ -390,6 +409,10 @@ final class Network {
     /// Writes queued frames until the queue is empty or the guest's socket is full.
     private func flush(_ port: GuestPort) {
         guard port.closeReason == nil else { return }
+        if let link = port.vhostUser {
+            flushVhost(port, link)
+            return scheduleClose(port)
+        }
         while !port.queued.isEmpty {
             do {
                 let result = if port.isStream { try port.socket.write(from: port.queued) }
@@ -494,11 +517,14 @@ final class Network {
 
     // MARK: Switching
 
-    private func fromGuest(_ port: GuestPort, _ frame: UnsafeRawBufferPointer) {
+    func fromGuest(_ port: GuestPort, _ frame: UnsafeRawBufferPointer) {
         guard let header = EthernetHeader(frame) else { return }
         port.rxFrames += 1
         port.rxBytes += frame.count
         if !captures.isEmpty { capture(frame, header) }
+        if let tcp6 = dns?.tcp6, let redirected = tcp6.towardNAT(frame) {  // DNSOverTCP6.swift
+            return redirected.withUnsafeBytes { framePath.fromGuest($0, header, from: port.state, now: monotonicNanoseconds(), sink: self) }
+        }
         framePath.fromGuest(frame, header, from: port.state, now: monotonicNanoseconds(), sink: self)
     }
 
@@ -507,6 +533,9 @@ final class Network {
     /// guest gets it.
     private func fromNAT(_ frame: UnsafeRawBufferPointer) {
         guard let header = EthernetHeader(frame) else { return }
+        if let tcp6 = dns?.tcp6, let restored = tcp6.towardGuest(frame) {  // DNSOverTCP6.swift
+            return restored.withUnsafeBytes { fromNAT($0) }
+        }
         guard !captures.isEmpty else { return framePath.fromNAT(frame, header, now: monotonicNanoseconds(), sink: self) }
         capturingNATFrame = true
         framePath.fromNAT(frame, header, now: monotonicNanoseconds(), sink: self)
@@ -547,7 +576,17 @@ final class Network {
     /// slice of round trip (about 10% faster at MTU 65520).
     func deliver(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
         guard port.closeReason == nil, port.refusedFor == nil else { return }
-        if frame.count >= Network.directWriteMinimum, port.queued.isEmpty, !port.isStream {
+        if let link = port.vhostUser, port.queued.isEmpty, case let outcome = vhostDeliver(frame, to: port, link), outcome != .wait {
+            // Written into the guest's buffers (or dropped as too large); its interrupt goes
+            // out with the flush list, once per loop turn.
+            if outcome == .written { port.countSent(frame) }
+            if !port.inFlushList {
+                port.inFlushList = true
+                flushList.append(port)
+            }
+            return scheduleClose(port)
+        }
+        if frame.count >= Network.directWriteMinimum, port.queued.isEmpty, !port.isStream, port.vhostUser == nil {
             do {
                 let result = if let tap = port.tapOffload { try tap.write(frame, to: port.socket) } else { try port.socket.writeFrame(frame) }
                 if case .done = result { return port.countSent(frame) }
@@ -582,7 +621,8 @@ final class Network {
     func admit(_ port: GuestPort, on endpoint: String) {
         port.flows = FlowBudget(dnsAddress: config.options.ipv4 ? config.options.dns.value : nil)
         port.state.mtu = config.effectiveMTU
-        port.state.learnsMTU = port.transport != .tap
+        // A tap's reads and a vhost-user guest's TX chains are 64 KiB GSO frames: not its MTU.
+        port.state.learnsMTU = port.transport != .tap && port.transport != .vhostUser
         ports[port.id] = port
         framePath.addPort(port.state)
         log.info("\(port.label) attached on \(endpoint)")
@@ -606,6 +646,7 @@ final class Network {
             guard let reason = port.closeReason, ports.removeValue(forKey: port.id) != nil else { continue }
             let macs = framePath.removePort(port.id)
             port.socket.close()
+            port.vhostUser?.close()
             if case .datagram(let endpoint, let peer) = port.kind { endpoint.peers[peer] = nil }
             let now = monotonicNanoseconds()
             dialledPortClosed(port, now: now)
@@ -702,7 +743,10 @@ final class Network {
     func shutdown() {
         stopServices()
         finishCaptures()
-        for port in ports.values { port.socket.close() }
+        for port in ports.values {
+            port.socket.close()
+            port.vhostUser?.close()
+        }
         ports.removeAll()
         closeEndpoints()
         stack.close()

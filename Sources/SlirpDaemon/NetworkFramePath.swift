@@ -15,7 +15,11 @@ import PosixIO
 
 extension Network: FramePathSink {
     static func framePathSettings(_ o: NetworkOptions) -> FramePath.Settings {
-        FramePath.Settings(isolateGuests: o.isolateGuests, ipv6: o.ipv6, network: o.network.address.value, mask: o.network.mask)
+        // DNSSL: the dnssearch= list, else the domainname= guests get from DHCP.
+        let search = o.dnsSearch.isEmpty ? (o.domainName.map { [$0] } ?? []) : o.dnsSearch
+        let ra = RouterAdvertisementOptions(dns: o.ipv6 ? o.ipv6DNS.bytes : nil, searchDomains: search)
+        return FramePath.Settings(isolateGuests: o.isolateGuests, ipv6: o.ipv6, network: o.network.address.value,
+                                  mask: o.network.mask, routerAdvertisement: ra)
     }
 
     func deliver(_ frame: UnsafeRawBufferPointer, to id: PortID) {
@@ -43,6 +47,27 @@ extension Network: FramePathSink {
 
     func isShortOfDescriptors(now: Int64) -> Bool {
         flowShortage(now: now) != nil
+    }
+
+    /// Why `holder` is no longer there, or nil if it is (or cannot be told): a datagram
+    /// peer whose socket is closed or whose file is gone, a stream or vhost-user peer that hung up.
+    private func holderHasGone(_ holder: GuestPort) -> String? {
+        guard holder.closeReason == nil else { return holder.closeReason }
+        switch holder.kind {
+        case .datagram(_, let peer):
+            do {
+                try holder.socket.reconnect(to: peer)
+                return nil
+            } catch where error.peerIsGone {
+                return "its socket \(peer.path) is gone"
+            } catch {
+                return nil
+            }
+        case .stream, .vhostUser:
+            return holder.socket.peerHasHungUp ? "disconnected" : nil
+        default:
+            return nil
+        }
     }
 
     func frameEvent(_ event: FramePathEvent) {
@@ -82,8 +107,22 @@ extension Network: FramePathSink {
     }
 
     /// A guest refused for a duplicate MAC (its frames are dropped by the frame path): a
-    /// stream guest is disconnected, any other was muted until the MAC is free.
+    /// stream guest is disconnected, any other was muted until the MAC is free. First the
+    /// holder is asked at once whether it is still there: a datagram peer that quit sends
+    /// no goodbye (housekeeping notices it only within 10 s), and a stream peer's close may
+    /// not have been read yet; QEMU 7.2 never reconnects a refused stream guest, so a
+    /// guest coming back (an iPXE chainload, a reboot) must not be refused for its own
+    /// ghost. A holder that has gone is detached now and the newcomer keeps its connection;
+    /// only the frame that met the ghost is lost, and its next frame takes the MAC.
     private func refusedDuplicate(_ port: GuestPort, mac: MACAddress, owner: PortID) {
+        if let holder = ports[owner], holder !== port, let gone = holderHasGone(holder) {
+            holder.close(gone)
+            scheduleClose(holder)
+            reapClosed()  // the frame path forgets its MACs now, so the next frame is not refused
+            port.state.refusedFor = nil
+            log.notice("\(port.label) uses MAC \(mac) of a guest that has gone (\(gone)); it takes the MAC at its next frame")
+            return
+        }
         let ownerLabel = owner == Network.natPort ? "the NAT itself" : (ports[owner]?.label ?? "port \(owner.raw)")
         let advice = "give each QEMU its own MAC with mac= on its -device (e.g. mac=\(randomGuestMAC()))"
         emit(.duplicateMACRefused, guest: port, mac: mac, detail: "already used by \(ownerLabel)")

@@ -22,7 +22,8 @@ import SlirpKit
 //   fragments of it too (DNSService reassembles them; answers over the MTU leave as
 //   fragments). TCP to
 //   DNS:53 goes on to libslirp, which carries it through a guest forward to
-//   DNSService's Unix socket. Ping to the DNS address is answered here, ARP for it
+//   DNSService's Unix socket; TCP to the IPv6 DNS address reaches DNSService's [::1]
+//   listener through libslirp with its port rewritten (DNSOverTCP6.swift). Ping to the DNS address is answered here, ARP for it
 //   too. Anything else sent to the DNS address is dropped: with its DNS off, libslirp
 //   would send it to that address on the host's own network.
 // Frames made here enter a guest's queue like any other and show in captures.
@@ -71,8 +72,11 @@ extension Network {
         if o.ipv4, o.network.contains(o.dns), SlirpStack.parkedDNSAddress(for: o) != o.dns, let dir = stateDirectory {
             tcpPath = "\(dir)/\(config.name).dns.sock"
         }
+        // DNS over TCP to the IPv6 DNS address goes through libslirp to the host's [::1],
+        // which it refuses with host-loopback=off and drops with restrict=on (DNSOverTCP6.swift).
+        let tcp6 = o.ipv6 && o.hostLoopback && !o.restricted ? o.ipv6DNS : nil
         let service = DNSService(zone: LocalZone(domain: o.dnsDomain), upstream: upstream, restricted: o.restricted,
-                                 tcpPath: tcpPath, log: log) { [unowned self] query, port, reply, ident in
+                                 tcpPath: tcpPath, tcp6Address: tcp6, log: log) { [unowned self] query, port, reply, ident in
             guard let guest = ports[port] else { return }
             let source = query.destinationMAC.isGroup ? Self.natMAC(config.options.dns) : query.destinationMAC
             let frame = query.reply(reply, from: source).frame(ipID: ident)
@@ -85,6 +89,7 @@ extension Network {
             for piece in pieces { sendToGuest(piece, guest) }
         }
         dns = service
+        service.beforeAnswering = { [unowned self] in refreshZoneIfNeighborsChanged() }
         if service.listener != nil, let tcpPath {
             do {
                 try stack.addGuestUnix(address: o.dns, port: 53, path: tcpPath, rule: "DNS over TCP")
@@ -94,6 +99,9 @@ extension Network {
             }
         }
         rebuildZone()
+        if o.ipv6, service.tcp6 == nil {
+            log.info("DNS: no DNS over TCP on \(o.ipv6DNS)\(o.hostLoopback ? "" : " (host-loopback=off)")\(o.restricted ? " (restrict=on)" : ""); IPv6 guests use UDP")
+        }
         startTFTP()
         log.info("DNS: answering \(o.dns)\(o.ipv6 ? " and \(o.ipv6DNS)" : "") for *.\(o.dnsDomain)\(dnsOverTCP ? " over UDP and TCP" : " over UDP"); other names \(o.restricted ? "fail (restrict=on)" : upstream.map { "go to \($0)" } ?? "fail (no upstream)")")
     }
@@ -293,17 +301,49 @@ extension Network {
 
     // MARK: DNS
 
-    /// The local zone from scratch: the gateway as `host`, then every name a lease has.
+    /// The local zone from scratch: the gateway as `host`, then every name a lease has,
+    /// with the IPv6 addresses (in the network's prefix) its MAC was seen using (NDP,
+    /// SLAAC: the frame path's `neighbors6`); the reverse zone of the IPv6 prefix.
     func rebuildZone() {
         guard let dns else { return }
-        var zone = LocalZone(domain: config.options.dnsDomain)
-        zone.set("host", to: config.options.host)
-        for lease in effectiveStaticLeases {
-            if let name = lease.hostname { zone.add(name, address: lease.address) }
+        let o = config.options
+        var zone = LocalZone(domain: o.dnsDomain)
+        zone.serial = UInt32(truncatingIfNeeded: Self.leaseClock)
+        zone.set("host", to: o.host)
+        var addresses6: [MACAddress: [IPv6Address]] = [:]
+        if o.ipv6 {
+            zone.add("host", address6: o.ipv6Host)
+            zone.reversePrefix6 = (o.ipv6Prefix, o.ipv6PrefixLength)
+            dns.zoneNeighbors6 = framePath.neighbors6
+            for (key, mac) in framePath.neighbors6 {
+                guard let address = IPv6Address(bytes: bigEndianBytes(key.high) + bigEndianBytes(key.low)),
+                      address.hasPrefix(o.ipv6Prefix, length: o.ipv6PrefixLength) else { continue }
+                addresses6[mac, default: []].append(address)
+            }
         }
-        for lease in leases.values.sorted(by: { $0.sequence < $1.sequence }) {
-            if let name = lease.hostname { zone.add(name, address: lease.ip) }
+        func add(_ name: String, _ address: IPv4Address, _ mac: MACAddress) {
+            zone.add(name, address: address)
+            for address6 in (addresses6[mac] ?? []).sorted(by: { $0.bytes.lexicographicallyPrecedes($1.bytes) }) {
+                zone.add(name, address6: address6)
+            }
+        }
+        for lease in effectiveStaticLeases {
+            if let name = lease.hostname { add(name, lease.address, lease.mac) }
+        }
+        for (mac, lease) in leases.sorted(by: { $0.value.sequence < $1.value.sequence }) {
+            if let name = lease.hostname { add(name, lease.ip, mac) }
         }
         dns.zone = zone
     }
+
+    /// Rebuilds the zone before a query if guests' IPv6 addresses changed since the last
+    /// build: the frame path learns them from traffic, not from events the zone hears of.
+    func refreshZoneIfNeighborsChanged() {
+        guard config.options.ipv6, let dns, dns.zoneNeighbors6 != framePath.neighbors6 else { return }
+        rebuildZone()
+    }
+}
+
+private func bigEndianBytes(_ value: UInt64) -> [UInt8] {
+    (0..<8).map { UInt8(truncatingIfNeeded: value >> (56 - 8 * $0)) }
 }

@@ -17,7 +17,12 @@ enum QEMUFlags {
             return ["network \(network) dials QEMU at unix:\(path) (again after every drop or restart); start that QEMU with:",
                     "  " + ((try? QEMUArgs.flags(endpoint: text, mac: mac, mtu: mtu)) ?? "")]
         }
-        var lines = ["attach a guest to network \(network) over \(text)\(text.hasPrefix("dgram:") ? " (local.path must be unique per guest)" : ""):"]
+        let note = switch endpoint {
+        case .dgram: " (local.path must be unique per guest)"
+        case .vhostUser: " (virtio-net only; the guest's RAM is shared with slirpd: keep -m and size= equal)"
+        default: ""
+        }
+        var lines = ["attach a guest to network \(network) over \(text)\(note):"]
         if let flags = try? QEMUArgs.flags(endpoint: text, mac: mac, mtu: mtu) { lines.append("  " + flags) }
         if case .tcp = endpoint, let flags = try? QEMUArgs.flags(endpoint: text, mac: mac, mtu: mtu, legacySocket: true) {
             lines.append("  or: " + flags)

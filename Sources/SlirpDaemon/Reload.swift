@@ -136,6 +136,7 @@ extension Daemon {
                 kept.append(net)
             } else {
                 net.shutdown()
+                stateLocks[net.config.name] = nil  // closing the descriptor releases the lock
                 log.notice("reload: network \(net.config.name) removed")
             }
         }

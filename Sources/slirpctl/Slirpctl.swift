@@ -447,7 +447,10 @@ struct QemuArgs: ParsableCommand {
         commandName: "qemu-args", abstract: "Print QEMU flags that attach a new guest, with a MAC no attached guest uses.")
     @OptionGroup var global: GlobalOptions
     @Option(help: "The network (needed when slirpd runs several).") var network: String?
-    @Option(help: "stream, dgram or tcp (default: the network's first endpoint).") var transport: String?
+    @Option(help: "stream, dgram, tcp or vhost-user (default: the network's first endpoint).") var transport: String?
+    @Option(help: ArgumentHelp("With a vhost-user endpoint: the guest's RAM, which the flags put in shared memory (-m and the backend agree).",
+                               valueName: "size"))
+    var memory = QEMUArgs.defaultVhostUserMemory
     @Option(help: ArgumentHelp("The NIC model (default: virtio-net-pci, or the board's with --zephyr). On-board NICs "
                                + "(lan9118, stellaris, ...) are attached with -net nic instead of -device.", valueName: "model"))
     var model: String?
@@ -481,7 +484,12 @@ struct QemuArgs: ParsableCommand {
             throw ClientError.failed("network \(name) has no \(transport ?? "") endpoint (it has: \(net.endpoints.joined(separator: ", ")))")
         }
         let mac = QEMUArgs.freshMAC(avoiding: Set(guests.flatMap(\.macs)))
-        let flags = try QEMUArgs.flags(endpoint: endpoint, mac: mac, model: nic, mtu: net.mtu)
+        let flags: String
+        do {
+            flags = try QEMUArgs.flags(endpoint: endpoint, mac: mac, model: nic, mtu: net.mtu, memory: memory)
+        } catch {
+            throw ClientError.failed("\(error)")
+        }
         guard zephyr else { return print(flags) }
         do {
             try Zephyr.checkPortable(endpoint)

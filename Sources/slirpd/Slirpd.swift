@@ -39,6 +39,9 @@ struct Slirpd: ParsableCommand {
     @Option(help: ArgumentHelp("Attach a tap device you may use (ip tuntap add mode tap user USER name IFNAME), so a network namespace or container joins the network. Repeatable.", valueName: "IFNAME"))
     var tap: [String] = []
 
+    @Option(name: .customLong("vhost-user"), help: ArgumentHelp("Listen on a Unix socket as a vhost-user virtio-net back end (QEMU -netdev vhost-user; the guest's memory must be shared: memory-backend-memfd,share=on). Repeatable.", valueName: "PATH"))
+    var vhostUser: [String] = []
+
     @Option(name: .customLong("connect"), help: ArgumentHelp("Dial a QEMU '-netdev stream,server=on' socket, and re-dial it whenever the connection drops or slirpd restarts. Repeatable.", valueName: "unix:PATH"))
     var connectTargets: [String] = []
 
@@ -97,8 +100,8 @@ struct Slirpd: ParsableCommand {
             var controlConfig = ControlConfig()
             var reloadSource: (() throws(DaemonError) -> [NetworkConfig])?
             if let path = config {
-                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, tap.isEmpty, connectTargets.isEmpty, guestUIDs.isEmpty, guestGIDs.isEmpty, mtu == nil, name == "default", socketMode == "0660" else {
-                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --tap, --connect, --guest-uid, --guest-gid, --name, --mtu and --socket-mode: set those in \(path)")
+                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, tap.isEmpty, vhostUser.isEmpty, connectTargets.isEmpty, guestUIDs.isEmpty, guestGIDs.isEmpty, mtu == nil, name == "default", socketMode == "0660" else {
+                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --tap, --vhost-user, --connect, --guest-uid, --guest-gid, --name, --mtu and --socket-mode: set those in \(path)")
                 }
                 let loaded = try Self.load(path)
                 networks = try Self.withDefaultEndpoints(inherited.apply(to: loaded.networks))
@@ -143,6 +146,10 @@ struct Slirpd: ParsableCommand {
             endpoints.append(spec)
         }
         endpoints += tap.map { .tap(name: $0) }
+        for path in vhostUser {
+            guard !path.isEmpty else { throw fail("invalid --vhost-user '' (expected a socket path)") }
+            endpoints.append(.vhostUser(path: path))
+        }
         for text in connectTargets {
             guard let spec = EndpointSpec.connect(parsing: text) else { throw fail("invalid --connect '\(text)' (expected unix:PATH)") }
             endpoints.append(spec)

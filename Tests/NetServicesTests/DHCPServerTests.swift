@@ -285,6 +285,24 @@ struct DHCPServerTests {
         #expect(K.obtain(&server, mac: K.mac(99), now: 1000 + 86400) != nil)
     }
 
+    @Test("a hostname ends with its lease: after RELEASE or expiry a lease asked for without option 12 has none; a renewal keeps it")
+    func hostnameEndsWithTheLease() throws {
+        var server = try K.server()
+        let first = try #require(K.obtain(&server, mac: K.mac(1), now: 1000, hostname: "vm"))
+        #expect(server.activeLeases(now: 1000).map(\.hostname) == ["vm"])
+        #expect(K.obtain(&server, mac: K.mac(1), now: 1100) == first)
+        #expect(server.activeLeases(now: 1100).map(\.hostname) == ["vm"])
+        _ = server.handle(frame: K.message(7, mac: K.mac(1), ciaddr: first, serverID: K.ip(10, 0, 2, 2), ipSource: first, ipDestination: K.ip(10, 0, 2, 2)), now: 1200)
+        #expect(!server.encodeLeases().contains("vm"))
+        #expect(K.obtain(&server, mac: K.mac(1), now: 1300) == first)
+        #expect(server.activeLeases(now: 1300).map(\.hostname) == [nil])
+        // Expiry likewise.
+        #expect(K.obtain(&server, mac: K.mac(1), now: 1400, hostname: "vm2") == first)
+        let later: Int64 = 1400 + 86400 + 1
+        #expect(K.obtain(&server, mac: K.mac(1), now: later) == first)
+        #expect(server.activeLeases(now: later).map(\.hostname) == [nil])
+    }
+
     @Test("RELEASE frees the address; the client gets it back, others get it only when nothing else is left")
     func releaseAndReuse() throws {
         var server = try K.server("net=10.0.2.0/28,dhcpstart=10.0.2.4")

@@ -35,6 +35,12 @@ private func reply(_ bytes: [UInt8], zone: LocalZone = labZone(), transport: DNS
     return (out, message)
 }
 
+/// The zone's SOA, alone, in an authority section (RFC 2308 3).
+private func expectZoneSOA(_ authorities: [DNSRecord], owner: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(authorities.count == 1, sourceLocation: sourceLocation)
+    #expect(authorities.first?.type == .soa && authorities.first?.name == dnsName(owner), sourceLocation: sourceLocation)
+}
+
 @Suite struct DNSResponderTests {
     @Test func answersAKnownName() throws {
         let q = query("web1.slirpd.internal")
@@ -78,7 +84,8 @@ private func reply(_ bytes: [UInt8], zone: LocalZone = labZone(), transport: DNS
         for type: DNSType in [.aaaa, .mx, .txt, .ptr, .cname, .soa, .ns, DNSType(65)] {
             let (_, r) = try #require(reply(query("web1.slirpd.internal", type)))
             #expect(r.header.rcode == 0 && r.header.isAuthoritative && r.header.isResponse, "\(type)")
-            #expect(r.answers.isEmpty && r.authorities.isEmpty, "\(type)")
+            #expect(r.answers.isEmpty, "\(type)")
+            expectZoneSOA(r.authorities, owner: "slirpd.internal")
             #expect(r.questions.first?.type == type)
         }
     }
@@ -88,9 +95,88 @@ private func reply(_ bytes: [UInt8], zone: LocalZone = labZone(), transport: DNS
             for type: DNSType in [.a, .aaaa, .ptr] {
                 let (_, r) = try #require(reply(query(text, type)))
                 #expect(r.header.rcode == 3 && r.header.isAuthoritative && r.header.recursionAvailable, "\(text)")
-                #expect(r.answers.isEmpty && r.authorities.isEmpty && r.questions.count == 1, "\(text)")
+                #expect(r.answers.isEmpty && r.questions.count == 1, "\(text)")
+                expectZoneSOA(r.authorities, owner: "slirpd.internal")
             }
         }
+    }
+
+    @Test func negativeAnswersCarryTheZonesSOA() throws {
+        var zone = labZone()
+        zone.serial = 1_765_000_000
+        let (bytes, r) = try #require(reply(query("nope.slirpd.internal", .a), zone: zone))
+        #expect(r.header.rcode == 3)
+        let soa = try #require(r.authorities.first)
+        #expect(soa.type == .soa && soa.ttl == 10 && soa.name == dnsName("slirpd.internal"))
+        // RDATA by hand (RFC 1035 3.3.13): MNAME, RNAME, SERIAL, REFRESH, RETRY, EXPIRE, MINIMUM.
+        func wire(_ text: String) -> [UInt8] { text.split(separator: ".").flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) } + [0] }
+        func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8((v >> 16) & 0xFF), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF)] }
+        let expected = wire("host.slirpd.internal") + wire("hostmaster.slirpd.internal") + be32(1_765_000_000)
+            + be32(3600) + be32(600) + be32(86400) + be32(10)
+        #expect(soa.data == .opaque(expected))
+        #expect(bytes.count > 12 && bytes[9] == 1)  // NSCOUNT 1 on the wire
+        // The domain itself answers SOA, owned by the question's name.
+        let (_, apex) = try #require(reply(query("Slirpd.Internal", .soa), zone: zone))
+        #expect(apex.header.rcode == 0 && apex.answers.map(\.type) == [.soa] && apex.authorities.isEmpty)
+        #expect(apex.answers.first?.name.description == "Slirpd.Internal")
+        // A positive answer has no authority section.
+        let (_, a) = try #require(reply(query("web1.slirpd.internal"), zone: zone))
+        #expect(a.authorities.isEmpty)
+    }
+
+    @Test func answersAAAAAndANYWithBothFamilies() throws {
+        var zone = labZone()
+        let g6 = try #require(IPv6Address("fec0::5054:ff:fe12:3456"))
+        let host6 = try #require(IPv6Address("fec0::2"))
+        zone.add("web1", address6: g6)
+        zone.add("host", address6: host6)
+        zone.add("v6only", address6: g6)
+        let (_, r) = try #require(reply(query("web1.slirpd.internal", .aaaa), zone: zone))
+        #expect(r.header.rcode == 0 && r.answers == [.aaaa(dnsName("web1.slirpd.internal"), g6, ttl: 60)])
+        #expect(r.authorities.isEmpty)
+        let (_, any) = try #require(reply(query("web1.slirpd.internal", .any), zone: zone))
+        #expect(any.answers.map(\.data) == [.a(IPv4Address(10, 0, 2, 15)), .aaaa(g6)])
+        let (_, host) = try #require(reply(query("host.slirpd.internal", .aaaa), zone: zone))
+        #expect(host.answers.map(\.data) == [.aaaa(host6)])
+        // A name with only AAAA exists: A is NODATA, not NXDOMAIN.
+        let (_, onlyV6) = try #require(reply(query("v6only.slirpd.internal", .a), zone: zone))
+        #expect(onlyV6.header.rcode == 0 && onlyV6.answers.isEmpty && onlyV6.authorities.map(\.type) == [.soa])
+    }
+
+    static func reverse6(_ address: IPv6Address) -> String {
+        address.bytes.flatMap { [$0 >> 4, $0 & 0x0F] }.reversed().map { String($0, radix: 16) }.joined(separator: ".") + ".ip6.arpa"
+    }
+
+    @Test func answersTheIPv6PrefixsReverseZoneLocally() throws {
+        var zone = labZone()
+        let prefix = try #require(IPv6Address("fec0::"))
+        zone.reversePrefix6 = (prefix, 64)
+        let g6 = try #require(IPv6Address("fec0::5054:ff:fe12:3456"))
+        zone.add("web1", address6: g6)
+        let (_, ptr) = try #require(reply(query(Self.reverse6(g6), .ptr), zone: zone))
+        #expect(ptr.header.rcode == 0 && ptr.header.isAuthoritative)
+        #expect(ptr.answers.map(\.data) == [.ptr(dnsName("web1.slirpd.internal"))])
+        // An unknown address in the prefix: NXDOMAIN from here, with the reverse zone's SOA.
+        let unknown = try #require(IPv6Address("fec0::1234"))
+        let (_, nx) = try #require(reply(query(Self.reverse6(unknown), .ptr), zone: zone))
+        #expect(nx.header.rcode == 3 && nx.answers.isEmpty)
+        let apex = "0.0.0.0.0.0.0.0.0.0.0.0.0.c.e.f.ip6.arpa"
+        #expect(nx.authorities.map(\.type) == [.soa] && nx.authorities.first?.name == dnsName(apex))
+        // The apex answers SOA; a name above a known address is NODATA; others NXDOMAIN.
+        let (_, soa) = try #require(reply(query(apex, .soa), zone: zone))
+        #expect(soa.header.rcode == 0 && soa.answers.map(\.type) == [.soa])
+        let above = Self.reverse6(g6).split(separator: ".").dropFirst(8).joined(separator: ".")
+        let (_, ent) = try #require(reply(query(above, .ptr), zone: zone))
+        #expect(ent.header.rcode == 0 && ent.answers.isEmpty && ent.authorities.map(\.type) == [.soa])
+        let (_, other) = try #require(reply(query("1." + apex, .ptr), zone: zone))
+        #expect(other.header.rcode == 3)
+        // Outside the prefix, and malformed nibble names, still go upstream.
+        let outside = try #require(IPv6Address("2001:db8::1"))
+        #expect(DNSResponder.answer(query: query(Self.reverse6(outside), .ptr), zone: zone) == .forward)
+        #expect(DNSResponder.answer(query: query("0.0.0.0.0.0.0.0.0.0.0.0.c.e.f.ip6.arpa", .ptr), zone: zone) == .forward)
+        #expect(DNSResponder.answer(query: query("00." + apex, .ptr), zone: zone) == .forward)
+        // Without a prefix, nothing under ip6.arpa is local.
+        #expect(DNSResponder.answer(query: query(Self.reverse6(g6), .ptr), zone: labZone()) == .forward)
     }
 
     @Test func theDomainAndEmptyNonTerminalsExist() throws {

@@ -22,6 +22,16 @@ struct QEMUArgsTests {
             + "-net nic,model=\(model),netdev=n0,macaddr=\(mac)")
     }
 
+    @Test("a vhost-user endpoint puts the guest's RAM in a shared memfd and reconnects; virtio-net only")
+    func vhostUser() throws {
+        #expect(try QEMUArgs.flags(endpoint: "vhost-user:/run/net.vu", mac: mac, memory: "1G")
+            == "-m 1G -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem "
+            + "-chardev socket,id=c0,path=/run/net.vu,reconnect=1 -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0,mac=\(mac),vectors=0")
+        #expect(throws: QEMUArgs.Failure.vhostUserNeedsVirtio(model: "e1000")) {
+            try QEMUArgs.flags(endpoint: "vhost-user:/run/net.vu", mac: mac, model: "e1000")
+        }
+    }
+
     @Test("a fresh MAC is a unicast 52:54:00 address outside the taken ones")
     func freshMAC() {
         let taken = Set((0..<200).map { _ in QEMUArgs.freshMAC() })

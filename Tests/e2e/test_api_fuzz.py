@@ -5,6 +5,12 @@ with socat, because schemathesis speaks HTTP over TCP only. The checks: no 5xx, 
 status code and content type is documented, every body matches its schema, and the
 daemon is still alive and answering afterwards.
 
+Guests are attached on every transport slirpd has (stream, tcp, dgram: fake guests;
+tap: a tap device; vhost-user: a front end that connects and sends nothing), so the
+guest operations' responses are checked against the schema for each, and /v1/guests is
+also validated with jsonschema before the run; the schema's transport enum must name
+no transport the test cannot attach.
+
 The two streaming operations (tag `streams`: /v1/events and capture) never end and are
 left out. The fuzzer adds random forwards; a `before_call` hook (written next to the
 run) keeps them harmless: a host forward may only listen on 127.0.0.1 or ::1 or on
@@ -28,7 +34,7 @@ import time
 import pytest
 
 from daemon import Slirpd
-from guest import REPO
+from guest import REPO, wait_for
 
 SCHEMA = REPO / "openapi.yaml"
 MAX_EXAMPLES = int(os.environ.get("SLIRPD_FUZZ_EXAMPLES", "30"))
@@ -160,17 +166,63 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> Non
     raise TimeoutError(f"socat not listening on 127.0.0.1:{port}")
 
 
+def schema_validator(name: str):
+    """A jsonschema validator for one of openapi.yaml's component schemas ($refs resolved)."""
+    import jsonschema
+    import yaml
+    spec = yaml.safe_load(SCHEMA.read_text())
+    return jsonschema.Draft7Validator({"$ref": f"#/components/schemas/{name}", "components": spec["components"]})
+
+
+def schema_transports() -> list[str]:
+    import yaml
+    spec = yaml.safe_load(SCHEMA.read_text())
+    return spec["components"]["schemas"]["GuestInfo"]["properties"]["transport"]["enum"]
+
+
 def test_control_api_survives_schemathesis(tmp_path):
     pytest.importorskip("schemathesis", reason="Scripts/test installs schemathesis")
     if subprocess.run(["sh", "-c", "command -v socat"], capture_output=True).returncode != 0:
         pytest.skip("socat is not installed (Scripts/test installs it)")
+    if os.geteuid() != 0:
+        pytest.fail("the API fuzz attaches a tap guest, which needs root")
 
-    fwd_port, api_port = free_port(), free_port()
-    daemon = Slirpd(["-o", f"hostfwd=tcp:127.0.0.1:{fwd_port}-:8080", "--stream", str(tmp_path / "s.sock")],
-                    tmp_path)
+    from fakeguest import FakeGuest
+    attachable = {"stream", "tcp", "dgram", "tap", "vhost-user"}
+    missing = set(schema_transports()) - attachable
+    assert not missing, f"openapi.yaml names transports this test cannot attach: {missing}"
+
+    tap = f"slf{os.getpid() % 100000}"
+    subprocess.run(["ip", "tuntap", "add", "mode", "tap", "name", tap], check=True, capture_output=True)
+    fwd_port, api_port, tcp_port = free_port(), free_port(), free_port()
+    guests = []
+    daemon = None
     socat = None
     socat_log = open(tmp_path / "socat.log", "wb")
     try:
+        daemon = Slirpd(["-o", f"hostfwd=tcp:127.0.0.1:{fwd_port}-:8080", "--stream", str(tmp_path / "s.sock"),
+                         "--tcp", f"127.0.0.1:{tcp_port}", "--dgram", str(tmp_path / "d.sock"), "--tap", tap,
+                         "--vhost-user", str(tmp_path / "v.sock")],
+                        tmp_path)
+        # A vhost-user guest is a port from the moment its front end connects (no messages needed).
+        vhost = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        vhost.connect(str(tmp_path / "v.sock"))
+        guests.append(vhost)
+        for i, endpoint in enumerate([("stream", str(tmp_path / "s.sock")), ("tcp", ("127.0.0.1", tcp_port)),
+                                      ("dgram", (str(tmp_path / "d.sock"), str(tmp_path / "g.sock")))]):
+            g = FakeGuest(endpoint, f"52:54:00:f0:00:{i + 1:02x}")
+            guests.append(g)
+            g.dhcp_offer()
+        def all_attached():
+            guests_now = get_json(daemon.control, "/v1/guests")
+            return guests_now if len(guests_now) == len(attachable) else None
+        listed = wait_for(all_attached, 10, what="a guest on every transport")
+        assert sorted(g["transport"] for g in listed) == sorted(attachable), listed
+        validator = schema_validator("GuestInfo")
+        for g in listed + get_json(daemon.control, "/v1/networks/default/guests"):
+            errors = [e.message for e in validator.iter_errors(g)]
+            assert not errors, (g, errors)
+
         # `fork`: schemathesis may open several connections at once.
         socat = subprocess.Popen(
             ["socat", f"TCP-LISTEN:{api_port},bind=127.0.0.1,reuseaddr,fork", f"UNIX-CONNECT:{daemon.control}"],
@@ -218,8 +270,13 @@ def test_control_api_survives_schemathesis(tmp_path):
         # The hook's guarantee, checked: every forward listens on loopback or an any address.
         for f in get_json(daemon.control, "/v1/forwards"):
             assert f["hostAddress"] in ("127.0.0.1", "0.0.0.0", "::1", "::"), f
-        assert get_json(daemon.control, "/v1/guests") == [], "nothing may have attached"
+        # Only the test's own guests (the fuzzer may have disconnected some of them).
+        left = get_json(daemon.control, "/v1/guests")
+        assert {g["transport"] for g in left} <= attachable and len(left) <= len(attachable), left
     finally:
+        for g in guests:
+            g.close()
+        subprocess.run(["ip", "link", "delete", tap], capture_output=True)
         if socat is not None and socat.poll() is None:
             os.kill(socat.pid, signal.SIGTERM)
             try:
@@ -228,4 +285,5 @@ def test_control_api_survives_schemathesis(tmp_path):
                 os.kill(socat.pid, signal.SIGKILL)
                 socat.wait()
         socat_log.close()
-        assert daemon.stop() == 0, daemon.log[-4000:]
+        if daemon is not None:
+            assert daemon.stop() == 0, daemon.log[-4000:]

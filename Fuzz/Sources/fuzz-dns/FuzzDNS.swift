@@ -30,6 +30,11 @@ let zone: LocalZone = {
     zone.set("host", to: IPv4Address(10, 0, 2, 2))
     zone.add("db.lab", address: IPv4Address(10, 0, 2, 16))
     zone.add("db.lab", address: IPv4Address(10, 0, 2, 17))
+    // AAAA records and the IPv6 prefix's reverse zone (issue 19).
+    if let prefix = IPv6Address("fec0::"), let web1 = IPv6Address("fec0::5054:ff:fe12:3456") {
+        zone.add("web1", address6: web1)
+        zone.reversePrefix6 = (prefix, 64)
+    }
     return zone
 }()
 
