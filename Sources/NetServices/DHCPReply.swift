@@ -21,6 +21,7 @@ enum DHCPFrameBuilder {
     /// long, so every reply is a 576-byte datagram, the size every client must accept.
     static let optionsAreaLength = 312
     static let nakMessage = "requested address not available"  // libslirp's option 56
+    static let httpClientClass = "HTTPClient"  // libslirp's UEFI_HTTP_VENDOR_CLASS_ID
 
     /// The BOOTP message: 236-byte header, cookie, options, END, zero padding.
     static func bootp(_ fields: DHCPReplyFields, config: DHCPServerConfig) -> [UInt8] {
@@ -53,6 +54,10 @@ enum DHCPFrameBuilder {
             if let name = config.tftpServerName, !name.isEmpty { options.append(66, Array(name.utf8)) }
             if let file = config.bootfile, !file.isEmpty { options.append(67, Array(file.utf8)) }
             if !config.searchList.isEmpty { options.appendRaw(DHCPSearchList.options(config.searchList)) }
+            // UEFI HTTP boot takes only offers carrying option 60 "HTTPClient". libslirp 4.7
+            // sends it whenever the boot file is an http:// URL, whatever the client's own
+            // class; so does this, so that every client sees what libslirp would send.
+            if let file = config.bootfile, file.hasPrefix("http://") { options.append(60, Array(httpClientClass.utf8)) }
             if let mtu = config.mtu, (68...65535).contains(mtu) { options.append(26, [UInt8(mtu >> 8), UInt8(mtu & 0xFF)]) }
         }
         b += [0x63, 0x82, 0x53, 0x63]

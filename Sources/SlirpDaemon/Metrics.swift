@@ -1,5 +1,6 @@
 import DataPlane
 import FrameSwitch
+import NetServices
 import SlirpAPI
 import SlirpKit
 import VhostUser
@@ -74,6 +75,20 @@ enum Metrics {
                nets.map { ($0.label, $0.net.dns?.connectionsEvicted ?? 0) })
         family("slirpd_dns_tcp_timed_out_total", "counter", "DNS-over-TCP connections closed for being idle or stuck in a partial message.",
                nets.map { ($0.label, $0.net.dns?.connectionsTimedOut ?? 0) })
+        family("slirpd_tftp_sessions", "gauge", "TFTP transfers in progress (tftp=).",
+               nets.map { ($0.label, $0.net.tftp?.sessionCount ?? 0) })
+        family("slirpd_tftp_sessions_total", "counter", "TFTP transfers started, by outcome so far: started, completed (last block acknowledged), timed_out.",
+               nets.flatMap { n in
+                   let c = n.net.tftp?.counters ?? TFTPServer.Counters()
+                   return [("\(n.label),outcome=\"started\"", c.sessionsStarted), ("\(n.label),outcome=\"completed\"", c.sessionsCompleted),
+                           ("\(n.label),outcome=\"timed_out\"", c.sessionsTimedOut)]
+               })
+        family("slirpd_tftp_bytes_total", "counter", "TFTP DATA payload bytes sent, retransmissions included.",
+               nets.map { ($0.label, $0.net.tftp?.counters.bytesSent ?? 0) })
+        family("slirpd_tftp_retransmissions_total", "counter", "TFTP DATA blocks and OACKs sent again: timeouts, repeated ACKs, gaps in a window.",
+               nets.map { ($0.label, $0.net.tftp?.counters.retransmissions ?? 0) })
+        family("slirpd_tftp_errors_total", "counter", "TFTP ERROR packets sent (file not found, access violation, option refused, timeouts...).",
+               nets.map { ($0.label, $0.net.tftp?.counters.errorsSent ?? 0) })
         family("slirpd_flows_refused_total", "counter", "New guest flows toward libslirp refused for the guest's cap (max-tcp= etc.), by kind.",
                nets.flatMap { n in FlowKind.allCases.map { ("\(n.label),kind=\"\($0.rawValue)\"", n.net.flowAccounting.refused[$0] ?? 0) } })
         family("slirpd_flows_refused_shortage_total", "counter", "New guest flows refused because slirpd was short of descriptors.",

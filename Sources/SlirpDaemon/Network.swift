@@ -79,6 +79,9 @@ final class Network {
     var dhcp: DHCPServer?
     var dns: DNSService?
     var dnsOverTCP = false
+    /// `tftp=`'s server (TFTPService.swift); nil without `tftp=`.
+    var tftp: TFTPServer?
+    var tftpAbandoned = 0
     var leasesDirty = false
     var leasesSavedAt: Int64 = 0
     var poolFullCount = 0
@@ -269,13 +272,14 @@ final class Network {
         resetDepartedConnections(now: now)
         dns?.expire(now: now)
         dns?.reapConnections()
+        runTFTPTimers(now: now)
         saveLeases()
     }
 
     /// The earliest time `runTimers` has something to do.
     var nextServiceDeadline: Int64? {
         let save = leasesDirty ? leasesSavedAt + 1_000_000_000 : nil
-        return [dns?.nextDeadline, save, nextDialAttempt, departed.first?.resetAt, framePath.nextProbeDeadline]
+        return [dns?.nextDeadline, tftp?.nextDeadline, save, nextDialAttempt, departed.first?.resetAt, framePath.nextProbeDeadline]
             .compactMap { $0 }.min()
     }
 

@@ -7,8 +7,8 @@ import PosixIO
 import SlirpAPI
 import SlirpKit
 
-// The services a network answers itself instead of libslirp: DHCP, DNS, and ARP and
-// ping for the DNS address.
+// The services a network answers itself instead of libslirp: DHCP, DNS, TFTP
+// (TFTPService.swift), and ARP and ping for the DNS address.
 //
 // Theory of operation. libslirp runs with its DHCP and DNS off (SlirpStack's
 // `ownServices`). Every frame a guest sends passes `serveLocally` after the switch has
@@ -102,6 +102,7 @@ extension Network {
         if o.ipv6, service.tcp6 == nil {
             log.info("DNS: no DNS over TCP on \(o.ipv6DNS)\(o.hostLoopback ? "" : " (host-loopback=off)")\(o.restricted ? " (restrict=on)" : ""); IPv6 guests use UDP")
         }
+        startTFTP()
         log.info("DNS: answering \(o.dns)\(o.ipv6 ? " and \(o.ipv6DNS)" : "") for *.\(o.dnsDomain)\(dnsOverTCP ? " over UDP and TCP" : " over UDP"); other names \(o.restricted ? "fail (restrict=on)" : upstream.map { "go to \($0)" } ?? "fail (no upstream)")")
     }
 
@@ -154,6 +155,7 @@ extension Network {
                 }
                 return true
             }
+            if proto == 17, destination == o.host.value, serveTFTP(port, frame) { return true }
             guard proto == 17, dhcp != nil, UDPDatagram.destinationPort(frame: frame) == 67 else { return false }
             if dhcpRefused(port, frame, header) { return true }
             guard let result = dhcp?.handle(frame: frame, now: Self.leaseClock) else { return false }
@@ -161,6 +163,7 @@ extension Network {
             applyDHCP(result.events, port)
             return true
         case 0x86DD:
+            if o.ipv6, serveTFTP(port, frame) { return true }
             guard o.ipv6, let dns, UDPDatagram.destinationPort(frame: frame) == 53,
                   let query = UDPDatagram.parse(frame: frame), case .v6(_, let destination) = query.addresses,
                   destination == o.ipv6DNS.bytes else { return false }

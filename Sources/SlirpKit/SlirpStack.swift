@@ -39,8 +39,8 @@ public final class SlirpStack {
     /// Creates an instance for `options`. `mtu` 0 keeps libslirp's default of 1500.
     /// The corresponding C call is `slirp_new`, with a version 4 `SlirpConfig`.
     ///
-    /// With `ownServices` the caller answers DHCP and DNS itself: libslirp's are off
-    /// (`disable_dhcp`, `disable_dns`), and libslirp is told its DNS address is
+    /// With `ownServices` the caller answers DHCP, DNS and TFTP itself: libslirp's are off
+    /// (`disable_dhcp`, `disable_dns`, no `tftp_path`), and libslirp is told its DNS address is
     /// `parkedDNSAddress(for:)`, which no guest is ever told about. That frees the real DNS
     /// address to be a guest forward (for DNS over TCP), which libslirp refuses for its
     /// own DNS address.
@@ -65,7 +65,9 @@ public final class SlirpStack {
         config.vnameserver6 = in6Addr(options.ipv6DNS)
         config.vhostname = own(options.hostname)
         config.tftp_server_name = own(options.tftpServerName)
-        config.tftp_path = own(options.tftpRoot)
+        // The caller's own TFTP server (TFTPServer) serves tftp=; libslirp's would answer
+        // a repeated ACK with the next block and never recover a lost one.
+        config.tftp_path = ownServices ? nil : own(options.tftpRoot)
         config.bootfile = own(options.bootfile)
         config.vdomainname = own(options.domainName)
         if !options.dnsSearch.isEmpty {

@@ -25,14 +25,19 @@ enum DHCPTestKit {
     static func message(
         _ kind: UInt8?, mac: MACAddress = guestMAC, xid: UInt32 = xid, ciaddr: UInt32 = 0,
         requested: UInt32? = nil, serverID: UInt32? = nil, hostname: String? = "guest",
-        ipSource: UInt32 = 0, ipDestination: UInt32 = 0xFFFF_FFFF, ethDestination: MACAddress = .broadcast
+        ipSource: UInt32 = 0, ipDestination: UInt32 = 0xFFFF_FFFF, ethDestination: MACAddress = .broadcast,
+        parameters: [UInt8]? = [1, 3, 6, 26], vendorClass: String? = nil, clientID: [UInt8]? = nil,
+        broadcastFlag: Bool = false
     ) -> [UInt8] {
         var options: [UInt8] = []
         if let kind { options += [53, 1, kind] }
         if let hostname { options += [12, UInt8(hostname.utf8.count)] + Array(hostname.utf8) }
         if let requested { options += [50, 4] + be32(requested) }
         if let serverID { options += [54, 4] + be32(serverID) }
-        options += [55, 4, 1, 3, 6, 26, 255]
+        if let vendorClass { options += [60, UInt8(vendorClass.utf8.count)] + Array(vendorClass.utf8) }
+        if let clientID { options += [61, UInt8(clientID.count)] + clientID }
+        if let parameters { options += [55, UInt8(parameters.count)] + parameters }
+        options.append(255)
 
         var bootp = [UInt8](repeating: 0, count: 236)
         bootp[0] = 1
@@ -40,6 +45,7 @@ enum DHCPTestKit {
         bootp[2] = 6
         bootp.replaceSubrange(4..<8, with: be32(xid))
         bootp.replaceSubrange(12..<16, with: be32(ciaddr))
+        if broadcastFlag { bootp[10] = 0x80 }
         bootp.replaceSubrange(28..<34, with: mac.bytes)
         bootp += [99, 130, 83, 99] + options
         let udpLength = 8 + bootp.count
