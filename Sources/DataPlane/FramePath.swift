@@ -92,6 +92,9 @@ public final class FramePath {
     var heldACKBuffer: [UInt8] = []
     /// Frames for libslirp made while inside one of its callbacks, which must not call it.
     var pendingToNAT: [[UInt8]] = []
+    /// Guest SYNs libslirp gets once more when it answers them (SYNReplay.swift says why).
+    var synReplay = SYNReplay()
+    public var synsReplayed: Int { synReplay.replayed }
     /// Ports whose coalescer holds a segment for libslirp until the end of the loop turn.
     var holdingPorts: Set<PortID> = []
     /// Frames cut for a guest's MTU: TCP segments (software TSO), IP packets (fragments).

@@ -128,13 +128,15 @@ extension FramePath {
         return false
     }
 
-    /// The last steps toward libslirp: the MSS of a handshake raised (MSSClamp), then the
-    /// TCP window shim.
+    /// The last steps toward libslirp: the MSS of a handshake raised (MSSClamp) for a port
+    /// that takes large segments, then the TCP window shim.
     func toLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
         if port.learnsMTU, let offered = MSSClamp.mtuOffered(frame), offered > port.mtu {
             port.mtu = min(offered, MSSClamp.natMTU)
         }
-        guard let clamped = MSSClamp.towardNAT(frame, portMTU: port.mtu) else {
+        // Only a port that takes large segments whole gets them: cut for the others, a
+        // resent large segment is a burst a small NIC ring drops again (SYNReplay.swift).
+        guard port.takesLargeSegments, let clamped = MSSClamp.towardNAT(frame, portMTU: port.mtu) else {
             return shimToLibslirp(frame, from: port, now: now, sink: sink)
         }
         clamped.withUnsafeBytes { shimToLibslirp($0, from: port, now: now, sink: sink) }
@@ -143,13 +145,18 @@ extension FramePath {
     /// The TCP window shim passes, rewrites, holds or drops the segment; then whatever
     /// libslirp's ACKs have made room for is released.
     private func shimToLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
+        let isSYN = MSSClamp.isSYN(frame)
         switch tcpShim.fromGuest(frame, port: port.id, now: now) {
         case .pass:
+            if isSYN { synReplay.record(frame) }
             sink.inputToNAT(frame)
         case .rewritten:
             // Copied out first: libslirp's answer re-enters the shim before this returns.
             let out = tcpShim.guestOutput
-            out.withUnsafeBytes { sink.inputToNAT($0) }
+            out.withUnsafeBytes {
+                if isSYN { synReplay.record($0) }
+                sink.inputToNAT($0)
+            }
         case .queued, .held, .absorbed:
             break
         case .drop:

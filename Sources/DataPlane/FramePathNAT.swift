@@ -61,6 +61,7 @@ extension FramePath {
     private func natUnicast(_ frame: UnsafeRawBufferPointer, to port: PortState, now: Int64, sink: any FramePathSink) {
         port.natConnections.observe(toGuest: frame)
         port.flows.observe(toGuest: frame, now: now)
+        if MSSClamp.isSYN(frame), let syn = synReplay.replay(answeredBy: frame) { pendingToNAT.append(syn) }
         toGuest(frame, port, now: now, sink: sink)
     }
 

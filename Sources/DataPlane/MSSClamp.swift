@@ -7,8 +7,11 @@ import FrameSwitch
 // and MRU `natMTU` (65520) and each guest port keeps its own MTU (PortState.mtu). The
 // handshake is where the two meet:
 // - Toward libslirp, a guest's SYN or SYN-ACK whose MSS is at least what its port's MTU
-//   carries (the usual case: the guest offers MTU - 40) is raised to `natMSS`, so libslirp
-//   sends slirpd large segments, which FramePath.put cuts to the port's MTU. A smaller MSS
+//   carries (the usual case: the guest offers MTU - 40) is raised to `natMSS` when the
+//   port takes large segments whole (a tap with TSO, vhost-user with GUEST_TSO), so libslirp
+//   sends it large segments. Other ports keep their MSS: libslirp counts its congestion
+//   window and resends in segments, and a resent 16 KiB segment cut to the MTU is a burst
+//   that a small NIC ring drops again (FramePathGuest.toLibslirp, SYNReplay). A smaller MSS
 //   (the guest asked for less than its MTU allows) is left alone: libslirp then never
 //   sends more than the guest asked for, and nothing needs cutting; so is a larger one
 //   (a jumbo guest: libslirp sends it up to 32 KiB, its TCP_MAXSEG_MAX, uncut).

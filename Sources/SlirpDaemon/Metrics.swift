@@ -41,6 +41,9 @@ enum Metrics {
         family("slirpd_tcp_segmented_total", "counter",
                "TCP segments larger than a guest's MTU cut into segments of its MSS (software TSO).",
                nets.map { ($0.label, $0.net.framePath.segmentedFrames) })
+        family("slirpd_tcp_syns_replayed_total", "counter",
+               "Guest SYNs given to libslirp again once it answered them, so it reads their MSS (libslirp 4.7 drops it otherwise).",
+               nets.map { ($0.label, $0.net.framePath.synsReplayed) })
         family("slirpd_tcp_coalesced_total", "counter",
                "Guest TCP segments merged into the one before them for libslirp (software GRO).",
                nets.map { ($0.label, $0.net.framePath.coalescedSegments) })

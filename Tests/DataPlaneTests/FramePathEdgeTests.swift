@@ -170,15 +170,17 @@ struct FramePathEdgeTests {
         #expect(sink.delivered(to: guest.id).map { Self.tcpPayload($0).count } == [8960, 16384 - 8960])
     }
 
-    @Test("the handshake's MSS: the guest's raised toward libslirp, libslirp's lowered toward the guest")
-    func clampsHandshake() throws {
+    @Test("the handshake's MSS: a large-segment port's raised toward libslirp, a plain port's kept; libslirp's lowered toward the guest",
+          arguments: [true, false])
+    func clampsHandshake(takesLargeSegments: Bool) throws {
         let path = path()
+        guest.takesLargeSegments = takesLargeSegments
         var syn = TCPFrame.fromGuest()
         syn.flags = TCPFrame.syn
         syn.options = [2, 4, 0x05, 0xB4]   // 1460
         fromGuest(path, syn.bytes)
         let toNAT = try #require(sink.toNAT.last)
-        #expect(Array(TCPFrame.options(toNAT).prefix(4)) == [2, 4, 0x40, 0x00])
+        #expect(Array(TCPFrame.options(toNAT).prefix(4)) == (takesLargeSegments ? [2, 4, 0x40, 0x00] : [2, 4, 0x05, 0xB4]))
         var synACK = TCPFrame.toGuest()
         synACK.flags = TCPFrame.syn | TCPFrame.ackFlag
         synACK.options = [2, 4, 0xFF, 0xC8]   // 65480
@@ -241,5 +243,49 @@ struct FramePathEdgeTests {
         IPChecksum.store(in: &udp, at: 6, pseudoHeader: TCPFrame.gateway6 + TCPFrame.guest6 + [0, 0] + bigEndianBytes(length) + [0, 0, 0, 17])
         return MACAddress(raw: 0x5254_0012_3456).bytes + MACAddress(raw: 0x5255_0A00_0202).bytes + [0x86, 0xDD, 0x60, 0, 0, 0]
             + bigEndianBytes(length) + [17, 64] + TCPFrame.gateway6 + TCPFrame.guest6 + udp
+    }
+
+    @Test("libslirp's SYN-ACK for a guest's SYN makes the frame path give libslirp that SYN once more, as it was given",
+          arguments: [false, true])
+    func replaysTheGuestSYN(v6: Bool) throws {
+        let path = path()
+        var syn = TCPFrame.fromGuest(v6: v6)
+        syn.flags = TCPFrame.syn
+        syn.options = v6 ? [2, 4, 0x05, 0xA0] : [2, 4, 0x05, 0xB4]
+        fromGuest(path, syn.bytes)
+        let given = try #require(sink.toNAT.last)
+        sink.toNAT.removeAll()
+        var synACK = TCPFrame.toGuest(v6: v6)
+        synACK.flags = TCPFrame.syn | TCPFrame.ackFlag
+        synACK.options = [2, 4, 0xFF, 0xC8]
+        fromNAT(path, synACK.bytes)
+        #expect(sink.toNAT.isEmpty, "never from inside libslirp's output")
+        path.injectPending(now: now, sink)
+        #expect(sink.toNAT == [given])
+        #expect(path.synsReplayed == 1)
+        // Once only: a resent SYN-ACK finds nothing to replay.
+        sink.toNAT.removeAll()
+        fromNAT(path, synACK.bytes)
+        path.injectPending(now: now, sink)
+        #expect(sink.toNAT.isEmpty)
+    }
+
+    @Test("a SYN-ACK for another flow, or a guest SYN without MSS, replays nothing")
+    func replaysOnlyItsOwnFlow() {
+        let path = path()
+        var syn = TCPFrame.fromGuest()
+        syn.flags = TCPFrame.syn
+        syn.options = [1, 1, 1, 1]
+        fromGuest(path, syn.bytes)
+        syn.options = [2, 4, 0x05, 0xB4]
+        syn.sourcePort = 40001
+        fromGuest(path, syn.bytes)
+        sink.toNAT.removeAll()
+        var synACK = TCPFrame.toGuest()
+        synACK.flags = TCPFrame.syn | TCPFrame.ackFlag
+        fromNAT(path, synACK.bytes)      // answers the SYN without MSS
+        path.injectPending(now: now, sink)
+        #expect(sink.toNAT.isEmpty)
+        #expect(path.synsReplayed == 0)
     }
 }

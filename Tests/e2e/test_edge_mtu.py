@@ -3,7 +3,7 @@
 
 Two guests share the default network (MTU 1500): `jumbo` on virtio-net with host_mtu=9000,
 `small` at 1500. slirpd learns the jumbo guest's MTU from its frames; everything toward
-`small` is cut to 1500: libslirp's 16 KiB TCP segments into MSS-sized ones, an 8,000-byte
+`small` fits 1500: libslirp's TCP segments are sized by each guest's MSS, an 8,000-byte
 UDP datagram from the host into fragments; the jumbo guest's 8,000-byte ICMP and UDP
 packets are answered with Fragmentation Needed (they carry DF), after which that guest
 fragments them itself. Checked as a user would: sizes and sha256 of what arrives,
@@ -83,15 +83,17 @@ def nets(tmp_path_factory, request):
 
 
 def test_host_download_reaches_a_1500_guest_in_frames_that_fit(nets):
-    """libslirp sends 16 KiB segments (the MSS slirpd gave it); the 1500 guest's NIC never
-    sees a frame above 1514 bytes and the body arrives intact."""
-    before = metric(nets.d, "slirpd_tcp_segmented_total")
+    """libslirp (at MTU 65520) would send the guest's connection 32 KiB segments: it drops
+    the MSS of a SYN it answers after connecting to the host. slirpd gives it the SYN again
+    (SYNReplay), so it sends segments of the guest's MSS; the 1500 guest's NIC never sees a
+    frame above 1514 bytes and the body arrives intact."""
+    before = metric(nets.d, "slirpd_tcp_syns_replayed_total")
     b0, p0 = rx_frames(nets.small)
     out = nets.small.check(f"wget -q -O - {nets.http.url('10.0.2.2')} | sha256sum", timeout=120)
     b1, p1 = rx_frames(nets.small)
     assert out.split()[0] == hashlib.sha256(BODY).hexdigest()
     assert (b1 - b0) / (p1 - p0) <= 1514
-    assert metric(nets.d, "slirpd_tcp_segmented_total") > before, "libslirp's segments should have needed cutting"
+    assert metric(nets.d, "slirpd_tcp_syns_replayed_total") > before, "the guest's SYN should have been replayed"
 
 
 def test_jumbo_guest_gets_large_frames_from_the_host(nets):
