@@ -126,11 +126,15 @@ enum Metrics {
                 }
             })
         }
-        let taps = nets.flatMap { n in
-            n.net.ports.values.sorted { $0.id < $1.id }.compactMap { port in
-                port.tapOffload.map { ("\(n.label),guest=\"\(port.id.raw)\"", $0) }
+        // Per-guest samples of what some ports have (a tap's offloads, a vhost-user link).
+        func perGuest<T>(_ pick: (GuestPort) -> T?) -> [(String, T)] {
+            nets.flatMap { n in
+                n.net.ports.values.sorted { $0.id < $1.id }.compactMap { port in
+                    pick(port).map { ("\(n.label),guest=\"\(port.id.raw)\"", $0) }
+                }
             }
         }
+        let taps = perGuest(\.tapOffload)
         family("slirpd_tap_gso_frames_total", "counter",
                "Frames with a GSO virtio-net header (one TCP or UDP super-frame) read from a tap (in) or written to it (out). Per attached tap.",
                taps.flatMap { t in [("\(t.0),direction=\"in\"", t.1.gsoIn), ("\(t.0),direction=\"out\"", t.1.gsoOut)] })
@@ -140,11 +144,7 @@ enum Metrics {
         family("slirpd_tap_refused_frames_total", "counter",
                "Frames a tap's kernel refused as invalid on write (EINVAL), dropped. Per attached tap.",
                taps.map { ($0.0, $0.1.refused) })
-        let vhosts = nets.flatMap { n in
-            n.net.ports.values.sorted { $0.id < $1.id }.compactMap { port in
-                port.vhostUser.map { ("\(n.label),guest=\"\(port.id.raw)\"", $0) }
-            }
-        }
+        let vhosts = perGuest(\.vhostUser)
         family("slirpd_vhost_user_gso_frames_total", "counter",
                "Frames larger than the guest's MTU (GSO) taken from a vhost-user guest's TX ring (in) or written to its RX ring (out). Per attached vhost-user guest.",
                vhosts.flatMap { v in [("\(v.0),direction=\"in\"", v.1.gsoIn), ("\(v.0),direction=\"out\"", v.1.gsoOut)] })
