@@ -28,7 +28,7 @@ func check(_ condition: Bool, _ what: @autoclosure () -> String) {
 /// What an endpoint occupies: the parser refuses two endpoints with the same.
 func resource(_ endpoint: EndpointSpec) -> String {
     switch endpoint {
-    case .stream(let path), .dgram(let path): "socket \(path)"
+    case .stream(let path), .dgram(let path), .vhostUser(let path): "socket \(path)"
     case .tcp: "\(endpoint)"
     case .tap(let name): "tap \(name)"
     case .connect(let path): "dial \(path)"
