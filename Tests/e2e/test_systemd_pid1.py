@@ -309,6 +309,9 @@ def machine(tmp_path_factory):
         print(f"systemd booted in {time.monotonic() - started:.1f} s")
         yield m
     finally:
+        if m.leader:
+            print("journal of slirpd's units:\n" + m.run(
+                "journalctl -b --no-pager -o short-monotonic -u 'slirpd*'").stdout[-60000:])
         print(f"container log ({m.log_path}):\n{m.log_text() if m.proc else ''}")
         problems = m.shutdown()
         assert not problems, "cleanup: " + "; ".join(problems)
@@ -420,6 +423,9 @@ def test_reload_keeps_the_process_and_the_guest(installed):
 
 def test_watchdog_restarts_a_hung_daemon(installed):
     m = installed
+    if m.show("slirpd.service", "ActiveState") != "active":  # run alone, or after a failure
+        m.check("systemctl start slirpd.socket slirpd.service")
+        Attached.guest = None
     old = int(m.show("slirpd.service", "MainPID"))
     assert old > 0, "slirpd.service is not running"
     restarts = int(m.show("slirpd.service", "NRestarts"))
@@ -490,3 +496,50 @@ def test_stop_cleans_up(installed):
         g.dhcp_lease(timeout=60)
     m.check("systemctl stop slirpd.socket slirpd.service", timeout=120)
     assert m.run("pgrep -x slirpd").stdout == ""
+
+
+def test_an_instance_beside_the_default_network(installed):
+    """slirpd@lab runs its own network next to slirpd.service, sharing /run/slirpd;
+    stopping it leaves the default network and its guest alone."""
+    m = installed
+    m.check("""cat > /etc/slirpd/lab.toml <<'END'
+[[network]]
+name = "lab"
+options = "net=10.0.3.0/24"
+stream = ["/run/slirpd/lab.sock"]
+dgram = ["/run/slirpd/lab.dgram"]
+socket-group = "slirpd"
+socket-mode = "0660"
+END
+systemctl start slirpd.socket slirpd@lab.socket""")
+    _, gid = slirpd_ids(m)
+    default = FakeGuest.on_socket(m.connect_as("/run/slirpd/default.sock", 4242, 4242, [gid]), fake_mac(10))
+    lab = FakeGuest.on_socket(m.connect_as("/run/slirpd/lab.sock", 4243, 4243, [gid]), fake_mac(11))
+    try:
+        assert default.dhcp_lease(timeout=60).startswith("10.0.2.")
+        assert lab.dhcp_lease(timeout=60).startswith("10.0.3.")
+        pids = {m.show(u, "MainPID") for u in ("slirpd.service", "slirpd@lab.service")}
+        assert len(pids) == 2 and "0" not in pids, pids
+        assert fake_mac(11) in m.check("slirpctl --control /run/slirpd/lab.control leases")
+        assert fake_mac(11) not in m.check("slirpctl --control /run/slirpd/control.sock leases")
+        assert m.check("stat -c '%U %G %a' /var/lib/slirpd/lab").strip() == "slirpd slirpd 700"
+        deadline = time.monotonic() + 20
+        while fake_mac(11) not in m.run("cat /var/lib/slirpd/lab/lab.leases").stdout:
+            assert time.monotonic() < deadline, "no lease file: " + m.check("ls -laR /var/lib/slirpd")
+            time.sleep(0.5)
+
+        m.check("systemctl stop slirpd@lab.socket slirpd@lab.service", timeout=120)
+        assert m.show("slirpd@lab.service", "Result") == "success"
+        left = m.check("ls -A /run/slirpd").split()
+        assert sorted(left) == ["control.sock", "default.dgram", "default.sock"], left
+        with pytest.raises((ConnectionError, OSError)):
+            while lab.recv_frame(10) is not None:
+                pass
+            raise AssertionError("the lab guest's connection is still open after stop")
+        default.ping_dns(2, timeout=20)
+        assert m.show("slirpd.service", "ActiveState") == "active"
+    finally:
+        default.close()
+        lab.close()
+        m.run("systemctl stop slirpd.socket slirpd.service slirpd@lab.socket slirpd@lab.service", timeout=120)
+    assert m.run("pgrep -x slirpd").stdout == "", m.check("ps -ef")
