@@ -222,12 +222,15 @@ class FakeGuest:
             raise ValueError(f"unknown transport {self.kind!r}")
 
     @classmethod
-    def on_socket(cls, sock: socket.socket, mac: str, ip: Optional[str] = None) -> "FakeGuest":
-        """A stream guest on a socket connected elsewhere (e.g. from inside a container as
-        another user)."""
+    def on_socket(cls, sock: socket.socket, mac: str, ip: Optional[str] = None,
+                  remote: Optional[str] = None) -> "FakeGuest":
+        """A guest on a socket set up elsewhere (e.g. inside a container, as another user):
+        a connected stream socket, or a bound datagram socket sending to `remote`."""
         guest = cls.__new__(cls)
-        guest.kind, guest.mac, guest.ip = "stream", mac, ip
+        guest.kind = "stream" if sock.type == socket.SOCK_STREAM else "dgram"
+        guest.mac, guest.ip = mac, ip
         guest._pending, guest.own_path, guest.sock = b"", None, sock
+        guest.remote = remote
         return guest
 
     def send(self, frame: bytes) -> None:

@@ -246,6 +246,22 @@ class Machine:
         """A stream connection to `path` in the container, made by a process with these
         credentials (so the socket file's owner, group and mode decide); raises OSError
         with the errno connect(2) got."""
+        def connect(s: socket.socket) -> None:
+            s.connect(path)
+        return self.socket_as(socket.SOCK_STREAM, connect, uid, gid, groups)
+
+    def dgram_as(self, path: str, uid: int, gid: int, groups: list[int], umask: int) -> socket.socket:
+        """A datagram socket bound to `path` in the container by a process with these
+        credentials and umask, as QEMU's -netdev dgram local.path (QEMU sends with sendto()
+        and does not connect: slirpd could not answer a socket connected elsewhere)."""
+        def bind(s: socket.socket) -> None:
+            os.umask(umask)
+            s.bind(path)
+        return self.socket_as(socket.SOCK_DGRAM, bind, uid, gid, groups)
+
+    def socket_as(self, kind: int, setup, uid: int, gid: int, groups: list[int]) -> socket.socket:
+        """A Unix socket set up (bound, connected) by `setup` in a child that entered the
+        container's mount namespace and took these credentials, handed back over SCM_RIGHTS."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:  # child: no Python-level cleanup, just _exit
@@ -260,9 +276,9 @@ class Machine:
                 os.setgroups(groups)
                 os.setgid(gid)
                 os.setuid(uid)
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s = socket.socket(socket.AF_UNIX, kind)
                 try:
-                    s.connect(path)
+                    setup(s)
                     socket.send_fds(theirs, [b"ok"], [s.fileno()])
                 except OSError as e:
                     theirs.sendall(f"errno {e.errno} {e.strerror}".encode())
@@ -289,7 +305,7 @@ class Machine:
         if text.startswith("errno "):
             code = int(text.split()[1])
             raise OSError(code, text)
-        raise AssertionError(f"connecting as uid {uid} in the container: {text or 'no answer'}")
+        raise AssertionError(f"a socket as uid {uid} in the container: {text or 'no answer'}")
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +339,7 @@ def installed(machine):
     out = machine.check(
         "set -e; /src/Scripts/install --from /opt/slirpd-stage/bin;"
         " cp -a /opt/slirpd-stage/lib/. /usr/local/lib/; ldconfig;"
-        " systemd-sysusers; systemctl daemon-reload", timeout=120)
+        " systemd-sysusers; systemd-tmpfiles --create slirpd.conf; systemctl daemon-reload", timeout=120)
     assert "/usr/local/lib/systemd/system/slirpd.socket" in out, out
     missing = machine.run("ldd /usr/local/bin/slirpd /usr/local/bin/slirpctl | grep 'not found'").stdout
     assert not missing, f"libraries the installed binaries cannot find in Debian 12:\n{missing}"
@@ -364,7 +380,9 @@ def test_socket_unit_activates_slirpd_for_a_guest_of_group_slirpd(installed):
     # What slirpd.socket promises: root-owned sockets that group slirpd may use.
     stat = m.check("stat -c '%U %G %a %F' /run/slirpd /run/slirpd/default.sock /run/slirpd/default.dgram")
     assert stat.split("\n")[1:3] == ["root slirpd 660 socket"] * 2, stat
-    assert stat.split("\n")[0].endswith("755 directory"), stat
+    # From the tmpfiles.d snippet.
+    assert stat.split("\n")[0] == "slirpd slirpd 755 directory", stat
+    assert m.check("stat -c '%U %G %a' /run/slirpd/guests").strip() == "slirpd slirpd 3770"
 
     inodes = m.check("stat -c '%i' /run/slirpd/default.sock /run/slirpd/default.dgram").split()
 
@@ -399,10 +417,12 @@ def test_socket_unit_activates_slirpd_for_a_guest_of_group_slirpd(installed):
         assert time.monotonic() < deadline, "no lease file in /var/lib/slirpd: " + m.check("ls -la /var/lib/slirpd")
         time.sleep(0.5)
     # The socket files are still systemd's (slirpd took the sockets over rather than
-    # binding its own); RuntimeDirectory= handed them to user slirpd, as slirpd.socket says.
+    # binding its own), as slirpd.socket made them: RuntimeDirectory= found /run/slirpd as
+    # it wants it (tmpfiles.d) and handed nothing in it over to user slirpd.
     assert "slirpd.socket" in m.show("slirpd.service", "TriggeredBy")
     assert m.check("stat -c '%i' /run/slirpd/default.sock /run/slirpd/default.dgram").split() == inodes
-    assert m.check("stat -c '%U %G %a' /run/slirpd/default.sock").strip() == "slirpd slirpd 660"
+    assert m.check("stat -c '%U %G %a' /run/slirpd/default.sock /run/slirpd/default.dgram").split("\n")[:2] \
+        == ["root slirpd 660"] * 2
 
 
 def test_reload_keeps_the_process_and_the_guest(installed):
@@ -479,8 +499,9 @@ def test_stop_cleans_up(installed):
     assert m.run("pgrep -x slirpd").stdout == "", m.check("ps -ef")
     files = m.check("ls -A /run/slirpd").split()
     # RemoveOnStop=yes takes the socket files away, slirpd its control socket;
-    # RuntimeDirectoryPreserve=yes keeps the directory, StateDirectory= the leases.
-    assert files == [], f"left in /run/slirpd: {files}"
+    # RuntimeDirectoryPreserve=yes keeps the directory (and tmpfiles.d's guests/ in it),
+    # StateDirectory= the leases.
+    assert files == ["guests"], f"left in /run/slirpd: {files}"
     assert MAC in m.check("cat /var/lib/slirpd/default.leases")
     if guest is not None:
         with pytest.raises((ConnectionError, OSError)):
@@ -531,7 +552,7 @@ systemctl start slirpd.socket slirpd@lab.socket""")
         m.check("systemctl stop slirpd@lab.socket slirpd@lab.service", timeout=120)
         assert m.show("slirpd@lab.service", "Result") == "success"
         left = m.check("ls -A /run/slirpd").split()
-        assert sorted(left) == ["control.sock", "default.dgram", "default.sock"], left
+        assert sorted(left) == ["control.sock", "default.dgram", "default.sock", "guests"], left
         with pytest.raises((ConnectionError, OSError)):
             while lab.recv_frame(10) is not None:
                 pass
@@ -543,3 +564,33 @@ systemctl start slirpd.socket slirpd@lab.socket""")
         lab.close()
         m.run("systemctl stop slirpd.socket slirpd.service slirpd@lab.socket slirpd@lab.service", timeout=120)
     assert m.run("pgrep -x slirpd").stdout == "", m.check("ps -ef")
+
+
+def test_a_group_members_datagram_guest_lives_through_a_restart(installed):
+    """A member of group slirpd puts a datagram guest's socket in /run/slirpd/guests (the
+    only place both it may create and slirpd may reach), under umask 007 as the tmpfiles.d
+    snippet says; it leases through slirpd.socket's datagram socket and, that socket being
+    systemd's, keeps working across systemctl restart. A user outside the group may not
+    put a socket there."""
+    m = installed
+    m.check("systemctl start slirpd.socket")
+    _, gid = slirpd_ids(m)
+    with pytest.raises(PermissionError):
+        m.dgram_as("/run/slirpd/guests/outsider.sock", 4243, 4243, [], 0o007)
+    sock = m.dgram_as("/run/slirpd/guests/vm1.sock", 4242, 4242, [gid], 0o007)
+    # Sent from here, to the same socket file (the stream test checks the group may write it).
+    guest = FakeGuest.on_socket(sock, fake_mac(30), remote=f"/proc/{m.leader}/root/run/slirpd/default.dgram")
+    try:
+        assert m.check("stat -c '%u %G %a' /run/slirpd/guests/vm1.sock").strip() == "4242 slirpd 770"
+        address = guest.dhcp_lease(timeout=60)
+        pid = m.show("slirpd.service", "MainPID")
+        m.check("systemctl restart slirpd.service", timeout=120)
+        assert m.show("slirpd.service", "MainPID") not in ("0", pid)
+        # The same socket, to systemd's same socket: the new slirpd answers it.
+        assert guest.dhcp_lease(timeout=60) == address
+        guest.ping_dns(2, timeout=20)
+        # Nothing handed over: the guest's socket is still its own.
+        assert m.check("stat -c '%u %G' /run/slirpd/guests/vm1.sock").strip() == "4242 slirpd"
+    finally:
+        guest.close()
+        m.run("systemctl stop slirpd.socket slirpd.service", timeout=120)
