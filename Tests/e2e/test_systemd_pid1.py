@@ -10,17 +10,21 @@ inside through nsenter. The clone is bound read-only at /src and Scripts/install
 from there with the binaries under test (SLIRPD and slirpctl beside it), plus the
 Swift runtime libraries they link from the toolchain, copied to /usr/local/lib.
 
-Checked, in order (the tests share one machine and build on each other):
-  - Scripts/install, systemd-sysusers: user and group slirpd; the units load;
+Checked, in order (the tests share one machine; the reload test needs the guest of the
+activation test, the others set up what they need):
+  - Scripts/install, systemd-sysusers, systemd-tmpfiles as the install prints them: user
+    and group slirpd, /run/slirpd and /run/slirpd/guests; the units load;
   - slirpd.socket alone: socket files with the promised owner, group and mode; a
     guest of a user in group slirpd attaches and starts slirpd.service through them
     (a user outside the group is refused), and leases an address; the lease file and
-    the control API are where the unit puts them;
+    the control API are where the unit puts them, the socket files unchanged;
   - systemctl reload: same main process, the guest stays attached and is answered;
   - a SIGSTOPped daemon: the watchdog aborts it and systemd restarts it; new guests
     lease through the same sockets;
   - systemctl stop: no process left, socket files removed, runtime and state
-    directories kept, as the units promise.
+    directories kept, as the units promise; started again, it serves;
+  - slirpd@lab beside slirpd.service, stopped alone;
+  - a group member's datagram guest in /run/slirpd/guests, across systemctl restart.
 The watchdog is cut from the unit's 30 s to 5 s by a drop-in, only to wait less.
 
 Traffic: the fake guests only talk to slirpd's DHCP server and DNS address, inside the
