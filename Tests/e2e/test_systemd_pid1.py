@@ -10,8 +10,8 @@ inside through nsenter. The clone is bound read-only at /src and Scripts/install
 from there with the binaries under test (SLIRPD and slirpctl beside it), plus the
 Swift runtime libraries they link from the toolchain, copied to /usr/local/lib.
 
-Checked, in order (the tests share one machine; the reload test needs the guest of the
-activation test, the others set up what they need):
+Checked, in order (the tests share one machine, and each sets up what it needs when run
+alone):
   - Scripts/install, systemd-sysusers, systemd-tmpfiles as the install prints them: user
     and group slirpd, /run/slirpd and /run/slirpd/guests; the units load;
   - slirpd.socket alone: socket files with the promised owner, group and mode; a
@@ -432,7 +432,12 @@ def test_socket_unit_activates_slirpd_for_a_guest_of_group_slirpd(installed):
 def test_reload_keeps_the_process_and_the_guest(installed):
     m = installed
     guest = Attached.guest
-    assert guest is not None, "needs the guest of the socket activation test"
+    if guest is None:  # run alone
+        m.check("systemctl start slirpd.socket")
+        _, gid = slirpd_ids(m)
+        guest = FakeGuest.on_socket(m.connect_as("/run/slirpd/default.sock", 4242, 4242, [gid]), MAC)
+        Attached.guest = guest
+        guest.dhcp_lease(timeout=60)
     pid = m.show("slirpd.service", "MainPID")
     m.check("systemctl reload slirpd.service", timeout=60)
     assert m.show("slirpd.service", "MainPID") == pid
@@ -495,6 +500,14 @@ def test_stop_cleans_up(installed):
     if m.show("slirpd.service", "ActiveState") != "active":
         m.check("systemctl start slirpd.socket slirpd.service")
     guest = Attached.guest
+    if guest is None:  # run alone: a guest to see leave
+        _, gid = slirpd_ids(m)
+        guest = FakeGuest.on_socket(m.connect_as("/run/slirpd/default.sock", 4242, 4242, [gid]), fake_mac(4))
+        guest.dhcp_lease(timeout=60)
+    deadline = time.monotonic() + 20
+    while guest.mac not in m.run("cat /var/lib/slirpd/default.leases").stdout:
+        assert time.monotonic() < deadline, "no lease file in /var/lib/slirpd: " + m.check("ls -la /var/lib/slirpd")
+        time.sleep(0.5)
     m.check("systemctl stop slirpd.socket slirpd.service", timeout=120)
     for unit in ("slirpd.service", "slirpd.socket"):
         assert m.show(unit, "ActiveState") == "inactive", m.check(f"systemctl status --no-pager {unit} || true")
@@ -506,14 +519,13 @@ def test_stop_cleans_up(installed):
     # RuntimeDirectoryPreserve=yes keeps the directory (and tmpfiles.d's guests/ in it),
     # StateDirectory= the leases.
     assert files == ["guests"], f"left in /run/slirpd: {files}"
-    assert MAC in m.check("cat /var/lib/slirpd/default.leases")
-    if guest is not None:
-        with pytest.raises((ConnectionError, OSError)):
-            while guest.recv_frame(10) is not None:
-                pass
-            raise AssertionError("the guest's connection is still open after stop")
-        guest.close()
-        Attached.guest = None
+    assert guest.mac in m.check("cat /var/lib/slirpd/default.leases")
+    with pytest.raises((ConnectionError, OSError)):
+        while guest.recv_frame(10) is not None:
+            pass
+        raise AssertionError("the guest's connection is still open after stop")
+    guest.close()
+    Attached.guest = None
     # Started again, it serves as before: nothing it needs was taken away.
     m.check("systemctl start slirpd.socket")
     _, gid = slirpd_ids(m)
