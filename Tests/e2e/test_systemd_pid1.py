@@ -7,7 +7,7 @@ tmpfs overlay (--volatile=overlay: the cached tree is never written), its own ne
 namespace (--private-network: only loopback) and no registration with a host systemd
 (--register=no --keep-unit: the host may have none, as in CI containers). Commands run
 inside through nsenter. The clone is bound read-only at /src and Scripts/install runs
-from there with the binaries under test (SLIRPD and slirpctl beside it), plus the
+from there with the binaries under test (SLIRPD and SLIRPCTL), plus the
 Swift runtime libraries they link from the toolchain, copied to /usr/local/lib.
 
 Checked, in order (the tests share one machine, and each sets up what it needs when run
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import SLIRPD
+from daemon import SLIRPCTL, SLIRPD
 from fakeguest import FakeGuest, fake_mac
 
 pytestmark = pytest.mark.e2e
@@ -147,14 +147,14 @@ class Machine:
     def stage_binaries(self) -> None:
         """slirpd and slirpctl under test into stage/bin, their toolchain libraries into stage/lib."""
         daemon = Path(SLIRPD).resolve()
-        ctl = daemon.with_name("slirpctl")
+        ctl = Path(SLIRPCTL).resolve()
         for b in (daemon, ctl):
             if not os.access(b, os.X_OK):
                 pytest.fail(f"{b} is missing: build slirpd and slirpctl first")
         (self.stage / "bin").mkdir(parents=True)
         (self.stage / "lib").mkdir()
         for b in (daemon, ctl):
-            shutil.copy2(b, self.stage / "bin" / b.name)
+            shutil.copy2(b, self.stage / "bin" / ("slirpd" if b == daemon else "slirpctl"))
         for lib in toolchain_libraries([str(daemon), str(ctl)]):
             shutil.copy2(lib.resolve(), self.stage / "lib" / lib.name)
 
