@@ -174,13 +174,16 @@ class Machine:
                 if pid_namespace(child) not in ("", pid_namespace(os.getpid())):
                     self.leader, self.pidns = child, pid_namespace(child)
             time.sleep(0.2)
-        # The manager answers once /run/systemd/private exists; then wait for boot to end.
+        # "offline" until the manager answers on /run/systemd/private; --wait then waits
+        # for the boot to end.
         state = ""
         while time.monotonic() < deadline + 120:
             state = self.run("systemctl is-system-running --wait", timeout=150).stdout.strip()
-            if state in ("running", "degraded", "maintenance", "stopping", "offline"):
+            if state in ("running", "degraded", "maintenance", "stopping"):
                 break
-            time.sleep(0.5)
+            if self.proc.poll() is not None:
+                pytest.fail(f"systemd-nspawn exited with {self.proc.returncode} during boot:\n{self.log_text()}")
+            time.sleep(0.3)
         if state != "running":
             failed = self.run("systemctl --failed --no-pager; journalctl -b --no-pager | tail -50").stdout
             pytest.fail(f"systemd in the container is '{state}', not running:\n{failed}\n{self.log_text()}")
@@ -203,9 +206,9 @@ class Machine:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=90)
+                self.proc.wait(timeout=45)
             except subprocess.TimeoutExpired:
-                problems.append("systemd-nspawn did not stop within 90 s of SIGTERM; killed")
+                problems.append("systemd-nspawn did not stop within 45 s of SIGTERM; killed")
                 self.proc.kill()
                 self.proc.wait(timeout=30)
         if self.proc:
