@@ -63,6 +63,9 @@ CLONE_NEWNS = 0x00020000
 WATCHDOG_SEC = 5
 RESTART_SEC = 2  # the unit's RestartSec=
 MAC = "52:54:00:5e:01:01"
+# slirpd's DNS upstream in the container: its own loopback, where nothing answers (never
+# the host's resolver, which debootstrap copies in).
+RESOLV_CONF = "nameserver 127.0.0.1\n"
 
 
 def debian_mirror() -> str:
@@ -102,10 +105,9 @@ def ensure_tree() -> float:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     if done.returncode != 0:
         pytest.fail(f"debootstrap failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    # Nothing in the tree may need the network or a console to boot: no getty on the
-    # console nspawn gives (its output goes to our log), and an empty machine-id so
-    # systemd makes one per boot.
+    # An empty machine-id, so that systemd makes one per boot.
     (partial / "etc" / "machine-id").write_text("")
+    (partial / "etc" / "resolv.conf").write_text(RESOLV_CONF)
     (partial / READY).write_text(want)
     partial.rename(TREE)
     return time.monotonic() - started
@@ -160,7 +162,8 @@ class Machine:
 
     def boot(self) -> None:
         cmd = ["systemd-nspawn", "-D", str(TREE), "--volatile=overlay", "-b", "-M", self.name,
-               "--register=no", "--keep-unit", "--private-network", "--console=read-only",
+               "--register=no", "--keep-unit", "--private-network", "--resolv-conf=off",
+               "--console=read-only",
                f"--bind-ro={REPO}:/src", f"--bind-ro={self.stage}:/opt/slirpd-stage"]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
@@ -343,6 +346,7 @@ def machine(tmp_path_factory):
 @pytest.fixture(scope="module")
 def installed(machine):
     """Scripts/install as its --help says, then what it tells root to do next."""
+    machine.check(f"printf '{RESOLV_CONF}' > /etc/resolv.conf")
     out = machine.check(
         "set -e; /src/Scripts/install --from /opt/slirpd-stage/bin;"
         " cp -a /opt/slirpd-stage/lib/. /usr/local/lib/; ldconfig;"
