@@ -81,6 +81,18 @@ def dhcp_discover(mac: str, xid: int) -> bytes:
     return ethernet(BROADCAST, mac, ETH_IPV4, ipv4("0.0.0.0", "255.255.255.255", 17, udp))
 
 
+def dhcp_request(mac: str, xid: int, address: str, server: str) -> bytes:
+    """A DHCP REQUEST for `address` offered by `server`, broadcast as in the SELECTING state."""
+    bootp = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, xid, 0, 0x8000, b"\0" * 4, b"\0" * 4,
+                        b"\0" * 4, b"\0" * 4, mac_bytes(mac), b"", b"")
+    options = (b"\x63\x82\x53\x63" + bytes([53, 1, 3]) + bytes([50, 4]) + socket.inet_aton(address)
+               + bytes([54, 4]) + socket.inet_aton(server) + bytes([55, 3, 1, 3, 6]) + b"\xff")
+    payload = bootp + options
+    payload += b"\0" * max(0, 300 - len(payload))
+    udp = struct.pack("!HHHH", 68, 67, 8 + len(payload), 0) + payload
+    return ethernet(BROADCAST, mac, ETH_IPV4, ipv4("0.0.0.0", "255.255.255.255", 17, udp))
+
+
 def icmp_echo(mac: str, dst_mac: bytes, src_ip: str, dst_ip: str, ident: int, seq: int, size: int = 56) -> bytes:
     body = struct.pack("!HH", ident, seq) + bytes(size)
     icmp = struct.pack("!BBH", 8, 0, 0) + body
@@ -122,6 +134,23 @@ def dhcp_reply_type(frame: bytes, xid: int) -> Optional[int]:
             continue
         if frame[at] == 53:
             return frame[at + 2]
+        at += 2 + frame[at + 1]
+    return None
+
+
+def dhcp_offered(frame: bytes, xid: int) -> Optional[tuple[str, str]]:
+    """(offered address, server identifier) if frame is a DHCP OFFER for transaction xid."""
+    if dhcp_reply_type(frame, xid) != 2:
+        return None
+    bootp = 14 + (frame[14] & 0x0F) * 4 + 8
+    address = socket.inet_ntoa(frame[bootp + 16:bootp + 20])
+    at = bootp + 240
+    while at + 1 < len(frame) and frame[at] != 255:
+        if frame[at] == 0:
+            at += 1
+            continue
+        if frame[at] == 54 and frame[at + 1] == 4:
+            return address, socket.inet_ntoa(frame[at + 2:at + 6])
         at += 2 + frame[at + 1]
     return None
 
@@ -192,6 +221,18 @@ class FakeGuest:
         else:
             raise ValueError(f"unknown transport {self.kind!r}")
 
+    @classmethod
+    def on_socket(cls, sock: socket.socket, mac: str, ip: Optional[str] = None,
+                  remote: Optional[str] = None) -> "FakeGuest":
+        """A guest on a socket set up elsewhere (e.g. inside a container, as another user):
+        a connected stream socket, or a bound datagram socket sending to `remote`."""
+        guest = cls.__new__(cls)
+        guest.kind = "stream" if sock.type == socket.SOCK_STREAM else "dgram"
+        guest.mac, guest.ip = mac, ip
+        guest._pending, guest.own_path, guest.sock = b"", None, sock
+        guest.remote = remote
+        return guest
+
     def send(self, frame: bytes) -> None:
         if self.kind == "dgram":
             self.sock.sendto(frame, self.remote)
@@ -238,6 +279,16 @@ class FakeGuest:
         xid = random.getrandbits(32)
         self.send(dhcp_discover(self.mac, xid))
         self.expect(lambda f: dhcp_reply_type(f, xid) == 2, timeout, "DHCP OFFER")
+
+    def dhcp_lease(self, timeout: float = 10) -> str:
+        """DISCOVER, OFFER, REQUEST, ACK: the leased address, which becomes self.ip."""
+        xid = random.getrandbits(32)
+        self.send(dhcp_discover(self.mac, xid))
+        address, server = self.expect(lambda f: dhcp_offered(f, xid), timeout, "DHCP OFFER")
+        self.send(dhcp_request(self.mac, xid, address, server))
+        self.expect(lambda f: dhcp_reply_type(f, xid) == 5, timeout, "DHCP ACK")
+        self.ip = address
+        return address
 
     def arp_gateway(self, timeout: float = 10) -> bytes:
         self.send(arp_request(self.mac, self.ip, GATEWAY))
