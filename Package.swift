@@ -5,7 +5,7 @@ import PackageDescription
 /// access to a class's stored property in the one-thread loop otherwise costs a runtime
 /// call (callgrind: 28% of slirpd's instructions per 1-byte TCP round trip). Debug builds,
 /// which the tests and fuzzers run, keep them.
-let fastRelease: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+let fastRelease: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release))]
 
 let package = Package(
     name: "slirpd",
