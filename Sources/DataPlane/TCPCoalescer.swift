@@ -6,9 +6,14 @@ import FrameSwitch
 //
 // Theory of operation. The coalescer holds at most one segment (alone or merged). Only
 // data segments with flags exactly ACK or ACK|PSH are candidates; IPv4 must carry no
-// options and be no fragment, IPv6 must have TCP as its first next header. A candidate's
-// IPv4 header and TCP checksums are verified, and a bad one is not a candidate: merging
-// would give bad data a good checksum, while passed on alone libslirp drops it.
+// options and be no fragment, IPv6 must have TCP as its first next header, and an IPv4
+// header checksum must verify. The payload is never read here: its sum is read off the
+// TCP checksum (TCPSegmentLayout.payloadSumFromChecksum), so a segment with a wrong TCP
+// checksum gives the merged segment a wrong one, and libslirp, which verifies every
+// checksum, drops the merge (the guest resends it) as it would have dropped that segment.
+// (An error in a header field the merge carries over unchecked, the first segment's urgent
+// pointer or the last one's window and PSH, cancels out; one in any payload never does.)
+// Summing each payload instead cost one more pass over every byte from the guest.
 // A candidate extends the held segment when it continues it exactly: same MACs, IP
 // version, addresses and ports, sequence number at the held end, same ACK number, same
 // TCP data offset, reserved bits and option bytes, same IPv4 TOS, TTL and DF (IPv6
@@ -19,7 +24,7 @@ import FrameSwitch
 // Anything else flushes the held segment first (the caller sends it before the new
 // frame, so order is kept): a candidate that cannot extend it is held alone instead (a
 // PSH one, or one already at `maxPayload`, is `.pass`), any other frame is `.pass`.
-// The merged checksum is built from sums: each payload's sum comes from verifying it,
+// The merged checksum is built from sums: each payload's sum (from its checksum),
 // swapped when it lands at an odd offset; the headers are summed once at the flush.
 public struct TCPCoalescer {
     public enum Outcome: Equatable { case absorbed; case pass }
@@ -87,7 +92,7 @@ public struct TCPCoalescer {
               frame[l.tcp + 13] & ~TCPSegmentation.psh == 0x10,  // ACK, maybe PSH, nothing else
               frame[l.tcp + 12] & 0x0F == 0,  // reserved bits (and AccECN's) clear
               l.v6 || l.ipHeaderLength == 20,
-              let sum = l.checksumsVerify(frame) else { return nil }
+              let sum = l.payloadSumFromChecksum(frame) else { return nil }
         return (l, sum)
     }
 

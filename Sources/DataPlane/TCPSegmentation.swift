@@ -154,4 +154,14 @@ extension TCPSegmentLayout {
                                  IPChecksum.add(headerSum, payloadSum))
         return sum == 0xFFFF ? payloadSum : nil
     }
+
+    /// The folded sum of the payload read off the TCP checksum, without reading the payload;
+    /// nil when the IPv4 header checksum fails. A right checksum makes pseudo-header, header
+    /// and payload sum to 0xFFFF, so the payload's sum is the complement of the rest; a wrong
+    /// one gives a sum wrong by the same amount, which carries into any checksum built from it.
+    func payloadSumFromChecksum(_ frame: UnsafeRawBufferPointer) -> UInt16? {
+        if !v6, IPChecksum.sum(UnsafeRawBufferPointer(rebasing: frame[Self.ip..<tcp])) != 0xFFFF { return nil }
+        let headerSum = IPChecksum.sum(UnsafeRawBufferPointer(rebasing: frame[tcp..<payload]))
+        return ~IPChecksum.add(IPChecksum.add(pseudoHeaderSum(frame), UInt16(end - tcp)), headerSum)
+    }
 }
