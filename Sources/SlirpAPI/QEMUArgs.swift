@@ -54,7 +54,7 @@ public enum QEMUArgs {
                 + "-chardev socket,id=c0,path=\(path),reconnect=1 -netdev vhost-user,id=n0,chardev=c0 \(device),vectors=0"
         }
         if let path = endpoint.dropPrefix("dgram:") {
-            let local = localPath ?? sibling(of: path, named: "guest-\(mac.filter { $0 != ":" }).sock")
+            let local = localPath ?? guestSocket(besides: path, named: "guest-\(mac.filter { $0 != ":" }).sock")
             return "-netdev dgram,id=n0,local.type=unix,local.path=\(local),remote.type=unix,remote.path=\(path) \(device)"
         }
         if let target = endpoint.dropPrefix("tcp:"), let colon = target.lastIndex(of: ":") {
@@ -84,9 +84,17 @@ public enum QEMUArgs {
         }
     }
 
-    private static func sibling(of path: String, named name: String) -> String {
+    /// The system units' directory and the one in it where QEMU may put its datagram socket
+    /// (systemd/tmpfiles.d/slirpd.conf): slirpd's sandbox hides /home, /run/user and /tmp.
+    static let systemDirectory = "/run/slirpd/"
+    static let systemGuestDirectory = "/run/slirpd/guests/"
+
+    /// Where a datagram guest's own socket goes: beside the network's socket, or, for one in
+    /// the system units' directory, in its guests directory.
+    private static func guestSocket(besides path: String, named name: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return name }
-        return String(path[...slash]) + name
+        let directory = String(path[...slash])
+        return (directory == systemDirectory ? systemGuestDirectory : directory) + name
     }
 }
 

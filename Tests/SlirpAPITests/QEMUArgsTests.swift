@@ -13,6 +13,16 @@ struct QEMUArgsTests {
             == "-netdev stream,id=n0,server=off,addr.type=unix,addr.path=/run/net.sock -device e1000,netdev=n0,mac=\(mac)")
     }
 
+    @Test("a datagram guest of the system units puts its socket in /run/slirpd/guests, others beside the network's")
+    func datagramGuestSocketPlace() throws {
+        #expect(try QEMUArgs.flags(endpoint: "dgram:/run/slirpd/default.dgram", mac: mac, model: "e1000")
+            .contains("local.path=/run/slirpd/guests/guest-52540012ab0c.sock,remote.type=unix,remote.path=/run/slirpd/default.dgram "))
+        #expect(try QEMUArgs.flags(endpoint: "dgram:/run/slirpd/lab/net.dgram", mac: mac, model: "e1000")
+            .contains("local.path=/run/slirpd/lab/guest-52540012ab0c.sock,"))
+        #expect(try QEMUArgs.flags(endpoint: "dgram:/tmp/slirpd-1000/default.dgram", mac: mac, model: "e1000")
+            .contains("local.path=/tmp/slirpd-1000/guest-52540012ab0c.sock,"))
+    }
+
     @Test("an on-board NIC joins the netdev with -net nic and macaddr=", arguments: ["lan9118", "stellaris"])
     func onBoardNIC(model: String) throws {
         #expect(try QEMUArgs.flags(endpoint: "tcp:0.0.0.0:5555", mac: mac, model: model, mtu: 9000)
