@@ -39,7 +39,7 @@ extension FramePath {
             put(frame, to: id, from: port, sink: sink)
         case .flood:
             _ = toNAT(frame, from: port, now: now, sink: sink)
-            guard !settings.isolateGuests else { return }
+            guard !settings.isolateGuests, !header.destination.isRoutersOnlyGroup else { return }
             for id in ports.keys where id != port.id { put(frame, to: id, from: port, sink: sink) }
         case .drop, .duplicate:
             break

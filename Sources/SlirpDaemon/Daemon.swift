@@ -52,6 +52,8 @@ public final class Daemon {
     /// When to give memory back after a wave of departures: a second after the last one.
     private var releaseMemoryAt: Int64?
     private var guestsLastSeen = 0
+    /// Whether the pending release is the follow-up of one that ran.
+    private var releaseFollowUp = false
 
     private enum Source {
         case signals
@@ -258,10 +260,13 @@ public final class Daemon {
         // Armed by a wave; every later departure puts the trim off until the wave is over.
         if guestsHighWater - total >= Daemon.departureWave || (releaseMemoryAt != nil && total < guestsLastSeen) {
             releaseMemoryAt = now + 1_000_000_000
+            releaseFollowUp = false
             guestsHighWater = total
         }
         guard let at = releaseMemoryAt, now >= at else { return }
-        releaseMemoryAt = nil
+        // Once more when the departed guests' NAT connections are gone too (Network.returnGrace).
+        releaseMemoryAt = releaseFollowUp ? nil : now + Network.returnGrace + 5_000_000_000
+        releaseFollowUp.toggle()
         let before = residentAnonymousBytes()
         for net in networks { net.shrinkBuffers() }
         releaseFreeMemory()
