@@ -135,6 +135,29 @@ struct FramePathTests {
         #expect(sink.delivered(to: c.id) == [solicitation])
     }
 
+    @Test("an ARP request for a known guest address goes to its holder alone; for the gateway to the NAT alone")
+    func arpSuppression() {
+        let path = path()
+        // B and C make themselves known (their own requests for an unknown address flood).
+        fromGuest(path, b, Self.arpRequest(from: Self.macB, sender: Self.ip(16), target: Self.ip(99)))
+        fromGuest(path, c, Self.arpRequest(from: Self.macC, sender: Self.ip(17), target: Self.ip(99)))
+        sink.delivered.removeAll()
+        sink.toNAT.removeAll()
+        let forB = Self.arpRequest(from: Self.macA, sender: Self.ip(15), target: Self.ip(16))
+        fromGuest(path, a, forB)
+        #expect(sink.delivered(to: b.id) == [forB])
+        #expect(sink.delivered(to: c.id).isEmpty)
+        #expect(sink.toNAT == [forB], "libslirp still sees every request (it learns the sender)")
+        sink.delivered.removeAll()
+        fromGuest(path, a, Self.arpRequest(from: Self.macA, sender: Self.ip(15), target: Self.gateway))
+        #expect(sink.delivered.isEmpty, "the gateway's address is the NAT's: no guest gets the request")
+        // An address nobody is known to hold still floods.
+        let unknown = Self.arpRequest(from: Self.macA, sender: Self.ip(15), target: Self.ip(40))
+        fromGuest(path, a, unknown)
+        #expect(sink.delivered(to: b.id) == [unknown])
+        #expect(sink.delivered(to: c.id) == [unknown])
+    }
+
     @Test("guest to guest unicast is forwarded to the port holding the MAC, unless isolate=on")
     func guestToGuest() {
         for isolate in [false, true] {
