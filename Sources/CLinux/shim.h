@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
+#include <malloc.h>
 
 // Both are _GNU_SOURCE declarations; spelled out here so the Glibc module needs no macro.
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);

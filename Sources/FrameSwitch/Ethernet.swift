@@ -41,6 +41,12 @@ public struct MACAddress: Hashable, Sendable, Comparable, CustomStringConvertibl
     /// The I/G bit: set for broadcast and multicast.
     @inlinable public var isGroup: Bool { raw & 0x0100_0000_0000 != 0 }
 
+    /// IPv6 all-routers (ff02::2, router solicitations) and all-MLDv2-routers (ff02::16,
+    /// MLD reports): groups only a router listens to, and the network's one router is the
+    /// gateway. A switch with MLD snooping sends them to its router port alone; flooding
+    /// them costs n² deliveries when n guests come up at once (issue 20 item 3).
+    @inlinable public var isRoutersOnlyGroup: Bool { raw == 0x3333_0000_0002 || raw == 0x3333_0000_0016 }
+
     public var bytes: [UInt8] { (0..<6).map { UInt8(truncatingIfNeeded: raw >> (40 - 8 * UInt64($0))) } }
 
     public var description: String {

@@ -1,22 +1,34 @@
 import Glibc
 
-/// A fixed-capacity byte queue: bytes are appended at the tail and consumed from the head.
+/// A bounded byte queue: bytes are appended at the tail and consumed from the head.
 ///
 /// Used for a guest's receive buffer (the framer reads frames out of it) and for its
-/// bounded output queue (length-prefixed frames waiting for the socket). The storage is
-/// allocated once per port, so the steady-state frame path allocates nothing.
+/// bounded output queue (length-prefixed frames waiting for the socket).
+///
+/// Memory: `capacity` is the most the queue may hold; the storage starts at `initial`
+/// bytes and doubles on demand up to `capacity`. An idle guest so costs a few KiB, not
+/// the 1 MiB + 128 KiB its queues may reach under load, and `shrinkIfEmpty` (called by
+/// the loop's idle sweep, not per frame) gives a grown buffer back once it has drained.
+/// In steady state nothing is allocated per frame: growth happens once per burst.
 public final class ByteBuffer {
-    private let storage: UnsafeMutableRawPointer
+    private var storage: UnsafeMutableRawPointer
     public let capacity: Int
+    /// The bytes allocated now (`initial` <= allocated <= capacity).
+    public private(set) var allocated: Int
+    private let initial: Int
     private var head = 0
     private var tail = 0
     /// After `receiveDatagram`: how many bytes of the datagram did not fit (0 when none).
     public internal(set) var truncatedBy = 0
 
-    public init(capacity: Int) {
+    /// `initial`: the storage allocated up front (all of `capacity` when nil).
+    public init(capacity: Int, initial: Int? = nil) {
         precondition(capacity > 0)
         self.capacity = capacity
-        storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+        let start = min(capacity, max(16, initial ?? capacity))
+        self.initial = start
+        allocated = start
+        storage = UnsafeMutableRawPointer.allocate(byteCount: start, alignment: 16)
     }
 
     deinit { storage.deallocate() }
@@ -35,7 +47,58 @@ public final class ByteBuffer {
     }
 
     var freeSpace: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(start: storage + tail, count: capacity - tail)
+        UnsafeMutableRawBufferPointer(start: storage + tail, count: allocated - tail)
+    }
+
+    /// Moves the unconsumed bytes into storage of `size` bytes.
+    private func reallocate(to size: Int) {
+        let n = tail - head
+        let fresh = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
+        if n > 0 { fresh.copyMemory(from: storage + head, byteCount: n) }
+        storage.deallocate()
+        storage = fresh
+        allocated = size
+        head = 0
+        tail = n
+    }
+
+    /// Makes room for `n` more bytes at the tail if `capacity` allows; false when it does not.
+    @discardableResult
+    public func reserve(_ n: Int) -> Bool {
+        if allocated - tail >= n { return true }
+        makeRoomAtTail()
+        if allocated - tail >= n { return true }
+        let needed = tail + n
+        guard needed <= capacity else { return false }
+        var size = allocated
+        while size < needed { size *= 2 }
+        reallocate(to: min(size, capacity))
+        return true
+    }
+
+    /// Set by a read that filled all the free space: more is likely waiting.
+    var lastReadFilled = false
+
+    /// Before a stream read: compacts, and doubles when the last read filled the buffer or
+    /// less than half of it is free, so a burst soon reads in large pieces and a partial
+    /// frame always leaves room for a good-sized read.
+    func prepareForRead() {
+        makeRoomAtTail()
+        if allocated < capacity, lastReadFilled || (allocated - tail) * 2 < allocated { reserve(allocated - tail + 1) }
+    }
+
+    /// Before a read that takes one whole frame or datagram: all of `capacity` free.
+    func prepareForWholeRead() {
+        removeAll()
+        if allocated < capacity { reallocate(to: capacity) }
+    }
+
+    /// Gives grown storage back when nothing is queued; true when it shrank.
+    @discardableResult
+    public func shrinkIfEmpty() -> Bool {
+        guard head == tail, allocated > initial else { return false }
+        reallocate(to: initial)
+        return true
     }
 
     func didWrite(_ n: Int) { tail += n }
@@ -60,8 +123,7 @@ public final class ByteBuffer {
     /// Appends a 4-byte big-endian length and the frame, or returns false when it does not fit.
     public func appendFrame(_ frame: UnsafeRawBufferPointer) -> Bool {
         let needed = 4 + frame.count
-        if capacity - tail < needed { makeRoomAtTail() }
-        guard capacity - tail >= needed else { return false }
+        guard reserve(needed) else { return false }
         let p = storage + tail
         p.storeBytes(of: UInt32(frame.count).bigEndian, as: UInt32.self)
         if let base = frame.baseAddress { (p + 4).copyMemory(from: base, byteCount: frame.count) }
@@ -84,8 +146,7 @@ public final class ByteBuffer {
 
     /// Appends raw bytes (tests and tools use it to build input).
     public func append(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        if capacity - tail < bytes.count { makeRoomAtTail() }
-        guard capacity - tail >= bytes.count else { return false }
+        guard reserve(bytes.count) else { return false }
         if let base = bytes.baseAddress { (storage + tail).copyMemory(from: base, byteCount: bytes.count) }
         tail += bytes.count
         return true

@@ -21,12 +21,13 @@ public final class Descriptor {
 
     /// Reads into `buffer`'s free space, which must not be empty. `.done(0)` means end of stream.
     public func read(into buffer: ByteBuffer) throws(IOError) -> IOResult<Int> {
-        buffer.makeRoomAtTail()
+        buffer.prepareForRead()
         let space = buffer.freeSpace
         // Callers consume whole frames after each read and size buffers for two of the largest.
         precondition(space.count > 0, "read into a full buffer")
         let result = try syscall("read") { Glibc.read(raw, space.baseAddress, space.count) }
         if case .done(let n) = result, n > 0 { buffer.didWrite(n) }
+        if case .done(let n) = result { buffer.lastReadFilled = n == space.count } else { buffer.lastReadFilled = false }
         return result
     }
 

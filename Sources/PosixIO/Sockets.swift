@@ -278,7 +278,7 @@ extension Descriptor {
 
     /// Receives one datagram into `buffer` (which must be empty), returning its sender.
     public func receiveDatagram(into buffer: ByteBuffer) throws(IOError) -> IOResult<UnixAddress> {
-        buffer.removeAll()
+        buffer.prepareForWholeRead()
         let space = buffer.freeSpace
         var from = UnixAddress()
         var length = socklen_t(MemoryLayout<sockaddr_un>.size)
@@ -497,7 +497,7 @@ public func openTap(name: String, offloadCandidates: [UInt32], vnetHeaderSize: I
 extension Descriptor {
     /// Reads one frame from a tap device into `buffer` (which must be empty).
     public func readFrame(into buffer: ByteBuffer) throws(IOError) -> IOResult<Int> {
-        buffer.removeAll()
+        buffer.prepareForWholeRead()
         return try read(into: buffer)
     }
 

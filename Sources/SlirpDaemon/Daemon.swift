@@ -47,6 +47,13 @@ public final class Daemon {
     private var running = true
     private var failure: String?
     private var nextHousekeeping: Int64 = 0
+    /// The most guests attached since memory was last given back (Memory.swift in PosixIO).
+    private var guestsHighWater = 0
+    /// When to give memory back after a wave of departures: a second after the last one.
+    private var releaseMemoryAt: Int64?
+    private var guestsLastSeen = 0
+    /// Whether the pending release is the follow-up of one that ran.
+    private var releaseFollowUp = false
 
     private enum Source {
         case signals
@@ -68,6 +75,8 @@ public final class Daemon {
         self.inherited = inherited
         // Read (and cleared from the environment) before any other thread exists.
         notifier = ServiceNotifier()
+        // Before any other thread allocates: grown guest queues are then mappings of their own.
+        pinAllocatorThresholds()
         // Every NAT flow of every guest is a descriptor; each guest's share is capped
         // (FlowBudget), and the total is bounded by the hard limit the units set.
         do {
@@ -185,6 +194,7 @@ public final class Daemon {
         for net in networks { net.stack.addPollDescriptors(to: &pollSet, timeout: &timeout) }
         var deadline = nextHousekeeping
         if notifier.watchdogInterval != nil { deadline = min(deadline, nextWatchdog) }
+        if let releaseMemoryAt { deadline = min(deadline, releaseMemoryAt) }
         if notifier.isActive, reportedGuests != guestTotal { deadline = min(deadline, statusSentAt + Daemon.statusInterval) }
         for net in networks {
             if let d = net.stack.nextTimerDeadline { deadline = min(deadline, d) }
@@ -227,6 +237,7 @@ public final class Daemon {
             net.flushPending()
             net.reapClosed()
         }
+        noteDepartures(now: after)
         tellServiceManager(now: after)
     }
 
@@ -236,6 +247,33 @@ public final class Daemon {
     private static let statusInterval: Int64 = 1_000_000_000
 
     private var guestTotal: Int { networks.reduce(0) { $0 + $1.guestCount } }
+
+    /// Guests fewer than the high-water mark by this many make a wave worth a trim.
+    static let departureWave = 64
+
+    /// After a wave of departures, once it has been quiet for a second, hands the heap's
+    /// free pages back: a trim walks the whole heap, so it runs once per wave, not per guest.
+    private func noteDepartures(now: Int64) {
+        let total = guestTotal
+        defer { guestsLastSeen = total }
+        if total > guestsHighWater { guestsHighWater = total }
+        // Armed by a wave; every later departure puts the trim off until the wave is over.
+        if guestsHighWater - total >= Daemon.departureWave || (releaseMemoryAt != nil && total < guestsLastSeen) {
+            releaseMemoryAt = now + 1_000_000_000
+            releaseFollowUp = false
+            guestsHighWater = total
+        }
+        guard let at = releaseMemoryAt, now >= at else { return }
+        // Once more when the departed guests' NAT connections are gone too (Network.returnGrace).
+        releaseMemoryAt = releaseFollowUp ? nil : now + Network.returnGrace + 5_000_000_000
+        releaseFollowUp.toggle()
+        let before = residentAnonymousBytes()
+        for net in networks { net.shrinkBuffers() }
+        releaseFreeMemory()
+        if let before, let after = residentAnonymousBytes() {
+            log.info("many guests left: gave free memory back (RssAnon \(before >> 10) KiB -> \(after >> 10) KiB, \(total) guests attached)")
+        }
+    }
 
     /// What `systemctl status` shows: guests per network.
     private var statusText: String {

@@ -72,7 +72,7 @@ extension Network {
         }
         let port = GuestPort(
             id: allocatePortID(), transport: .stream, peer: "unix:\(target.path)", endpointName: "\(target.spec)",
-            kind: .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity)), socket: socket, now: now)
+            kind: .stream(received: GuestPort.receiveBuffer()), socket: socket, now: now)
         target.port = port
         target.failures = 0
         target.lastError = nil

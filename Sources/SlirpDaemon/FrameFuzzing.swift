@@ -194,7 +194,7 @@ public final class FrameFuzzNetwork {
     private func attach() throws(IOError) -> Guest {
         let (ours, theirs) = try socketPair(kind: .stream)
         let port = GuestPort(id: network.allocatePortID(), transport: .stream, peer: "fuzz guest", endpointName: "fuzz",
-                             kind: .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity)), socket: ours,
+                             kind: .stream(received: GuestPort.receiveBuffer()), socket: ours,
                              now: monotonicNanoseconds())
         network.admit(port, on: "fuzz")
         return Guest(port: port, socket: theirs)

@@ -28,10 +28,18 @@ final class GuestPort {
         case vhostUser(VhostUserLink)
     }
 
-    /// The output queue: about 700 full-size frames, or 16 of the largest.
+    /// The output queue at most: about 700 full-size frames, or 16 of the largest.
     static let queueCapacity = 1 << 20
     /// Room for two of the largest frames with their prefixes, so a read never stalls mid-frame.
     static let receiveCapacity = 2 * (StreamFraming.prefixLength + StreamFraming.maximumFrame)
+    /// What the queue and the receive buffer start with, and shrink back to when drained
+    /// (Network.shrinkBuffers): an idle guest holds this, not the capacities above (issue 19
+    /// item 6: 1 MiB + 128 KiB up front per guest stayed with the allocator after they left).
+    static let initialBuffer = 2048
+
+    static func receiveBuffer() -> ByteBuffer {
+        ByteBuffer(capacity: receiveCapacity, initial: initialBuffer)
+    }
 
     let id: PortID
     let transport: Transport
@@ -39,7 +47,7 @@ final class GuestPort {
     let endpointName: String
     let kind: Kind
     let socket: Descriptor
-    let queued = ByteBuffer(capacity: GuestPort.queueCapacity)
+    let queued = ByteBuffer(capacity: GuestPort.queueCapacity, initial: GuestPort.initialBuffer)
     let connectedAt: Int64
     /// RFC 3339, for the API.
     let connectedSince = wallClockTimestamp()

@@ -45,6 +45,15 @@ final class Network {
     /// Stream guests with queued output; flushed once per loop iteration.
     private var flushList: [GuestPort] = []
     private var closing: [GuestPort] = []
+    /// One receive buffer for every tap: a tap read is one whole frame, switched before the
+    /// next read, so taps need not hold 64 KiB each.
+    private var tapReceived: ByteBuffer?
+    private var sharedTapBuffer: ByteBuffer {
+        if let tapReceived { return tapReceived }
+        let buffer = ByteBuffer(capacity: TapOffload.receiveCapacity, initial: GuestPort.initialBuffer)
+        tapReceived = buffer
+        return buffer
+    }
 
     // Control-plane state (NetworkControl.swift).
     var forwards: [ForwardEntry] = []
@@ -155,7 +164,7 @@ final class Network {
         // nothing about it, so it is not learnt (PortState.learnsMTU).
         let (socket, offload) = try TapOffload.open(name: name, mtu: config.effectiveMTU)
         let port = GuestPort(id: allocatePortID(), transport: .tap, peer: "tap \(name)", endpointName: "tap:\(name)",
-                             kind: .tap(name: name, received: ByteBuffer(capacity: TapOffload.receiveCapacity), offload: offload),
+                             kind: .tap(name: name, received: sharedTapBuffer, offload: offload),
                              socket: socket, now: monotonicNanoseconds())
         offload.onRefused = { [unowned port, log] count in
             port.drops += 1
@@ -316,7 +325,7 @@ final class Network {
                 }
             }
             let kind: GuestPort.Kind = listener.transport == .vhostUser
-                ? .vhostUser(VhostUserLink()) : .stream(received: ByteBuffer(capacity: GuestPort.receiveCapacity))
+                ? .vhostUser(VhostUserLink()) : .stream(received: GuestPort.receiveBuffer())
             let port = GuestPort(id: allocatePortID(), transport: listener.transport, peer: peer, endpointName: "\(listener.spec)",
                                  kind: kind, socket: socket, now: now)
             admit(port, on: "\(listener.spec)")
@@ -713,6 +722,18 @@ final class Network {
     func housekeeping(now: Int64) {
         framePath.housekeeping(now: now)
         probeDatagramPeers()
+        shrinkBuffers()
+    }
+
+    /// Gives back what a burst grew: every drained queue and receive buffer returns to its
+    /// initial size (GuestPort.swift). Runs with housekeeping, so a busy guest regrows at
+    /// most once per interval.
+    func shrinkBuffers() {
+        for port in ports.values {
+            port.queued.shrinkIfEmpty()
+            if case .stream(let received) = port.kind { received.shrinkIfEmpty() }
+        }
+        tapReceived?.shrinkIfEmpty()
     }
 
     /// A datagram peer that has gone (QEMU killed or quit) sends no goodbye, and a send to it

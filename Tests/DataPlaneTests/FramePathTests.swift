@@ -108,6 +108,56 @@ struct FramePathTests {
         #expect(sink.delivered(to: a.id).isEmpty)
     }
 
+    /// An ICMPv6 message of `type` from macA's link-local address to the group `group` (ff02::group).
+    static func icmp6(to group: UInt8, mac: MACAddress, type: UInt8) -> [UInt8] {
+        let groupMAC = group == 0xFB ? MACAddress(raw: 0x3333_FF00_000B) : MACAddress(raw: 0x3333_0000_0000 | UInt64(group))
+        let source: [UInt8] = [0xFE, 0x80, 0, 0, 0, 0, 0, 0, 0x50, 0x54, 0, 0xFF, 0xFE, 0, 0, 0x0A]
+        let destination: [UInt8] = group == 0xFB ? [0xFF, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xFF, 0, 0, 0x0B]
+            : [0xFF, 0x02] + [UInt8](repeating: 0, count: 13) + [group]
+        let body: [UInt8] = [type, 0, 0, 0, 0, 0, 0, 0]
+        return groupMAC.bytes + mac.bytes + [0x86, 0xDD, 0x60, 0, 0, 0] + be16(UInt16(body.count)) + [58, 255]
+            + source + destination + body
+    }
+
+    @Test("router solicitations and MLD reports go to the gateway only; other IPv6 multicast still floods")
+    func routersOnlyGroups() {
+        let path = path()
+        for (group, type) in [(UInt8(2), UInt8(133)), (UInt8(0x16), UInt8(143))] {
+            let frame = Self.icmp6(to: group, mac: Self.macA, type: type)
+            fromGuest(path, a, frame)
+            #expect(sink.toNAT.last == frame, "ff02::\(group) reaches the gateway")
+            #expect(sink.delivered.isEmpty, "ff02::\(group) is not flooded to the guests")
+        }
+        // A neighbour solicitation to a solicited-node group: every guest may own the address.
+        let solicitation = Self.icmp6(to: 0xFB, mac: Self.macA, type: 135)
+        fromGuest(path, a, solicitation)
+        #expect(sink.delivered(to: b.id) == [solicitation])
+        #expect(sink.delivered(to: c.id) == [solicitation])
+    }
+
+    @Test("an ARP request for a known guest address goes to its holder alone; for the gateway to the NAT alone")
+    func arpSuppression() {
+        let path = path()
+        // B and C make themselves known (their own requests for an unknown address flood).
+        fromGuest(path, b, Self.arpRequest(from: Self.macB, sender: Self.ip(16), target: Self.ip(99)))
+        fromGuest(path, c, Self.arpRequest(from: Self.macC, sender: Self.ip(17), target: Self.ip(99)))
+        sink.delivered.removeAll()
+        sink.toNAT.removeAll()
+        let forB = Self.arpRequest(from: Self.macA, sender: Self.ip(15), target: Self.ip(16))
+        fromGuest(path, a, forB)
+        #expect(sink.delivered(to: b.id) == [forB])
+        #expect(sink.delivered(to: c.id).isEmpty)
+        #expect(sink.toNAT == [forB], "libslirp still sees every request (it learns the sender)")
+        sink.delivered.removeAll()
+        fromGuest(path, a, Self.arpRequest(from: Self.macA, sender: Self.ip(15), target: Self.gateway))
+        #expect(sink.delivered.isEmpty, "the gateway's address is the NAT's: no guest gets the request")
+        // An address nobody is known to hold still floods.
+        let unknown = Self.arpRequest(from: Self.macA, sender: Self.ip(15), target: Self.ip(40))
+        fromGuest(path, a, unknown)
+        #expect(sink.delivered(to: b.id) == [unknown])
+        #expect(sink.delivered(to: c.id) == [unknown])
+    }
+
     @Test("guest to guest unicast is forwarded to the port holding the MAC, unless isolate=on")
     func guestToGuest() {
         for isolate in [false, true] {

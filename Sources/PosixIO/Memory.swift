@@ -1,0 +1,42 @@
+// Memory given back to the system after many guests leave.
+//
+// Theory of operation: glibc's malloc keeps freed memory for reuse. Two habits of it
+// kept the memory of departed guests resident (issue 19 item 6): the mmap threshold
+// rises to the size of the largest block freed (up to 32 MiB), so once a guest's grown
+// output queue was freed, later ones came from the heap instead of their own mappings;
+// and free pages in the middle of the heap are returned only by `malloc_trim`. The
+// daemon pins the threshold at glibc's default, so blocks of 128 KiB and more are their
+// own mappings and go back whole when freed, and trims once after a wave of departures
+// (not per guest: a trim walks the whole heap).
+import CLinux
+import Glibc
+
+/// Pins the mmap threshold (which also stops the trim threshold from growing with it).
+/// The corresponding C call is `mallopt(M_MMAP_THRESHOLD, ...)`.
+public func pinAllocatorThresholds(mmapThreshold: Int32 = 128 * 1024) {
+    _ = mallopt(M_MMAP_THRESHOLD, mmapThreshold)
+}
+
+/// Returns the allocator's free pages to the system; true when some were.
+/// The corresponding C call is `malloc_trim(0)`.
+@discardableResult
+public func releaseFreeMemory() -> Bool {
+    malloc_trim(0) != 0
+}
+
+/// The process's resident anonymous memory in bytes (`RssAnon` of /proc/self/status),
+/// nil when it cannot be read.
+public func residentAnonymousBytes() -> Int? {
+    guard let file = fopen("/proc/self/status", "r") else { return nil }
+    defer { fclose(file) }
+    var line = [UInt8](repeating: 0, count: 256)
+    while line.withUnsafeMutableBufferPointer({ p in
+        p.withMemoryRebound(to: CChar.self) { fgets($0.baseAddress, Int32($0.count), file) != nil }
+    }) {
+        let text = String(decoding: line.prefix { $0 != 0 }, as: UTF8.self)
+        guard text.hasPrefix("RssAnon:") else { continue }
+        let digits = text.dropFirst(8).filter(\.isNumber)
+        return Int(digits).map { $0 * 1024 }
+    }
+    return nil
+}
