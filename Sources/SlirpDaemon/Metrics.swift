@@ -156,7 +156,7 @@ enum Metrics {
                vhosts.map { ($0.0, $0.1.tooLarge) })
         family("slirpd_vhost_user_closed_total", "counter",
                "vhost-user connections closed by slirpd, by reason: protocol (a malformed, unknown or out-of-order message), bad ring (a ring or descriptor outside the rules), mapping (the guest's memory could not be mapped).",
-               nets.flatMap { n in VhostUserError.Kind.allCases.map { ("\(n.label),reason=\"\($0.rawValue.replacingOccurrences(of: " ", with: "_"))\"", n.net.vhostUserCloses[$0, default: 0]) } })
+               nets.flatMap { n in VhostUserError.Kind.allCases.map { ("\(n.label),reason=\"\($0.rawValue.replacing(" ", with: "_"))\"", n.net.vhostUserCloses[$0, default: 0]) } })
         out += "# HELP slirpd_build_info The libslirp in use.\n# TYPE slirpd_build_info gauge\n"
         out += "slirpd_build_info{libslirp=\"\(escape(SlirpStack.libraryVersion))\"} 1\n"
         return out

@@ -1,6 +1,7 @@
 import NetOptions
 import Testing
 
+import ConfigTOML
 @testable import DaemonConfig
 
 /// Parses `text` as `test.toml` (shared by this target's files).
