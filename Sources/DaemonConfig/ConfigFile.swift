@@ -2,10 +2,10 @@
 //
 // Theory of operation. toml++ (through TOMLKit) checks the syntax and builds a tree; a
 // syntax error carries its line. That happens behind a `TOMLReader`: in the daemon, the
-// helper executable slirpd-toml (see TOMLNode.swift for why), elsewhere ConfigTOML in the
-// same process; either way the tree arrives as `TOMLNode`s. The tree is then walked table by table, each table's
-// keys in file order so that of several mistakes the first in the file is reported.
-// Every key is checked against the keys its table allows (so a typo is an error, not a
+// helper executable slirpd-toml (see TOMLNode.swift for why), elsewhere ConfigTOML in
+// the same process; either way the tree arrives as `TOMLNode`s. The tree is then walked
+// table by table, each table's keys in file order so that of several mistakes the first
+// in the file is reported. Every key is checked against the keys its table allows (so a typo is an error, not a
 // silently ignored setting) and against its type. A network's option keys are turned
 // back into QEMU `-netdev user` syntax and appended to its `options` string, and the
 // whole string goes through NetworkOptions.parse: one parser, one set of QEMU-worded
@@ -152,8 +152,8 @@ private struct Loader {
         "tftp", "tftp-server-name", "bootfile", "dns-upstream", "dns-domain",
     ]
     static let booleanOptions: Set<String> = ["restrict", "ipv4", "ipv6", "host-loopback", "isolate"]
-    /// Per-guest caps (FlowBudget), integers in TOML.
-    static let integerOptions: Set<String> = ["max-tcp", "max-udp", "max-icmp", "max-dns-tcp"]
+    /// Per-guest caps (FlowBudget, max-macs), integers in TOML.
+    static let integerOptions: Set<String> = ["max-tcp", "max-udp", "max-icmp", "max-dns-tcp", "max-macs"]
     /// Array keys, and the QEMU option each element becomes.
     static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
     static let networkKeys =
