@@ -92,8 +92,10 @@ struct DHCPPortCapTests {
         var now: Int64 = 1
         for round in 0..<6 {
             for n in 0..<100 { _ = Self.discover(&server, K.mac(round * 100 + n), Self.flooder, now: now) }
-            let offer = try #require(Self.discover(&server, K.mac(6000 + round), Self.other, now: now)?.replies.first)
-            #expect(Self.request(&server, K.mac(6000 + round), K.yiaddr(offer), Self.other, now: now) == 5)
+            // A new guest on a port of its own.
+            let port = PortID(100 + UInt32(round))
+            let offer = try #require(Self.discover(&server, K.mac(6000 + round), port, now: now)?.replies.first)
+            #expect(Self.request(&server, K.mac(6000 + round), K.yiaddr(offer), port, now: now) == 5)
             #expect(server.handle(frame: K.message(3, mac: K.mac(5000), ciaddr: first, ipSource: first), now: now, port: PortID(9))?
                 .replies.first.flatMap(K.kind) == 5)
             now += 1
