@@ -1,4 +1,4 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.1
 import PackageDescription
 
 /// Release builds of the frame path leave out Swift's dynamic exclusivity checks: every
@@ -13,6 +13,8 @@ let package = Package(
     products: [
         .executable(name: "slirpd", targets: ["slirpd"]),
         .executable(name: "slirpctl", targets: ["slirpctl"]),
+        // The daemon's TOML parser, run as a process so TOMLKit (and full Foundation) stay out of slirpd.
+        .executable(name: "slirpd-toml", targets: ["slirpd-toml"]),
         // For the fuzz package in Fuzz/, which builds these with -sanitize=fuzzer.
         .library(name: "FrameSwitch", targets: ["FrameSwitch"]),
         .library(name: "DataPlane", targets: ["DataPlane"]),
@@ -20,6 +22,7 @@ let package = Package(
         .library(name: "NetOptions", targets: ["NetOptions"]),
         .library(name: "NetServices", targets: ["NetServices"]),
         .library(name: "DaemonConfig", targets: ["DaemonConfig"]),
+        .library(name: "ConfigTOML", targets: ["ConfigTOML"]),
         .library(name: "SlirpDaemon", targets: ["SlirpDaemon"]),
     ],
     dependencies: [
@@ -27,7 +30,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
-        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.20.0"),
+        // No traits: the default FullFoundation links Foundation with ICU (11 MiB resident) into
+        // the daemon for URL-encoded forms, and ConfigurationSupport is unused.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.20.0", traits: []),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
@@ -46,7 +51,10 @@ let package = Package(
         .target(name: "SlirpKit", dependencies: ["CSlirp", "PosixIO", "NetOptions", "SlirpAPI"], swiftSettings: fastRelease),
         .target(
             name: "DaemonConfig",
-            dependencies: ["NetOptions", "NetServices", "FrameSwitch", "PosixIO", .product(name: "TOMLKit", package: "TOMLKit")]),
+            dependencies: ["NetOptions", "NetServices", "FrameSwitch", "PosixIO"]),
+        // TOMLKit behind DaemonConfig's TOMLReader; never linked into slirpd (see TOMLNode.swift).
+        .target(name: "ConfigTOML", dependencies: ["DaemonConfig", .product(name: "TOMLKit", package: "TOMLKit")]),
+        .executableTarget(name: "slirpd-toml", dependencies: ["ConfigTOML", "DaemonConfig"]),
         // The API's JSON vocabulary, shared by the daemon and slirpctl.
         .target(name: "SlirpAPI"),
         .target(
@@ -95,7 +103,7 @@ let package = Package(
         .testTarget(name: "NetServicesTests", dependencies: ["NetServices", "FrameSwitch", "NetOptions", "SlirpKit", "TestSupport"]),
         .testTarget(name: "SlirpKitTests", dependencies: ["SlirpKit", "SlirpAPI", "FrameSwitch", "DataPlane", "NetOptions", "PosixIO"]),
         .testTarget(name: "SlirpAPITests", dependencies: ["SlirpAPI"]),
-        .testTarget(name: "DaemonConfigTests", dependencies: ["DaemonConfig", "NetOptions"]),
+        .testTarget(name: "DaemonConfigTests", dependencies: ["DaemonConfig", "ConfigTOML", "NetOptions"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -27,7 +27,7 @@ let package = Package(
         fuzzTarget("fuzz-dns", ["NetOptions", "NetServices"]),
         fuzzTarget("fuzz-framer", ["FrameSwitch"]),
         fuzzTarget("fuzz-options", ["NetOptions"]),
-        fuzzTarget("fuzz-config", ["DaemonConfig", "NetOptions", "NetServices"]),
+        fuzzTarget("fuzz-config", ["DaemonConfig", "ConfigTOML", "NetOptions", "NetServices"]),
         // The whole frame path of one network, through SlirpDaemon's FrameFuzzNetwork.
         fuzzTarget("fuzz-frames", ["FrameSwitch", "SlirpDaemon"]),
         // A guest's TCP stream to a loopback listener through the same path: what libslirp

@@ -11,6 +11,7 @@
 
 // Both are _GNU_SOURCE declarations; spelled out here so the Glibc module needs no macro.
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+extern int pipe2(int fds[2], int flags);
 
 struct clinux_ucred { int32_t pid; uint32_t uid; uint32_t gid; };
 

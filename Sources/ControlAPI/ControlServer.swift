@@ -7,7 +7,7 @@
 // which posts the work to the loop and awaits the reply. Paths are versioned (/v1);
 // every error is a 4xx (or 5xx for our own faults) with a JSON body {"error": "..."}.
 // The API is only ever bound to a Unix socket, so no guest network can reach it.
-import Foundation
+import FoundationEssentials
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -293,6 +293,31 @@ extension BasicRequestContext {
     /// A path parameter, decoded from percent-encoding (rules contain ':').
     func parameter(_ name: String) throws(APIError) -> String {
         guard let raw = parameters.get(name) else { throw .badRequest("missing path parameter '\(name)'") }
-        return raw.removingPercentEncoding ?? raw
+        return percentDecoded(raw) ?? raw
+    }
+}
+
+/// `%XX` escapes decoded, as Foundation's `removingPercentEncoding` does (which needs the
+/// full Foundation): nil for a bad escape or bytes that are not UTF-8.
+func percentDecoded(_ text: String) -> String? {
+    var bytes: [UInt8] = []
+    var input = text.utf8.makeIterator()
+    while let byte = input.next() {
+        guard byte == UInt8(ascii: "%") else {
+            bytes.append(byte)
+            continue
+        }
+        guard let high = input.next().flatMap(hexValue), let low = input.next().flatMap(hexValue) else { return nil }
+        bytes.append(high << 4 | low)
+    }
+    return String(validating: bytes, as: UTF8.self)
+}
+
+private func hexValue(_ digit: UInt8) -> UInt8? {
+    switch digit {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
+    case UInt8(ascii: "A")...UInt8(ascii: "F"): digit - UInt8(ascii: "A") + 10
+    default: nil
     }
 }

@@ -1,9 +1,11 @@
 // The config file: TOML describing the control socket and any number of networks.
 //
 // Theory of operation. toml++ (through TOMLKit) checks the syntax and builds a tree; a
-// syntax error carries its line. The tree is then walked table by table, each table's
-// keys in file order so that of several mistakes the first in the file is reported.
-// Every key is checked against the keys its table allows (so a typo is an error, not a
+// syntax error carries its line. That happens behind a `TOMLReader`: in the daemon, the
+// helper executable slirpd-toml (see TOMLNode.swift for why), elsewhere ConfigTOML in
+// the same process; either way the tree arrives as `TOMLNode`s. The tree is then walked
+// table by table, each table's keys in file order so that of several mistakes the first
+// in the file is reported. Every key is checked against the keys its table allows (so a typo is an error, not a
 // silently ignored setting) and against its type. A network's option keys are turned
 // back into QEMU `-netdev user` syntax and appended to its `options` string, and the
 // whole string goes through NetworkOptions.parse: one parser, one set of QEMU-worded
@@ -13,7 +15,6 @@
 // of the option pieces (`options` first, then the keys in file order) that fails with
 // the very same error. Static leases are checked on their own while the walk meets
 // them, and against the network's addresses and each other once the options are parsed.
-internal import TOMLKit
 import FrameSwitch
 import NetOptions
 import NetServices
@@ -77,7 +78,7 @@ import PosixIO
 /// causes them.
 public enum ConfigFile {
     /// Reads and parses the file at `path`; errors name `path` as given.
-    public static func load(path: String) throws(ConfigError) -> DaemonConfiguration {
+    public static func load(path: String, reader: TOMLReader) throws(ConfigError) -> DaemonConfiguration {
         let bytes: [UInt8]
         do {
             // 1 MiB is far above any sane config, and stops a mistaken /dev/zero.
@@ -91,11 +92,11 @@ public enum ConfigFile {
                 file: path, line: lineOfInvalidUTF8(bytes),
                 message: "not valid UTF-8 (TOML files must be UTF-8)")
         }
-        return try parse(text, file: path)
+        return try parse(text, file: path, reader: reader)
     }
 
     /// Parses config text; `file` is only for error messages.
-    public static func parse(_ text: String, file: String) throws(ConfigError) -> DaemonConfiguration {
+    public static func parse(_ text: String, file: String, reader: TOMLReader) throws(ConfigError) -> DaemonConfiguration {
         // TOMLKit hands toml++ a C string, which would silently end at a NUL.
         if let nul = text.utf8.firstIndex(of: 0) {
             throw ConfigError(
@@ -108,10 +109,10 @@ public enum ConfigFile {
             // the statements above still comes first, as it would from toml++.
             let above = text.utf8.split(separator: UInt8(ascii: "\n"), maxSplits: statement - 1, omittingEmptySubsequences: false)
                 .dropLast().map { String(decoding: $0, as: UTF8.self) }.joined(separator: "\n")
-            _ = try table(above, file: file)
+            _ = try table(above, file: file, reader: reader)
             throw ConfigError(file: file, line: line, message: message)
         }
-        let root = try table(text, file: file)
+        let root = try table(text, file: file, reader: reader)
         if let line = lines.nulEscape {
             throw ConfigError(file: file, line: line, message: "NUL character escape in a string (not supported)")
         }
@@ -120,13 +121,11 @@ public enum ConfigFile {
     }
 
     /// toml++'s tree of `text`, or its syntax error.
-    private static func table(_ text: String, file: String) throws(ConfigError) -> TOMLTable {
+    private static func table(_ text: String, file: String, reader: TOMLReader) throws(ConfigError) -> [String: TOMLNode] {
         do {
-            return try TOMLTable(string: text)
-        } catch let error as TOMLParseError {
-            throw ConfigError(file: file, line: error.source.begin.line, message: error.description)
+            return try reader(text)
         } catch {
-            throw ConfigError(file: file, line: nil, message: "\(error)")
+            throw ConfigError(file: file, line: error.line, message: error.message)
         }
     }
 }
@@ -153,8 +152,8 @@ private struct Loader {
         "tftp", "tftp-server-name", "bootfile", "dns-upstream", "dns-domain",
     ]
     static let booleanOptions: Set<String> = ["restrict", "ipv4", "ipv6", "host-loopback", "isolate"]
-    /// Per-guest caps (FlowBudget), integers in TOML.
-    static let integerOptions: Set<String> = ["max-tcp", "max-udp", "max-icmp", "max-dns-tcp"]
+    /// Per-guest caps (FlowBudget, max-macs), integers in TOML.
+    static let integerOptions: Set<String> = ["max-tcp", "max-udp", "max-icmp", "max-dns-tcp", "max-macs"]
     /// Array keys, and the QEMU option each element becomes.
     static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
     static let networkKeys =
@@ -167,15 +166,15 @@ private struct Loader {
     }
 
     /// A table's keys in file order; keys without a known line go last, by name.
-    func keysInFileOrder(_ table: TOMLTable, _ scope: KeyLines.Scope) -> [String] {
+    func keysInFileOrder(_ table: [String: TOMLNode], _ scope: KeyLines.Scope) -> [String] {
         table.keys.map { (line: lines.line(of: $0, in: scope) ?? Int.max, key: $0) }
             .sorted { ($0.line, $0.key) < ($1.line, $1.key) }
             .map(\.key)
     }
 
-    mutating func load(_ root: TOMLTable) throws(ConfigError) -> DaemonConfiguration {
+    mutating func load(_ root: [String: TOMLNode]) throws(ConfigError) -> DaemonConfiguration {
         var control = ControlConfig()
-        var networkTables: [TOMLTable] = []
+        var networkTables: [[String: TOMLNode]] = []
         for key in keysInFileOrder(root, .root) {
             guard let value = root[key] else { continue }
             switch key {
@@ -205,7 +204,7 @@ private struct Loader {
         return DaemonConfiguration(control: control, networks: networks)
     }
 
-    func loadControl(_ table: TOMLTable) throws(ConfigError) -> ControlConfig {
+    func loadControl(_ table: [String: TOMLNode]) throws(ConfigError) -> ControlConfig {
         var control = ControlConfig()
         for key in keysInFileOrder(table, .control) {
             guard let value = table[key] else { continue }
@@ -223,7 +222,7 @@ private struct Loader {
         return control
     }
 
-    mutating func loadNetwork(_ table: TOMLTable, index: Int) throws(ConfigError) -> NetworkConfig {
+    mutating func loadNetwork(_ table: [String: TOMLNode], index: Int) throws(ConfigError) -> NetworkConfig {
         let scope = KeyLines.Scope.network(index)
         var name: String?
         var optionsString: (text: String, line: Int?)?
@@ -353,14 +352,14 @@ private struct Loader {
     }
 
     /// An array of user or group IDs (`kind`: "user" or "group").
-    func ids(_ key: String, _ value: TOMLValueConvertible, _ kind: String, _ scope: KeyLines.Scope) throws(ConfigError) -> [UInt32] {
+    func ids(_ key: String, _ value: TOMLNode, _ kind: String, _ scope: KeyLines.Scope) throws(ConfigError) -> [UInt32] {
         let wanted = "an array of \(kind) IDs"
         var result: [UInt32] = []
         for (number, element) in try elements(key, value, wanted, scope) {
             // The all-ones value is (uid_t)-1 or (gid_t)-1, "nobody in particular", never a real ID.
             guard let id = element.int, let id32 = UInt32(exactly: id), id32 != UInt32.max else {
-                if element.type == .int {
-                    throw error("'\(key)' element \(number) is \(element.debugDescription), not a \(kind) ID "
+                if element.kind == .int {
+                    throw error("'\(key)' element \(number) is \(element.written), not a \(kind) ID "
                                 + "(0 to \(UInt32.max - 1))", key: key, in: scope)
                 }
                 throw elementTypeError(key, wanted, number, element, scope)
@@ -371,7 +370,7 @@ private struct Loader {
     }
 
     /// One static lease table, checked on its own; `number` counts from 1.
-    func staticLease(_ table: TOMLTable, _ number: Int, _ scope: KeyLines.Scope) throws(ConfigError) -> StaticLease {
+    func staticLease(_ table: [String: TOMLNode], _ number: Int, _ scope: KeyLines.Scope) throws(ConfigError) -> StaticLease {
         let lease = "static lease \(number)"
         var mac: MACAddress?
         var address: IPv4Address?
@@ -494,25 +493,25 @@ private struct Loader {
 
     // MARK: Typed values
 
-    func string(_ key: String, _ value: TOMLValueConvertible, _ scope: KeyLines.Scope) throws(ConfigError) -> String {
+    func string(_ key: String, _ value: TOMLNode, _ scope: KeyLines.Scope) throws(ConfigError) -> String {
         guard let text = value.string else { throw typeError(key, "a string", value, scope) }
         return text
     }
 
-    func nonEmptyString(_ key: String, _ value: TOMLValueConvertible, _ scope: KeyLines.Scope) throws(ConfigError) -> String {
+    func nonEmptyString(_ key: String, _ value: TOMLNode, _ scope: KeyLines.Scope) throws(ConfigError) -> String {
         let text = try string(key, value, scope)
         guard !text.isEmpty else { throw error("'\(key)' must not be empty", key: key, in: scope) }
         return text
     }
 
     /// An array's elements, numbered from 1 for messages.
-    func elements(_ key: String, _ value: TOMLValueConvertible, _ wanted: String,
-                  _ scope: KeyLines.Scope) throws(ConfigError) -> [(number: Int, value: TOMLValue)] {
+    func elements(_ key: String, _ value: TOMLNode, _ wanted: String,
+                  _ scope: KeyLines.Scope) throws(ConfigError) -> [(number: Int, value: TOMLNode)] {
         guard let array = value.array else { throw typeError(key, wanted, value, scope) }
-        return array.enumerated().map { ($0.offset + 1, $0.element.tomlValue) }
+        return array.enumerated().map { ($0.offset + 1, $0.element) }
     }
 
-    func strings(_ key: String, _ value: TOMLValueConvertible, _ scope: KeyLines.Scope) throws(ConfigError) -> [String] {
+    func strings(_ key: String, _ value: TOMLNode, _ scope: KeyLines.Scope) throws(ConfigError) -> [String] {
         let wanted = "an array of strings"
         var result: [String] = []
         for (number, element) in try elements(key, value, wanted, scope) {
@@ -524,7 +523,7 @@ private struct Loader {
 
     /// Permission bits as an octal string: TOML integers cannot be told apart by how
     /// they were written, and `mode = 660` would silently mean 0o1224.
-    func mode(_ key: String, _ value: TOMLValueConvertible, _ scope: KeyLines.Scope) throws(ConfigError) -> UInt32 {
+    func mode(_ key: String, _ value: TOMLNode, _ scope: KeyLines.Scope) throws(ConfigError) -> UInt32 {
         guard let text = value.string else {
             throw typeError(key, "an octal string such as \"0660\"", value, scope)
         }
@@ -537,13 +536,13 @@ private struct Loader {
 
     // MARK: Messages
 
-    func typeError(_ key: String, _ wanted: String, _ value: TOMLValueConvertible, _ scope: KeyLines.Scope) -> ConfigError {
-        error("'\(key)' must be \(wanted), not \(Self.noun(value.type))", key: key, in: scope)
+    func typeError(_ key: String, _ wanted: String, _ value: TOMLNode, _ scope: KeyLines.Scope) -> ConfigError {
+        error("'\(key)' must be \(wanted), not \(Self.noun(value.kind))", key: key, in: scope)
     }
 
-    func elementTypeError(_ key: String, _ wanted: String, _ number: Int, _ element: TOMLValueConvertible,
+    func elementTypeError(_ key: String, _ wanted: String, _ number: Int, _ element: TOMLNode,
                           _ scope: KeyLines.Scope) -> ConfigError {
-        error("'\(key)' must be \(wanted), but element \(number) is \(Self.noun(element.type))", key: key, in: scope)
+        error("'\(key)' must be \(wanted), but element \(number) is \(Self.noun(element.kind))", key: key, in: scope)
     }
 
     func unknownKey(_ key: String, in scope: KeyLines.Scope, known: [String], table: String) -> ConfigError {
@@ -552,7 +551,7 @@ private struct Loader {
         return error(message, key: key, in: scope)
     }
 
-    static func noun(_ type: TOMLType) -> String {
+    static func noun(_ type: TOMLNodeKind) -> String {
         switch type {
         case .string: "a string"
         case .int: "an integer"

@@ -115,6 +115,13 @@ public final class FramePath {
         bridge = EthernetSwitch(natPort: natPort)
     }
 
+    /// A network's `max-macs=`: the MACs each guest port may use at once (the switch) and
+    /// the DHCP clients it may have (port security).
+    public func setMACsPerPort(_ count: Int) {
+        bridge.macsPerPort = count
+        security.limits.dhcpClientsPerPort = count
+    }
+
     // MARK: Ports
 
     public func addPort(_ port: PortState) {

@@ -47,13 +47,14 @@ public struct EthernetSwitch: Sendable {
     }
 
     /// A QEMU guest uses one MAC; a namespace or container host behind a tap a few (its
-    /// own, a bridge, a veth per container). 16 leaves room for those while a flood of
-    /// invented MACs stops at once.
+    /// own, a bridge, a veth per container). The daemon sets each network's `max-macs=`
+    /// (default 4); 16 here leaves room for those while a flood of invented MACs stops at once.
     public static let defaultMACsPerPort = 16
 
     public let agingTime: Int64
     public let capacity: Int
-    public let macsPerPort: Int
+    /// Lowering it forgets no MAC: a port over the new cap learns no more until some leave.
+    public var macsPerPort: Int
     /// The NAT's port: it has no per-port cap and may use the NAT's MAC ranges.
     public let natPort: PortID?
     private var table: [MACAddress: Entry] = [:]

@@ -39,6 +39,8 @@ public enum SecurityViolation: String, Sendable, CaseIterable, Comparable {
     case addressLimit = "address_limit"
     case chaddrMismatch = "dhcp_chaddr_mismatch"
     case dhcpClientLimit = "dhcp_client_limit"
+    /// Counted by the DHCP server (NetServices), which keeps offers and leases.
+    case dhcpPortCap = "dhcp_port_cap"
 
     public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
 
@@ -53,6 +55,7 @@ public enum SecurityViolation: String, Sendable, CaseIterable, Comparable {
         case .addressLimit: "claims more addresses than a guest may hold"
         case .chaddrMismatch: "sends DHCP with a client MAC (chaddr) other than its frame's source"
         case .dhcpClientLimit: "asks DHCP for more clients than a guest may have"
+        case .dhcpPortCap: "asks DHCP for more offers and leases at once than a guest may hold (max-macs=)"
         }
     }
 }
@@ -138,7 +141,7 @@ public struct PortSecurity: Sendable {
         var dhcpClients: Set<MACAddress> = []
     }
 
-    public let limits: Limits
+    public var limits: Limits
     public var addresses: Addresses
     private var ipv4: [UInt32: Binding] = [:]
     private var ipv6: [IPv6Key: Binding] = [:]

@@ -46,6 +46,8 @@
 //     For each guest's share of libslirp (DataPlane's FlowBudget): `max-tcp=N`, `max-udp=N`,
 //     `max-icmp=N` cap the NAT TCP connections, UDP flows and ICMP echo requests one guest
 //     holds open, and `max-dns-tcp=N` its TCP connections to the DNS service (0 to 65535).
+//     Against one guest posing as many: `max-macs=N` caps the source MACs one port may
+//     use at once, and so its DHCP offers and leases (1 to 4096, default 4).
 
 /// The configuration of one user-mode network, with QEMU's defaults.
 public struct NetworkOptions: Hashable, Sendable {
@@ -94,6 +96,9 @@ public struct NetworkOptions: Hashable, Sendable {
     public var maxICMP: Int
     /// `max-dns-tcp=`: TCP connections one guest may hold to the DNS service (of its `max-tcp`).
     public var maxDNSTCP: Int
+    /// `max-macs=`: source MACs one port (guest connection, tap) may use at once, and DHCP
+    /// offers and leases it may hold.
+    public var maxMACs: Int
 
     /// Defaults of the per-guest caps. A CI guest (parallel downloads, a package manager,
     /// a test suite's servers) holds tens to a few hundred connections; 512 TCP + 256 UDP +
@@ -104,6 +109,10 @@ public struct NetworkOptions: Hashable, Sendable {
     public static let defaultMaxUDP = 256
     public static let defaultMaxICMP = 64
     public static let defaultMaxDNSTCP = 8
+    /// A QEMU guest uses one MAC; a namespace behind a tap with a bridge or a container a
+    /// few more. Four stop one port from posing as many guests (DHCP starvation, MAC floods).
+    public static let defaultMaxMACs = 4
+    public static let maximumMaxMACs = 4096
     public static let maximumCap = 65535
 
     public static let defaultDNSDomain = "slirpd.internal"
@@ -139,6 +148,7 @@ public struct NetworkOptions: Hashable, Sendable {
         maxUDP = Self.defaultMaxUDP
         maxICMP = Self.defaultMaxICMP
         maxDNSTCP = Self.defaultMaxDNSTCP
+        maxMACs = Self.defaultMaxMACs
     }
 
     /// Parses a `-netdev user` option string such as
@@ -174,7 +184,7 @@ private struct RawOptions {
         "net", "ip", "host", "restrict", "ipv4", "ipv6", "ipv6-net", "ipv6-prefix", "ipv6-prefixlen",
         "ipv6-host", "ipv6-dns", "hostname", "dhcpstart", "dns", "domainname", "tftp",
         "tftp-server-name", "bootfile", "dns-upstream", "dns-domain", "host-loopback", "isolate",
-        "max-tcp", "max-udp", "max-icmp", "max-dns-tcp",
+        "max-tcp", "max-udp", "max-icmp", "max-dns-tcp", "max-macs",
     ]
 
     var scalars: [String: String] = [:]
@@ -277,6 +287,13 @@ private struct RawOptions {
         options.maxUDP = try cap("max-udp") ?? NetworkOptions.defaultMaxUDP
         options.maxICMP = try cap("max-icmp") ?? NetworkOptions.defaultMaxICMP
         options.maxDNSTCP = try cap("max-dns-tcp") ?? NetworkOptions.defaultMaxDNSTCP
+        if let text = scalars["max-macs"] {
+            guard text.utf8.count <= 5, text.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let macs = Int(text),
+                  (1...NetworkOptions.maximumMaxMACs).contains(macs) else {
+                throw OptionError("Parameter 'max-macs' expects a number from 1 to \(NetworkOptions.maximumMaxMACs)")
+            }
+            options.maxMACs = macs
+        }
 
         // 4. net_slirp_init. Naming one family "on" alone turns the other off.
         options.restricted = restrictValue ?? false

@@ -17,6 +17,14 @@
 // without making a lease. Static leases always win for their MAC and are never handed
 // to anyone else. Time is the caller's (`now`, in seconds), so there are no clocks here.
 //
+// Starvation. One guest sending DISCOVERs from many MACs could otherwise fill the pool
+// with offers (and with REQUESTs, leases). So offers are held only a few seconds, enough
+// for a slow emulated guest's REQUEST (which is granted afterwards anyway if the address
+// is still free), and each switch port the requests arrive on (`handle`'s `port`) may hold
+// at most `clientsPerPort` offers and unexpired leases at once: past that a new client
+// from the port gets nothing (`.portCap`), while the port's existing clients renew as
+// before. Leases read back at start have no port until their client asks again.
+//
 // The pool is every address from `poolStart` to `poolEnd` inside the network, minus the
 // network and broadcast addresses, the server, the DNS address and guest-forward
 // addresses (libslirp answers ARP for all of those itself), and static addresses. It is
@@ -73,6 +81,9 @@ public struct DHCPServerConfig: Sendable, Equatable {
     /// Option 51; libslirp's fixed 86400.
     public var leaseSeconds: UInt32
     public var staticLeases: [StaticLease]
+    /// Offers and unexpired leases one switch port may hold at once (`max-macs=`: a
+    /// port's clients are its MACs).
+    public var clientsPerPort: Int
 
     public init(options: NetworkOptions, mtu: Int?, staticLeases: [StaticLease]) {
         network = options.network
@@ -92,6 +103,7 @@ public struct DHCPServerConfig: Sendable, Equatable {
         self.mtu = mtu
         leaseSeconds = 86400
         self.staticLeases = staticLeases
+        clientsPerPort = options.maxMACs
     }
 }
 
@@ -124,11 +136,14 @@ public enum DHCPEvent: Sendable, Equatable {
     /// The client found the address in use by someone else; it is set aside for
     /// `DHCPServer.declineHoldSeconds`.
     case declined(MACAddress, IPv4Address)
+    /// A new client went unanswered: its port already holds `clientsPerPort` offers and leases.
+    case portCap(MACAddress, PortID)
 }
 
 public struct DHCPServer: Sendable {
-    /// How long an OFFER reserves its address for the client it went to.
-    public static let offerHoldSeconds: Int64 = 60
+    /// How long an OFFER reserves its address for the client it went to: a guest's
+    /// REQUEST follows within a second, a slow TCG guest's within a few.
+    public static let offerHoldSeconds: Int64 = 5
     /// How long a DECLINEd address stays out of the pool.
     public static let declineHoldSeconds: Int64 = 600
 
@@ -145,6 +160,10 @@ public struct DHCPServer: Sendable {
     private var offers: [MACAddress: Offer] = [:]
     private var offeredTo: [UInt32: MACAddress] = [:]
     private var declinedUntil: [UInt32: Int64] = [:]
+    /// The clients each port asked for, while they hold an offer or a lease; small sets
+    /// (at most `clientsPerPort`), pruned when counted.
+    private var clientsOfPort: [PortID: Set<MACAddress>] = [:]
+    private var portOfClient: [MACAddress: PortID] = [:]
     private let staticByMAC: [MACAddress: StaticLease]
     private let staticByAddress: [UInt32: MACAddress]
     private let excluded: Set<UInt32>
@@ -194,12 +213,17 @@ public struct DHCPServer: Sendable {
     /// Handles one Ethernet frame from a guest. Returns nil if it is not a DHCP request
     /// for this server (the caller passes it on); otherwise the reply frames for the
     /// guest's port, possibly none, and what happened.
+    /// `port` is the switch port the frame came in on, for the per-port cap; nil counts nothing.
     public mutating func handle<C: RandomAccessCollection<UInt8>>(
-        frame: C, now: Int64
+        frame: C, now: Int64, port: PortID? = nil
     ) -> (replies: [[UInt8]], events: [DHCPEvent])? where C.Index == Int {
         guard let message = DHCPMessage.parse(frame: frame), message.op == 1,
               isForThisServer(frame) else { return nil }
         forgetExpiredHolds(now: now)
+        if let port, staticByMAC[message.clientMAC] == nil, message.kind == .discover || message.kind == .request || message.kind == nil,
+           !admit(message.clientMAC, from: port, now: now) {
+            return ([], [.portCap(message.clientMAC, port)])
+        }
         let foreignServer = message.serverID.map { $0 != config.server.value } ?? false
         switch message.kind {
         case .discover:
@@ -291,6 +315,44 @@ public struct DHCPServer: Sendable {
         let reply = makeReply(.ack, to: message, yourAddress: 0, leased: false, unicast: message.clientAddress != 0)
         return ([reply], [])
     }
+
+    // MARK: Per-port cap
+
+    /// Whether `mac` may have an offer or lease through `port`: it is already one of the
+    /// port's clients, or the port holds fewer than `clientsPerPort`. Admitted, it counts.
+    private mutating func admit(_ mac: MACAddress, from port: PortID, now: Int64) -> Bool {
+        if portOfClient[mac] == port, holds(mac, now: now) { return true }
+        var clients = clientsOfPort[port, default: []]
+        for client in clients where !holds(client, now: now) || portOfClient[client] != port {
+            clients.remove(client)
+        }
+        guard clients.count < config.clientsPerPort || clients.contains(mac) else {
+            clientsOfPort[port] = clients
+            return false
+        }
+        if let previous = portOfClient[mac], previous != port { clientsOfPort[previous]?.remove(mac) }
+        clients.insert(mac)
+        clientsOfPort[port] = clients
+        portOfClient[mac] = port
+        return true
+    }
+
+    /// Holds an offer or an unexpired lease (static leases need neither and are not capped).
+    private func holds(_ mac: MACAddress, now: Int64) -> Bool {
+        offers[mac] != nil || (byMAC[mac].map { $0.expires > now && !$0.isStatic } ?? false)
+    }
+
+    /// A port left: its offers go at once (their addresses are free again); its clients'
+    /// leases stay, and count for whichever port their client asks through next.
+    public mutating func removePort(_ port: PortID) {
+        for mac in clientsOfPort.removeValue(forKey: port) ?? [] where portOfClient[mac] == port {
+            portOfClient[mac] = nil
+            dropOffer(for: mac)
+        }
+    }
+
+    /// Offers not yet taken up.
+    public var pendingOffers: Int { offers.count }
 
     // MARK: The pool
 

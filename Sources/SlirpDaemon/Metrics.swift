@@ -16,13 +16,15 @@ enum Metrics {
         let nets = networks.map { (label: "network=\"\(escape($0.config.name))\"", net: $0) }
         family("slirpd_guests", "gauge", "Guests attached.", nets.map { ($0.label, $0.net.ports.count) })
         family("slirpd_leases", "gauge", "DHCP leases granted (including restored ones).", nets.map { ($0.label, $0.net.leases.count) })
+        family("slirpd_dhcp_offers_pending", "gauge", "DHCP offers made and not yet taken up (held a few seconds each).",
+               nets.map { ($0.label, $0.net.dhcp?.pendingOffers ?? 0) })
         family("slirpd_forwards", "gauge", "Host forwards configured.", nets.map { ($0.label, $0.net.forwards.count) })
         family("slirpd_arp_proxied_total", "counter", "ARP requests from the NAT answered by the switch for attached guests.",
                nets.map { ($0.label, $0.net.framePath.arpProxied) })
         family("slirpd_ndp_proxied_total", "counter", "Neighbor Solicitations from the NAT answered by the switch for attached guests.",
                nets.map { ($0.label, $0.net.framePath.ndpProxied) })
         family("slirpd_port_security_dropped_total", "counter",
-               "Guest frames port security dropped, by reason: nat_mac, mac_limit, reserved_address, taken_address, invalid_source, address_limit, dhcp_chaddr_mismatch, dhcp_client_limit.",
+               "Guest frames port security dropped, by reason: nat_mac, mac_limit, reserved_address, taken_address, invalid_source, address_limit, dhcp_chaddr_mismatch, dhcp_client_limit, dhcp_port_cap.",
                nets.flatMap { n in SecurityViolation.allCases.map { ("\(n.label),reason=\"\($0.rawValue)\"", n.net.framePath.securityDrops[$0, default: 0]) } })
         family("slirpd_nat_ingress_dropped_total", "counter",
                "Guest frames for the NAT dropped because libslirp would misread their lengths, by reason.",
@@ -156,7 +158,7 @@ enum Metrics {
                vhosts.map { ($0.0, $0.1.tooLarge) })
         family("slirpd_vhost_user_closed_total", "counter",
                "vhost-user connections closed by slirpd, by reason: protocol (a malformed, unknown or out-of-order message), bad ring (a ring or descriptor outside the rules), mapping (the guest's memory could not be mapped).",
-               nets.flatMap { n in VhostUserError.Kind.allCases.map { ("\(n.label),reason=\"\($0.rawValue.replacingOccurrences(of: " ", with: "_"))\"", n.net.vhostUserCloses[$0, default: 0]) } })
+               nets.flatMap { n in VhostUserError.Kind.allCases.map { ("\(n.label),reason=\"\($0.rawValue.replacing(" ", with: "_"))\"", n.net.vhostUserCloses[$0, default: 0]) } })
         out += "# HELP slirpd_build_info The libslirp in use.\n# TYPE slirpd_build_info gauge\n"
         out += "slirpd_build_info{libslirp=\"\(escape(SlirpStack.libraryVersion))\"} 1\n"
         return out

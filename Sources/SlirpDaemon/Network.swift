@@ -114,6 +114,7 @@ final class Network {
         log[metadataKey: "network"] = "\(config.name)"
         self.log = log
         framePath = FramePath(natPort: Network.natPort, settings: Self.framePathSettings(config.options))
+        framePath.setMACsPerPort(config.options.maxMACs)
         do {
             stack = try SlirpStack(options: config.options, mtu: MSSClamp.natMTU, ownServices: true)
             self.relayCommand = relayCommand
@@ -654,6 +655,7 @@ final class Network {
         for port in closing {
             guard let reason = port.closeReason, ports.removeValue(forKey: port.id) != nil else { continue }
             let macs = framePath.removePort(port.id)
+            dhcp?.removePort(port.id)
             port.socket.close()
             port.vhostUser?.close()
             if case .datagram(let endpoint, let peer) = port.kind { endpoint.peers[peer] = nil }

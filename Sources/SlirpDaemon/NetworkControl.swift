@@ -1,5 +1,5 @@
 import FrameSwitch
-import Foundation
+import FoundationEssentials
 import NetOptions
 import PosixIO
 import SlirpAPI
@@ -163,7 +163,7 @@ extension Network {
         do {
             rule = try HostForward.parse(text)
         } catch {
-            throw .badRequest(error.message.replacingOccurrences(of: text, with: request.rule))
+            throw .badRequest(error.message.replacing(text, with: request.rule))
         }
         rule.rule = request.rule
         guard rule.hostPort != 0 else {

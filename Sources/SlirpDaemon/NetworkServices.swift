@@ -158,7 +158,7 @@ extension Network {
             if proto == 17, destination == o.host.value, serveTFTP(port, frame) { return true }
             guard proto == 17, dhcp != nil, UDPDatagram.destinationPort(frame: frame) == 67 else { return false }
             if dhcpRefused(port, frame, header) { return true }
-            guard let result = dhcp?.handle(frame: frame, now: Self.leaseClock) else { return false }
+            guard let result = dhcp?.handle(frame: frame, now: Self.leaseClock, port: port.id) else { return false }
             for reply in result.replies { sendToGuest(reply, port) }
             applyDHCP(result.events, port)
             return true
@@ -225,6 +225,9 @@ extension Network {
                     let c = dhcp?.config
                     log.error("DHCP pool full: no free address for \(mac) in \(c.map { "\($0.poolStart)-\($0.poolEnd)" } ?? "the pool") (\(leases.count) leases held; \(poolFullCount) refusals so far); widen net= or lower dhcpstart=")
                 }
+            case .portCap(let mac, _):
+                // Counted and logged (paced, naming the guest) with port security's refusals.
+                framePath.refuse(port.state, .dhcpPortCap, .mac(mac), owner: nil, sink: self)
             case .declined(let mac, let address):
                 framePath.security.leaseEnded(address.value, mac: mac)
                 log.warning("DHCP: \(mac) declined \(address) (another host uses it); it stays out of the pool for \(DHCPServer.declineHoldSeconds) s")

@@ -36,6 +36,8 @@ extension NetworkConfig {
         a.options.maxUDP = b.options.maxUDP
         a.options.maxICMP = b.options.maxICMP
         a.options.maxDNSTCP = b.options.maxDNSTCP
+        // The MAC cap changes in place too (applyStaticLeases gives DHCP its new cap).
+        a.options.maxMACs = b.options.maxMACs
         return a == b
     }
 }
@@ -95,6 +97,7 @@ extension Network {
             }
         }
         let staticLeasesChanged = config.staticLeases != new.staticLeases
+        let macCapChanged = config.options.maxMACs != new.options.maxMACs
         let oldFlowLimits = configuredFlowLimits
         config = new
         framePath.settings = Self.framePathSettings(new.options)
@@ -107,6 +110,12 @@ extension Network {
         if staticLeasesChanged {
             applyStaticLeases()
             log.notice("reload: static leases now \(new.staticLeases.count)")
+            changes += 1
+        }
+        if macCapChanged {
+            framePath.setMACsPerPort(new.options.maxMACs)
+            if !staticLeasesChanged { applyStaticLeases() }
+            log.notice("reload: max-macs now \(new.options.maxMACs)")
             changes += 1
         }
         return changes

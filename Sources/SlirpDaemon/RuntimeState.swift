@@ -1,5 +1,5 @@
 import DataPlane
-import Foundation
+import FoundationEssentials
 import NetServices
 import PosixIO
 import SlirpAPI

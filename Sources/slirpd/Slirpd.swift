@@ -183,7 +183,7 @@ struct Slirpd: ParsableCommand {
     /// Reads the config file.
     private static func load(_ path: String) throws(DaemonError) -> DaemonConfiguration {
         do {
-            return try ConfigFile.load(path: path)
+            return try ConfigFile.load(path: path, reader: TOMLHelper.read)
         } catch {
             throw DaemonError(error.description)
         }

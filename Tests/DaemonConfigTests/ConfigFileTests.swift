@@ -1,11 +1,33 @@
+import Foundation
 import NetOptions
 import Testing
 
+import ConfigTOML
 @testable import DaemonConfig
 
-/// Parses `text` as `test.toml` (shared by this target's files).
+/// Parses `text` as `test.toml` (shared by this target's files), the way the daemon does:
+/// TOMLKit's tree (or syntax error) through JSON, as slirpd-toml hands it over.
 func parse(_ text: String) throws(ConfigError) -> DaemonConfiguration {
-    try ConfigFile.parse(text, file: "test.toml")
+    try ConfigFile.parse(text, file: "test.toml", reader: readThroughJSON)
+}
+
+/// TOMLKitReader's answer encoded and decoded as slirpd-toml and the daemon do.
+func readThroughJSON(_ text: String) throws(TOMLSyntaxError) -> [String: TOMLNode] {
+    let answer: TOMLReadResult
+    do {
+        answer = .document(try TOMLKitReader.read(text))
+    } catch {
+        answer = .failure(error)
+    }
+    guard let data = try? JSONEncoder().encode(answer),
+          let back = try? JSONDecoder().decode(TOMLReadResult.self, from: data) else {
+        throw TOMLSyntaxError(line: nil, message: "the tree did not survive JSON")
+    }
+    #expect(back == answer, "JSON changed the tree")
+    switch back {
+    case .document(let root): return root
+    case .failure(let error): throw error
+    }
 }
 
 /// Checks that `text` fails with exactly this line and message.
@@ -636,5 +658,31 @@ func expectError(_ text: String, line: Int?, _ message: String,
             """#)
         #expect(config.networks.first?.options.tftpRoot == #"/srv/\u0000"#)
         #expect(config.networks.first?.options.hostname == #"a\u0000"#)
+    }
+}
+
+@Suite struct ReaderEquivalenceTests {
+    @Test("in process and through JSON, configs and errors are the same", arguments: [
+        "[[network]]\nname = \"a\"\nmax-macs = 8\nmtu = 9000\n",
+        "[[network]]\nname = \"a\"\nratio = 1.5\n",
+        "[[network]]\nname = \"a\"\nwhen = 1979-05-27T07:32:00Z\n",
+        "[control]\nallow-uids = [0x10, -1]\n[[network]]\nname = \"a\"\n",
+        "[[network]]\nname = \"a\"\nhostname = \"x\\u00e9\\\"y\"\n",
+        "x = [\n",
+        "[[network]]\nname = \"a\"\nmax-macs = 0\n",
+    ])
+    func same(_ text: String) {
+        let inProcess = Result { () throws(ConfigError) in try ConfigFile.parse(text, file: "test.toml") }
+        let viaJSON = Result { () throws(ConfigError) in try parse(text) }
+        #expect(inProcess == viaJSON)
+    }
+}
+
+@Suite struct MaxMACsKeyTests {
+    @Test func keyAndOption() throws {
+        #expect(try parse("[[network]]\nname = \"a\"\nmax-macs = 8\n").networks[0].options.maxMACs == 8)
+        #expect(try parse("[[network]]\nname = \"a\"\noptions = \"max-macs=2\"\n").networks[0].options.maxMACs == 2)
+        expectError("[[network]]\nname = \"a\"\n\nmax-macs = 0\n", line: 4, "Parameter 'max-macs' expects a number from 1 to 4096")
+        expectError("[[network]]\nname = \"a\"\nmax-macs = \"4\"\n", line: 3, "'max-macs' must be an integer, not a string")
     }
 }

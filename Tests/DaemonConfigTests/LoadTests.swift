@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 
+import ConfigTOML
 @testable import DaemonConfig
 
 @Suite struct LoadTests {

@@ -17,6 +17,7 @@
 // - static leases have unicast MACs and are unique by MAC and by IP within their
 //   network, at addresses the network can hand out.
 
+import ConfigTOML
 import DaemonConfig
 import NetOptions
 import NetServices
