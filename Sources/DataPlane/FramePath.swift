@@ -108,6 +108,15 @@ public final class FramePath {
     var segmentScratch: [UInt8] = []
     /// The Identification of the next IPv6 Fragment header slirpd adds.
     var fragmentIdentification: UInt32 = 0
+    /// The VXLAN uplink's port, when the network has one (FramePathUplink.swift). It is not
+    /// in `ports`: libslirp's frames, floods included, never go to it.
+    public var uplinkPort: PortID? {
+        didSet { bridge.uplinkPort = uplinkPort }
+    }
+    /// Frames from the uplink dropped, by reason.
+    public internal(set) var uplinkDrops: [UplinkDrop: Int] = [:]
+    /// Local guests' frames handed to the uplink.
+    public internal(set) var uplinkSent = 0
 
     public init(natPort: PortID, settings: Settings) {
         self.natPort = natPort

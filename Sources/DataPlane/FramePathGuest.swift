@@ -33,6 +33,10 @@ extension FramePath {
         }
         switch verdict {
         case .forward(natPort): if !toNAT(frame, from: port, now: now, sink: sink) { port.drops += 1 }
+        case .forward(let id) where id == uplinkPort:
+            guard mayCross(frame, header) else { port.drops += 1; return }
+            uplinkSent += 1
+            sink.toUplink(frame, header)
         case .forward(let id):
             // isolate=on: a guest's frames go to the NAT only; one aimed at another guest is dropped.
             guard !settings.isolateGuests else { port.drops += 1; return }
@@ -41,6 +45,11 @@ extension FramePath {
             _ = toNAT(frame, from: port, now: now, sink: sink)
             guard !settings.isolateGuests else { return }
             for id in ports.keys where id != port.id { put(frame, to: id, from: port, sink: sink) }
+            // Head-end replication to the other hosts, unless it is this host's gateway's business.
+            if mayCross(frame, header) {
+                uplinkSent += 1
+                sink.toUplink(frame, header)
+            }
         case .drop, .duplicate:
             break
         }
