@@ -150,7 +150,7 @@ private struct Loader {
     /// Network keys that are QEMU `-netdev user` options under the same name.
     static let stringOptions: Set<String> = [
         "net", "host", "dns", "dhcpstart", "ipv6-net", "ipv6-host", "ipv6-dns", "hostname", "domainname",
-        "tftp", "tftp-server-name", "bootfile", "dns-upstream", "dns-domain",
+        "tftp", "tftp-server-name", "bootfile", "dns-upstream", "dns-domain", "dhcpend",
     ]
     static let booleanOptions: Set<String> = ["restrict", "ipv4", "ipv6", "host-loopback", "isolate"]
     /// Per-guest caps (FlowBudget), integers in TOML.
@@ -159,7 +159,7 @@ private struct Loader {
     static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
     static let networkKeys =
         ["name", "options"] + stringOptions.sorted() + booleanOptions.sorted() + integerOptions.sorted() + listOptions.keys.sorted()
-        + ["stream", "dgram", "tcp", "tap", "connect", "vhost-user", "guest-uids", "guest-gids", "mtu", "socket-mode", "socket-group", "static-lease"]
+        + ["stream", "dgram", "tcp", "tap", "connect", "vhost-user", "guest-uids", "guest-gids", "mtu", "socket-mode", "socket-group", "static-lease", "vxlan"]
     static let leaseKeys = ["mac", "ip", "hostname"]
 
     func error(_ message: String, key: String?, in scope: KeyLines.Scope) -> ConfigError {
@@ -236,6 +236,7 @@ private struct Loader {
         var socketGroup: String?
         var guestAccess = GuestAccess()
         var leases: [(lease: StaticLease, scope: KeyLines.Scope)] = []
+        var vxlan: VXLANOptions?
 
         for key in keysInFileOrder(table, scope) {
             guard let value = table[key] else { continue }
@@ -317,6 +318,13 @@ private struct Loader {
                 socketMode = try mode(key, value, scope)
             case "socket-group":
                 socketGroup = try nonEmptyString(key, value, scope)
+            case "vxlan":
+                let text = try string(key, value, scope)
+                do throws(OptionError) {
+                    vxlan = try VXLANOptions.parse(text)
+                } catch {
+                    throw self.error("vxlan: \(error.message)", key: key, in: scope)
+                }
             case "static-lease":
                 let wanted = "an array of tables ([[network.static-lease]])"
                 for (number, element) in try elements(key, value, wanted, scope) {
@@ -349,7 +357,7 @@ private struct Loader {
         try checkLeases(leases, options)
         return NetworkConfig(
             name: name, options: options, endpoints: streams + dgrams + tcps + taps + connects + vhostUsers, mtu: mtu, socketMode: socketMode,
-            socketGroup: socketGroup, staticLeases: leases.map(\.lease), guestAccess: guestAccess)
+            socketGroup: socketGroup, staticLeases: leases.map(\.lease), guestAccess: guestAccess, vxlan: vxlan)
     }
 
     /// An array of user or group IDs (`kind`: "user" or "group").

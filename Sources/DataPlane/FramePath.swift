@@ -151,6 +151,13 @@ public final class FramePath {
         return macs
     }
 
+    /// Forgets the MACs learnt behind the uplink (it is being replaced or removed).
+    @discardableResult
+    public func forgetUplink() -> [MACAddress] {
+        guard let uplink = uplinkPort else { return [] }
+        return bridge.removePort(uplink)
+    }
+
     /// Every 10 s: ages the MAC table, idle IPv6 bindings, unfinished fragments, flows
     /// libslirp has timed out and the TCP shim's idle flows.
     public func housekeeping(now: Int64) {

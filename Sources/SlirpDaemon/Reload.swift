@@ -36,6 +36,9 @@ extension NetworkConfig {
         a.options.maxUDP = b.options.maxUDP
         a.options.maxICMP = b.options.maxICMP
         a.options.maxDNSTCP = b.options.maxDNSTCP
+        // The VXLAN uplink and the DHCP pool's end change in place (applyUplink, applyStaticLeases).
+        a.vxlan = b.vxlan
+        a.options.dhcpEnd = b.options.dhcpEnd
         return a == b
     }
 }
@@ -94,7 +97,8 @@ extension Network {
                 log.error("reload: \(error.message)")
             }
         }
-        let staticLeasesChanged = config.staticLeases != new.staticLeases
+        let staticLeasesChanged = config.staticLeases != new.staticLeases || config.options.dhcpEnd != new.options.dhcpEnd
+        changes += applyUplink(new.vxlan)
         let oldFlowLimits = configuredFlowLimits
         config = new
         framePath.settings = Self.framePathSettings(new.options)
@@ -106,7 +110,7 @@ extension Network {
         refreshSecurityAddresses()
         if staticLeasesChanged {
             applyStaticLeases()
-            log.notice("reload: static leases now \(new.staticLeases.count)")
+            log.notice("reload: static leases now \(new.staticLeases.count), DHCP pool ends at \(dhcpConfig().poolEnd)")
             changes += 1
         }
         return changes
