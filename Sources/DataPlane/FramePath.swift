@@ -117,6 +117,9 @@ public final class FramePath {
     public internal(set) var uplinkDrops: [UplinkDrop: Int] = [:]
     /// Local guests' frames handed to the uplink.
     public internal(set) var uplinkSent = 0
+    /// The largest IP packet the uplink carries inside VXLAN: the network's MTU (the
+    /// underlay must carry it plus 50 bytes, or 70 over IPv6).
+    public var uplinkMTU = 1500
 
     public init(natPort: PortID, settings: Settings) {
         self.natPort = natPort

@@ -35,8 +35,7 @@ extension FramePath {
         case .forward(natPort): if !toNAT(frame, from: port, now: now, sink: sink) { port.drops += 1 }
         case .forward(let id) where id == uplinkPort:
             guard mayCross(frame, header) else { port.drops += 1; return }
-            uplinkSent += 1
-            sink.toUplink(frame, header)
+            toUplinkCut(frame, header, from: port, sink: sink)
         case .forward(let id):
             // isolate=on: a guest's frames go to the NAT only; one aimed at another guest is dropped.
             guard !settings.isolateGuests else { port.drops += 1; return }
@@ -46,10 +45,7 @@ extension FramePath {
             guard !settings.isolateGuests else { return }
             for id in ports.keys where id != port.id { put(frame, to: id, from: port, sink: sink) }
             // Head-end replication to the other hosts, unless it is this host's gateway's business.
-            if mayCross(frame, header) {
-                uplinkSent += 1
-                sink.toUplink(frame, header)
-            }
+            if mayCross(frame, header) { toUplinkCut(frame, header, from: port, sink: sink) }
         case .drop, .duplicate:
             break
         }

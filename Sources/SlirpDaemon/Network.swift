@@ -151,6 +151,7 @@ final class Network {
                 let uplink = try VXLANUplink(options: vxlan, port: allocatePortID())
                 self.uplink = uplink
                 framePath.uplinkPort = uplink.port
+                framePath.uplinkMTU = config.effectiveMTU
                 log.info("VXLAN uplink: VNI \(vxlan.vni), local \(vxlan.local), remotes \(vxlan.remotes.map(\.description).joined(separator: ", "))")
             } catch {
                 closeEndpoints()

@@ -219,6 +219,7 @@ extension Network {
             let fresh = try VXLANUplink(options: new, port: allocatePortID())
             uplink = fresh
             framePath.uplinkPort = fresh.port
+            framePath.uplinkMTU = config.effectiveMTU
             log.notice("reload: VXLAN uplink: VNI \(new.vni), local \(new.local), remotes \(new.remotes.map(\.description).joined(separator: ", "))")
         } catch {
             log.error("reload: cannot bind the VXLAN uplink on \(new.local): \(error); the network runs without it")
