@@ -3,6 +3,7 @@ import FrameSwitch
 import Logging
 import NetOptions
 import PosixIO
+import SlirpAPI
 
 // A network's VXLAN uplink: its sockets, remotes and counters (the pure half is
 // DataPlane's VXLAN.swift and FramePathUplink.swift).
@@ -229,5 +230,60 @@ extension Network {
 
     func toUplink(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader) {
         uplink?.send(frame, destination: header.destination, now: monotonicNanoseconds(), log: log)
+    }
+}
+
+// MARK: The control API
+
+extension Network {
+    private func requireUplink() throws(APIError) -> VXLANUplink {
+        guard let uplink else { throw .notFound("network \(config.name) has no VXLAN uplink (set vxlan = \"...\" or --vxlan)") }
+        return uplink
+    }
+
+    func vxlanInfo() throws(APIError) -> VXLANInfo {
+        let uplink = try requireUplink()
+        let now = monotonicNanoseconds()
+        let learnt = uplink.table.entries(now: now)
+        let remotes = uplink.options.remotes.map { endpoint in
+            let peer = VXLANUplink.peer(endpoint)
+            let c = uplink.counters[peer] ?? VXLANUplink.RemoteCounters()
+            return VXLANRemoteInfo(remote: endpoint.description, encapsulatedFrames: c.encapsulatedFrames,
+                                   encapsulatedBytes: c.encapsulatedBytes, decapsulatedFrames: c.decapsulatedFrames,
+                                   decapsulatedBytes: c.decapsulatedBytes,
+                                   macs: learnt.filter { $0.remote == peer }.map { "\($0.mac)" })
+        }
+        var drops: [String: Int] = [:]
+        for reason in VXLANUplink.Drop.allCases { drops[reason.rawValue] = uplink.drops[reason, default: 0] }
+        for reason in FramePath.UplinkDrop.allCases { drops[reason.rawValue] = framePath.uplinkDrops[reason, default: 0] }
+        return VXLANInfo(network: config.name, vni: uplink.options.vni, local: uplink.options.local.description,
+                         remotes: remotes, drops: drops)
+    }
+
+    func addVXLANRemote(_ text: String) throws(APIError) -> VXLANInfo {
+        let uplink = try requireUplink()
+        let remote: VXLANEndpoint
+        do {
+            remote = try VXLANOptions.checkedRemote(text, local: uplink.options.local)
+        } catch {
+            throw .badRequest(error.message)
+        }
+        guard uplink.options.remotes.count < VXLANOptions.maximumRemotes else {
+            throw .conflict("network \(config.name) already has \(VXLANOptions.maximumRemotes) VXLAN remotes")
+        }
+        guard uplink.add(remote) else { throw .conflict("\(remote) is already a VXLAN remote of network \(config.name)") }
+        log.notice("VXLAN remote added: \(remote)")
+        return try vxlanInfo()
+    }
+
+    func removeVXLANRemote(_ text: String) throws(APIError) -> VXLANInfo {
+        let uplink = try requireUplink()
+        guard let remote = VXLANEndpoint(text), uplink.remove(remote) else {
+            throw .notFound("'\(text)' is not a VXLAN remote of network \(config.name)")
+        }
+        // The switch forgets the MACs behind the uplink; the next flood finds those still reachable.
+        framePath.forgetUplink()
+        log.notice("VXLAN remote removed: \(remote)")
+        return try vxlanInfo()
     }
 }
