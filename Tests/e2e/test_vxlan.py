@@ -272,7 +272,7 @@ def test_two_slirpd_hosts_and_a_kernel_vxlan_peer_share_a_network(tmp_path, fabr
     for f in frames:
         assert f[0:6] not in gateway_macs and f[6:12] not in gateway_macs, f"a gateway frame crossed: {f[:42].hex()}"
         if f[12:14] == b"\x08\x06":
-            assert f[24:28] not in gateway_ips and f[38:42] not in gateway_ips, f"ARP about the gateway crossed: {f[:42].hex()}"
+            assert f[28:32] not in gateway_ips and f[38:42] not in gateway_ips, f"ARP about the gateway crossed: {f[:42].hex()}"
         if f[12:14] == b"\x08\x00":
             assert f[26:30] not in gateway_ips and f[30:34] not in gateway_ips, f"gateway traffic crossed: {f[:42].hex()}"
             ihl = (f[14] & 0x0F) * 4
