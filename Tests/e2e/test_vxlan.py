@@ -74,6 +74,7 @@ class Fabric:
                    "mtu", "1600", "netns", self.ns[host])
             ns_run(ul, "ip", "link", "set", f"u{host}", "master", "br0", "up")
             ns_run(self.ns[host], "ip", "addr", "add", f"198.51.100.{i}/24", "dev", "eth0")
+            ns_run(self.ns[host], "ip", "addr", "add", f"2001:db8::{i}/64", "dev", "eth0", "nodad")
             ns_run(self.ns[host], "ip", "link", "set", "eth0", "up")
         for side in ("A", "B"):
             ns_run(self.ns["h" + side], "ip", "tuntap", "add", "mode", "tap", "name", self.tap[side])
@@ -81,10 +82,11 @@ class Fabric:
         self.script.write_text(UDHCPC)
         self.script.chmod(0o755)
 
-    def kernel_peer(self):
+    def kernel_peer(self, v6=False):
         k = self.ns["hK"]
-        ns_run(k, "ip", "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "local", "198.51.100.3", "dstport", "4789")
-        for remote in ("198.51.100.1", "198.51.100.2"):
+        local, remotes = ("2001:db8::3", ("2001:db8::1",)) if v6 else ("198.51.100.3", ("198.51.100.1", "198.51.100.2"))
+        ns_run(k, "ip", "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "local", local, "dstport", "4789")
+        for remote in remotes:
             ns_run(k, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", remote)
         # Inside one machine nothing ever completes a checksum the vxlan device leaves to
         # "hardware" (veth passes it on partial): compute them in software, as on a real NIC path.
@@ -321,3 +323,23 @@ def test_a_reload_changes_the_remotes_without_dropping_guests(tmp_path, fabric):
         assert "detached" not in a.log and a.log.count("attached on tap") == 1, a.log[-2000:]
         assert '"guests"' in slirpctl(a, "--json", "networks").stdout or True
         assert re.search(r"^slirpd_guests\{network=\"default\"\} 1$", metrics(a), re.M)
+
+
+def test_an_ipv6_underlay(tmp_path, fabric):
+    """The same overlay over IPv6 (2001:db8::/64, a documentation prefix, inside the namespaces):
+    the kernel peer and a guest of slirpd reach each other; the uplink adds 70 bytes there."""
+    fabric.kernel_peer(v6=True)
+    args = ["--tap", fabric.tap["A"], "-o", "dns-upstream=127.0.0.1:5353",
+            "--vxlan", f"vni={VNI},local=[2001:db8::1],remote=2001:db8::3"]
+    with Slirpd(args, tmp_path, name="slirpdA", launcher=["ip", "netns", "exec", fabric.ns["hA"]]) as a:
+        a.wait_log("VXLAN uplink: VNI 42, local 2001:db8::1, remotes 2001:db8::3")
+        a.wait_log(f"attached on tap:{fabric.tap['A']}")
+        fabric.move_tap("A")
+        ip_a, _ = fabric.lease("A")
+        ping = ns_run(fabric.ns["hK"], BUSYBOX, "ping", "-c", "3", "-W", "5", ip_a, check=False, timeout=30)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        m = metrics(a)
+        assert sample(m, "slirpd_vxlan_encapsulated_frames_total", remote="2001:db8::3") > 0
+        assert sample(m, "slirpd_vxlan_decapsulated_frames_total", remote="2001:db8::3") > 0
+        shown = slirpctl(a, "vxlan", "show").stdout
+        assert "2001:db8::3" in shown, shown
