@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 
 // A bound, unconnected UDP socket (the VXLAN uplink's): datagrams to and from any peer,
