@@ -55,6 +55,8 @@ import PosixIO
 /// connect = ["unix:/run/vm/a.sock"]    # QEMU server=on sockets slirpd dials
 /// guest-uids = [1000]                  # who may attach over Unix sockets (besides the
 /// guest-gids = [993]                   #   daemon's user and root); default anyone
+/// vxlan = "vni=42,local=198.51.100.1,remote=198.51.100.2"  # a VXLAN uplink to other hosts
+/// dhcpend = "10.0.2.99"                # the DHCP pool's last address (split it between hosts)
 ///
 /// [[network.static-lease]]             # a fixed DHCP address; any number per network
 /// mac = "52:54:00:12:34:56"            # required; unicast, one lease per MAC
