@@ -39,6 +39,8 @@ let package = Package(
         fuzzTarget("fuzz-edge", ["FrameSwitch", "DataPlane"]),
         // The tap's virtio-net header: random headers and frame sizes (DataPlane/VirtioNetHeader.swift).
         fuzzTarget("fuzz-vnet", ["FrameSwitch", "DataPlane"]),
+        // VXLAN decapsulation and the distributed gateway's rules (DataPlane/VXLAN.swift, FramePathUplink.swift).
+        fuzzTarget("fuzz-vxlan", ["FrameSwitch", "DataPlane"]),
         // The vhost-user back end: random rings in fake guest memory, random message streams (VhostUser).
         fuzzTarget("fuzz-vhost", ["DataPlane", "VhostUser"]),
     ],

@@ -190,6 +190,24 @@ public enum ControlServer {
                 return try await service.removeAttachment(network: context.parameter("network"), target: target)
             }
         }
+        router.get("/v1/networks/:network/vxlan") { _, context in
+            try await json { () throws(APIError) in try await service.vxlan(network: context.parameter("network")) }
+        }
+        router.post("/v1/networks/:network/vxlan/remotes") { request, context in
+            try await json(status: .created) { () throws(APIError) in
+                let body = try await decode(VXLANRemoteRequest.self, request)
+                return try await service.addVXLANRemote(network: context.parameter("network"), body)
+            }
+        }
+        // An IPv6 remote has colons and brackets, so it travels as a query parameter.
+        router.delete("/v1/networks/:network/vxlan/remotes") { request, context in
+            try await json { () throws(APIError) in
+                guard let remote = request.uri.queryParameters.get("remote") else {
+                    throw .badRequest("give the remote to remove as ?remote=ADDR[:PORT]")
+                }
+                return try await service.removeVXLANRemote(network: context.parameter("network"), remote: remote)
+            }
+        }
         router.get("/v1/events") { _, _ in
             try await respond { () throws(APIError) in
                 let events = try await service.events()

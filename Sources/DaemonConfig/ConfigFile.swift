@@ -56,6 +56,8 @@ import PosixIO
 /// connect = ["unix:/run/vm/a.sock"]    # QEMU server=on sockets slirpd dials
 /// guest-uids = [1000]                  # who may attach over Unix sockets (besides the
 /// guest-gids = [993]                   #   daemon's user and root); default anyone
+/// vxlan = "vni=42,local=198.51.100.1,remote=198.51.100.2"  # a VXLAN uplink to other hosts
+/// dhcpend = "10.0.2.99"                # the DHCP pool's last address (split it between hosts)
 ///
 /// [[network.static-lease]]             # a fixed DHCP address; any number per network
 /// mac = "52:54:00:12:34:56"            # required; unicast, one lease per MAC
@@ -149,7 +151,7 @@ private struct Loader {
     /// Network keys that are QEMU `-netdev user` options under the same name.
     static let stringOptions: Set<String> = [
         "net", "host", "dns", "dhcpstart", "ipv6-net", "ipv6-host", "ipv6-dns", "hostname", "domainname",
-        "tftp", "tftp-server-name", "bootfile", "dns-upstream", "dns-domain",
+        "tftp", "tftp-server-name", "bootfile", "dns-upstream", "dns-domain", "dhcpend",
     ]
     static let booleanOptions: Set<String> = ["restrict", "ipv4", "ipv6", "host-loopback", "isolate"]
     /// Per-guest caps (FlowBudget, max-macs), integers in TOML.
@@ -158,7 +160,7 @@ private struct Loader {
     static let listOptions = ["dnssearch": "dnssearch", "hostfwd": "hostfwd", "forwards": "hostfwd", "guestfwd": "guestfwd"]
     static let networkKeys =
         ["name", "options"] + stringOptions.sorted() + booleanOptions.sorted() + integerOptions.sorted() + listOptions.keys.sorted()
-        + ["stream", "dgram", "tcp", "tap", "connect", "vhost-user", "guest-uids", "guest-gids", "mtu", "socket-mode", "socket-group", "static-lease"]
+        + ["stream", "dgram", "tcp", "tap", "connect", "vhost-user", "guest-uids", "guest-gids", "mtu", "socket-mode", "socket-group", "static-lease", "vxlan"]
     static let leaseKeys = ["mac", "ip", "hostname"]
 
     func error(_ message: String, key: String?, in scope: KeyLines.Scope) -> ConfigError {
@@ -235,6 +237,7 @@ private struct Loader {
         var socketGroup: String?
         var guestAccess = GuestAccess()
         var leases: [(lease: StaticLease, scope: KeyLines.Scope)] = []
+        var vxlan: VXLANOptions?
 
         for key in keysInFileOrder(table, scope) {
             guard let value = table[key] else { continue }
@@ -316,6 +319,13 @@ private struct Loader {
                 socketMode = try mode(key, value, scope)
             case "socket-group":
                 socketGroup = try nonEmptyString(key, value, scope)
+            case "vxlan":
+                let text = try string(key, value, scope)
+                do throws(OptionError) {
+                    vxlan = try VXLANOptions.parse(text)
+                } catch {
+                    throw self.error("vxlan: \(error.message)", key: key, in: scope)
+                }
             case "static-lease":
                 let wanted = "an array of tables ([[network.static-lease]])"
                 for (number, element) in try elements(key, value, wanted, scope) {
@@ -348,7 +358,7 @@ private struct Loader {
         try checkLeases(leases, options)
         return NetworkConfig(
             name: name, options: options, endpoints: streams + dgrams + tcps + taps + connects + vhostUsers, mtu: mtu, socketMode: socketMode,
-            socketGroup: socketGroup, staticLeases: leases.map(\.lease), guestAccess: guestAccess)
+            socketGroup: socketGroup, staticLeases: leases.map(\.lease), guestAccess: guestAccess, vxlan: vxlan)
     }
 
     /// An array of user or group IDs (`kind`: "user" or "group").

@@ -22,10 +22,13 @@ public struct NetworkConfig: Sendable, Equatable {
     public var staticLeases: [StaticLease]
     /// Who may attach over the Unix sockets, beyond what the socket files' modes allow.
     public var guestAccess: GuestAccess
+    /// The VXLAN uplink to other hosts (`--vxlan`, `vxlan = "..."`); nil: none.
+    public var vxlan: VXLANOptions?
 
     public init(name: String, options: NetworkOptions, endpoints: [EndpointSpec], mtu: Int, socketMode: UInt32,
                 socketGroup: String? = nil, optionText: String = "", staticLeases: [StaticLease] = [],
-                guestAccess: GuestAccess = GuestAccess()) {
+                guestAccess: GuestAccess = GuestAccess(), vxlan: VXLANOptions? = nil) {
+        self.vxlan = vxlan
         self.guestAccess = guestAccess
         self.optionText = optionText
         self.staticLeases = staticLeases

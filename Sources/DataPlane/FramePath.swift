@@ -108,6 +108,18 @@ public final class FramePath {
     var segmentScratch: [UInt8] = []
     /// The Identification of the next IPv6 Fragment header slirpd adds.
     var fragmentIdentification: UInt32 = 0
+    /// The VXLAN uplink's port, when the network has one (FramePathUplink.swift). It is not
+    /// in `ports`: libslirp's frames, floods included, never go to it.
+    public var uplinkPort: PortID? {
+        didSet { bridge.uplinkPort = uplinkPort }
+    }
+    /// Frames from the uplink dropped, by reason.
+    public internal(set) var uplinkDrops: [UplinkDrop: Int] = [:]
+    /// Local guests' frames handed to the uplink.
+    public internal(set) var uplinkSent = 0
+    /// The largest IP packet the uplink carries inside VXLAN: the network's MTU (the
+    /// underlay must carry it plus 50 bytes, or 70 over IPv6).
+    public var uplinkMTU = 1500
 
     public init(natPort: PortID, settings: Settings) {
         self.natPort = natPort
@@ -147,6 +159,13 @@ public final class FramePath {
             neighbors6 = neighbors6.filter { !macs.contains($0.value) }
         }
         return macs
+    }
+
+    /// Forgets the MACs learnt behind the uplink (it is being replaced or removed).
+    @discardableResult
+    public func forgetUplink() -> [MACAddress] {
+        guard let uplink = uplinkPort else { return [] }
+        return bridge.removePort(uplink)
     }
 
     /// Every 10 s: ages the MAC table, idle IPv6 bindings, unfinished fragments, flows

@@ -50,6 +50,33 @@ extension FramePath {
         }
     }
 
+    /// Hands a local guest's frame to the VXLAN uplink cut to `uplinkMTU`, as `put` does
+    /// for a guest port: a tap's 64 KiB TCP super-frame becomes MSS-sized segments (a
+    /// kernel VXLAN peer would drop it whole), a large IP packet becomes fragments, and what
+    /// cannot be cut is dropped and its IPv4 DF sender told the MTU.
+    func toUplinkCut(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader, from source: PortState, sink: any FramePathSink) {
+        uplinkSent += 1
+        guard frame.count - EthernetHeader.length > uplinkMTU else { return sink.toUplink(frame, header) }
+        if let tcpHeaders = Self.tcpHeaderLength(frame) {
+            if TCPSegmentation.forEachSegment(frame, mss: uplinkMTU - tcpHeaders, scratch: &segmentScratch, {
+                sink.toUplink($0, header)
+            }) {
+                segmentedFrames += 1
+                return
+            }
+        } else if let pieces = fragments(frame, mtu: uplinkMTU) {
+            fragmentedFrames += 1
+            for piece in pieces { piece.withUnsafeBytes { sink.toUplink($0, header) } }
+            return
+        }
+        oversizedDropped += 1
+        source.drops += 1
+        if let packet = Packet(frame), packet.isIPv4, packet.proto != 1 || frame[packet.payload] == 8 {
+            let mtu = bigEndianBytes(UInt16(0)) + bigEndianBytes(UInt16(clamping: uplinkMTU))
+            sink.send(ICMPError.about(frame, packet, type: 3, code: 4, rest: mtu), to: source.id)
+        }
+    }
+
     /// An IP packet cut to `mtu`, or nil when it cannot be (not IP, DF set, malformed).
     private func fragments(_ frame: UnsafeRawBufferPointer, mtu: Int) -> [[UInt8]]? {
         let pieces: [[UInt8]]

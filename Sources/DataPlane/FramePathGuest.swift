@@ -33,6 +33,9 @@ extension FramePath {
         }
         switch verdict {
         case .forward(natPort): if !toNAT(frame, from: port, now: now, sink: sink) { port.drops += 1 }
+        case .forward(let id) where id == uplinkPort:
+            guard mayCross(frame, header) else { port.drops += 1; return }
+            toUplinkCut(frame, header, from: port, sink: sink)
         case .forward(let id):
             // isolate=on: a guest's frames go to the NAT only; one aimed at another guest is dropped.
             guard !settings.isolateGuests else { port.drops += 1; return }
@@ -42,8 +45,13 @@ extension FramePath {
             guard !settings.isolateGuests, !header.destination.isRoutersOnlyGroup else { return }
             switch arpRequestOwner(frame, header) {
             case .nat: return
+            case .guest(let id) where id == uplinkPort:
+                if mayCross(frame, header) { toUplinkCut(frame, header, from: port, sink: sink) }
             case .guest(let id): if id != port.id { put(frame, to: id, from: port, sink: sink) }
-            case .unknown: for id in ports.keys where id != port.id { put(frame, to: id, from: port, sink: sink) }
+            case .unknown:
+                for id in ports.keys where id != port.id { put(frame, to: id, from: port, sink: sink) }
+                // Head-end replication to the other hosts, unless it is this host's gateway's business.
+                if mayCross(frame, header) { toUplinkCut(frame, header, from: port, sink: sink) }
             }
         case .drop, .duplicate:
             break

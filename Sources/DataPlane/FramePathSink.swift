@@ -22,6 +22,14 @@ public protocol FramePathSink: AnyObject {
     func isShortOfDescriptors(now: Int64) -> Bool
     /// Something to count or log (the owner paces its log with the counts given).
     func frameEvent(_ event: FramePathEvent)
+    /// Sends a local guest's frame over the VXLAN uplink (to the remote its destination
+    /// was learnt on, or to every remote). Only called when `FramePath.uplinkPort` is set.
+    func toUplink(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader)
+}
+
+extension FramePathSink {
+    /// No uplink: nothing to send.
+    public func toUplink(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader) {}
 }
 
 /// What the frame path reports; counts are this port's or this network's so far.

@@ -57,6 +57,11 @@ public struct EthernetSwitch: Sendable {
     public var macsPerPort: Int
     /// The NAT's port: it has no per-port cap and may use the NAT's MAC ranges.
     public let natPort: PortID?
+    /// A VXLAN uplink's port (DataPlane's VXLAN.swift): the stations of every other host
+    /// live behind it, so it has no per-port cap (only `capacity`), and a MAC learnt on it
+    /// moves at once to a local port that sends from it (a guest that migrated here),
+    /// while a MAC live on a local port is a duplicate when it arrives from the uplink.
+    public var uplinkPort: PortID?
     private var table: [MACAddress: Entry] = [:]
     private var learnedPerPort: [PortID: Int] = [:]
 
@@ -84,19 +89,21 @@ public struct EthernetSwitch: Sendable {
         guard !source.isGroup, source != .zero else { return .drop(.invalidSource) }
         let fromNAT = port == natPort
         if natPort != nil, !fromNAT, Self.isNATMAC(source) { return .drop(.natMAC) }
-        if let entry = table[source], entry.port != port, now - entry.lastSeen < agingTime {
+        let uncapped = fromNAT || (uplinkPort != nil && port == uplinkPort)
+        if let entry = table[source], entry.port != port, now - entry.lastSeen < agingTime,
+           uplinkPort == nil || entry.port != uplinkPort {
             return .duplicate(owner: entry.port)
         }
         if let entry = table[source] {
             if entry.port != port {
-                // An aged entry of another port, not yet expired: it moves here.
-                if !fromNAT, learnedPerPort[port, default: 0] >= macsPerPort { return .drop(.portMACLimit) }
+                // An aged entry of another port (or one behind the uplink): it moves here.
+                if !uncapped, learnedPerPort[port, default: 0] >= macsPerPort { return .drop(.portMACLimit) }
                 forget(source, on: entry.port)
                 learnedPerPort[port, default: 0] += 1
             }
             table[source] = Entry(port: port, lastSeen: now)
         } else {
-            if !fromNAT, learnedPerPort[port, default: 0] >= macsPerPort { return .drop(.portMACLimit) }
+            if !uncapped, learnedPerPort[port, default: 0] >= macsPerPort { return .drop(.portMACLimit) }
             guard table.count < capacity else { return .drop(.tableFull) }
             table[source] = Entry(port: port, lastSeen: now)
             learnedPerPort[port, default: 0] += 1

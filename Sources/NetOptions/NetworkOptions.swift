@@ -48,6 +48,8 @@
 //     holds open, and `max-dns-tcp=N` its TCP connections to the DNS service (0 to 65535).
 //     Against one guest posing as many: `max-macs=N` caps the source MACs one port may
 //     use at once, and so its DHCP offers and leases (1 to 4096, default 4).
+//     For hosts joined by a VXLAN uplink: `dhcpend=ADDR` ends the DHCP pool (inclusive,
+//     not below dhcpstart), so each host leases from its own range.
 
 /// The configuration of one user-mode network, with QEMU's defaults.
 public struct NetworkOptions: Hashable, Sendable {
@@ -59,6 +61,9 @@ public struct NetworkOptions: Hashable, Sendable {
     public var dns: IPv4Address
     /// `dhcpstart=`, the first of libslirp's 16 leases; default network | .15.
     public var dhcpStart: IPv4Address
+    /// `dhcpend=` (slirpd's): the last address of the DHCP pool; nil: the network's last
+    /// host address. Hosts joined by a VXLAN uplink each lease from their own range.
+    public var dhcpEnd: IPv4Address?
     /// `restrict=`: isolate the guest from the host's networks.
     public var restricted: Bool
     public var ipv4: Bool
@@ -124,6 +129,7 @@ public struct NetworkOptions: Hashable, Sendable {
         host = IPv4Address(10, 0, 2, 2)
         dns = IPv4Address(10, 0, 2, 3)
         dhcpStart = IPv4Address(10, 0, 2, 15)
+        dhcpEnd = nil
         restricted = false
         ipv4 = true
         ipv6 = true
@@ -182,7 +188,7 @@ extension IPv6Address {
 private struct RawOptions {
     static let scalarKeys: Set<String> = [
         "net", "ip", "host", "restrict", "ipv4", "ipv6", "ipv6-net", "ipv6-prefix", "ipv6-prefixlen",
-        "ipv6-host", "ipv6-dns", "hostname", "dhcpstart", "dns", "domainname", "tftp",
+        "ipv6-host", "ipv6-dns", "hostname", "dhcpstart", "dhcpend", "dns", "domainname", "tftp",
         "tftp-server-name", "bootfile", "dns-upstream", "dns-domain", "host-loopback", "isolate",
         "max-tcp", "max-udp", "max-icmp", "max-dns-tcp", "max-macs",
     ]
@@ -361,6 +367,14 @@ private struct RawOptions {
         guard network.contains(options.dhcpStart) else { throw OptionError("DHCP doesn't belong to network") }
         guard options.dhcpStart != options.host && options.dhcpStart != options.dns else {
             throw OptionError("DHCP must be different from host and DNS")
+        }
+        if let text = scalars["dhcpend"] {
+            guard let address = IPv4Address(text) else { throw OptionError("Failed to parse DHCP end address") }
+            guard network.contains(address) else { throw OptionError("DHCP end doesn't belong to network") }
+            guard address >= options.dhcpStart else {
+                throw OptionError("DHCP end \(address) is below the DHCP start \(options.dhcpStart)")
+            }
+            options.dhcpEnd = address
         }
     }
 

@@ -93,7 +93,7 @@ public struct DHCPServerConfig: Sendable, Equatable {
         poolStart = options.dhcpStart
         let broadcast = options.network.address.value | ~options.network.mask
         // /31 and /32 have no broadcast address to step back from.
-        poolEnd = IPv4Address(options.network.prefixLength >= 31 ? broadcast : broadcast &- 1)
+        poolEnd = options.dhcpEnd ?? IPv4Address(options.network.prefixLength >= 31 ? broadcast : broadcast &- 1)
         excluded = [options.host, options.dns] + options.guestForwards.map { $0.resolvedAddress(in: options) }
         hostname = options.hostname
         domainName = options.domainName

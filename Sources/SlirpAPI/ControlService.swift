@@ -38,6 +38,14 @@ public protocol ControlService: Sendable {
     /// configuration's value for that key changes.
     func setFlowLimits(network: String, _ request: FlowLimitsRequest) async throws(APIError) -> FlowLimitsInfo
 
+    /// A network's VXLAN uplink: VNI, local address, remotes with counters and learnt MACs
+    /// (404 when the network has none).
+    func vxlan(network: String) async throws(APIError) -> VXLANInfo
+    /// Adds a remote at run time (until the next reload or restart, which apply the configuration's list).
+    func addVXLANRemote(network: String, _ request: VXLANRemoteRequest) async throws(APIError) -> VXLANInfo
+    /// Removes a remote (configured or added) and forgets the MACs learnt behind it.
+    func removeVXLANRemote(network: String, remote: String) async throws(APIError) -> VXLANInfo
+
     /// Prometheus text exposition format.
     func metrics() async -> String
 

@@ -491,3 +491,50 @@ private struct AnyKey: CodingKey {
     init(stringValue: String) { self.stringValue = stringValue }
     init?(intValue: Int) { nil }
 }
+
+/// A network's VXLAN uplink (`GET /v1/networks/NAME/vxlan`).
+public struct VXLANInfo: Codable, Sendable, Equatable {
+    public var network: String
+    public var vni: UInt32
+    /// `ADDR[:PORT]` the uplink receives on.
+    public var local: String
+    public var remotes: [VXLANRemoteInfo]
+    /// Datagrams and frames dropped, by reason (as in /metrics' slirpd_vxlan_dropped_total).
+    public var drops: [String: Int]
+
+    public init(network: String, vni: UInt32, local: String, remotes: [VXLANRemoteInfo], drops: [String: Int]) {
+        self.network = network
+        self.vni = vni
+        self.local = local
+        self.remotes = remotes
+        self.drops = drops
+    }
+}
+
+/// One VXLAN remote (VTEP), its counters and the MACs learnt behind it.
+public struct VXLANRemoteInfo: Codable, Sendable, Equatable {
+    /// `ADDR[:PORT]`, as configured (the port is left out when it is 4789).
+    public var remote: String
+    public var encapsulatedFrames: Int
+    public var encapsulatedBytes: Int
+    public var decapsulatedFrames: Int
+    public var decapsulatedBytes: Int
+    public var macs: [String]
+
+    public init(remote: String, encapsulatedFrames: Int, encapsulatedBytes: Int, decapsulatedFrames: Int,
+                decapsulatedBytes: Int, macs: [String]) {
+        self.remote = remote
+        self.encapsulatedFrames = encapsulatedFrames
+        self.encapsulatedBytes = encapsulatedBytes
+        self.decapsulatedFrames = decapsulatedFrames
+        self.decapsulatedBytes = decapsulatedBytes
+        self.macs = macs
+    }
+}
+
+/// A remote to add to a network's VXLAN uplink (`POST /v1/networks/NAME/vxlan/remotes`).
+public struct VXLANRemoteRequest: Codable, Sendable, Equatable {
+    /// `IPv4[:PORT]`, an IPv6 address or `[IPv6]:PORT`, of the local address's family.
+    public var remote: String
+    public init(remote: String) { self.remote = remote }
+}

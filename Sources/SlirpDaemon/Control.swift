@@ -27,6 +27,18 @@ public struct DaemonControl: ControlService {
         try await mailbox.ask { d throws(APIError) in try d.network(network).removeForward(hostPart: rule) }
     }
 
+    public func vxlan(network: String) async throws(APIError) -> VXLANInfo {
+        try await mailbox.ask { d throws(APIError) in try d.network(network).vxlanInfo() }
+    }
+
+    public func addVXLANRemote(network: String, _ request: VXLANRemoteRequest) async throws(APIError) -> VXLANInfo {
+        try await mailbox.ask { d throws(APIError) in try d.network(network).addVXLANRemote(request.remote) }
+    }
+
+    public func removeVXLANRemote(network: String, remote: String) async throws(APIError) -> VXLANInfo {
+        try await mailbox.ask { d throws(APIError) in try d.network(network).removeVXLANRemote(remote) }
+    }
+
     public func guestForwards(network: String?) async throws(APIError) -> [GuestForwardInfo] {
         try await mailbox.ask { d throws(APIError) in try d.select(network).flatMap { $0.guestForwardInfos() } }
     }

@@ -150,7 +150,7 @@ public final class Daemon {
         defer { shutdown() }
         for net in networks {
             let o = net.config.options
-            log.info("network \(net.config.name): \(o.network.address)/\(o.network.prefixLength), gateway \(o.host), DNS \(o.dns), DHCP from \(o.dhcpStart)\(net.config.mtu > 0 ? ", MTU \(net.config.mtu)" : "") (libslirp \(SlirpStack.libraryVersion))")
+            log.info("network \(net.config.name): \(o.network.address)/\(o.network.prefixLength), gateway \(o.host), DNS \(o.dns), DHCP from \(o.dhcpStart)\(o.dhcpEnd.map { " to \($0)" } ?? "")\(net.config.mtu > 0 ? ", MTU \(net.config.mtu)" : "") (libslirp \(SlirpStack.libraryVersion))")
         }
         for line in networks.flatMap(attachLines) { log.notice("\(line)") }
         if !inherited.isEmpty { log.info("\(inherited.summary)") }

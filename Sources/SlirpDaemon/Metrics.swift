@@ -58,6 +58,31 @@ enum Metrics {
         family("slirpd_nat_unknown_unicast_dropped_total", "counter",
                "Unicast frames from the NAT to a destination no guest holds, dropped instead of flooded to every guest.",
                nets.map { ($0.label, $0.net.framePath.natUnknownUnicastDropped) })
+        // VXLAN (VXLANUplink.swift): only networks with an uplink have these samples.
+        let uplinks = nets.compactMap { n in n.net.uplink.map { (label: n.label, net: n.net, uplink: $0) } }
+        func perRemote(_ value: (VXLANUplink.RemoteCounters) -> Int) -> [(labels: String, value: Int)] {
+            uplinks.flatMap { u in
+                u.uplink.options.remotes.map { r in
+                    ("\(u.label),remote=\"\(escape(r.description))\"", value(u.uplink.counters[VXLANUplink.peer(r)] ?? VXLANUplink.RemoteCounters()))
+                }
+            }
+        }
+        family("slirpd_vxlan_encapsulated_frames_total", "counter", "Frames sent over the VXLAN uplink, per remote (a flood counts once per remote).",
+               perRemote(\.encapsulatedFrames))
+        family("slirpd_vxlan_encapsulated_bytes_total", "counter", "Inner frame bytes sent over the VXLAN uplink, per remote.",
+               perRemote(\.encapsulatedBytes))
+        family("slirpd_vxlan_decapsulated_frames_total", "counter", "Frames received over the VXLAN uplink from each remote (before the switch's checks).",
+               perRemote(\.decapsulatedFrames))
+        family("slirpd_vxlan_decapsulated_bytes_total", "counter", "Inner frame bytes received over the VXLAN uplink, per remote.",
+               perRemote(\.decapsulatedBytes))
+        family("slirpd_vxlan_dropped_total", "counter",
+               "VXLAN datagrams and frames dropped, by reason: unknown_remote, bad_header, wrong_vni, truncated, send_failed (the uplink socket); local_source, gateway, dhcp, spoofed_address, table_full, not_local (the distributed gateway's rules).",
+               uplinks.flatMap { u in
+                   VXLANUplink.Drop.allCases.map { ("\(u.label),reason=\"\($0.rawValue)\"", u.uplink.drops[$0, default: 0]) }
+                   + FramePath.UplinkDrop.allCases.map { ("\(u.label),reason=\"\($0.rawValue)\"", u.net.framePath.uplinkDrops[$0, default: 0]) }
+               })
+        family("slirpd_vxlan_remote_macs", "gauge", "MACs learnt behind the VXLAN uplink.",
+               uplinks.map { ($0.label, $0.uplink.table.count) })
         family("slirpd_nat_connections_reset_total", "counter", "NAT connections reset for guests that left without closing them.",
                nets.map { ($0.label, $0.net.natConnectionsReset) })
         family("slirpd_ipv4_reassembled_total", "counter", "IPv4 datagrams from guests to the NAT put back together from fragments.",

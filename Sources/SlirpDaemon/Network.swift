@@ -103,6 +103,8 @@ final class Network {
     var restoringRuntimeState = false
     /// QEMU server sockets this network dials (Dialing.swift).
     var dialTargets: [DialTarget] = []
+    /// The VXLAN uplink to other hosts (VXLANUplink.swift), with `--vxlan`/`vxlan =`.
+    var uplink: VXLANUplink?
 
     private let relayCommand: (String, UInt16) throws(SlirpError) -> String
 
@@ -153,6 +155,20 @@ final class Network {
             for port in ports.values { port.socket.close() }
             let failed = config.endpoints[listeners.count + datagrams.count + ports.count + dialTargets.count]
             throw DaemonError("cannot \(failed.isTap ? "open" : "listen on") \(failed): \(error)")
+        }
+        if let vxlan = config.vxlan {
+            do {
+                let uplink = try VXLANUplink(options: vxlan, port: allocatePortID())
+                self.uplink = uplink
+                framePath.uplinkPort = uplink.port
+                framePath.uplinkMTU = config.effectiveMTU
+                log.info("VXLAN uplink: VNI \(vxlan.vni), local \(vxlan.local), remotes \(vxlan.remotes.map(\.description).joined(separator: ", "))")
+            } catch {
+                closeEndpoints()
+                for port in ports.values { port.socket.close() }
+                stack.close()
+                throw DaemonError("cannot bind the VXLAN uplink on \(vxlan.local): \(error)")
+            }
         }
         refreshSecurityAddresses()
         startServices()
@@ -217,6 +233,7 @@ final class Network {
         case dnsUpstream
         case dnsListener
         case dnsConnection(DNSConnection)
+        case uplink(VXLANUplink)
     }
 
     func addPollDescriptors(to set: inout PollSet, sources: inout [Source], now: Int64) {
@@ -227,6 +244,10 @@ final class Network {
         for d in datagrams {
             set.add(d.socket.raw, .input)
             sources.append(.datagram(d))
+        }
+        if let uplink {
+            set.add(uplink.socket.raw, .input)
+            sources.append(.uplink(uplink))
         }
         for port in ports.values where port.closeReason == nil {
             if let link = port.vhostUser {
@@ -273,6 +294,7 @@ final class Network {
         case .dnsUpstream: dns?.receiveUpstream()
         case .dnsListener: dns?.acceptConnections()
         case .dnsConnection(let connection): dns?.service(connection, events: events, now: now)
+        case .uplink(let uplink): receiveUplink(uplink, now: now)
         }
     }
 
@@ -723,6 +745,7 @@ final class Network {
     /// flows (FramePath), and asks after datagram peers.
     func housekeeping(now: Int64) {
         framePath.housekeeping(now: now)
+        uplink?.table.expire(now: now)
         probeDatagramPeers()
         shrinkBuffers()
     }
@@ -761,6 +784,8 @@ final class Network {
     func closeEndpoints() {
         for l in listeners { l.close() }
         for d in datagrams { d.close() }
+        uplink?.close()
+        uplink = nil
     }
 
     func shutdown() {

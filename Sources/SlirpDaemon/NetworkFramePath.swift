@@ -77,6 +77,7 @@ extension Network: FramePathSink {
         case .macLearned(let id, let mac):
             guard let port = ports[id] else { return }
             log.info("\(port.label) is using MAC \(mac)")
+            uplink?.table.forget(mac)
             takeUpConnections(port, mac: mac)
         case .macReclaimed(let id, let mac):
             guard let port = ports[id] else { return }

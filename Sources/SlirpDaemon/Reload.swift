@@ -38,6 +38,9 @@ extension NetworkConfig {
         a.options.maxDNSTCP = b.options.maxDNSTCP
         // The MAC cap changes in place too (applyStaticLeases gives DHCP its new cap).
         a.options.maxMACs = b.options.maxMACs
+        // The VXLAN uplink and the DHCP pool's end change in place (applyUplink, applyStaticLeases).
+        a.vxlan = b.vxlan
+        a.options.dhcpEnd = b.options.dhcpEnd
         return a == b
     }
 }
@@ -96,8 +99,9 @@ extension Network {
                 log.error("reload: \(error.message)")
             }
         }
-        let staticLeasesChanged = config.staticLeases != new.staticLeases
+        let staticLeasesChanged = config.staticLeases != new.staticLeases || config.options.dhcpEnd != new.options.dhcpEnd
         let macCapChanged = config.options.maxMACs != new.options.maxMACs
+        changes += applyUplink(new.vxlan)
         let oldFlowLimits = configuredFlowLimits
         config = new
         framePath.settings = Self.framePathSettings(new.options)
@@ -109,7 +113,7 @@ extension Network {
         refreshSecurityAddresses()
         if staticLeasesChanged {
             applyStaticLeases()
-            log.notice("reload: static leases now \(new.staticLeases.count)")
+            log.notice("reload: static leases now \(new.staticLeases.count), DHCP pool ends at \(dhcpConfig().poolEnd)")
             changes += 1
         }
         if macCapChanged {

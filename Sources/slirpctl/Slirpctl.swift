@@ -92,7 +92,7 @@ struct Slirpctl: ParsableCommand {
         commandName: "slirpctl",
         abstract: "Control a running slirpd: guests, forwards, attachments, connections, captures, events.",
         subcommands: [Networks.self, Guests.self, Connections.self, Leases.self, StaticLeaseCommand.self, Limits.self, Forward.self,
-                      GuestFwd.self, Attach.self, Detach.self, Attachments.self, Capture.self, Events.self, QemuArgs.self])
+                      GuestFwd.self, Attach.self, Detach.self, Attachments.self, VXLANCommand.self, Capture.self, Events.self, QemuArgs.self])
 
     // Declared here and in each subcommand, so `slirpctl --control P guests` and
     // `slirpctl guests --control P` both work.

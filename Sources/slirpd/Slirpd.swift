@@ -45,6 +45,9 @@ struct Slirpd: ParsableCommand {
     @Option(name: .customLong("connect"), help: ArgumentHelp("Dial a QEMU '-netdev stream,server=on' socket, and re-dial it whenever the connection drops or slirpd restarts. Repeatable.", valueName: "unix:PATH"))
     var connectTargets: [String] = []
 
+    @Option(help: ArgumentHelp("Join the network to other hosts over VXLAN (RFC 7348; the Linux vxlan device, OVS, other slirpd): 'vni=N,local=ADDR[:PORT],remote=ADDR[:PORT][,remote=...]', port 4789 by default. Give each host its own DHCP range with -o dhcpstart=,dhcpend=.", valueName: "OPTS"))
+    var vxlan: String?
+
     @Option(name: .customLong("guest-uid"), help: ArgumentHelp("Admit guests on Unix sockets only from this user (besides the daemon's own and root). Repeatable.", valueName: "UID"))
     var guestUIDs: [UInt32] = []
 
@@ -100,8 +103,8 @@ struct Slirpd: ParsableCommand {
             var controlConfig = ControlConfig()
             var reloadSource: (() throws(DaemonError) -> [NetworkConfig])?
             if let path = config {
-                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, tap.isEmpty, vhostUser.isEmpty, connectTargets.isEmpty, guestUIDs.isEmpty, guestGIDs.isEmpty, mtu == nil, name == "default", socketMode == "0660" else {
-                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --tap, --vhost-user, --connect, --guest-uid, --guest-gid, --name, --mtu and --socket-mode: set those in \(path)")
+                guard options.isEmpty, stream.isEmpty, dgram.isEmpty, tcp.isEmpty, tap.isEmpty, vhostUser.isEmpty, connectTargets.isEmpty, guestUIDs.isEmpty, guestGIDs.isEmpty, mtu == nil, vxlan == nil, name == "default", socketMode == "0660" else {
+                    throw fail("--config replaces -o, --stream, --dgram, --tcp, --tap, --vhost-user, --connect, --guest-uid, --guest-gid, --vxlan, --name, --mtu and --socket-mode: set those in \(path)")
                 }
                 let loaded = try Self.load(path)
                 networks = try Self.withDefaultEndpoints(inherited.apply(to: loaded.networks))
@@ -154,8 +157,16 @@ struct Slirpd: ParsableCommand {
             guard let spec = EndpointSpec.connect(parsing: text) else { throw fail("invalid --connect '\(text)' (expected unix:PATH)") }
             endpoints.append(spec)
         }
+        var uplink: VXLANOptions?
+        if let vxlan {
+            do {
+                uplink = try VXLANOptions.parse(vxlan)
+            } catch {
+                throw fail("--vxlan: \(error.message)")
+            }
+        }
         return NetworkConfig(name: name, options: parsed, endpoints: endpoints, mtu: mtu ?? 0, socketMode: mode, optionText: options,
-                             guestAccess: GuestAccess(uids: guestUIDs, gids: guestGIDs))
+                             guestAccess: GuestAccess(uids: guestUIDs, gids: guestGIDs), vxlan: uplink)
     }
 
     private func stateDirectory() throws(DaemonError) -> String {
