@@ -207,7 +207,7 @@ def uboot_tftp(fw: Firmware, filename: str, blocksize: Optional[int] = None,
     fw.type(f"tftpboot {UBOOT_LOAD:x} {filename} && crc32 {UBOOT_LOAD:x} ${{filesize}}; echo UB-DONE")
     fw.wait(r"Load address", 60, at)
     t0 = time.monotonic()
-    done = fw.wait(r"Bytes transferred = (\d+)|TFTP error|Retry count exceeded|\nUB-DONE", timeout, at)
+    done = fw.wait(r"Bytes transferred = (\d+) \(|TFTP error|Retry count exceeded|\nUB-DONE", timeout, at)
     took = time.monotonic() - t0
     if not done.group(1):
         raise AssertionError(f"tftpboot failed: {fw.text[at:][-2000:]}")
