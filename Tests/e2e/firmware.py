@@ -273,7 +273,11 @@ def grub_efi(out: Path, marker: str) -> Path:
     return out
 
 
-def ovmf(name: str, netdev: str, log_dir: Path) -> Firmware:
+def ovmf(name: str, netdev: str, log_dir: Path, pxe: bool = True) -> Firmware:
     """OVMF with virtio-net (OVMF's own driver: romfile= keeps iPXE's EFI ROM out) first in
-    the boot order. OVMF then tries, in order: PXEv4, PXEv6, HTTPv4, HTTPv6."""
-    return Firmware(name, netdev, "virtio-net-pci,romfile=,bootindex=1", log_dir, bios=OVMF)
+    the boot order. OVMF then tries, in order: PXEv4, PXEv6, HTTPv4, HTTPv6. With pxe=False,
+    OVMF's fw_cfg knobs leave PXE out, so HTTP boot over IPv4 comes first (PXEv6 alone
+    waits minutes for a DHCPv6 offer under TCG)."""
+    knobs = () if pxe else ("-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+                            "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n")
+    return Firmware(name, netdev, "virtio-net-pci,romfile=,bootindex=1", log_dir, bios=OVMF, extra=knobs)
