@@ -34,12 +34,6 @@
 //   Unknown options are left out; a known one with a value out of its RFC range gets
 //   ERROR 8.
 // - Sessions are capped per guest and per network; beyond, the RRQ gets an ERROR.
-// - A window that loses blocks is halved for the rest of the session (down to one block):
-//   a gap ACK, a repeated ACK or a timeout. Some NICs cannot take a burst at all: U-Boot
-//   gives QEMU 7.2's e1000 one receive buffer at a time, and QEMU's queue flush drops
-//   every queued frame but the first, so a stream-attached U-Boot lost all but a block
-//   or two of every window and gave up. It never grows back within a session: the losses
-//   are the NIC's, not congestion that passes, and each costs the client a timeout.
 
 import FrameSwitch
 
@@ -129,10 +123,6 @@ public struct TFTPServer {
         var file: any TFTPFile
         var blockSize: Int
         var windowSize: Int
-        /// Blocks per window now: `windowSize`, halved by each loss (at least 1).
-        var window: Int = 0
-        /// The last block of the window sent most recently.
-        var windowLast: UInt64 = 0
         var baseTimeout: Int64
         /// The size at open; tsize said so, and the blocks follow it.
         var size: UInt64
@@ -230,7 +220,6 @@ public struct TFTPServer {
                 s.deadline = now + wait(s)
                 sessions[key] = s
             } else {
-                s.window = max(1, s.window / 2)
                 sessions[key] = s
                 out += sendWindow(key: key, now: now).map { Outgoing(guest: key.guest, frame: $0) }
             }
@@ -315,7 +304,6 @@ public struct TFTPServer {
             path: path, template: datagram.reply([], from: datagram.destinationMAC.isGroup ? serverMAC : datagram.destinationMAC),
             file: file, blockSize: blockSize, windowSize: windowSize, baseTimeout: timeout, size: file.size,
             lastBlock: file.size / UInt64(blockSize) + 1)
-        session.window = windowSize
         counters.sessionsStarted += 1
         if granted.isEmpty {
             sessions[key] = session
@@ -348,11 +336,8 @@ public struct TFTPServer {
             // A repeated ACK: the client still lacks block acked+1. Send the window again,
             // but not more often than the holdoff.
             guard now - s.windowSentAt >= limits.duplicateACKHoldoff else { return [] }
-            s.window = max(1, s.window / 2)
-            sessions[key] = s
             return sendWindow(key: key, now: now)
         }
-        if block < s.windowLast { s.window = max(1, s.window / 2) }  // a gap inside the window
         s.acked = block
         s.retries = 0
         sessions[key] = s
@@ -376,7 +361,7 @@ public struct TFTPServer {
         }
         var frames: [[UInt8]] = []
         let first = s.acked + 1
-        let last = min(s.acked + UInt64(s.window), s.lastBlock)
+        let last = min(s.acked + UInt64(s.windowSize), s.lastBlock)
         for block in first...last {
             let offset = (block - 1) * UInt64(s.blockSize)
             let expected = block == s.lastBlock ? Int(s.size - offset) : s.blockSize
@@ -391,7 +376,6 @@ public struct TFTPServer {
             frames.append(frame([0, 3] + be16(UInt16(truncatingIfNeeded: block)) + data, template: s.template))
         }
         s.sentHighest = max(s.sentHighest, last)
-        s.windowLast = last
         s.windowSentAt = now
         s.deadline = now + wait(s)
         sessions[key] = s
