@@ -422,7 +422,11 @@ public struct TCPWindowShim {
         }
         slots[i].lastActive = now
         setScaled(i)
-        // A SYN-ACK's window is never scaled: the guest reads it as it is.
+        // A SYN-ACK's window is never scaled: the guest reads it as it is. Its ACK is
+        // libslirp's first: without it `slirpAck` stayed 0, which every later ACK of a
+        // guest whose sequence numbers lie 2^31 or more from 0 failed to pass (seqGT), so
+        // releases thought libslirp had it all and dropped held data unsent (the stall).
+        slots[i].slirpAck = h.ack
         let edge = h.ack &+ UInt32(h.window)
         advanceSlirpEdge(i, edge)
         if !slots[i].hasEdge || seqGT(edge, slots[i].edge) {

@@ -134,6 +134,21 @@ struct TCPWindowShimStallTests {
         #expect(TCPFrame.ack(out) == h.g(65_000))
     }
 
+    @Test("a guest whose sequence numbers lie 2^31 or more from 0: held data all reaches libslirp once its window opens",
+          arguments: [0x8000_0000, 0x9ABC_DEF0, 0xFFFF_0000] as [UInt32])
+    func upperHalfSequenceNumbers(isn: UInt32) {
+        var h = ShimHarness(flowCap: 1 << 20, guestISN: isn)
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        for n in 65..<80 { #expect(h.send(n * 1000).0 == .queued) }
+        var slirp = SlirpReceiver(next: h.g(65_000), room: 1 << 20)
+        _ = h.nat(h.toGuest(seq: h.slirpISN + 1, ack: h.g(65_000), window: 65535))
+        h.feed(h.releases(), to: &slirp)
+        #expect(slirp.next == h.g(80_000))
+        #expect(h.shim.queuedBytes == 0)
+    }
+
     @Test("released data is kept only until libslirp's ACK covers it")
     func retainedUntilACKed() {
         var h = ShimHarness(flowCap: 1 << 20)

@@ -10,12 +10,15 @@ struct ShimHarness {
     let port = PortID(1)
     var now: Int64 = 0
     /// The guest's initial sequence number and libslirp's.
-    let guestISN: UInt32 = 0xFFFF_F000  // wraps within the first 4 KiB of data
+    let guestISN: UInt32
     let slirpISN: UInt32 = 5000
 
-    init(flowCap: Int = 1 << 20, networkCap: Int = 64 << 20, maxFlows: Int = 100, v6: Bool = false) {
+    /// `guestISN`: by default wraps within the first 4 KiB of data.
+    init(flowCap: Int = 1 << 20, networkCap: Int = 64 << 20, maxFlows: Int = 100, v6: Bool = false,
+         guestISN: UInt32 = 0xFFFF_F000) {
         shim = TCPWindowShim(flowCap: flowCap, networkCap: networkCap, maxFlows: maxFlows)
         self.v6 = v6
+        self.guestISN = guestISN
     }
 
     /// The verdict and the frame that goes on (the output buffer when rewritten).
