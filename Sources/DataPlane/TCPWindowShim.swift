@@ -23,9 +23,22 @@ import FrameSwitch
 //   its end (or its start, split off, when that is all the window takes: libslirp 4.7
 //   announces an opened window only once it has grown by two of its segments, so waiting
 //   for all of a large segment to fit could wait for ever); one beyond the offered edge is
-//   dropped (the guest retransmits it). A guest's resend of held data libslirp needs next
-//   goes to libslirp at once, as a window probe. libslirp still sends every ACK, so an
-//   ACK toward the guest still means libslirp took the data.
+//   dropped (the guest retransmits it). Even a guest's resend of what libslirp needs next
+//   is held when it reaches past E: passed on, libslirp would drop what its window does
+//   not take, and the guest would resend it only on its backed-off retransmission timer.
+//   libslirp still sends every ACK, so an ACK toward the guest still means libslirp took
+//   the data.
+// - Kept until ACKed. What the shim hands libslirp (a release, or a guest's resend of what
+//   libslirp needs next) stays with the flow until libslirp's ACK covers it: libslirp may
+//   take less than the edge it announced while its host does not read, and then only the
+//   shim still has the bytes (at most libslirp's 64 KiB window per flow).
+// - Probes. While held data waits on libslirp's window, or libslirp has not ACKed what it
+//   was handed, the shim probes it (`nextProbe`, 2 ms backing off to 200 ms): with what it
+//   needs next when the shim has that, else with the first held byte. libslirp 4.7 sends
+//   no window update when its host reads again unless the window grew by two segments, so
+//   without probes a transfer stalled by a host that stopped reading would wait on the
+//   guest's retransmission timer. An answer that moves neither libslirp's ACK nor its
+//   window is absorbed; a reopened window goes to the guest.
 //
 // - ACKs. libslirp ACKs every segment it takes; a TCG guest pays for each. A pure ACK of a
 //   scaled flow is held to the end of the loop turn (`takeHeldACK`) and replaced by the
@@ -94,6 +107,10 @@ public struct TCPWindowShim {
 
     /// Payload bytes held in every flow's queue.
     public private(set) var queuedBytes = 0
+    /// Payload bytes handed to libslirp and kept until it ACKs them (at most its window per flow).
+    public private(set) var retainedBytes = 0
+    /// Segments libslirp was handed again because its ACK stayed short of them.
+    public private(set) var resends = 0
     /// Bytes offered to guests beyond libslirp's windows, summed over flows.
     public private(set) var committedBytes = 0
     public private(set) var scaledFlowCount = 0
@@ -127,6 +144,8 @@ public struct TCPWindowShim {
     private var ready: [Int] = []
     /// Flows holding a pure ACK for the end of the loop turn.
     private var heldList: [Int] = []
+    /// The latest time a caller passed in (nextRelease has none of its own).
+    private var clock: Int64 = 0
     /// Per-flow caps below `flowCap` for the flows of some ports (`setFlowCap`).
     private var portCaps: [PortID: Int] = [:]
 
@@ -156,6 +175,7 @@ public struct TCPWindowShim {
     /// A guest's frame for libslirp (after NATIngressCheck).
     public mutating func fromGuest(_ frame: UnsafeRawBufferPointer, port: PortID, now: Int64) -> Verdict {
         guard let h = Segment(frame) else { return .pass }
+        clock = now
         let key = h.key(frame, guestIsSource: true)
         if h.flags & Flag.syn != 0 {
             if h.flags & Flag.ack == 0 { return guestSYN(frame, h, key, port: port, now: now) }
@@ -181,21 +201,22 @@ public struct TCPWindowShim {
                 slots[i].guestFin = true
                 finishIfDone(i)
             }
-            return rewriteGuest(frame, h, window: window)
+            let verdict = rewriteGuest(frame, h, window: window)
+            // A resend of what libslirp needs next: kept until libslirp ACKs it, so that
+            // if libslirp drops it too the shim resends it (nextProbe), not the guest's
+            // backed-off retransmission timer.
+            if seqLE(h.seq, flow.slirpAck), seqGT(end, flow.slirpAck) || fin {
+                retain(i, Held(seq: h.seq, end: end, fin: fin, frame: Array(frame[0..<h.ipEnd])), now: now)
+            }
+            return verdict
         }
         guard seqLE(end, flow.edge) else {
             droppedBeyondEdge += 1
             return .drop
         }
-        if seqLE(h.seq, flow.slirpAck), !empty, seqLE(flow.queue[flow.head].seq, flow.slirpAck) {
-            // The guest resends what libslirp needs next, and it is held: it waits for an
-            // edge libslirp has not announced. libslirp gets the resend as a window probe:
-            // it keeps what fits and ACKs with its real window, which releases the rest.
-            // (libslirp 4.7 announces an opened window only once it has grown by two of its
-            // segments: with a large MSS, or a window that shrank part way, it may never.)
-            windowProbes += 1
-            return rewriteGuest(frame, h, window: window)
-        }
+        // Beyond libslirp's edge, even a resend of what it needs next: passed on, libslirp
+        // would drop what its window does not take, and nothing would hold it. Held, it
+        // goes (split at the edge) as soon as libslirp's window reaches it.
         let verdict = enqueue(i, frame, h, end: end, fin: fin)
         scheduleProbe(i, now: now)
         return verdict
@@ -236,6 +257,11 @@ public struct TCPWindowShim {
     private mutating func enqueue(_ i: Int, _ frame: UnsafeRawBufferPointer, _ h: Segment,
                                   end: UInt32, fin: Bool) -> Verdict {
         let seq = h.seq
+        // Already handed to libslirp and kept until it ACKs it: the shim resends it itself.
+        if slots[i].sent.contains(where: { $0.covers(seq, end, fin) }) {
+            droppedOther += 1
+            return .drop
+        }
         var pos = slots[i].queue.count
         let head = slots[i].head
         while pos > head, seqGE(slots[i].queue[pos - 1].seq, seq) { pos -= 1 }
@@ -296,6 +322,7 @@ public struct TCPWindowShim {
     /// libslirp's frame for the guest on `port`.
     public mutating func fromNAT(_ frame: UnsafeRawBufferPointer, port: PortID, now: Int64) -> Verdict {
         guard let h = Segment(frame) else { return .pass }
+        clock = now
         let key = h.key(frame, guestIsSource: false)
         if h.flags & Flag.syn != 0 {
             if h.flags & Flag.ack == 0 { return natSYN(frame, h, key, port: port, now: now) }
@@ -304,15 +331,18 @@ public struct TCPWindowShim {
         guard let i = scaledFlow(key, h, now: now) else { return .pass }
         if h.flags & Flag.fin != 0 { slots[i].slirpFin = true }
         guard h.flags & Flag.ack != 0 else { return .pass }
-        let ackBefore = slots[i].slirpAck
+        let ackBefore = slots[i].slirpAck, edgeBefore = slots[i].slirpEdge
         let field = offer(i, ack: h.ack, window: h.window)
+        pruneSent(i)
         markIfReady(i)
         scheduleProbe(i, now: now)
         finishIfDone(i)
         let pureACK = h.flags == Flag.ack && h.payload == 0
         if slots[i].live, slots[i].probeOutstanding, pureACK {
             slots[i].probeOutstanding = false
-            if seqLE(h.ack, ackBefore) { return .absorbed }
+            // Only an answer that moves nothing is absorbed: a reopened window goes to the
+            // guest (libslirp 4.7 may announce it to nobody else).
+            if seqLE(h.ack, ackBefore), slots[i].slirpEdge == edgeBefore { return .absorbed }
         }
         // libslirp moved on: the next wait on its window starts probing from the shortest interval.
         if seqGT(h.ack, ackBefore) { slots[i].probeInterval = Self.firstProbe }
@@ -392,7 +422,11 @@ public struct TCPWindowShim {
         }
         slots[i].lastActive = now
         setScaled(i)
-        // A SYN-ACK's window is never scaled: the guest reads it as it is.
+        // A SYN-ACK's window is never scaled: the guest reads it as it is. Its ACK is
+        // libslirp's first: without it `slirpAck` stayed 0, which every later ACK of a
+        // guest whose sequence numbers lie 2^31 or more from 0 failed to pass (seqGT), so
+        // releases thought libslirp had it all and dropped held data unsent (the stall).
+        slots[i].slirpAck = h.ack
         let edge = h.ack &+ UInt32(h.window)
         advanceSlirpEdge(i, edge)
         if !slots[i].hasEdge || seqGT(edge, slots[i].edge) {
@@ -479,10 +513,12 @@ public struct TCPWindowShim {
             if !item.fin, seqLE(item.end, slots[i].slirpAck) { continue }
             segmentsReleased += 1
             withGuestACK(i, &item.frame)
-            if item.fin {
-                slots[i].guestFin = true
-                finishIfDone(i)
-            }
+            if item.fin { slots[i].guestFin = true }
+            // Kept (the same buffer, no copy) until libslirp's ACK covers it: should libslirp
+            // take less than its window announced, the shim resends the rest (nextProbe).
+            // Dropped once released, it would wait for the guest's retransmission timer,
+            // backed off for as long as libslirp's window was closed.
+            retain(i, item, now: clock)
             return item.frame
         }
         return nil
@@ -506,24 +542,37 @@ public struct TCPWindowShim {
     /// When the next window probe is due, if any flow's held data waits on libslirp.
     public var nextProbeDeadline: Int64? { probeDue.values.min() }
 
-    /// A window probe due by `now`: the first byte of a flow's held data that libslirp's
-    /// window does not reach. libslirp 4.7 announces an opened window only once it has
-    /// grown by two of its segments, which a window that closed part way may never do;
-    /// a guest behind the shim, offered more, never probes it itself. libslirp keeps the
-    /// byte if it has room and ACKs with its window either way (an ACK that moves nothing
-    /// is absorbed, not shown to the guest). Probes back off from 2 to 200 ms while
-    /// libslirp's ACK does not move.
+    /// A window probe due by `now`, for a flow whose libslirp ACK stays short of data the
+    /// shim holds. It is what libslirp needs next when the shim has it (a segment libslirp
+    /// was handed and did not take all of), else the first byte of held data libslirp's
+    /// window does not reach. libslirp 4.7 announces an opened window only once it has grown
+    /// by two of its segments, which a window that closed part way may never do, and a guest
+    /// behind the shim, offered more, never probes it itself. libslirp keeps what it has room
+    /// for and ACKs with its window either way; an answer that moves neither its ACK nor its
+    /// window is absorbed, not shown to the guest. Probes back off from 2 to 200 ms while
+    /// libslirp's ACK does not move, so data held when a host stops reading goes at most
+    /// 200 ms after it reads again, however far the guest's own retransmission timer backed off.
     public mutating func nextProbe(now: Int64) -> [UInt8]? {
+        clock = now
         for (i, due) in probeDue where due <= now {
             let f = slots[i]
-            guard f.live, f.head < f.queue.count, !f.queue[f.head].starts(before: f.slirpEdge) else {
+            var probe: [UInt8]
+            if f.live, let next = f.sent.first(where: { $0.holds(f.slirpAck) }) {
+                probe = next.frame
+                resends += 1
+            } else if f.live, f.head < f.queue.count, !f.queue[f.head].starts(before: f.slirpEdge) {
+                let held = f.queue[f.head]
+                probe = held.length > 1
+                    ? held.frame.withUnsafeBytes({ TCPSegmentation.split($0, payloadBytes: 1) })?.head ?? held.frame
+                    : held.frame
+            } else if f.live, let first = f.sent.first {
+                // libslirp needs bytes the shim never held (the guest resends those): this
+                // only asks for libslirp's window.
+                probe = first.frame
+            } else {
                 probeDue[i] = nil
                 continue
             }
-            let held = f.queue[f.head]
-            var probe = held.length > 1
-                ? held.frame.withUnsafeBytes({ TCPSegmentation.split($0, payloadBytes: 1) })?.head ?? held.frame
-                : held.frame
             slots[i].probeInterval = min(max(f.probeInterval, Self.firstProbe) * 2, Self.maxProbeInterval)
             probeDue[i] = now + slots[i].probeInterval
             slots[i].probeOutstanding = true
@@ -534,14 +583,46 @@ public struct TCPWindowShim {
         return nil
     }
 
-    /// Starts probing a flow whose held data libslirp's window does not reach; stops when it does.
+    /// Starts probing a flow whose held data libslirp's window does not reach, or whose
+    /// data handed to libslirp its ACK does not cover yet; stops when neither is left.
     private mutating func scheduleProbe(_ i: Int, now: Int64) {
         let f = slots[i]
-        if f.live, f.head < f.queue.count, !f.queue[f.head].starts(before: f.slirpEdge) {
+        if f.live, !f.sent.isEmpty || (f.head < f.queue.count && !f.queue[f.head].starts(before: f.slirpEdge)) {
             if probeDue[i] == nil { probeDue[i] = now + max(f.probeInterval, Self.firstProbe) }
         } else if probeDue[i] != nil {
             probeDue[i] = nil
         }
+    }
+
+    /// Keeps a segment handed to libslirp until its ACK covers it (see `nextProbe`).
+    private mutating func retain(_ i: Int, _ item: Held, now: Int64) {
+        guard !slots[i].sent.contains(where: { $0.covers(item.seq, item.end, item.fin) }) else { return }
+        var removed = 0
+        slots[i].sent.removeAll { old in
+            guard item.covers(old.seq, old.end, old.fin) else { return false }
+            removed += old.length
+            return true
+        }
+        var pos = slots[i].sent.count
+        while pos > 0, seqGT(slots[i].sent[pos - 1].seq, item.seq) { pos -= 1 }
+        slots[i].sent.insert(item, at: pos)
+        slots[i].sentBytes += item.length - removed
+        retainedBytes += item.length - removed
+        scheduleProbe(i, now: now)
+    }
+
+    /// Forgets what libslirp's ACK now covers (a FIN takes one more sequence number).
+    private mutating func pruneSent(_ i: Int) {
+        guard !slots[i].sent.isEmpty else { return }
+        let ack = slots[i].slirpAck
+        var removed = 0
+        slots[i].sent.removeAll { old in
+            guard seqLE(old.fin ? old.end &+ 1 : old.end, ack) else { return false }
+            removed += old.length
+            return true
+        }
+        slots[i].sentBytes -= removed
+        retainedBytes -= removed
     }
 
     /// Caps what each new flow of `port` may be offered beyond libslirp's window below
@@ -598,6 +679,7 @@ public struct TCPWindowShim {
         guard slots[i].live else { return }
         if slots[i].phase == .scaled { scaledFlowCount -= 1 }
         queuedBytes -= slots[i].bytes
+        retainedBytes -= slots[i].sentBytes
         committedBytes -= slots[i].committed
         index[slots[i].key] = nil
         probeDue[i] = nil
@@ -637,7 +719,7 @@ public struct TCPWindowShim {
 
     private mutating func finishIfDone(_ i: Int) {
         let f = slots[i]
-        if f.guestFin, f.slirpFin, f.head == f.queue.count { free(i) }
+        if f.guestFin, f.slirpFin, f.head == f.queue.count, f.sent.isEmpty { free(i) }
     }
 
     private mutating func compact(_ i: Int) {
@@ -844,6 +926,11 @@ private struct Held {
         seqLE(end, edge) || (end != seq && seqLT(seq, edge))
     }
 
+    /// Whether this segment carries sequence number `s` (its data, or its FIN).
+    func holds(_ s: UInt32) -> Bool {
+        seqLE(seq, s) && (seqLT(s, end) || (fin && s == end))
+    }
+
     /// Whether this segment holds all of [seq, end) (and the FIN, if that has one).
     func covers(_ s: UInt32, _ e: UInt32, _ f: Bool) -> Bool {
         seqLE(seq, s) && seqGE(end, e) && (fin || !f)
@@ -875,6 +962,10 @@ private struct Flow {
     var guestWindow: UInt16 = 0
     /// Held segments, sorted by sequence number from `head` on.
     var queue: [Held] = []
+    /// Segments handed to libslirp (released, or a guest's resend of what it needed next)
+    /// that its ACK does not cover yet, by sequence number; their payload bytes.
+    var sent: [Held] = []
+    var sentBytes = 0
     var head = 0
     var bytes = 0
     var committed = 0
