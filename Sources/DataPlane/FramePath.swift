@@ -87,6 +87,8 @@ public final class FramePath {
     public internal(set) var ingressCheck = NATIngressCheck()
     /// Window scaling toward guests over libslirp's 64 KiB TCP window.
     public internal(set) var tcpShim = TCPWindowShim()
+    /// libslirp's data acknowledged on the guests' behalf, and resent to them by slirpd.
+    public internal(set) var earlyACK = TCPEarlyACK()
     /// Whether the last frame from libslirp was a pure ACK the shim held for the turn's end.
     public internal(set) var natFrameHeld = false
     var heldACKBuffer: [UInt8] = []
@@ -124,6 +126,8 @@ public final class FramePath {
     /// Caps what the TCP shim offers each flow of `port` beyond libslirp's window.
     public func setShimFlowCap(_ bytes: Int, for port: PortID) {
         tcpShim.setFlowCap(bytes, for: port)
+        // What a flow may keep for the guest: its offer plus libslirp's own window.
+        earlyACK.setFlowCap(bytes + 65535, for: port)
     }
 
     /// Forgets a port that has gone: its MACs, its addresses and what the neighbour tables
@@ -133,6 +137,7 @@ public final class FramePath {
         ports[id] = nil
         holdingPorts.remove(id)
         tcpShim.removePort(id)
+        earlyACK.removePort(id)
         let macs = bridge.removePort(id)
         for key in security.removePort(id) { neighbors6[key] = nil }
         if !macs.isEmpty {
@@ -150,6 +155,7 @@ public final class FramePath {
         reassembly.expire(now: now)
         for port in ports.values { port.flows.expire(now: now) }
         tcpShim.expire(now: now)
+        earlyACK.expire(now: now)
     }
 
     /// Which port the switch has learnt `mac` on.
@@ -180,10 +186,29 @@ public final class FramePath {
             probe.withUnsafeBytes { sink.inputToNAT($0) }
             releaseHeld(sink)
         }
+        sendEarlyACKs(now: now, sink: sink)
+        runRetransmitTimers(now: now, sink: sink)
     }
 
     /// When `injectPending` has a window probe to send, if ever.
     public var nextProbeDeadline: Int64? { tcpShim.nextProbeDeadline }
+
+    /// When `injectPending` has a retransmission toward a guest to make, if ever.
+    public var nextRetransmitDeadline: Int64? { earlyACK.nextDeadline }
+
+    /// Resends toward guests whose retransmit timers fired; resets flows whose guest stopped answering.
+    func runRetransmitTimers(now: Int64, sink: any FramePathSink) {
+        while let timeout = earlyACK.nextTimeout(now: now) {
+            switch timeout {
+            case .retransmit(let frame, let id):
+                frame.withUnsafeBytes { put($0, to: id, sink: sink) }
+            case .reset(let toGuest, let toNAT, let id):
+                sink.frameEvent(.earlyACKReset(id, count: earlyACK.flowsReset))
+                toGuest.withUnsafeBytes { sink.deliver($0, to: id) }
+                toNAT.withUnsafeBytes { sink.inputToNAT($0) }
+            }
+        }
+    }
 
     // MARK: Neighbours (the ARP/NDP proxy's tables)
 
