@@ -342,7 +342,7 @@ public struct TCPEarlyACK {
     public mutating func takeRetransmit() -> ([UInt8], PortID)? {
         while let i = resends.popLast() {
             guard slots[i].live, let first = slots[i].held.first else { continue }
-            slots[i].held[0].resent = true
+            slots[i].held.markFirstResent()
             return (first.frame, slots[i].port)
         }
         return nil
@@ -366,7 +366,7 @@ public struct TCPEarlyACK {
             }
             slots[i].tries += 1
             slots[i].backoff = min(slots[i].backoff + 1, 16)
-            slots[i].held[0].resent = true
+            slots[i].held.markFirstResent()
             slots[i].recover = slots[i].nxt
             slots[i].dupACKs = 0
             rtoDue[i] = now + currentRTO(i)
@@ -406,7 +406,7 @@ public struct TCPEarlyACK {
         if let first = slots[i].held.first, seqGT(a, first.seq) {
             let cut = Int(seqDiff(a, first.seq))
             if let (_, tail) = first.frame.withUnsafeBytes({ TCPSegmentation.split($0, payloadBytes: cut) }) {
-                slots[i].held[0] = Kept(seq: a, end: first.end, sentAt: first.sentAt, resent: first.resent, frame: tail)
+                slots[i].held.replaceFirst(Kept(seq: a, end: first.end, sentAt: first.sentAt, resent: first.resent, frame: tail))
                 freed += cut
             }
         }
@@ -619,6 +619,34 @@ private struct Kept {
     var length: Int { Int(end &- seq) }
 }
 
+/// A flow's kept segments in sequence order: a consumed prefix is skipped, not moved, on
+/// every ACK (compacted once it is half the array), so an ACK costs what it frees.
+private struct KeptQueue {
+    private var items: [Kept] = []
+    private var head = 0
+
+    var isEmpty: Bool { head == items.count }
+    var count: Int { items.count - head }
+    var first: Kept? { isEmpty ? nil : items[head] }
+    subscript(n: Int) -> Kept { items[head + n] }
+
+    mutating func append(_ k: Kept) { items.append(k) }
+    mutating func markFirstResent() { if !isEmpty { items[head].resent = true } }
+    mutating func replaceFirst(_ k: Kept) { if !isEmpty { items[head] = k } }
+
+    mutating func removeFirst(_ n: Int) {
+        for j in head..<(head + n) { items[j].frame = [] }
+        head += n
+        if head == items.count {
+            items.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head >= 64, head * 2 >= items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+    }
+}
+
 private struct Flow {
     enum Phase { case guestSYN, slirpSYN, established }
 
@@ -650,7 +678,7 @@ private struct Flow {
     var slirpRcvNxt: UInt32 = 0
     /// The guest's window, in bytes.
     var guestWindow = 0
-    var held: [Kept] = []
+    var held = KeptQueue()
     var heldBytes = 0
     var cap = 0
     var template: [UInt8]?
