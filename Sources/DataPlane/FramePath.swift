@@ -39,6 +39,12 @@ import FrameSwitch
 // the frame. It sees every TCP segment between a guest and libslirp and nothing else; the
 // segments it holds are released by `releaseHeld`, after each guest frame and from
 // `injectPending`, once libslirp's ACKs have opened its window.
+//
+// TCPEarlyACK (TCPEarlyACK.swift) wraps the shim on the guest's side: a guest's segment
+// meets it before the shim, libslirp's after the shim and before the cut to the port's
+// MTU. It keeps libslirp's data for the guest and owes libslirp an ACK for it; those ACKs
+// go in (through the shim) from `injectPending`, which also runs its retransmit timers
+// (`nextRetransmitDeadline`, wired into the loop like the shim's probes).
 public final class FramePath {
     /// What the frame path needs of the network's options.
     public struct Settings: Equatable, Sendable {
