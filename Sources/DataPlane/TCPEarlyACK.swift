@@ -26,7 +26,11 @@ import FrameSwitch
 //   flow (RFC 6298: SRTT/RTTVAR from the guest's ACKs, Karn's rule, 200 ms to 10 s,
 //   doubling) resends it too. Any ACK from the guest resets the try count (a guest at
 //   zero window is alive); after `maxTries` unanswered timeouts the flow is reset both
-//   ways (`nextTimeout` hands out the RSTs).
+//   ways (`nextTimeout` hands out the RSTs). libslirp no longer sees losses, so this
+//   stage does the congestion control toward the guest (Reno: a window that grows with
+//   the guest's ACKs, halves on a fast retransmit, restarts on a timeout, never below the
+//   64 KiB libslirp alone had in flight); the window shown to libslirp stays within it,
+//   so a small NIC ring or a tap's queue is not flooded.
 // - Window Scale. A flow the shim does not scale (MSS over its limit, table full) but
 //   whose guest offered Window Scale gets WS(0) added to libslirp's SYN or SYN-ACK here:
 //   the guest then scales its own window (what lets it offer more than 64 KiB), libslirp
@@ -60,6 +64,8 @@ public struct TCPEarlyACK {
     /// Timeouts in a row without any answer from the guest before the flow is reset.
     public static let maxTries = 12
     public static let defaultIdleTimeout: Int64 = 120_000_000_000
+    /// The least congestion window: what libslirp alone keeps in flight.
+    public static let minWindow = 65535
 
     public let flowCap: Int
     public let networkCap: Int
@@ -79,6 +85,8 @@ public struct TCPEarlyACK {
     public private(set) var timeoutRetransmits = 0
     public private(set) var flowsReset = 0
     public private(set) var windowScaleAdded = 0
+    /// Congestion windows cut for a loss toward a guest.
+    public private(set) var windowCuts = 0
     public var retransmits: Int { fastRetransmits + timeoutRetransmits }
     public var flowCount: Int { index.count }
 
@@ -155,6 +163,7 @@ public struct TCPEarlyACK {
                 slots[i].una = a
             }
             slots[i].dupACKs = 0
+            if slots[i].recover == nil { growWindow(i, acked: Int(seqDiff(a, f.una))) }
             if let recover = slots[i].recover {
                 if seqLT(a, recover), !slots[i].held.isEmpty {
                     queueResend(i)  // a partial ACK: the next hole
@@ -169,6 +178,7 @@ public struct TCPEarlyACK {
             slots[i].dupACKs += 1
             if slots[i].dupACKs == 3, slots[i].recover == nil {
                 slots[i].recover = slots[i].nxt
+                shrinkWindow(i, timeout: false)
                 fastRetransmits += 1
                 queueResend(i, counted: false)
             }
@@ -218,6 +228,8 @@ public struct TCPEarlyACK {
         let guestEdge = f.una &+ UInt32(truncatingIfNeeded: f.guestWindow)
         var w = Int(seqDiff(guestEdge, ack))
         w = min(w, f.cap - f.heldBytes, networkCap - heldBytes)
+        // In flight toward the guest (kept, and past `ack`): at most the congestion window.
+        w = min(w, f.cwnd - Int(seqDiff(ack, f.una)))
         w = max(0, min(w, 65535))
         // Rounded down to the field's units, so the caps hold; up only where the edge
         // already shown needs it.
@@ -283,6 +295,7 @@ public struct TCPEarlyACK {
         slots[i].heldBytes += h.payload
         heldBytes += h.payload
         slots[i].nxt = end
+        if h.payload > slots[i].mss { slots[i].mss = min(h.payload, 65535) }
         if rtoDue[i] == nil { rtoDue[i] = now + slots[i].rto }
         if !slots[i].ackDue {
             slots[i].ackDue = true
@@ -367,6 +380,7 @@ public struct TCPEarlyACK {
             slots[i].tries += 1
             slots[i].backoff = min(slots[i].backoff + 1, 16)
             slots[i].held.markFirstResent()
+            if slots[i].tries == 1 { shrinkWindow(i, timeout: true) }
             slots[i].recover = slots[i].nxt
             slots[i].dupACKs = 0
             rtoDue[i] = now + currentRTO(i)
@@ -374,6 +388,23 @@ public struct TCPEarlyACK {
             return .retransmit(first.frame, slots[i].port)
         }
         return nil
+    }
+
+    /// Reno toward the guest, which libslirp no longer sees lose anything: slow start
+    /// below `ssthresh`, then a segment per window of ACKs; never below the 64 KiB
+    /// libslirp itself would have had in flight.
+    private mutating func growWindow(_ i: Int, acked: Int) {
+        let f = slots[i]
+        let grown = f.cwnd < f.ssthresh ? f.cwnd + acked : f.cwnd + max(1, f.mss * f.mss / f.cwnd)
+        slots[i].cwnd = min(grown, f.cap)
+    }
+
+    /// A loss: the window halves (a timeout starts again from the floor).
+    private mutating func shrinkWindow(_ i: Int, timeout: Bool) {
+        let flight = Int(seqDiff(slots[i].nxt, slots[i].una))
+        slots[i].ssthresh = max(flight / 2, Self.minWindow)
+        slots[i].cwnd = timeout ? Self.minWindow : slots[i].ssthresh
+        windowCuts += 1
     }
 
     private func currentRTO(_ i: Int) -> Int64 {
@@ -690,6 +721,10 @@ private struct Flow {
     var rto: Int64 = TCPEarlyACK.initialRTO
     var backoff = 0
     var tries = 0
+    /// The congestion window toward the guest (bytes), its threshold, and the largest segment seen.
+    var cwnd = TCPEarlyACK.minWindow
+    var ssthresh = Int.max / 2
+    var mss = 1460
     var slirpFin = false
     var finSeq: UInt32 = 0
     var lastActive: Int64

@@ -47,6 +47,8 @@ enum Metrics {
         family("slirpd_tcp_early_ack_retransmits_total", "counter", "Kept TCP segments resent to a guest, by cause: dup_ack (duplicate or partial ACKs), timeout.",
                nets.flatMap { n in [("\(n.label),cause=\"dup_ack\"", n.net.framePath.earlyACK.fastRetransmits),
                                     ("\(n.label),cause=\"timeout\"", n.net.framePath.earlyACK.timeoutRetransmits)] })
+        family("slirpd_tcp_early_ack_window_cuts_total", "counter", "Congestion windows toward guests cut for a loss (slirpd resends for libslirp).",
+               nets.map { ($0.label, $0.net.framePath.earlyACK.windowCuts) })
         family("slirpd_tcp_early_ack_resets_total", "counter", "TCP flows reset because the guest stopped answering slirpd's retransmissions.",
                nets.map { ($0.label, $0.net.framePath.earlyACK.flowsReset) })
         family("slirpd_tcp_early_ack_absorbed_total", "counter", "Guest ACKs not passed to libslirp because they told it nothing new.",

@@ -106,8 +106,9 @@ struct TCPEarlyACKTests {
         #expect(flags(a) == TCPFrame.ackFlag)
         #expect(TCPFrame.ack(a) == h.s(2500))
         #expect(TCPFrame.seq(a) == h.guestISN + 1)  // libslirp's own ACK of the guest's data
-        // The guest offered 128,000 bytes; 2500 are kept: 125,500 left, clamped to 65,535, in units of 128.
-        #expect(TCPFrame.window(a) == UInt16(65535 / 128))
+        // The guest offered 128,000 bytes; 2500 are kept: the congestion window (64 KiB to
+        // start) leaves 63,035 more, in units of 128.
+        #expect(TCPFrame.window(a) == UInt16((65535 - 2500) / 128))
         #expect(h.flow?.acked == h.s(2500))
         #expect(h.acks().isEmpty)
         #expect(h.stage.earlyACKsSent == 1)
@@ -138,7 +139,7 @@ struct TCPEarlyACKTests {
         #expect(TCPFrame.ack(out4) == h.s(60000) && TCPFrame.window(out4) == 35535 / 128)
     }
 
-    @Test("the third duplicate ACK resends the first kept segment, partial ACKs the next", arguments: [false, true])
+    @Test("the third duplicate ACK resends the first kept segment, partial ACKs the next, and halves the congestion window", arguments: [false, true])
     func dupACKRetransmit(v6: Bool) {
         var h = EarlyHarness(v6: v6)
         h.open()
@@ -153,6 +154,7 @@ struct TCPEarlyACKTests {
         #expect(r.map { TCPFrame.seq($0.0) } == h.s(1000))
         #expect(r.map { TCPFrame.checksumsVerify($0.0) } == true)
         #expect(h.stage.fastRetransmits == 1)
+        #expect(h.stage.windowCuts == 1)
         // A fourth duplicate does not resend again; a partial ACK resends the next hole.
         _ = h.guest(h.fromGuest(ack: h.s(1000), window: 1000))
         #expect(h.stage.takeRetransmit() == nil)
@@ -223,9 +225,10 @@ struct TCPEarlyACKTests {
         _ = h.data(0, 4000)
         _ = h.acks()
         // The guest takes the data but its window closes: libslirp keeps the edge it was
-        // shown (65,408 bytes past s(4000)), so this ACK tells it nothing new.
+        // shown (61,440 bytes past s(4000): the congestion window's 64 KiB less what was
+        // kept, in units of 128), so this ACK tells it nothing new.
         #expect(h.guest(h.fromGuest(ack: h.s(4000), window: 0)).0 == .absorbed)
-        let shown: UInt16 = 511
+        let shown: UInt16 = (65535 - 4000) / 128
         // libslirp fills what it was shown, which is kept; the next ACK shows no more room.
         _ = h.data(4000, Int(shown) * 128)
         #expect(h.flow?.held == Int(shown) * 128)
@@ -320,7 +323,11 @@ struct TCPEarlyACKTests {
         #expect(v2 == .rewritten && TCPFrame.window(out2) == 65535)
         _ = h.data(0, 65480)
         let a = h.acks()
-        #expect(TCPFrame.window(a[0]) == 128_000 - 65480)
+        // The guest has room for 62,520 more; the congestion window (64 KiB to start) for 55.
+        #expect(TCPFrame.window(a[0]) == 65535 - 65480)
+        // The guest's ACK grows the congestion window (slow start): room for the rest.
+        let (_, grown) = h.guest(h.fromGuest(ack: h.s(65480), window: 1000))
+        #expect(TCPFrame.window(grown) == 65535)
         #expect(TCPFrame.ack(a[0]) == h.s(65480))
     }
 
