@@ -66,6 +66,8 @@ public struct TCPEarlyACK {
     public static let defaultIdleTimeout: Int64 = 120_000_000_000
     /// The least congestion window: what libslirp alone keeps in flight.
     public static let minWindow = 65535
+    /// Kept segments resent on a partial ACK during recovery, the hole first.
+    public static let partialACKResends = 4
 
     public let flowCap: Int
     public let networkCap: Int
@@ -95,7 +97,7 @@ public struct TCPEarlyACK {
     private var index: [EarlyKey: Int] = [:]
     private var ackDue: [Int] = []
     private var rtoDue: [Int: Int64] = [:]
-    private var resends: [Int] = []
+    private var resends: [(Int, Int)] = []
     private var portCaps: [PortID: Int] = [:]
 
     public init(flowCap: Int = 4 << 20, networkCap: Int = 64 << 20, maxFlows: Int = 65536,
@@ -166,7 +168,9 @@ public struct TCPEarlyACK {
             if slots[i].recover == nil { growWindow(i, acked: Int(seqDiff(a, f.una))) }
             if let recover = slots[i].recover {
                 if seqLT(a, recover), !slots[i].held.isEmpty {
-                    queueResend(i)  // a partial ACK: the next hole
+                    // A partial ACK: the next hole, and the segments after it up to the
+                    // loss point (a small NIC ring drops runs of frames, not single ones).
+                    queueResend(i, segments: Self.partialACKResends, before: recover)
                 } else {
                     slots[i].recover = nil
                 }
@@ -353,10 +357,10 @@ public struct TCPEarlyACK {
 
     /// Resends asked for by the guest's duplicate or partial ACKs, and its port.
     public mutating func takeRetransmit() -> ([UInt8], PortID)? {
-        while let i = resends.popLast() {
-            guard slots[i].live, let first = slots[i].held.first else { continue }
-            slots[i].held.markFirstResent()
-            return (first.frame, slots[i].port)
+        while let (i, k) = resends.popLast() {
+            guard slots[i].live, k < slots[i].held.count else { continue }
+            if k == 0 { slots[i].held.markFirstResent() }
+            return (slots[i].held[k].frame, slots[i].port)
         }
         return nil
     }
@@ -412,9 +416,14 @@ public struct TCPEarlyACK {
         return min(Self.maxRTO, base << Int64(slots[i].backoff))
     }
 
-    private mutating func queueResend(_ i: Int, counted: Bool = true) {
-        if counted { fastRetransmits += 1 }
-        resends.append(i)
+    private mutating func queueResend(_ i: Int, counted: Bool = true, segments: Int = 1, before end: UInt32? = nil) {
+        var n = 0
+        while n < min(segments, slots[i].held.count), n == 0 || end.map({ seqLT(slots[i].held[n].seq, $0) }) ?? false {
+            n += 1
+        }
+        if counted { fastRetransmits += n }
+        // Taken from the end: the first kept segment goes first.
+        for k in stride(from: n - 1, through: 0, by: -1) { resends.append((i, k)) }
     }
 
     private mutating func restartTimer(_ i: Int, now: Int64) {

@@ -160,6 +160,8 @@ struct TCPEarlyACKTests {
         #expect(h.stage.takeRetransmit() == nil)
         _ = h.guest(h.fromGuest(ack: h.s(3000), window: 1000))
         #expect(h.stage.takeRetransmit().map { TCPFrame.seq($0.0) } == h.s(3000))
+        #expect(h.stage.takeRetransmit().map { TCPFrame.seq($0.0) } == h.s(4000))  // the run after the hole, to the loss point
+        #expect(h.stage.takeRetransmit() == nil)
         // Past the loss point: recovery ends.
         _ = h.guest(h.fromGuest(ack: h.s(5000), window: 1000))
         #expect(h.stage.takeRetransmit() == nil)
