@@ -39,6 +39,12 @@ import FrameSwitch
 // the frame. It sees every TCP segment between a guest and libslirp and nothing else; the
 // segments it holds are released by `releaseHeld`, after each guest frame and from
 // `injectPending`, once libslirp's ACKs have opened its window.
+//
+// TCPEarlyACK (TCPEarlyACK.swift) wraps the shim on the guest's side: a guest's segment
+// meets it before the shim, libslirp's after the shim and before the cut to the port's
+// MTU. It keeps libslirp's data for the guest and owes libslirp an ACK for it; those ACKs
+// go in (through the shim) from `injectPending`, which also runs its retransmit timers
+// (`nextRetransmitDeadline`, wired into the loop like the shim's probes).
 public final class FramePath {
     /// What the frame path needs of the network's options.
     public struct Settings: Equatable, Sendable {
@@ -87,6 +93,8 @@ public final class FramePath {
     public internal(set) var ingressCheck = NATIngressCheck()
     /// Window scaling toward guests over libslirp's 64 KiB TCP window.
     public internal(set) var tcpShim = TCPWindowShim()
+    /// libslirp's data acknowledged on the guests' behalf, and resent to them by slirpd.
+    public internal(set) var earlyACK = TCPEarlyACK()
     /// Whether the last frame from libslirp was a pure ACK the shim held for the turn's end.
     public internal(set) var natFrameHeld = false
     var heldACKBuffer: [UInt8] = []
@@ -143,6 +151,8 @@ public final class FramePath {
     /// Caps what the TCP shim offers each flow of `port` beyond libslirp's window.
     public func setShimFlowCap(_ bytes: Int, for port: PortID) {
         tcpShim.setFlowCap(bytes, for: port)
+        // What a flow may keep for the guest: its offer plus libslirp's own window.
+        earlyACK.setFlowCap(bytes + 65535, for: port)
     }
 
     /// Forgets a port that has gone: its MACs, its addresses and what the neighbour tables
@@ -152,6 +162,7 @@ public final class FramePath {
         ports[id] = nil
         holdingPorts.remove(id)
         tcpShim.removePort(id)
+        earlyACK.removePort(id)
         let macs = bridge.removePort(id)
         for key in security.removePort(id) { neighbors6[key] = nil }
         if !macs.isEmpty {
@@ -176,6 +187,7 @@ public final class FramePath {
         reassembly.expire(now: now)
         for port in ports.values { port.flows.expire(now: now) }
         tcpShim.expire(now: now)
+        earlyACK.expire(now: now)
     }
 
     /// Which port the switch has learnt `mac` on.
@@ -206,10 +218,29 @@ public final class FramePath {
             probe.withUnsafeBytes { sink.inputToNAT($0) }
             releaseHeld(sink)
         }
+        sendEarlyACKs(now: now, sink: sink)
+        runRetransmitTimers(now: now, sink: sink)
     }
 
     /// When `injectPending` has a window probe to send, if ever.
     public var nextProbeDeadline: Int64? { tcpShim.nextProbeDeadline }
+
+    /// When `injectPending` has a retransmission toward a guest to make, if ever.
+    public var nextRetransmitDeadline: Int64? { earlyACK.nextDeadline }
+
+    /// Resends toward guests whose retransmit timers fired; resets flows whose guest stopped answering.
+    func runRetransmitTimers(now: Int64, sink: any FramePathSink) {
+        while let timeout = earlyACK.nextTimeout(now: now) {
+            switch timeout {
+            case .retransmit(let frame, let id):
+                frame.withUnsafeBytes { put($0, to: id, sink: sink) }
+            case .reset(let toGuest, let toNAT, let id):
+                sink.frameEvent(.earlyACKReset(id, count: earlyACK.flowsReset))
+                toGuest.withUnsafeBytes { sink.deliver($0, to: id) }
+                toNAT.withUnsafeBytes { sink.inputToNAT($0) }
+            }
+        }
+    }
 
     // MARK: Neighbours (the ARP/NDP proxy's tables)
 

@@ -163,9 +163,37 @@ extension FramePath {
         // Only a port that takes large segments whole gets them: cut for the others, a
         // resent large segment is a burst a small NIC ring drops again (SYNReplay.swift).
         guard port.takesLargeSegments, let clamped = MSSClamp.towardNAT(frame, portMTU: port.mtu) else {
-            return shimToLibslirp(frame, from: port, now: now, sink: sink)
+            return earlyToLibslirp(frame, from: port, now: now, sink: sink)
         }
-        clamped.withUnsafeBytes { shimToLibslirp($0, from: port, now: now, sink: sink) }
+        clamped.withUnsafeBytes { earlyToLibslirp($0, from: port, now: now, sink: sink) }
+    }
+
+    /// TCPEarlyACK translates the guest's ACK and window (or absorbs an ACK that tells
+    /// libslirp nothing new) and may ask for resends toward the guest; then the shim.
+    private func earlyToLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
+        switch earlyACK.fromGuest(frame, port: port.id, now: now) {
+        case .pass: shimToLibslirp(frame, from: port, now: now, sink: sink)
+        case .rewritten:
+            let out = earlyACK.guestOutput
+            out.withUnsafeBytes { shimToLibslirp($0, from: port, now: now, sink: sink) }
+        case .absorbed: break
+        }
+        while let (frame, id) = earlyACK.takeRetransmit() {
+            frame.withUnsafeBytes { put($0, to: id, sink: sink) }
+        }
+    }
+
+    /// Gives libslirp the ACKs TCPEarlyACK owes it for data kept this turn, through the
+    /// shim (which unscales the window). Each may let libslirp send more at once, which is
+    /// kept and owed in turn: the loop ends when libslirp has nothing more to send or the
+    /// windows are full (bounded, in case).
+    func sendEarlyACKs(now: Int64, sink: any FramePathSink) {
+        var rounds = 0
+        while rounds < 1024, let (frame, id) = earlyACK.nextACK() {
+            rounds += 1
+            guard let port = ports[id] else { continue }
+            frame.withUnsafeBytes { shimToLibslirp($0, from: port, now: now, sink: sink) }
+        }
     }
 
     /// The TCP window shim passes, rewrites, holds or drops the segment; then whatever

@@ -79,11 +79,25 @@ extension FramePath {
         switch tcpShim.fromNAT(frame, port: port.id, now: now) {
         case .rewritten:
             let out = tcpShim.natOutput
-            out.withUnsafeBytes { put($0, to: port.id, sink: sink) }
+            out.withUnsafeBytes { earlyToGuest($0, port, now: now, sink: sink) }
         case .held, .absorbed:
             natFrameHeld = true
+            // A pure ACK: TCPEarlyACK learns libslirp's ACK of the guest's data from it.
+            _ = earlyACK.fromNAT(frame, port: port.id, now: now)
         case .pass, .queued, .drop:
-            put(frame, to: port.id, sink: sink)
+            earlyToGuest(frame, port, now: now, sink: sink)
+        }
+    }
+
+    /// TCPEarlyACK keeps a copy of libslirp's data for the guest (and adds Window Scale
+    /// where the shim did not); then the frame is cut to the port's MTU (`put`).
+    private func earlyToGuest(_ frame: UnsafeRawBufferPointer, _ port: PortState, now: Int64, sink: any FramePathSink) {
+        switch earlyACK.fromNAT(frame, port: port.id, now: now) {
+        case .pass: put(frame, to: port.id, sink: sink)
+        case .rewritten:
+            let out = earlyACK.natOutput
+            out.withUnsafeBytes { put($0, to: port.id, sink: sink) }
+        case .absorbed: natFrameHeld = true
         }
     }
 

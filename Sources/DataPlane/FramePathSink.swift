@@ -55,6 +55,9 @@ public enum FramePathEvent: Equatable, Sendable {
     /// The TCP window shim dropped a guest segment (beyond the window it offered, or
     /// already held); `count`: the network's so far.
     case shimDropped(PortID, count: Int)
+    /// TCPEarlyACK gave up on a guest that stopped answering its retransmissions: the flow
+    /// was reset both ways; `count`: the network's so far.
+    case earlyACKReset(PortID, count: Int)
     /// A frame from the NAT came from a MAC a guest holds: it is dropped.
     case natMACTaken(owner: PortID, MACAddress)
 }

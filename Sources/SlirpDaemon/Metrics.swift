@@ -40,6 +40,21 @@ enum Metrics {
         family("slirpd_tcp_shim_dropped_total", "counter",
                "Guest TCP segments the window shim dropped: beyond the window offered, already held, or over a cap.",
                nets.map { ($0.label, $0.net.framePath.tcpShim.droppedTotal) })
+        family("slirpd_tcp_early_ack_flows", "gauge", "TCP flows whose data from libslirp slirpd acknowledges early and delivers itself.",
+               nets.map { ($0.label, $0.net.framePath.earlyACK.flowCount) })
+        family("slirpd_tcp_early_ack_held_bytes", "gauge", "libslirp's TCP data acknowledged to it and kept until the guest acknowledges it.",
+               nets.map { ($0.label, $0.net.framePath.earlyACK.heldBytes) })
+        family("slirpd_tcp_early_acks_total", "counter", "ACKs sent to libslirp on a guest's behalf.",
+               nets.map { ($0.label, $0.net.framePath.earlyACK.earlyACKsSent) })
+        family("slirpd_tcp_early_ack_retransmits_total", "counter", "Kept TCP segments resent to a guest, by cause: dup_ack (duplicate or partial ACKs), timeout.",
+               nets.flatMap { n in [("\(n.label),cause=\"dup_ack\"", n.net.framePath.earlyACK.fastRetransmits),
+                                    ("\(n.label),cause=\"timeout\"", n.net.framePath.earlyACK.timeoutRetransmits)] })
+        family("slirpd_tcp_early_ack_window_cuts_total", "counter", "Congestion windows toward guests cut for a loss (slirpd resends for libslirp).",
+               nets.map { ($0.label, $0.net.framePath.earlyACK.windowCuts) })
+        family("slirpd_tcp_early_ack_resets_total", "counter", "TCP flows reset because the guest stopped answering slirpd's retransmissions.",
+               nets.map { ($0.label, $0.net.framePath.earlyACK.flowsReset) })
+        family("slirpd_tcp_early_ack_absorbed_total", "counter", "Guest ACKs not passed to libslirp because they told it nothing new.",
+               nets.map { ($0.label, $0.net.framePath.earlyACK.guestACKsAbsorbed) })
         family("slirpd_tcp_segmented_total", "counter",
                "TCP segments larger than a guest's MTU cut into segments of its MSS (software TSO).",
                nets.map { ($0.label, $0.net.framePath.segmentedFrames) })

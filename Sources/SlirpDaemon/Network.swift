@@ -311,7 +311,8 @@ final class Network {
     /// The earliest time `runTimers` has something to do.
     var nextServiceDeadline: Int64? {
         let save = leasesDirty ? leasesSavedAt + 1_000_000_000 : nil
-        return [dns?.nextDeadline, tftp?.nextDeadline, save, nextDialAttempt, departed.first?.resetAt, framePath.nextProbeDeadline]
+        return [dns?.nextDeadline, tftp?.nextDeadline, save, nextDialAttempt, departed.first?.resetAt, framePath.nextProbeDeadline,
+                framePath.nextRetransmitDeadline]
             .compactMap { $0 }.min()
     }
 

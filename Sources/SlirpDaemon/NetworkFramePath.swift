@@ -101,6 +101,9 @@ extension Network: FramePathSink {
         case .shimDropped(let id, let count):
             guard isLoggedOccurrence(count), let port = ports[id] else { return }
             log.info("dropped a TCP segment from \(port.label) beyond the window offered or already held (\(count) so far)")
+        case .earlyACKReset(let id, let count):
+            guard isLoggedOccurrence(count), let port = ports[id] else { return }
+            log.warning("reset a TCP connection of \(port.label): the guest stopped acknowledging slirpd's retransmissions (\(count) so far)")
         case .flowRefused(let id, let kind, let shortage):
             guard let port = ports[id] else { return }
             flowRefused(port, kind, shortage: shortage)

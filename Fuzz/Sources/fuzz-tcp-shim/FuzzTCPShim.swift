@@ -15,6 +15,12 @@
 // - a flow holds at most `flowCap` bytes, the shim at most `networkCap`;
 // - releases come out in sequence order per flow within one drain, each fits the flow's
 //   libslirp edge, and has valid checksums.
+// TCPEarlyACK sits outside the shim as in FramePath (guest -> early -> shim, shim ->
+// early -> guest); action 15 adds libslirp's data and the guest's ACKs of it, the drain
+// feeds its early ACKs to the shim, and time steps fire its retransmit timers. Its
+// promises: every frame it makes or rewrites has valid checksums; on an established flow
+// the ACK libslirp is given never goes backwards; what it keeps stays within its caps
+// (plus libslirp's 64 KiB) and adds up.
 
 import DataPlane
 import FrameSwitch
@@ -27,6 +33,16 @@ let guest4: [UInt8] = [10, 0, 2, 15], gateway4: [UInt8] = [10, 0, 2, 2]
 let guest6: [UInt8] = [0xFE, 0xC0] + Array(repeating: 0, count: 13) + [0x0F]
 let gateway6: [UInt8] = [0xFE, 0xC0] + Array(repeating: 0, count: 13) + [0x02]
 let flowCap = 20_000, networkCap = 30_000
+let earlyFlowCap = 70_000, earlyNetworkCap = 100_000
+
+/// The ACK an established flow's frame gives libslirp never goes backwards.
+func checkToSlirp(_ f: [UInt8], _ id: FlowID, _ last: inout [FlowID: UInt32]) {
+    let t = f[12] == 0x86 ? 54 : 34
+    guard f.count >= t + 20, f[t + 13] & 0x16 == 0x10 else { return }
+    let ack = read32(f, t + 8)
+    if let old = last[id] { check(Int32(bitPattern: ack &- old) >= 0, "the ACK libslirp is given went backwards") }
+    last[id] = ack
+}
 
 struct Reader {
     var bytes: [UInt8]
@@ -77,6 +93,8 @@ struct FlowID: Hashable { var v6: Bool; var port: UInt16 }
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var r = Reader(bytes: Array(UnsafeBufferPointer(start: data, count: size)))
     var shim = TCPWindowShim(flowCap: flowCap, networkCap: networkCap, maxFlows: 3)
+    var early = TCPEarlyACK(flowCap: earlyFlowCap, networkCap: earlyNetworkCap, maxFlows: 3)
+    var toSlirp: [FlowID: UInt32] = [:]
     let guestISN = 0xFFFF_0000 &+ UInt32(r.u16())
     let slirpISN: UInt32 = 0x7FFF_FF00
     var now: Int64 = 0
@@ -96,6 +114,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         if [0, 9].contains(op & 0x0F) {  // a SYN may start the flow afresh
             edges[id] = nil
             views[id] = nil
+            toSlirp[id] = nil
         }
         switch op & 0x0F {
         case 0:  // guest SYN, with Window Scale when the shift byte is below 16
@@ -133,15 +152,46 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             sent = (Array(r.bytes[min(r.at, end)..<end]), side, false)
             r.at = end
         case 13:
-            shim.removePort(PortID(UInt32(r.u8() & 1)))
+            let port = PortID(UInt32(r.u8() & 1))
+            shim.removePort(port)
+            early.removePort(port)
         case 14:
-            now += Int64(r.u8()) * 1_000_000_000
+            now += Int64(r.u8()) * 100_000_000
             shim.expire(now: now)
+            early.expire(now: now)
+            while let t = early.nextTimeout(now: now) {
+                switch t {
+                case .retransmit(let f, _): check(checksumsVerify(f), "a resend with bad checksums")
+                case .reset(let a, let b, _): check(checksumsVerify(a) && checksumsVerify(b), "a reset with bad checksums")
+                }
+            }
+        case 15:  // libslirp's data (bit 0 of the first byte), or the guest's ACK of it
+            let which = r.u8()
+            let offset = UInt32(r.u16()) * 16
+            if which & 1 == 0 {
+                sent = (make(false, seq: slirpISN &+ 1 &+ offset, ack: guestISN &+ 1, flags: 0x18, window: 512,
+                             payload: Int(r.u8() & 0x7F) * 12), false, true)
+            } else {
+                sent = (make(true, seq: guestISN &+ 1, ack: slirpISN &+ 1 &+ offset, flags: 0x10, window: r.u16()), true, true)
+            }
         default:
             break
         }
-        if let (bytes, fromGuest, valid) = sent {
-            let v = bytes.withUnsafeBytes {
+        if let (original, fromGuest, valid) = sent {
+            var bytes = original
+            if fromGuest {
+                let before = early.flowState(guest: id.v6 ? guest6 : guest4, guestPort: id.port,
+                                             remote: id.v6 ? gateway6 : gateway4, remotePort: 80)?.established == true
+                let ev = bytes.withUnsafeBytes { early.fromGuest($0, port: PortID(0), now: now) }
+                if ev == .rewritten {
+                    bytes = early.guestOutput
+                    if valid { check(checksumsVerify(bytes), "a guest frame the early stage rewrote has bad checksums") }
+                }
+                if valid, before, ev != .absorbed { checkToSlirp(bytes, id, &toSlirp) }
+                while let (f, _) = early.takeRetransmit() { check(checksumsVerify(f), "a resend with bad checksums") }
+                if ev == .absorbed { bytes = [] }
+            }
+            let v = bytes.isEmpty ? TCPWindowShim.Verdict.drop : bytes.withUnsafeBytes {
                 fromGuest ? shim.fromGuest($0, port: PortID(0), now: now) : shim.fromNAT($0, port: PortID(0), now: now)
             }
             var output: [UInt8]?
@@ -151,6 +201,11 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
                 var held: [UInt8] = []
                 check(shim.takeHeldACK(into: &held) != nil, "a held ACK was not kept")
                 output = held
+            }
+            if !fromGuest {
+                let toEarly = output ?? bytes
+                let ev = toEarly.withUnsafeBytes { early.fromNAT($0, port: PortID(0), now: now) }
+                if ev == .rewritten, valid { check(checksumsVerify(early.natOutput), "a SYN the early stage rewrote has bad checksums") }
             }
             if let out = output {
                 if valid { check(checksumsVerify(out), "rewritten frame with bad checksums") }
@@ -167,6 +222,13 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         }
         // Every release fits libslirp's edge, in order per flow within this drain.
         if op & 0x40 != 0 {
+            while let (a, _) = early.nextACK() {
+                check(checksumsVerify(a), "an early ACK with bad checksums")
+                let t = a[12] == 0x86 ? 54 : 34
+                let fid = FlowID(v6: a[12] == 0x86, port: read16(a, t))
+                checkToSlirp(a, fid, &toSlirp)
+                _ = a.withUnsafeBytes { shim.fromGuest($0, port: PortID(0), now: now) }
+            }
             var held: [UInt8] = []
             while shim.takeHeldACK(into: &held) != nil { check(checksumsVerify(held), "held ACK with bad checksums") }
             var last: [FlowID: UInt32] = [:]
@@ -201,6 +263,21 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             }
         }
         check(total == shim.queuedBytes, "queued bytes do not add up")
+        var kept = 0
+        for v6 in [false, true] {
+            for port: UInt16 in [40000, 40001] {
+                let fid = FlowID(v6: v6, port: port)
+                guard let s = early.flowState(guest: v6 ? guest6 : guest4, guestPort: port, remote: v6 ? gateway6 : gateway4,
+                                              remotePort: 80), s.established else {
+                    toSlirp[fid] = nil
+                    continue
+                }
+                check(s.held <= earlyFlowCap + 65535, "the early stage keeps more than a flow's cap")
+                kept += s.held
+            }
+        }
+        check(kept == early.heldBytes, "the early stage's kept bytes do not add up")
+        check(early.heldBytes <= earlyNetworkCap + 65535 * 2, "the early stage keeps more than the network cap")
         check(shim.queuedBytes <= networkCap, "the shim holds more than the network cap")
     }
     return 0
