@@ -94,7 +94,7 @@ public struct TCPEarlyACK {
 
     private var slots: [Flow] = []
     private var freeSlots: [Int] = []
-    private var index: [EarlyKey: Int] = [:]
+    private var index: [FlowKey: Int] = [:]
     private var ackDue: [Int] = []
     private var rtoDue: [Int: Int64] = [:]
     private var resends: [(Int, Int)] = []
@@ -113,7 +113,7 @@ public struct TCPEarlyACK {
     /// A guest's segment for libslirp (before the window shim).
     public mutating func fromGuest(_ frame: UnsafeRawBufferPointer, port: PortID, now: Int64) -> Verdict {
         guard enabled, let h = Segment(frame) else { return .pass }
-        let key = EarlyKey(frame, h, guestIsSource: true)
+        let key = h.key(frame, guestIsSource: true)
         if h.flags & F.rst != 0 {
             if let i = index[key] { free(i) }
             return .pass
@@ -208,9 +208,9 @@ public struct TCPEarlyACK {
         guard seqDiff(ack, h.ack) != 0 || field != h.window else { return .pass }
         guestOutput.removeAll(keepingCapacity: true)
         guestOutput.append(contentsOf: frame)
-        Self.setWord(&guestOutput, at: h.tcp + 8, UInt16(ack >> 16), checksumAt: h.tcp + 16)
-        Self.setWord(&guestOutput, at: h.tcp + 10, UInt16(ack & 0xFFFF), checksumAt: h.tcp + 16)
-        Self.setWord(&guestOutput, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(&guestOutput, at: h.tcp + 8, UInt16(ack >> 16), checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(&guestOutput, at: h.tcp + 10, UInt16(ack & 0xFFFF), checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(&guestOutput, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
         return .rewritten
     }
 
@@ -265,7 +265,7 @@ public struct TCPEarlyACK {
     /// libslirp's frame for the guest on `port`, after the window shim.
     public mutating func fromNAT(_ frame: UnsafeRawBufferPointer, port: PortID, now: Int64) -> Verdict {
         guard enabled, let h = Segment(frame) else { return .pass }
-        let key = EarlyKey(frame, h, guestIsSource: false)
+        let key = h.key(frame, guestIsSource: false)
         if h.flags & F.rst != 0 {
             if let i = index[key] { free(i) }
             return .pass
@@ -308,7 +308,7 @@ public struct TCPEarlyACK {
         return .pass
     }
 
-    private mutating func natSYN(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: EarlyKey,
+    private mutating func natSYN(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: FlowKey,
                                  port: PortID, now: Int64) -> Verdict {
         let shimScaled = h.windowScaleOption(frame) != nil
         if h.flags & F.ack == 0 {
@@ -494,13 +494,13 @@ public struct TCPEarlyACK {
     /// it was told was received, the guest's ACK, and the retransmit timeout.
     public func flowState(guest: [UInt8], guestPort: UInt16, remote: [UInt8], remotePort: UInt16)
         -> (held: Int, nxt: UInt32, acked: UInt32, una: UInt32, rto: Int64, established: Bool)? {
-        guard let key = EarlyKey(guest: guest, guestPort: guestPort, remote: remote, remotePort: remotePort),
+        guard let key = FlowKey(guest: guest, guestPort: guestPort, remote: remote, remotePort: remotePort),
               let i = index[key] else { return nil }
         let f = slots[i]
         return (f.heldBytes, f.nxt, f.acked, f.una, currentRTO(i), f.phase == .established)
     }
 
-    private mutating func create(_ key: EarlyKey, port: PortID, now: Int64) -> Int? {
+    private mutating func create(_ key: FlowKey, port: PortID, now: Int64) -> Int? {
         guard index.count < maxFlows else { return nil }
         var flow = Flow(port: port, lastActive: now)
         flow.cap = min(flowCap, portCaps[port] ?? flowCap)
@@ -532,11 +532,7 @@ public struct TCPEarlyACK {
 
     /// libslirp's SYN or SYN-ACK with NOP + Window Scale(0) before its options, into `natOutput`.
     private mutating func addWindowScale(_ frame: UnsafeRawBufferPointer, _ h: Segment) -> Bool {
-        guard h.dataOffset + 4 <= 60, h.ipEnd - EthernetHeader.length + 4 <= 65535 else { return false }
-        let t = h.tcp
-        var out = Array(frame[0..<(t + 20)]) + [1, 3, 3, 0] + Array(frame[(t + 20)..<h.ipEnd])
-        out[t + 12] = UInt8((h.dataOffset + 4) / 4) << 4 | (out[t + 12] & 0x0F)
-        Self.finish(&out, v6: h.v6, tcp: t)
+        guard let out = TCPRewrite.prependingOption([1, 3, 3, 0], to: frame, h) else { return false }
         natOutput = out
         return true
     }
@@ -560,45 +556,8 @@ public struct TCPEarlyACK {
         let ports = Array(template[tcpStart..<(tcpStart + 4)])
         out += towardNAT ? Array(ports[2..<4]) + Array(ports[0..<2]) : ports
         out += bigEndianBytes(seq) + bigEndianBytes(ack) + [5 << 4, flags] + bigEndianBytes(window) + [0, 0, 0, 0]
-        finish(&out, v6: v6, tcp: t)
+        TCPRewrite.finish(&out, v6: v6, tcp: t)
         return out
-    }
-
-    /// Sets the IP length and checksums of a frame whose TCP header starts at `tcp`.
-    private static func finish(_ out: inout [UInt8], v6: Bool, tcp t: Int) {
-        let ip = EthernetHeader.length
-        let tcpLength = out.count - t
-        let pseudo: [UInt8]
-        if v6 {
-            out[ip + 4] = UInt8(truncatingIfNeeded: tcpLength >> 8)
-            out[ip + 5] = UInt8(truncatingIfNeeded: tcpLength)
-            pseudo = Array(out[(ip + 8)..<(ip + 40)]) + [0, 0] + bigEndianBytes(UInt16(tcpLength)) + [0, 0, 0, 6]
-        } else {
-            let total = out.count - ip
-            out[ip + 2] = UInt8(truncatingIfNeeded: total >> 8)
-            out[ip + 3] = UInt8(truncatingIfNeeded: total)
-            out[ip + 10] = 0
-            out[ip + 11] = 0
-            let headerSum = ~IPChecksum.sum(Array(out[ip..<t]))
-            out[ip + 10] = UInt8(headerSum >> 8)
-            out[ip + 11] = UInt8(headerSum & 0xFF)
-            pseudo = Array(out[(ip + 12)..<(ip + 20)]) + [0, 6] + bigEndianBytes(UInt16(tcpLength))
-        }
-        out[t + 16] = 0
-        out[t + 17] = 0
-        let sum = ~IPChecksum.sum(Array(out[t...]), initial: IPChecksum.sum(pseudo))
-        out[t + 16] = UInt8(sum >> 8)
-        out[t + 17] = UInt8(sum & 0xFF)
-    }
-
-    private static func setWord(_ bytes: inout [UInt8], at offset: Int, _ value: UInt16, checksumAt c: Int) {
-        let old = read16(bytes, offset)
-        guard old != value else { return }
-        bytes[offset] = UInt8(value >> 8)
-        bytes[offset + 1] = UInt8(value & 0xFF)
-        let sum = IPChecksum.adjusted(read16(bytes, c), replacing: old, with: value)
-        bytes[c] = UInt8(sum >> 8)
-        bytes[c + 1] = UInt8(sum & 0xFF)
     }
 }
 
@@ -608,44 +567,6 @@ private enum F {
     static let rst: UInt8 = 0x04
     static let psh: UInt8 = 0x08
     static let ack: UInt8 = 0x10
-}
-
-/// IP version, guest address and port, remote address and port.
-private struct EarlyKey: Hashable {
-    var guestHigh: UInt64 = 0, guestLow: UInt64 = 0
-    var remoteHigh: UInt64 = 0, remoteLow: UInt64 = 0
-    var guestPort: UInt16 = 0, remotePort: UInt16 = 0
-    var v6 = false
-
-    init() {}
-
-    init(_ frame: UnsafeRawBufferPointer, _ h: Segment, guestIsSource: Bool) {
-        v6 = h.v6
-        let ip = EthernetHeader.length
-        let (source, destination) = v6 ? (ip + 8, ip + 24) : (ip + 12, ip + 16)
-        let s = Self.address(frame, at: source, v6: v6), d = Self.address(frame, at: destination, v6: v6)
-        let sp = read16(frame, h.tcp), dp = read16(frame, h.tcp + 2)
-        if guestIsSource {
-            (guestHigh, guestLow, guestPort, remoteHigh, remoteLow, remotePort) = (s.0, s.1, sp, d.0, d.1, dp)
-        } else {
-            (guestHigh, guestLow, guestPort, remoteHigh, remoteLow, remotePort) = (d.0, d.1, dp, s.0, s.1, sp)
-        }
-    }
-
-    init?(guest: [UInt8], guestPort: UInt16, remote: [UInt8], remotePort: UInt16) {
-        guard guest.count == remote.count, guest.count == 4 || guest.count == 16 else { return nil }
-        v6 = guest.count == 16
-        (guestHigh, guestLow) = guest.withUnsafeBytes { Self.address($0, at: 0, v6: v6) }
-        (remoteHigh, remoteLow) = remote.withUnsafeBytes { Self.address($0, at: 0, v6: v6) }
-        self.guestPort = guestPort
-        self.remotePort = remotePort
-    }
-
-    static func address(_ frame: UnsafeRawBufferPointer, at offset: Int, v6: Bool) -> (UInt64, UInt64) {
-        if !v6 { return (0, UInt64(read32(frame, offset))) }
-        return (UInt64(read32(frame, offset)) << 32 | UInt64(read32(frame, offset + 4)),
-                UInt64(read32(frame, offset + 8)) << 32 | UInt64(read32(frame, offset + 12)))
-    }
 }
 
 /// A segment kept for the guest until it acknowledges it.
@@ -690,7 +611,7 @@ private struct KeptQueue {
 private struct Flow {
     enum Phase { case guestSYN, slirpSYN, established }
 
-    var key: EarlyKey
+    var key: FlowKey
     var port: PortID
     var phase: Phase = .guestSYN
     var live = true
@@ -741,7 +662,7 @@ private struct Flow {
     init(port: PortID, lastActive: Int64) {
         self.port = port
         self.lastActive = lastActive
-        key = EarlyKey()
+        key = FlowKey()
     }
 
     /// How the guest's window field is scaled: both SYNs carried Window Scale.

@@ -354,7 +354,7 @@ public struct TCPWindowShim {
         guard field != h.window else { return .pass }
         natOutput.removeAll(keepingCapacity: true)
         natOutput.append(contentsOf: frame)
-        Self.setWord(&natOutput, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(&natOutput, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
         return .rewritten
     }
 
@@ -367,7 +367,7 @@ public struct TCPWindowShim {
            old.ack == h.ack, old.window == field { return false }
         slots[i].heldACK.removeAll(keepingCapacity: true)
         slots[i].heldACK.append(contentsOf: frame[0..<h.ipEnd])
-        Self.setWord(&slots[i].heldACK, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(&slots[i].heldACK, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
         if !slots[i].inHeldList {
             slots[i].inHeldList = true
             heldList.append(i)
@@ -529,12 +529,12 @@ public struct TCPWindowShim {
         guard let h = frame.withUnsafeBytes({ Segment($0) }) else { return }
         if h.flags & Flag.ack != 0, slots[i].hasGuestAck, seqGT(slots[i].guestAck, h.ack) {
             let ack = slots[i].guestAck
-            Self.setWord(&frame, at: h.tcp + 8, UInt16(ack >> 16), checksumAt: h.tcp + 16)
-            Self.setWord(&frame, at: h.tcp + 10, UInt16(ack & 0xFFFF), checksumAt: h.tcp + 16)
+            TCPRewrite.setWord(&frame, at: h.tcp + 8, UInt16(ack >> 16), checksumAt: h.tcp + 16)
+            TCPRewrite.setWord(&frame, at: h.tcp + 10, UInt16(ack & 0xFFFF), checksumAt: h.tcp + 16)
         }
         let window = slots[i].hasGuestAck ? slots[i].guestWindow
             : UInt16(min(65535, Int(h.window) << Int(slots[i].shift)))
-        Self.setWord(&frame, at: h.tcp + 14, window, checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(&frame, at: h.tcp + 14, window, checksumAt: h.tcp + 16)
     }
 
     // MARK: Window probes
@@ -738,7 +738,7 @@ public struct TCPWindowShim {
         guard window != h.window else { return .pass }
         guestOutput.removeAll(keepingCapacity: true)
         guestOutput.append(contentsOf: frame)
-        Self.setWord(&guestOutput, at: h.tcp + 14, window, checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(&guestOutput, at: h.tcp + 14, window, checksumAt: h.tcp + 16)
         return .rewritten
     }
 
@@ -751,7 +751,7 @@ public struct TCPWindowShim {
             let word = h.tcp + ((p - h.tcp) & ~1)
             let old = read16(guestOutput, word)
             guestOutput[p] = 1
-            Self.fixChecksum(&guestOutput, at: h.tcp + 16, old: old, new: read16(guestOutput, word))
+            TCPRewrite.fixChecksum(&guestOutput, at: h.tcp + 16, old: old, new: read16(guestOutput, word))
         }
         return .rewritten
     }
@@ -759,51 +759,9 @@ public struct TCPWindowShim {
     /// libslirp's SYN or SYN-ACK with NOP + Window Scale(7) before its options, into
     /// `natOutput`; false when the header has no room (60 bytes at most).
     private mutating func appendWindowScale(_ frame: UnsafeRawBufferPointer, _ h: Segment) -> Bool {
-        guard h.dataOffset + 4 <= 60, h.ipEnd - EthernetHeader.length + 4 <= 65535 else { return false }
-        let t = h.tcp
-        natOutput.removeAll(keepingCapacity: true)
-        natOutput.append(contentsOf: frame[0..<(t + 20)])
-        natOutput.append(contentsOf: [1, 3, 3, Self.ourShift])
-        natOutput.append(contentsOf: frame[(t + 20)..<h.ipEnd])
-        natOutput[t + 12] = UInt8((h.dataOffset + 4) / 4) << 4 | (natOutput[t + 12] & 0x0F)
-        let ip = EthernetHeader.length
-        let tcpLength = h.ipEnd + 4 - t
-        let pseudo: [UInt8]
-        if h.v6 {
-            natOutput[ip + 4] = UInt8(truncatingIfNeeded: (tcpLength) >> 8)
-            natOutput[ip + 5] = UInt8(truncatingIfNeeded: tcpLength)
-            pseudo = Array(natOutput[(ip + 8)..<(ip + 40)]) + [0, 0] + bigEndianBytes(UInt16(tcpLength)) + [0, 0, 0, 6]
-        } else {
-            let total = h.ipEnd + 4 - ip
-            natOutput[ip + 2] = UInt8(truncatingIfNeeded: total >> 8)
-            natOutput[ip + 3] = UInt8(truncatingIfNeeded: total)
-            natOutput[ip + 10] = 0
-            natOutput[ip + 11] = 0
-            let headerSum = ~IPChecksum.sum(Array(natOutput[ip..<t]))
-            natOutput[ip + 10] = UInt8(headerSum >> 8)
-            natOutput[ip + 11] = UInt8(headerSum & 0xFF)
-            pseudo = Array(natOutput[(ip + 12)..<(ip + 20)]) + [0, 6] + bigEndianBytes(UInt16(tcpLength))
-        }
-        natOutput[t + 16] = 0
-        natOutput[t + 17] = 0
-        let sum = ~IPChecksum.sum(Array(natOutput[t...]), initial: IPChecksum.sum(pseudo))
-        natOutput[t + 16] = UInt8(sum >> 8)
-        natOutput[t + 17] = UInt8(sum & 0xFF)
+        guard let out = TCPRewrite.prependingOption([1, 3, 3, Self.ourShift], to: frame, h) else { return false }
+        natOutput = out
         return true
-    }
-
-    private static func setWord(_ bytes: inout [UInt8], at offset: Int, _ value: UInt16, checksumAt c: Int) {
-        let old = read16(bytes, offset)
-        guard old != value else { return }
-        bytes[offset] = UInt8(value >> 8)
-        bytes[offset + 1] = UInt8(value & 0xFF)
-        fixChecksum(&bytes, at: c, old: old, new: value)
-    }
-
-    private static func fixChecksum(_ bytes: inout [UInt8], at c: Int, old: UInt16, new: UInt16) {
-        let sum = IPChecksum.adjusted(read16(bytes, c), replacing: old, with: new)
-        bytes[c] = UInt8(sum >> 8)
-        bytes[c + 1] = UInt8(sum & 0xFF)
     }
 }
 
@@ -820,32 +778,6 @@ private enum Flag {
     static let syn: UInt8 = 0x02
     static let rst: UInt8 = 0x04
     static let ack: UInt8 = 0x10
-}
-
-/// IP version, guest address and port, remote address and port.
-private struct FlowKey: Hashable {
-    var guestHigh: UInt64 = 0, guestLow: UInt64 = 0
-    var remoteHigh: UInt64 = 0, remoteLow: UInt64 = 0
-    var guestPort: UInt16 = 0, remotePort: UInt16 = 0
-    var v6 = false
-
-    init() {}
-
-    init?(guest: [UInt8], guestPort: UInt16, remote: [UInt8], remotePort: UInt16) {
-        guard guest.count == remote.count, guest.count == 4 || guest.count == 16 else { return nil }
-        v6 = guest.count == 16
-        (guestHigh, guestLow) = guest.withUnsafeBytes { Self.address($0, at: 0, v6: v6) }
-        (remoteHigh, remoteLow) = remote.withUnsafeBytes { Self.address($0, at: 0, v6: v6) }
-        self.guestPort = guestPort
-        self.remotePort = remotePort
-    }
-
-    static func address(_ frame: UnsafeRawBufferPointer, at offset: Int, v6: Bool) -> (UInt64, UInt64) {
-        if !v6 { return (0, UInt64(read32(frame, offset))) }
-        let high = UInt64(read32(frame, offset)) << 32 | UInt64(read32(frame, offset + 4))
-        let low = UInt64(read32(frame, offset + 8)) << 32 | UInt64(read32(frame, offset + 12))
-        return (high, low)
-    }
 }
 
 /// A TCP segment's layout (TCPSegmentLayout) and the header fields the shim reads.
@@ -873,22 +805,8 @@ struct Segment {
         window = read16(frame, tcp + 14)
     }
 
-    fileprivate func key(_ frame: UnsafeRawBufferPointer, guestIsSource: Bool) -> FlowKey {
-        var key = FlowKey()
-        key.v6 = v6
-        let ip = EthernetHeader.length
-        let (source, destination) = v6 ? (ip + 8, ip + 24) : (ip + 12, ip + 16)
-        let s = FlowKey.address(frame, at: source, v6: v6)
-        let d = FlowKey.address(frame, at: destination, v6: v6)
-        let sp = read16(frame, tcp), dp = read16(frame, tcp + 2)
-        if guestIsSource {
-            (key.guestHigh, key.guestLow, key.guestPort) = (s.0, s.1, sp)
-            (key.remoteHigh, key.remoteLow, key.remotePort) = (d.0, d.1, dp)
-        } else {
-            (key.guestHigh, key.guestLow, key.guestPort) = (d.0, d.1, dp)
-            (key.remoteHigh, key.remoteLow, key.remotePort) = (s.0, s.1, sp)
-        }
-        return key
+    func key(_ frame: UnsafeRawBufferPointer, guestIsSource: Bool) -> FlowKey {
+        FlowKey(frame, self, guestIsSource: guestIsSource)
     }
 
     /// The value of a well-formed MSS option (kind 2, length 4), if any.

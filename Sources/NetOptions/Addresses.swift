@@ -236,12 +236,41 @@ public struct IPv4Network: Hashable, Sendable, CustomStringConvertible {
     public var description: String { "\(address)/\(prefixLength)" }
 }
 
+/// An IPv4 or IPv6 address, as DNSUpstream and VXLANEndpoint hold one.
+public enum HostAddress: Hashable, Sendable {
+    case v4(IPv4Address)
+    case v6(IPv6Address)
+
+    /// `IPv4`, `IPv4:PORT`, a bare IPv6 address or `[IPv6]:PORT`, with `defaultPort` when
+    /// none is given; port 0 is refused.
+    static func parse(_ text: String, defaultPort: UInt16) -> (HostAddress, port: UInt16)? {
+        var host = Substring(text)
+        var port = defaultPort
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return nil }
+            let rest = host[host.index(after: close)...]
+            host = host[host.index(after: host.startIndex)..<close]
+            if !rest.isEmpty {
+                guard rest.hasPrefix(":"), let p = UInt16(rest.dropFirst()), p != 0 else { return nil }
+                port = p
+            }
+            guard let v6 = IPv6Address(String(host)) else { return nil }
+            return (.v6(v6), port)
+        }
+        if let v6 = IPv6Address(String(host)), host.contains(":") { return (.v6(v6), port) }
+        if let colon = host.lastIndex(of: ":") {
+            guard let p = UInt16(host[host.index(after: colon)...]), p != 0 else { return nil }
+            port = p
+            host = host[..<colon]
+        }
+        guard let v4 = IPv4Address(String(host)) else { return nil }
+        return (.v4(v4), port)
+    }
+}
+
 /// Where the network's DNS server sends queries it does not answer itself.
 public struct DNSUpstream: Hashable, Sendable, CustomStringConvertible {
-    public enum Address: Hashable, Sendable {
-        case v4(IPv4Address)
-        case v6(IPv6Address)
-    }
+    public typealias Address = HostAddress
 
     public var address: Address
     public var port: UInt16
@@ -253,31 +282,8 @@ public struct DNSUpstream: Hashable, Sendable, CustomStringConvertible {
 
     /// `IP`, `IP:PORT`, a bare IPv6 address, or `[IPv6]:PORT`. Port 0 is refused.
     public init?(_ text: String) {
-        var host = Substring(text)
-        var port: UInt16 = 53
-        if host.hasPrefix("[") {
-            guard let close = host.firstIndex(of: "]") else { return nil }
-            let rest = host[host.index(after: close)...]
-            host = host[host.index(after: host.startIndex)..<close]
-            if !rest.isEmpty {
-                guard rest.hasPrefix(":"), let p = UInt16(rest.dropFirst()), p != 0 else { return nil }
-                port = p
-            }
-            guard let v6 = IPv6Address(String(host)) else { return nil }
-            self.init(.v6(v6), port: port)
-            return
-        }
-        if let v6 = IPv6Address(String(host)), host.contains(":") {
-            self.init(.v6(v6), port: 53)
-            return
-        }
-        if let colon = host.lastIndex(of: ":") {
-            guard let p = UInt16(host[host.index(after: colon)...]), p != 0 else { return nil }
-            port = p
-            host = host[..<colon]
-        }
-        guard let v4 = IPv4Address(String(host)) else { return nil }
-        self.init(.v4(v4), port: port)
+        guard let (address, port) = HostAddress.parse(text, defaultPort: 53) else { return nil }
+        self.init(address, port: port)
     }
 
     public var description: String {

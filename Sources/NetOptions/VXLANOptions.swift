@@ -11,10 +11,7 @@
 
 /// One end of the VXLAN underlay: an address and a UDP port.
 public struct VXLANEndpoint: Hashable, Sendable, CustomStringConvertible {
-    public enum Address: Hashable, Sendable {
-        case v4(IPv4Address)
-        case v6(IPv6Address)
-    }
+    public typealias Address = HostAddress
 
     /// IANA's VXLAN port (RFC 7348), the Linux vxlan device's `dstport 4789`.
     public static let defaultPort: UInt16 = 4789
@@ -29,32 +26,8 @@ public struct VXLANEndpoint: Hashable, Sendable, CustomStringConvertible {
 
     /// `IPv4`, `IPv4:PORT`, a bare IPv6 address or `[IPv6]:PORT`; port 1 to 65535.
     public init?(_ text: String) {
-        var host = Substring(text)
-        var port = Self.defaultPort
-        if host.hasPrefix("[") {
-            guard let close = host.firstIndex(of: "]") else { return nil }
-            let rest = host[host.index(after: close)...]
-            host = host[host.index(after: host.startIndex)..<close]
-            if !rest.isEmpty {
-                guard rest.hasPrefix(":"), let p = UInt16(rest.dropFirst()), p != 0 else { return nil }
-                port = p
-            }
-            guard let v6 = IPv6Address(String(host)) else { return nil }
-            self.init(.v6(v6), port: port)
-            return
-        }
-        if host.contains(":"), host.firstIndex(of: ":") != host.lastIndex(of: ":") {
-            guard let v6 = IPv6Address(String(host)) else { return nil }
-            self.init(.v6(v6), port: port)
-            return
-        }
-        if let colon = host.lastIndex(of: ":") {
-            guard let p = UInt16(host[host.index(after: colon)...]), p != 0 else { return nil }
-            port = p
-            host = host[..<colon]
-        }
-        guard let v4 = IPv4Address(String(host)) else { return nil }
-        self.init(.v4(v4), port: port)
+        guard let (address, port) = HostAddress.parse(text, defaultPort: Self.defaultPort) else { return nil }
+        self.init(address, port: port)
     }
 
     public var isIPv6: Bool {

@@ -59,12 +59,7 @@ private func withSocketAddress<R>(_ peer: UDPPeer, _ body: (UnsafePointer<sockad
         withUnsafeMutableBytes(of: &sa.sin6_addr) { dst in
             for i in 0..<16 { dst[i] = peer.address[i] }
         }
-        let result: Result<R, IOError> = withUnsafePointer(to: &sa) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
-                Result { () throws(IOError) in try body(sp, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
-            }
-        }
-        return try result.get()
+        return try passing(&sa, to: body)
     }
     guard peer.address.count == 4 else { throw IOError(call: "bind", code: EINVAL, detail: "address of \(peer.address.count) bytes") }
     var sa = sockaddr_in()
@@ -73,9 +68,14 @@ private func withSocketAddress<R>(_ peer: UDPPeer, _ body: (UnsafePointer<sockad
     withUnsafeMutableBytes(of: &sa.sin_addr) { dst in
         for i in 0..<4 { dst[i] = peer.address[i] }
     }
+    return try passing(&sa, to: body)
+}
+
+/// Calls `body` with `sa` (a sockaddr_in or sockaddr_in6) as a `sockaddr` and its size.
+private func passing<S, R>(_ sa: inout S, to body: (UnsafePointer<sockaddr>, socklen_t) throws(IOError) -> R) throws(IOError) -> R {
     let result: Result<R, IOError> = withUnsafePointer(to: &sa) { p in
         p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
-            Result { () throws(IOError) in try body(sp, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            Result { () throws(IOError) in try body(sp, socklen_t(MemoryLayout<S>.size)) }
         }
     }
     return try result.get()
