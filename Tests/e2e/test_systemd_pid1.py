@@ -147,17 +147,18 @@ class Machine:
     # --- lifecycle ---
 
     def stage_binaries(self) -> None:
-        """slirpd and slirpctl under test into stage/bin, their toolchain libraries into stage/lib."""
+        """slirpd, its config parser slirpd-toml (which it runs from its own directory) and
+        slirpctl under test into stage/bin, their toolchain libraries into stage/lib."""
         daemon = Path(SLIRPD).resolve()
-        ctl = Path(SLIRPCTL).resolve()
-        for b in (daemon, ctl):
+        binaries = {"slirpd": daemon, "slirpd-toml": daemon.parent / "slirpd-toml", "slirpctl": Path(SLIRPCTL).resolve()}
+        for b in binaries.values():
             if not os.access(b, os.X_OK):
-                pytest.fail(f"{b} is missing: build slirpd and slirpctl first")
+                pytest.fail(f"{b} is missing: build slirpd, slirpd-toml and slirpctl first")
         (self.stage / "bin").mkdir(parents=True)
         (self.stage / "lib").mkdir()
-        for b in (daemon, ctl):
-            shutil.copy2(b, self.stage / "bin" / ("slirpd" if b == daemon else "slirpctl"))
-        for lib in toolchain_libraries([str(daemon), str(ctl)]):
+        for name, b in binaries.items():
+            shutil.copy2(b, self.stage / "bin" / name)
+        for lib in toolchain_libraries([str(b) for b in binaries.values()]):
             shutil.copy2(lib.resolve(), self.stage / "lib" / lib.name)
 
     def boot(self) -> None:
