@@ -64,7 +64,7 @@ public struct TCPEarlyACK {
     /// Timeouts in a row without any answer from the guest before the flow is reset.
     public static let maxTries = 12
     public static let defaultIdleTimeout: Int64 = 120_000_000_000
-    /// The least congestion window: what libslirp alone keeps in flight.
+    /// The congestion window a flow starts with: what libslirp alone keeps in flight.
     public static let minWindow = 65535
     /// Kept segments resent on a partial ACK during recovery, the hole first.
     public static let partialACKResends = 4
@@ -173,6 +173,7 @@ public struct TCPEarlyACK {
                     queueResend(i, segments: Self.partialACKResends, before: recover)
                 } else {
                     slots[i].recover = nil
+                    slots[i].resentEnd = nil
                 }
             }
             slots[i].backoff = 0
@@ -182,6 +183,7 @@ public struct TCPEarlyACK {
             slots[i].dupACKs += 1
             if slots[i].dupACKs == 3, slots[i].recover == nil {
                 slots[i].recover = slots[i].nxt
+                slots[i].resentEnd = nil
                 shrinkWindow(i, timeout: false)
                 fastRetransmits += 1
                 queueResend(i, counted: false)
@@ -386,6 +388,7 @@ public struct TCPEarlyACK {
             slots[i].held.markFirstResent()
             if slots[i].tries == 1 { shrinkWindow(i, timeout: true) }
             slots[i].recover = slots[i].nxt
+            slots[i].resentEnd = first.end
             slots[i].dupACKs = 0
             rtoDue[i] = now + currentRTO(i)
             timeoutRetransmits += 1
@@ -395,7 +398,7 @@ public struct TCPEarlyACK {
     }
 
     /// Reno toward the guest, which libslirp no longer sees lose anything: slow start
-    /// below `ssthresh`, then a segment per window of ACKs; never below the 64 KiB
+    /// below `ssthresh`, then a segment per window of ACKs; it starts at the 64 KiB
     /// libslirp itself would have had in flight.
     private mutating func growWindow(_ i: Int, acked: Int) {
         let f = slots[i]
@@ -403,11 +406,15 @@ public struct TCPEarlyACK {
         slots[i].cwnd = min(grown, f.cap)
     }
 
-    /// A loss: the window halves (a timeout starts again from the floor).
+    /// A loss: the window halves, and a timeout starts again from two segments (RFC 5681).
+    /// A NIC with a small receive ring (iPXE's e1000, pcnet) drops the rest of a burst:
+    /// held at 64 KiB, every recovery burst lost most of itself again, and iPXE's 50 MiB
+    /// download crawled from one timeout to the next.
     private mutating func shrinkWindow(_ i: Int, timeout: Bool) {
         let flight = Int(seqDiff(slots[i].nxt, slots[i].una))
-        slots[i].ssthresh = max(flight / 2, Self.minWindow)
-        slots[i].cwnd = timeout ? Self.minWindow : slots[i].ssthresh
+        let floor = 2 * slots[i].mss
+        slots[i].ssthresh = max(flight / 2, floor)
+        slots[i].cwnd = timeout ? floor : slots[i].ssthresh
         windowCuts += 1
     }
 
@@ -416,14 +423,24 @@ public struct TCPEarlyACK {
         return min(Self.maxRTO, base << Int64(slots[i].backoff))
     }
 
+    /// Queues up to `segments` kept segments for resending (all before `end` when given,
+    /// else just one), starting after what this recovery already resent: resending that
+    /// again on every partial ACK multiplied the frames a small NIC ring already dropped.
     private mutating func queueResend(_ i: Int, counted: Bool = true, segments: Int = 1, before end: UInt32? = nil) {
-        var n = 0
-        while n < min(segments, slots[i].held.count), n == 0 || end.map({ seqLT(slots[i].held[n].seq, $0) }) ?? false {
-            n += 1
+        let held = slots[i].held
+        var k = 0
+        if let r = slots[i].resentEnd {
+            while k < held.count, seqLT(held[k].seq, r) { k += 1 }
         }
-        if counted { fastRetransmits += n }
+        var picked: [Int] = []
+        while picked.count < segments, k < held.count, end.map({ seqLT(held[k].seq, $0) }) ?? picked.isEmpty {
+            picked.append(k)
+            k += 1
+        }
+        if let last = picked.last { slots[i].resentEnd = held[last].end }
+        if counted { fastRetransmits += picked.count }
         // Taken from the end: the first kept segment goes first.
-        for k in stride(from: n - 1, through: 0, by: -1) { resends.append((i, k)) }
+        for k in picked.reversed() { resends.append((i, k)) }
     }
 
     private mutating func restartTimer(_ i: Int, now: Int64) {
@@ -646,6 +663,9 @@ private struct Flow {
     var ackDue = false
     var dupACKs = 0
     var recover: UInt32?
+    /// In recovery, the end of what was resent so far: a partial ACK goes on after it, as
+    /// the earlier resends are still in flight.
+    var resentEnd: UInt32?
     var srtt: Int64 = 0
     var rttvar: Int64 = 0
     var rto: Int64 = TCPEarlyACK.initialRTO
