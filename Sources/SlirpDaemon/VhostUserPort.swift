@@ -103,7 +103,8 @@ extension Network {
                 guard let message = try link.assembler.received(bytes, descriptors: received.descriptors) else { continue }
                 link.messages += 1
                 handled += 1
-                log.trace("\(port.label): vhost-user \(VhostUserMessage.name(message.request)) flags 0x\(String(message.flags, radix: 16)) \(message.payload.count) bytes \(message.descriptors.count) descriptors")
+                // Setup messages once the queues run are rare (a guest reset, a memory change): worth a line.
+                log.log(level: link.announced ? .info : .trace, "\(port.label): vhost-user \(VhostUserMessage.name(message.request)) flags 0x\(String(message.flags, radix: 16)) \(message.payload.count) bytes \(message.descriptors.count) descriptors")
                 if let reply = try link.device.handle(message) {
                     do {
                         try port.socket.sendAll(reply.encoded)

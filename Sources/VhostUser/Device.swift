@@ -356,6 +356,7 @@ public final class VhostUserDevice {
         let q = queues[Self.txQueue]
         guard q.isActive else { return (0, false) }
         var count = 0
+        if let r = q.ring, r.lastAvail != r.usedIndex { throw VhostUserError(.badRing, "internal: TX ring taken to \(r.lastAvail) but used to \(r.usedIndex)") }
         while count < limit {
             txPieces.removeAll(keepingCapacity: true)
             guard let head = try q.ring?.nextChain(&txPieces) else { break }
@@ -410,6 +411,7 @@ public final class VhostUserDevice {
         let q = queues[Self.rxQueue]
         guard q.isActive, var ring = q.ring else { return .noRoom }
         defer { q.ring = ring }
+        if ring.lastAvail != ring.usedIndex { throw VhostUserError(.badRing, "internal: RX ring taken to \(ring.lastAvail) but used to \(ring.usedIndex)") }
         let headerSize = headerLength
         let total = headerSize + frame.count
         let mergeable = has(.mrgRXBuf)

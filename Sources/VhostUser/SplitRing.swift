@@ -93,11 +93,12 @@ public struct SplitRing {
 
     /// Entries the guest has made available and we have not taken.
     public func pending() throws(VhostUserError) -> Int {
-        atomicMemoryFence(ordering: .acquiring)
         let idx = Self.load16(avail, 2)
+        // The ring entries this index publishes are read after it.
+        atomicMemoryFence(ordering: .acquiring)
         let n = Int(idx &- lastAvail)
         guard n <= size else {
-            throw VhostUserError(.badRing, "available index \(idx) is \(n) entries ahead of \(lastAvail) in a queue of \(size)")
+            throw VhostUserError(.badRing, "available index \(idx) is \(n) entries ahead of \(lastAvail) in a queue of \(size) (used index \(usedIndex), \(Self.load16(used, 2)) in the ring)")
         }
         return n
     }
