@@ -5,15 +5,17 @@
 // rises to the size of the largest block freed (up to 32 MiB), so once a guest's grown
 // output queue was freed, later ones came from the heap instead of their own mappings;
 // and free pages in the middle of the heap are returned only by `malloc_trim`. The
-// daemon pins the threshold at glibc's default, so blocks of 128 KiB and more are their
-// own mappings and go back whole when freed, and trims once after a wave of departures
-// (not per guest: a trim walks the whole heap).
+// daemon pins the threshold at 256 KiB, so larger blocks are their own mappings and go
+// back whole when freed, and trims once after a wave of departures (not per guest: a
+// trim walks the whole heap). Not at glibc's default 128 KiB: libslirp gives every TCP
+// socket two 128 KiB buffers, which would then be an mmap and a munmap each per
+// connection (a quarter of the daemon's system time at 3,000 connections/s).
 import CLinux
 import Glibc
 
 /// Pins the mmap threshold (which also stops the trim threshold from growing with it).
 /// The corresponding C call is `mallopt(M_MMAP_THRESHOLD, ...)`.
-public func pinAllocatorThresholds(mmapThreshold: Int32 = 128 * 1024) {
+public func pinAllocatorThresholds(mmapThreshold: Int32 = 256 * 1024) {
     _ = mallopt(M_MMAP_THRESHOLD, mmapThreshold)
 }
 
