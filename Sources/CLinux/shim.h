@@ -95,3 +95,10 @@ static inline long clinux_recv_with_fds(int sock, void *buffer, size_t length, i
 static inline int clinux_memfd_seals(int fd) {
     return fcntl(fd, 1034 /* F_GET_SEALS */);
 }
+
+// RUSAGE_THREAD is a _GNU_SOURCE value: the calling thread's involuntary context switches.
+#include <sys/resource.h>
+static inline long clinux_thread_involuntary_switches(void) {
+    struct rusage usage;
+    return getrusage(1 /* RUSAGE_THREAD */, &usage) == 0 ? usage.ru_nivcsw : 0;
+}

@@ -35,11 +35,15 @@ public struct PollSet {
         PollEvents(rawValue: entries[index].revents)
     }
 
+    /// Descriptors with events after the last `wait`.
+    public private(set) var readyCount = 0
+
     /// Waits up to `timeoutMilliseconds` (-1: forever). Returns false when interrupted.
     public mutating func wait(timeoutMilliseconds: Int32) throws(IOError) -> Bool {
         let n = entries.withUnsafeMutableBufferPointer { buffer in
             poll(buffer.baseAddress, nfds_t(buffer.count), timeoutMilliseconds)
         }
+        readyCount = max(0, Int(n))
         if n >= 0 { return true }
         if errno == EINTR { return false }
         throw IOError(call: "poll", code: errno)

@@ -42,6 +42,7 @@ public final class Daemon {
     private var eventSinks: [Int: AsyncStream<Event>.Continuation] = [:]
     private var nextSinkID = 0
     private var pollSet = PollSet()
+    private var busyPoll: BusyPoll
     private var sources: [Source] = []
     private var networkSources: [Network.Source] = []
     private var running = true
@@ -69,8 +70,10 @@ public final class Daemon {
     /// `configs` must already include the inherited sockets (`InheritedEndpoints.apply`).
     public init(networks configs: [NetworkConfig], stateDirectory: String? = nil,
                 inherited: InheritedEndpoints = InheritedEndpoints([]),
-                reloadSource: (() throws(DaemonError) -> [NetworkConfig])? = nil) throws(DaemonError) {
+                reloadSource: (() throws(DaemonError) -> [NetworkConfig])? = nil,
+                busyPollMicroseconds: Int = 0) throws(DaemonError) {
         self.reloadSource = reloadSource
+        busyPoll = BusyPoll(maximumMicroseconds: busyPollMicroseconds)
         self.stateDirectory = stateDirectory
         self.inherited = inherited
         // Read (and cleared from the environment) before any other thread exists.
@@ -206,7 +209,7 @@ public final class Daemon {
 
         let ok: Bool
         do {
-            ok = try pollSet.wait(timeoutMilliseconds: waitMs)
+            ok = try spinThenWait(waitMs, now: now)
         } catch {
             throw DaemonError("the event loop failed: \(error)")
         }
@@ -237,8 +240,32 @@ public final class Daemon {
             net.flushPending()
             net.reapClosed()
         }
+        busyPoll.turnMoved(bytes: networks.reduce(0) { $0 + $1.takeTurnBytes() })
         noteDepartures(now: after)
         tellServiceManager(now: after)
+    }
+
+    /// Spins on poll(0) while BusyPoll says it pays, then blocks for the rest of
+    /// `waitMs`; tells BusyPoll what it saw.
+    private func spinThenWait(_ waitMs: Int32, now: Int64) throws(IOError) -> Bool {
+        guard busyPoll.maximum > 0 else { return try pollSet.wait(timeoutMilliseconds: waitMs) }
+        let spin = waitMs > 0 ? busyPoll.spin(now: now, descriptors: pollSet.count) : 0
+        let switches = spin > 0 ? involuntaryContextSwitches() : 0
+        var ok = true
+        var caught = false
+        if spin > 0 {
+            repeat {
+                ok = try pollSet.wait(timeoutMilliseconds: 0)
+                caught = !ok || pollSet.readyCount > 0
+            } while !caught && monotonicNanoseconds() - now < spin
+        }
+        if !caught {
+            let left = waitMs - Int32(min(Int64(waitMs), (monotonicNanoseconds() - now) / 1_000_000))
+            ok = try pollSet.wait(timeoutMilliseconds: left)
+        }
+        let after = monotonicNanoseconds()
+        busyPoll.record(caught: caught, waited: after - now, preempted: spin > 0 && involuntaryContextSwitches() != switches, now: after)
+        return ok
     }
 
     // MARK: systemd

@@ -75,6 +75,8 @@ final class Network {
     private(set) var natConnectionsReset = 0
     /// vhost-user connections closed for a protocol error, a bad ring or a failed mapping.
     var vhostUserCloses: [VhostUserError.Kind: Int] = [:]
+    /// Frame bytes moved either way in the current loop turn (`takeTurnBytes`).
+    private var turnBytes = 0
     /// Peers kept out by guest-uids/guest-gids.
     private(set) var refusedGuests = 0
     /// Datagrams from new peers dropped for want of a descriptor to answer them with.
@@ -550,10 +552,23 @@ final class Network {
 
     // MARK: Switching
 
+    /// Counts a frame handed to a guest (written, or queued for writing).
+    private func countSent(_ frame: UnsafeRawBufferPointer, to port: GuestPort) {
+        port.countSent(frame)
+        turnBytes += frame.count
+    }
+
+    /// Frame bytes moved either way since the last call (what the loop's busy polling weighs).
+    func takeTurnBytes() -> Int {
+        defer { turnBytes = 0 }
+        return turnBytes
+    }
+
     func fromGuest(_ port: GuestPort, _ frame: UnsafeRawBufferPointer) {
         guard let header = EthernetHeader(frame) else { return }
         port.rxFrames += 1
         port.rxBytes += frame.count
+        turnBytes += frame.count
         if !captures.isEmpty { capture(frame, header) }
         if let tcp6 = dns?.tcp6, let redirected = tcp6.towardNAT(frame) {  // DNSOverTCP6.swift
             return redirected.withUnsafeBytes { framePath.fromGuest($0, header, from: port.state, now: monotonicNanoseconds(), sink: self) }
@@ -612,7 +627,7 @@ final class Network {
         if let link = port.vhostUser, port.queued.isEmpty, case let outcome = vhostDeliver(frame, to: port, link), outcome != .wait {
             // Written into the guest's buffers (or dropped as too large); its interrupt goes
             // out with the flush list, once per loop turn.
-            if outcome == .written { port.countSent(frame) }
+            if outcome == .written { countSent(frame, to: port) }
             if !port.inFlushList {
                 port.inFlushList = true
                 flushList.append(port)
@@ -622,7 +637,7 @@ final class Network {
         if frame.count >= Network.directWriteMinimum, port.queued.isEmpty, !port.isStream, port.vhostUser == nil {
             do {
                 let result = if let tap = port.tapOffload { try tap.write(frame, to: port.socket) } else { try port.socket.writeFrame(frame) }
-                if case .done = result { return port.countSent(frame) }
+                if case .done = result { return countSent(frame, to: port) }
             } catch {
                 writeFailed(port, error, unqueued: 1)
                 scheduleClose(port)
@@ -637,7 +652,7 @@ final class Network {
             port.inFlushList = true
             flushList.append(port)
         }
-        port.countSent(frame)
+        countSent(frame, to: port)
     }
 
     // MARK: Lifecycle

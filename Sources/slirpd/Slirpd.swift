@@ -75,6 +75,9 @@ struct Slirpd: ParsableCommand {
     @Option(help: ArgumentHelp("Where DHCP leases (NAME.leases), changes made through the API (NAME.runtime.json) and DNS-over-TCP sockets go (default: the runtime directory).", valueName: "DIR"))
     var stateDir: String?
 
+    @Option(name: .customLong("busy-poll"), help: ArgumentHelp("After an interactive exchange, spin on the sockets for up to this many microseconds before sleeping (never during bulk transfers, and not while another process needs the CPU): lower latency and more connections per second for some CPU. 0 turns it off.", valueName: "US"))
+    var busyPoll = 50
+
     @Flag(help: "Serve no control API.")
     var noControl = false
 
@@ -87,6 +90,7 @@ struct Slirpd: ParsableCommand {
     func run() throws {
         if let target = guestfwdRelay { return try runRelay(target) }
         guard let level = Logger.Level(rawValue: logLevel) else { throw fail("invalid log level '\(logLevel)'") }
+        guard (0...1000).contains(busyPoll) else { throw fail("--busy-poll must be 0-1000 microseconds, not \(busyPoll)") }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -113,7 +117,8 @@ struct Slirpd: ParsableCommand {
             } else {
                 networks = try Self.withDefaultEndpoints(inherited.apply(to: [commandLineNetwork()]))
             }
-            let daemon = try Daemon(networks: networks, stateDirectory: try stateDirectory(), inherited: inherited, reloadSource: reloadSource)
+            let daemon = try Daemon(networks: networks, stateDirectory: try stateDirectory(), inherited: inherited, reloadSource: reloadSource,
+                                    busyPollMicroseconds: busyPoll)
             // Its sockets are open: nothing slirpd or its guestfwd commands exec may gain privileges.
             do {
                 try forbidNewPrivileges()

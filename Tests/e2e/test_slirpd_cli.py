@@ -40,6 +40,8 @@ def test_bad_options_exit_nonzero_with_qemu_wording(tmp_path, opts, message):
     (["--mtu", "65522"], "Invalid MTU 65522"),
     (["--tcp", "nohost"], "invalid --tcp 'nohost'"),
     (["--socket-mode", "999"], "invalid socket mode"),
+    (["--busy-poll", "1001"], "--busy-poll must be 0-1000 microseconds, not 1001"),
+    (["--busy-poll=-1"], "--busy-poll must be 0-1000 microseconds, not -1"),
 ])
 def test_bad_flags(tmp_path, args, message):
     r = run_slirpd([*args, "--stream", str(tmp_path / "x.sock")])
