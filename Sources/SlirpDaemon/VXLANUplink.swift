@@ -56,9 +56,8 @@ final class VXLANUplink {
     /// The multicast underlay's socket (bound to the group, joined on `dev`) and its address.
     let groupSocket: Descriptor?
     let groupPeer: UDPPeer?
-    /// Senders seen on the group, in order of arrival (kept across reloads of the remotes).
-    private(set) var members: [VXLANEndpoint] = []
-    private var memberPeers: Set<UDPPeer> = []
+    /// Senders seen on the group, at the group's port (kept across reloads of the remotes).
+    private(set) var members = VXLANGroupMembers<UDPPeer>(capacity: VXLANOptions.maximumRemotes)
     var table = VXLANRemoteTable<UDPPeer>()
     var counters: [UDPPeer: RemoteCounters] = [:]
     var drops: [Drop: Int] = [:]
@@ -122,25 +121,26 @@ final class VXLANUplink {
     /// The configured remote or group member a datagram came from (matched by address), if any.
     func remote(forSender sender: UDPPeer) -> UDPPeer? {
         if let remote = remotes.first(where: { $0.address == sender.address }) { return remote }
-        guard groupPeer != nil else { return nil }
-        return memberPeers.first { $0.address == sender.address }
+        guard let groupPeer else { return nil }
+        let member = UDPPeer(address: sender.address, port: groupPeer.port)
+        return members.contains(member) ? member : nil
     }
 
     /// A valid datagram from `sender` arrived on the group: it becomes a member (the group
-    /// itself once the members are full). Senders are IPv4: the group is.
+    /// itself once the members are full).
     func admitMember(_ sender: UDPPeer) -> UDPPeer? {
-        guard let groupPeer, sender.address.count == 4 else { return nil }
-        guard members.count < VXLANOptions.maximumRemotes else { return groupPeer }
-        let a = sender.address
-        let member = VXLANEndpoint(.v4(IPv4Address(a[0], a[1], a[2], a[3])), port: groupPeer.port)
-        members.append(member)
-        memberPeers.insert(Self.peer(member))
-        return Self.peer(member)
+        guard let groupPeer else { return nil }
+        return members.admit(UDPPeer(address: sender.address, port: groupPeer.port), group: groupPeer)
     }
 
-    /// What the counters and the API list: remotes, members, then the group.
+    /// What the counters and the API list: remotes, members (IPv4, as the group), then the group.
     var shownEndpoints: [VXLANEndpoint] {
-        options.remotes + members + (options.group.map { [$0] } ?? [])
+        let learnt = members.members.compactMap { m -> VXLANEndpoint? in
+            guard m.address.count == 4 else { return nil }
+            let a = m.address
+            return VXLANEndpoint(.v4(IPv4Address(a[0], a[1], a[2], a[3])), port: m.port)
+        }
+        return options.remotes + learnt + (options.group.map { [$0] } ?? [])
     }
 
     // MARK: Remotes at run time
@@ -177,12 +177,9 @@ final class VXLANUplink {
         let targets: [UDPPeer]
         if let groupPeer {
             // Learnt unicast goes to its remote or member; the rest to the group (and remotes).
-            if !destination.isGroup, let learnt = table.remote(of: destination, now: now),
-               learnt == groupPeer || remotes.contains(learnt) || memberPeers.contains(learnt) {
-                targets = [learnt]
-            } else {
-                targets = remotes + [groupPeer]
-            }
+            targets = table.targets(for: destination, now: now,
+                                    reachable: { $0 == groupPeer || self.members.contains($0) || self.remotes.contains($0) },
+                                    flood: remotes + [groupPeer])
         } else {
             targets = table.targets(for: destination, now: now, remotes: remotes)
         }
