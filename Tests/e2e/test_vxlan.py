@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import Slirpd, slirpctl, stream_netdev
+from daemon import Slirpd, run_slirpd, slirpctl, stream_netdev
 from guest import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -460,3 +460,12 @@ def test_a_multicast_underlay(tmp_path, fabric):
         wait_for(lambda: sample(metrics(a), "slirpd_vxlan_dropped_total", reason="wrong_vni") > before, 10,
                  what="the group frame for VNI 43 counted")
         assert a.alive() and b.alive()
+
+
+def test_a_group_on_a_missing_device_stops_the_daemon(tmp_path):
+    """dev= names an interface the host does not have: slirpd says so and exits non-zero
+    (before any traffic; the sockets are on loopback)."""
+    res = run_slirpd(["--no-control", "--state-dir", str(tmp_path / "state"), "--stream", str(tmp_path / "s.sock"),
+                      "--vxlan", "vni=1,local=127.0.0.1:47891,group=239.1.1.1:47891,dev=nosuchdev0"])
+    assert res.returncode != 0
+    assert "cannot bind the VXLAN uplink on 127.0.0.1:47891: if_nametoindex(nosuchdev0): No such device" in res.stdout + res.stderr
