@@ -163,6 +163,13 @@ public struct VXLANRemoteTable<Remote: Hashable & Sendable>: Sendable {
         return remotes
     }
 
+    /// On a multicast underlay: a frame to a MAC learnt on a remote `reachable` accepts goes
+    /// there; group, unknown and stale destinations go to `flood` (the group, and any remotes).
+    public func targets(for destination: MACAddress, now: Int64, reachable: (Remote) -> Bool, flood: [Remote]) -> [Remote] {
+        if !destination.isGroup, let remote = remote(of: destination, now: now), reachable(remote) { return [remote] }
+        return flood
+    }
+
     /// Forgets a MAC that is now local (a guest on this host took it).
     public mutating func forget(_ mac: MACAddress) { table[mac] = nil }
 
@@ -188,4 +195,31 @@ public struct VXLANRemoteTable<Remote: Hashable & Sendable>: Sendable {
     }
 
     public var count: Int { table.count }
+}
+
+/// The senders seen on a multicast underlay's group, as the kernel's vxlan learns its fdb from
+/// the group: each becomes a remote ("member") that learnt unicast goes to and is accepted
+/// from. Capped (anyone on the link can send to the group): once full, a new sender is
+/// answered with the group itself, so its frames are still taken but its unicast is flooded.
+public struct VXLANGroupMembers<Remote: Hashable & Sendable>: Sendable {
+    public let capacity: Int
+    /// In order of arrival.
+    public private(set) var members: [Remote] = []
+    private var known: Set<Remote> = []
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    public func contains(_ remote: Remote) -> Bool { known.contains(remote) }
+
+    /// The remote to count and learn `sender`'s frames under: itself (admitted now or before)
+    /// or, when the members are full, `group`.
+    public mutating func admit(_ sender: Remote, group: Remote) -> Remote {
+        if known.contains(sender) { return sender }
+        guard members.count < capacity else { return group }
+        members.append(sender)
+        known.insert(sender)
+        return sender
+    }
 }

@@ -1,4 +1,5 @@
-// VXLANOptions: `--vxlan 'vni=N,local=ADDR[:PORT],remote=ADDR[:PORT][,remote=...]'`.
+// VXLANOptions: `--vxlan 'vni=N,local=ADDR[:PORT],remote=ADDR[:PORT][,remote=...]'`, or with
+// a multicast underlay `--vxlan 'vni=N,local=ADDR,group=MCAST[:PORT],dev=IF[,remote=...]'`.
 //
 // Theory of operation. The text is QemuOpts syntax like `-o` (OptionList): `vni=` (0 to
 // 2^24-1, RFC 7348's 24 bits) and `local=` once, `remote=` once or more (the order is
@@ -8,6 +9,9 @@
 // bound to `local`. Errors follow QEMU's wording where it has one (`Invalid parameter
 // 'KEY'`, `Parameter 'KEY' is missing`) and say what was expected otherwise. Nothing is
 // bound here: a local address the machine does not have fails when the network starts.
+// `group=` (an IPv4 multicast address, 224.0.0.0/4, port 4789 by default) needs `dev=`, the
+// interface to join it on, as the kernel's `group ... dev IF`; with a group, remotes are
+// optional (they then get unicast copies of floods beside the group's one).
 
 /// One end of the VXLAN underlay: an address and a UDP port.
 public struct VXLANEndpoint: Hashable, Sendable, CustomStringConvertible {
@@ -69,17 +73,34 @@ public struct VXLANOptions: Hashable, Sendable, CustomStringConvertible {
     public var vni: UInt32
     public var local: VXLANEndpoint
     public var remotes: [VXLANEndpoint]
+    /// The multicast underlay: floods go to `group` (joined on `device`) instead of to each remote.
+    public var group: VXLANEndpoint?
+    public var device: String?
 
-    public init(vni: UInt32, local: VXLANEndpoint, remotes: [VXLANEndpoint]) {
+    public init(vni: UInt32, local: VXLANEndpoint, remotes: [VXLANEndpoint], group: VXLANEndpoint? = nil, device: String? = nil) {
         self.vni = vni
         self.local = local
         self.remotes = remotes
+        self.group = group
+        self.device = device
     }
 
     /// The canonical option text (what the API shows and a reload compares).
     public var description: String {
-        (["vni=\(vni)", "local=\(local)"] + remotes.map { "remote=\($0)" }).joined(separator: ",")
+        var items = ["vni=\(vni)", "local=\(local)"]
+        if let group, let device { items += ["group=\(group)", "dev=\(device)"] }
+        return (items + remotes.map { "remote=\($0)" }).joined(separator: ",")
     }
+
+    /// For the log: "VNI 42, local 198.51.100.1, remotes A, B[, group G on dev IF]".
+    public var summary: String {
+        var text = "VNI \(vni), local \(local), remotes \(remotes.isEmpty ? "none" : remotes.map(\.description).joined(separator: ", "))"
+        if let group, let device { text += ", group \(group) on dev \(device)" }
+        return text
+    }
+
+    /// Linux's IFNAMSIZ less the terminating NUL.
+    public static let maximumDeviceName = 15
 
     public static func parse(_ text: String) throws(OptionError) -> VXLANOptions {
         let list = OptionList(parsing: text)
@@ -87,11 +108,15 @@ public struct VXLANOptions: Hashable, Sendable, CustomStringConvertible {
         var vniText: String?
         var localText: String?
         var remoteTexts: [String] = []
+        var groupText: String?
+        var device: String?
         for item in list.items {
             switch item.key {
             case "vni": vniText = item.value
             case "local": localText = item.value
             case "remote": remoteTexts.append(item.value)
+            case "group": groupText = item.value
+            case "dev": device = item.value
             default: throw .invalidParameter(item.key)
             }
         }
@@ -104,7 +129,29 @@ public struct VXLANOptions: Hashable, Sendable, CustomStringConvertible {
         if case .v4(let a) = local.address, a.value == 0 || a.value >> 28 == 0xE {
             throw OptionError("Parameter 'local' must be a unicast address of this machine, not '\(localText)'")
         }
-        guard !remoteTexts.isEmpty else { throw OptionError("Parameter 'remote' is missing (give at least one remote=ADDR[:PORT])") }
+        var group: VXLANEndpoint?
+        if let groupText {
+            guard let g = VXLANEndpoint(groupText) else {
+                throw OptionError("Invalid VXLAN group address '\(groupText)' (expected an IPv4 multicast address[:PORT])")
+            }
+            guard case .v4(let a) = g.address, a.value >> 28 == 0xE else {
+                throw OptionError("VXLAN group '\(groupText)' must be an IPv4 multicast address (224.0.0.0/4)")
+            }
+            guard !local.isIPv6 else {
+                throw OptionError("VXLAN group '\(groupText)' is not of the local address's family (local=\(local))")
+            }
+            guard let device else { throw OptionError("Parameter 'dev' is missing (group= needs the interface to join it on)") }
+            guard !device.isEmpty, device.utf8.count <= maximumDeviceName, device != ".", device != "..",
+                  !device.contains(where: { $0 == "/" || $0 == ":" || $0.isWhitespace }) else {
+                throw OptionError("Parameter 'dev' expects an interface name (1 to \(maximumDeviceName) characters, no '/', ':' or spaces), not '\(device)'")
+            }
+            group = g
+        } else if device != nil {
+            throw OptionError("Parameter 'dev' needs 'group' (dev= names the interface to join the multicast group on)")
+        }
+        guard !remoteTexts.isEmpty || group != nil else {
+            throw OptionError("Parameter 'remote' is missing (give at least one remote=ADDR[:PORT], or group=MCAST,dev=IF)")
+        }
         guard remoteTexts.count <= maximumRemotes else {
             throw OptionError("Too many VXLAN remotes (\(remoteTexts.count); at most \(maximumRemotes))")
         }
@@ -114,7 +161,7 @@ public struct VXLANOptions: Hashable, Sendable, CustomStringConvertible {
             guard !remotes.contains(remote) else { throw OptionError("Duplicate VXLAN remote '\(text)'") }
             remotes.append(remote)
         }
-        return VXLANOptions(vni: vni, local: local, remotes: remotes)
+        return VXLANOptions(vni: vni, local: local, remotes: remotes, group: group, device: group == nil ? nil : device)
     }
 
     /// Parses and checks one remote against `local` (also for remotes added through the API).

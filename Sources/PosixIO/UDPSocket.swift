@@ -124,3 +124,38 @@ extension Descriptor {
         return .done(peer)
     }
 }
+
+/// The index of network interface `name` (`if_nametoindex`).
+public func interfaceIndex(_ name: String) throws(IOError) -> Int32 {
+    let index = if_nametoindex(name)
+    guard index != 0 else { throw IOError(call: "if_nametoindex", code: errno, detail: name) }
+    return Int32(index)
+}
+
+/// Joins IPv4 multicast `group` (4 bytes) on interface `ifindex` (`IP_ADD_MEMBERSHIP` with
+/// an `ip_mreqn`); the membership ends when the socket closes.
+public func joinIPv4Multicast(_ socket: Descriptor, group: [UInt8], ifindex: Int32) throws(IOError) {
+    var request = ip_mreqn()
+    withUnsafeMutableBytes(of: &request.imr_multiaddr) { dst in
+        for i in 0..<4 { dst[i] = group[i] }
+    }
+    request.imr_ifindex = ifindex
+    let size = socklen_t(MemoryLayout<ip_mreqn>.size)
+    _ = try syscallBlocking("setsockopt(IP_ADD_MEMBERSHIP)", detail: describe(UDPPeer(address: group, port: 0))) {
+        setsockopt(socket.raw, Int32(IPPROTO_IP), IP_ADD_MEMBERSHIP, &request, size)
+    }
+}
+
+/// Sends this socket's IPv4 multicast out of interface `ifindex` (`IP_MULTICAST_IF`), with
+/// the given TTL, and not looped back to this host's own members (`IP_MULTICAST_LOOP` off).
+public func sendIPv4Multicast(_ socket: Descriptor, ifindex: Int32, ttl: Int32) throws(IOError) {
+    var request = ip_mreqn()
+    request.imr_ifindex = ifindex
+    _ = try syscallBlocking("setsockopt(IP_MULTICAST_IF)") {
+        setsockopt(socket.raw, Int32(IPPROTO_IP), IP_MULTICAST_IF, &request, socklen_t(MemoryLayout<ip_mreqn>.size))
+    }
+    var hops = ttl, loop: Int32 = 0
+    let size = socklen_t(MemoryLayout<Int32>.size)
+    _ = try syscallBlocking("setsockopt(IP_MULTICAST_TTL)") { setsockopt(socket.raw, Int32(IPPROTO_IP), IP_MULTICAST_TTL, &hops, size) }
+    _ = try syscallBlocking("setsockopt(IP_MULTICAST_LOOP)") { setsockopt(socket.raw, Int32(IPPROTO_IP), IP_MULTICAST_LOOP, &loop, size) }
+}

@@ -77,7 +77,7 @@ enum Metrics {
         let uplinks = nets.compactMap { n in n.net.uplink.map { (label: n.label, net: n.net, uplink: $0) } }
         func perRemote(_ value: (VXLANUplink.RemoteCounters) -> Int) -> [(labels: String, value: Int)] {
             uplinks.flatMap { u in
-                u.uplink.options.remotes.map { r in
+                u.uplink.shownEndpoints.map { r in
                     ("\(u.label),remote=\"\(escape(r.description))\"", value(u.uplink.counters[VXLANUplink.peer(r)] ?? VXLANUplink.RemoteCounters()))
                 }
             }

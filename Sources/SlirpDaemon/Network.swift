@@ -164,7 +164,7 @@ final class Network {
                 self.uplink = uplink
                 framePath.uplinkPort = uplink.port
                 framePath.uplinkMTU = config.effectiveMTU
-                log.info("VXLAN uplink: VNI \(vxlan.vni), local \(vxlan.local), remotes \(vxlan.remotes.map(\.description).joined(separator: ", "))")
+                log.info("VXLAN uplink: \(vxlan.summary)")
             } catch {
                 closeEndpoints()
                 for port in ports.values { port.socket.close() }
@@ -236,6 +236,7 @@ final class Network {
         case dnsListener
         case dnsConnection(DNSConnection)
         case uplink(VXLANUplink)
+        case uplinkGroup(VXLANUplink)
     }
 
     func addPollDescriptors(to set: inout PollSet, sources: inout [Source], now: Int64) {
@@ -250,6 +251,10 @@ final class Network {
         if let uplink {
             set.add(uplink.socket.raw, .input)
             sources.append(.uplink(uplink))
+            if let group = uplink.groupSocket {
+                set.add(group.raw, .input)
+                sources.append(.uplinkGroup(uplink))
+            }
         }
         for port in ports.values where port.closeReason == nil {
             if let link = port.vhostUser {
@@ -297,6 +302,7 @@ final class Network {
         case .dnsListener: dns?.acceptConnections()
         case .dnsConnection(let connection): dns?.service(connection, events: events, now: now)
         case .uplink(let uplink): receiveUplink(uplink, now: now)
+        case .uplinkGroup(let uplink): receiveUplink(uplink, fromGroup: true, now: now)
         }
     }
 

@@ -19,6 +19,15 @@ import SlirpAPI
 // sends from one of `sendSockets` sockets (ephemeral ports), picked by that hash, so one
 // flow keeps one source port (and one ECMP path) and flows spread. Receiving stays on
 // `local`. Counters: totals and per remote, drops by reason (Metrics.swift).
+//
+// A multicast underlay (`group=`, `dev=`), as the kernel's `vxlan ... group G dev IF`: a second
+// socket bound to the group's address joins it on `dev`, and a flood goes once to the group
+// (plus any configured remotes) instead of to each remote. A datagram on the group socket is
+// accepted from any sender but this host, and (once its header is valid) the sender becomes a
+// member: a remote learnt like the kernel's fdb learns, to which learnt unicast then goes and
+// from which unicast to `local` is accepted. Members are capped at `maximumRemotes`; senders
+// beyond that are counted and learnt under the group itself (their unicast goes to the group).
+// The senders' multicast leaves by `dev` with TTL 1 and no loopback to this host.
 final class VXLANUplink {
     struct RemoteCounters {
         var encapsulatedFrames = 0, encapsulatedBytes = 0
@@ -44,6 +53,11 @@ final class VXLANUplink {
     private let senders: [Descriptor]
     let received = ByteBuffer(capacity: 65536)
     private(set) var remotes: [UDPPeer]
+    /// The multicast underlay's socket (bound to the group, joined on `dev`) and its address.
+    let groupSocket: Descriptor?
+    let groupPeer: UDPPeer?
+    /// Senders seen on the group, at the group's port (kept across reloads of the remotes).
+    private(set) var members = VXLANGroupMembers<UDPPeer>(capacity: VXLANOptions.maximumRemotes)
     var table = VXLANRemoteTable<UDPPeer>()
     var counters: [UDPPeer: RemoteCounters] = [:]
     var drops: [Drop: Int] = [:]
@@ -65,6 +79,33 @@ final class VXLANUplink {
         }
         self.senders = senders
         remotes = options.remotes.map(Self.peer)
+        guard let group = options.group, let device = options.device else {
+            groupSocket = nil
+            groupPeer = nil
+            return
+        }
+        // Bound to the group's address, this socket gets the group's datagrams and nothing else.
+        let joined: Result<Descriptor, IOError> = Result { () throws(IOError) -> Descriptor in
+            let index = try interfaceIndex(device)
+            for s in senders { try sendIPv4Multicast(s, ifindex: index, ttl: 1) }
+            let g = try bindUDP(address: group.addressBytes, port: group.port)
+            do throws(IOError) {
+                try joinIPv4Multicast(g, group: group.addressBytes, ifindex: index)
+            } catch {
+                g.close()
+                throw error
+            }
+            return g
+        }
+        switch joined {
+        case .success(let g):
+            groupSocket = g
+            groupPeer = Self.peer(group)
+        case .failure(let error):
+            socket.close()
+            for s in senders { s.close() }
+            throw error
+        }
     }
 
     static func peer(_ endpoint: VXLANEndpoint) -> UDPPeer {
@@ -73,12 +114,33 @@ final class VXLANUplink {
 
     func close() {
         socket.close()
+        groupSocket?.close()
         for s in senders { s.close() }
     }
 
-    /// The configured remote a datagram came from (matched by address), if any.
+    /// The configured remote or group member a datagram came from (matched by address), if any.
     func remote(forSender sender: UDPPeer) -> UDPPeer? {
-        remotes.first { $0.address == sender.address }
+        if let remote = remotes.first(where: { $0.address == sender.address }) { return remote }
+        guard let groupPeer else { return nil }
+        let member = UDPPeer(address: sender.address, port: groupPeer.port)
+        return members.contains(member) ? member : nil
+    }
+
+    /// A valid datagram from `sender` arrived on the group: it becomes a member (the group
+    /// itself once the members are full).
+    func admitMember(_ sender: UDPPeer) -> UDPPeer? {
+        guard let groupPeer else { return nil }
+        return members.admit(UDPPeer(address: sender.address, port: groupPeer.port), group: groupPeer)
+    }
+
+    /// What the counters and the API list: remotes, members (IPv4, as the group), then the group.
+    var shownEndpoints: [VXLANEndpoint] {
+        let learnt = members.members.compactMap { m -> VXLANEndpoint? in
+            guard m.address.count == 4 else { return nil }
+            let a = m.address
+            return VXLANEndpoint(.v4(IPv4Address(a[0], a[1], a[2], a[3])), port: m.port)
+        }
+        return options.remotes + learnt + (options.group.map { [$0] } ?? [])
     }
 
     // MARK: Remotes at run time
@@ -112,7 +174,15 @@ final class VXLANUplink {
 
     /// Encapsulates a local frame and sends it to its remote, or to every remote.
     func send(_ frame: UnsafeRawBufferPointer, destination: MACAddress, now: Int64, log: Logger) {
-        let targets = table.targets(for: destination, now: now, remotes: remotes)
+        let targets: [UDPPeer]
+        if let groupPeer {
+            // Learnt unicast goes to its remote or member; the rest to the group (and remotes).
+            targets = table.targets(for: destination, now: now,
+                                    reachable: { $0 == groupPeer || self.members.contains($0) || self.remotes.contains($0) },
+                                    flood: remotes + [groupPeer])
+        } else {
+            targets = table.targets(for: destination, now: now, remotes: remotes)
+        }
         guard !targets.isEmpty else { return }
         let needed = VXLANHeader.length + frame.count
         if scratch.count != needed { scratch = [UInt8](repeating: 0, count: needed) }
@@ -153,18 +223,23 @@ final class VXLANUplink {
 }
 
 extension Network {
-    /// Reads the uplink socket until EAGAIN; each accepted frame goes to the frame path.
-    func receiveUplink(_ uplink: VXLANUplink, now: Int64) {
+    /// Reads the uplink socket (or its group socket) until EAGAIN; each accepted frame goes
+    /// to the frame path.
+    func receiveUplink(_ uplink: VXLANUplink, fromGroup: Bool = false, now: Int64) {
+        guard let socket = fromGroup ? uplink.groupSocket : uplink.socket else { return }
         while true {
             let sender: UDPPeer
             do {
-                guard case .done(let s) = try uplink.socket.receiveUDP(into: uplink.received) else { return }
+                guard case .done(let s) = try socket.receiveUDP(into: uplink.received) else { return }
                 sender = s
             } catch {
-                log.error("VXLAN: receiving on \(uplink.options.local) failed: \(error)")
+                log.error("VXLAN: receiving on \(fromGroup ? uplink.options.group ?? uplink.options.local : uplink.options.local) failed: \(error)")
                 return
             }
-            guard let remote = uplink.remote(forSender: sender) else {
+            // Our own flood, looped back by another socket of this host: not news.
+            if fromGroup, sender.address == uplink.options.local.addressBytes { continue }
+            let known = uplink.remote(forSender: sender)
+            guard known != nil || fromGroup else {
                 uplinkDropped(uplink, .unknownRemote, "a datagram from \(describe(sender)), which is not a configured remote")
                 continue
             }
@@ -180,7 +255,7 @@ extension Network {
                 uplinkDropped(uplink, .badHeader, "a datagram from \(describe(sender)): \(error)")
             case .success(let range):
                 let frame = UnsafeRawBufferPointer(rebasing: datagram[range])
-                guard let header = EthernetHeader(frame) else { continue }
+                guard let header = EthernetHeader(frame), let remote = known ?? uplink.admitMember(sender) else { continue }
                 uplink.counters[remote, default: VXLANUplink.RemoteCounters()].decapsulatedFrames += 1
                 uplink.counters[remote, default: VXLANUplink.RemoteCounters()].decapsulatedBytes += frame.count
                 if !captures.isEmpty { capture(frame, header) }
@@ -203,7 +278,8 @@ extension Network {
     func applyUplink(_ new: VXLANOptions?) -> Int {
         let old = uplink?.options
         guard old != new else { return 0 }
-        if let uplink, let new, uplink.options.vni == new.vni, uplink.options.local == new.local {
+        if let uplink, let new, uplink.options.vni == new.vni, uplink.options.local == new.local,
+           uplink.options.group == new.group, uplink.options.device == new.device {
             uplink.setRemotes(new.remotes)
             log.notice("reload: VXLAN remotes now \(new.remotes.map(\.description).joined(separator: ", "))")
             return 1
@@ -221,7 +297,7 @@ extension Network {
             uplink = fresh
             framePath.uplinkPort = fresh.port
             framePath.uplinkMTU = config.effectiveMTU
-            log.notice("reload: VXLAN uplink: VNI \(new.vni), local \(new.local), remotes \(new.remotes.map(\.description).joined(separator: ", "))")
+            log.notice("reload: VXLAN uplink: \(new.summary)")
         } catch {
             log.error("reload: cannot bind the VXLAN uplink on \(new.local): \(error); the network runs without it")
         }
@@ -245,7 +321,7 @@ extension Network {
         let uplink = try requireUplink()
         let now = monotonicNanoseconds()
         let learnt = uplink.table.entries(now: now)
-        let remotes = uplink.options.remotes.map { endpoint in
+        let remotes = uplink.shownEndpoints.map { endpoint in
             let peer = VXLANUplink.peer(endpoint)
             let c = uplink.counters[peer] ?? VXLANUplink.RemoteCounters()
             return VXLANRemoteInfo(remote: endpoint.description, encapsulatedFrames: c.encapsulatedFrames,

@@ -109,6 +109,30 @@ struct VXLANRemoteTableTests {
         #expect(table.targets(for: mac, now: 1, remotes: ["C"]) == ["C"])
         #expect(table.forget(remote: "B") == 1)
     }
+
+    @Test func aMulticastUnderlayFloodsToTheGroupAndUnicastsToLearntMembers() {
+        var table = VXLANRemoteTable<String>(agingTime: 10)
+        _ = table.learn(mac, on: "M1", now: 0, isLocal: false)
+        let members: Set<String> = ["M1", "M2"]
+        let flood = ["R", "G"]
+        #expect(table.targets(for: mac, now: 1, reachable: members.contains, flood: flood) == ["M1"])
+        #expect(table.targets(for: .broadcast, now: 1, reachable: members.contains, flood: flood) == flood)
+        #expect(table.targets(for: MACAddress(raw: 0x0200_0000_0099), now: 1, reachable: members.contains, flood: flood) == flood)
+        // Learnt on one no longer reachable, or aged out: back to the group.
+        #expect(table.targets(for: mac, now: 1, reachable: { $0 == "M2" }, flood: flood) == flood)
+        #expect(table.targets(for: mac, now: 10, reachable: members.contains, flood: flood) == flood)
+    }
+
+    @Test func groupMembersAreAdmittedOnceAndCapped() {
+        var members = VXLANGroupMembers<String>(capacity: 2)
+        #expect(members.admit("A", group: "G") == "A")
+        #expect(members.admit("B", group: "G") == "B")
+        #expect(members.admit("A", group: "G") == "A")
+        // Full: a third sender is taken under the group and not remembered.
+        #expect(members.admit("C", group: "G") == "G")
+        #expect(!members.contains("C") && members.contains("A"))
+        #expect(members.members == ["A", "B"])
+    }
 }
 
 @Suite("Switch with a VXLAN uplink")

@@ -13,6 +13,8 @@ from each other; hK pings both guests and gA fetches from hK; each guest's gatew
 own host's (the marker); a capture of the underlay shows no frame to or from the gateway
 or DNS and no DHCP; a frame for another VNI and one from an unlisted remote are dropped
 and counted; remotes are listed, removed and added through slirpctl.
+The same fabric with real QEMU (TCG) guests on stream endpoints instead of the tap
+namespaces: leases, guest to guest both ways, each host's gateway and a forward.
 """
 
 import os
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import Slirpd, slirpctl
+from daemon import Slirpd, run_slirpd, slirpctl, stream_netdev
 from guest import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +55,7 @@ def ns_run(ns, *args, check=True, timeout=30):
 
 
 class Fabric:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, taps: bool = True):
         if os.geteuid() != 0:
             pytest.fail("the VXLAN test needs root for namespaces, veths, taps and a vxlan device")
         tag = uuid.uuid4().hex[:4]
@@ -67,7 +69,8 @@ class Fabric:
             self.made.append(name)
             ns_run(name, "ip", "link", "set", "lo", "up")
         ul = self.ns["ul"]
-        ns_run(ul, "ip", "link", "add", "br0", "type", "bridge")
+        # No IGMP snooping: with no querier on this bridge, group traffic simply floods.
+        ns_run(ul, "ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
         ns_run(ul, "ip", "link", "set", "br0", "up")
         for i, host in enumerate(("hA", "hB", "hK"), start=1):
             ns_run(ul, "ip", "link", "add", f"u{host}", "mtu", "1600", "type", "veth", "peer", "name", "eth0",
@@ -76,17 +79,20 @@ class Fabric:
             ns_run(self.ns[host], "ip", "addr", "add", f"198.51.100.{i}/24", "dev", "eth0")
             ns_run(self.ns[host], "ip", "addr", "add", f"2001:db8::{i}/64", "dev", "eth0", "nodad")
             ns_run(self.ns[host], "ip", "link", "set", "eth0", "up")
-        for side in ("A", "B"):
+        for side in ("A", "B") if taps else ():
             ns_run(self.ns["h" + side], "ip", "tuntap", "add", "mode", "tap", "name", self.tap[side])
         self.script = tmp / "udhcpc-vx.sh"
         self.script.write_text(UDHCPC)
         self.script.chmod(0o755)
 
-    def kernel_peer(self, v6=False):
+    def kernel_peer(self, v6=False, group=None):
+        """The kernel's vxlan device in hK: a flood entry per slirpd host, or (`group`) the
+        multicast underlay, the group joined on eth0."""
         k = self.ns["hK"]
         local, remotes = ("2001:db8::3", ("2001:db8::1",)) if v6 else ("198.51.100.3", ("198.51.100.1", "198.51.100.2"))
-        ns_run(k, "ip", "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "local", local, "dstport", "4789")
-        for remote in remotes:
+        underlay = ("group", group, "dev", "eth0") if group else ()
+        ns_run(k, "ip", "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "local", local, *underlay, "dstport", "4789")
+        for remote in () if group else remotes:
             ns_run(k, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", remote)
         # Inside one machine nothing ever completes a checksum the vxlan device leaves to
         # "hardware" (veth passes it on partial): compute them in software, as on a real NIC path.
@@ -135,9 +141,12 @@ def fabric(tmp_path):
         f.close()
 
 
-def slirpd_in(fabric, side, tmp, dhcp, remotes):
-    vxlan = f"vni={VNI},local=198.51.100.{1 if side == 'A' else 2}," + ",".join(f"remote={r}" for r in remotes)
-    args = ["--tap", fabric.tap[side], "-o", f"{dhcp},dns-upstream=127.0.0.1:5353", "--vxlan", vxlan]
+def slirpd_in(fabric, side, tmp, dhcp, remotes, endpoint=None, group=None):
+    """slirpd in host namespace hA or hB; its guest is the tap unless `endpoint` (e.g. --stream PATH);
+    `group`: the multicast underlay on eth0."""
+    vxlan = ",".join([f"vni={VNI}", f"local=198.51.100.{1 if side == 'A' else 2}", *(f"remote={r}" for r in remotes),
+                      *((f"group={group}", "dev=eth0") if group else ())])
+    args = [*(endpoint or ["--tap", fabric.tap[side]]), "-o", f"{dhcp},dns-upstream=127.0.0.1:5353", "--vxlan", vxlan]
     return Slirpd(args, tmp, name=f"slirpd{side}", launcher=["ip", "netns", "exec", fabric.ns["h" + side]])
 
 
@@ -343,3 +352,120 @@ def test_an_ipv6_underlay(tmp_path, fabric):
         assert sample(m, "slirpd_vxlan_decapsulated_frames_total", remote="2001:db8::3") > 0
         shown = slirpctl(a, "vxlan", "show").stdout
         assert "2001:db8::3" in shown, shown
+
+
+@pytest.fixture
+def qemu_fabric(tmp_path):
+    f = Fabric(tmp_path, taps=False)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def test_qemu_guests_on_two_hosts(tmp_path, qemu_fabric, make_guest):
+    """Two slirpd hosts (namespaces hA and hB), a QEMU guest on each one's stream endpoint.
+    QEMU runs in the root namespace: a Unix socket is reached by path, not through a
+    network namespace, so only slirpd (its NAT, its uplink) lives in the host namespace.
+    Each gateway is 127.0.0.1 of its own namespace: the marker tells the hosts apart."""
+    fabric = qemu_fabric
+    mac = {"A": "52:54:00:5a:18:01", "B": "52:54:00:5a:18:02"}
+    serve(fabric, "hA", "markerA", "marker of host A", "127.0.0.1:8080")
+    serve(fabric, "hB", "markerB", "marker of host B", "127.0.0.1:8080")
+    sock = {side: str(tmp_path / f"net{side}.sock") for side in "AB"}
+    forward = ",hostfwd=tcp:127.0.0.1:18080-:8080"
+    with slirpd_in(fabric, "A", tmp_path, "dhcpstart=10.0.2.15,dhcpend=10.0.2.99" + forward,
+                   ["198.51.100.2"], endpoint=["--stream", sock["A"]]) as a, \
+            slirpd_in(fabric, "B", tmp_path, "dhcpstart=10.0.2.100,dhcpend=10.0.2.149" + forward,
+                      ["198.51.100.1"], endpoint=["--stream", sock["B"]]) as b:
+        a.wait_log("VXLAN uplink: VNI 42")
+        b.wait_log("VXLAN uplink: VNI 42")
+        # Both boot at once (TCG on shared cores: generous timeouts). Under that load the
+        # kernel's IO-APIC timer check can fail and panic; no_timer_check skips it, as on VMs.
+        guest = {side: make_guest(f"vx{side}", stream_netdev(sock[side]), mac[side], append="no_timer_check")
+                 for side in "AB"}
+        lease = {side: guest[side].wait_lease(timeout=240) for side in "AB"}
+        for side in "AB":
+            guest[side].wait_ready(timeout=240)
+
+        # Each host leases from its own range, with its own gateway.
+        assert (lease["A"]["ip"], lease["A"]["router"]) == ("10.0.2.15", "10.0.2.2"), lease["A"]
+        assert (lease["B"]["ip"], lease["B"]["router"]) == ("10.0.2.100", "10.0.2.2"), lease["B"]
+        a.wait_log(f"is using MAC {mac['A']}")
+        b.wait_log(f"is using MAC {mac['B']}")
+
+        # Guest to guest across the overlay, both ways: ICMP, then HTTP from the other's httpd.
+        for src, dst in (("A", "B"), ("B", "A")):
+            rc, out = guest[src].run(f"ping -c 3 -W 5 {lease[dst]['ip']}", timeout=60)
+            assert rc == 0, f"guest {src} -> {lease[dst]['ip']}: {out}"
+            rc, out = guest[src].run(f"wget -q -O - http://{lease[dst]['ip']}:8080/", timeout=60)
+            assert rc == 0 and out.strip() == f"hello from guest {mac[dst]}", f"guest {src} fetching from {dst}: {out}"
+
+        # Each reaches its own host's loopback service through its own gateway.
+        for side in "AB":
+            rc, out = guest[side].run("wget -q -O - http://10.0.2.2:8080/", timeout=60)
+            assert rc == 0 and out.strip() == f"marker of host {side}", f"guest {side} via 10.0.2.2: {out}"
+
+        # A forward on each host reaches that host's guest (and only that one).
+        for side in "AB":
+            assert fetch(fabric, "h" + side, "http://127.0.0.1:18080/") == f"hello from guest {mac[side]}"
+
+        m = metrics(a)
+        assert sample(m, "slirpd_vxlan_encapsulated_frames_total", remote="198.51.100.2") > 0
+        assert sample(m, "slirpd_vxlan_decapsulated_frames_total", remote="198.51.100.2") > 0
+        assert a.alive() and b.alive()
+
+
+def test_a_multicast_underlay(tmp_path, fabric):
+    """group=MCAST,dev=IF: two slirpd hosts and the kernel's vxlan in multicast mode, no remotes
+    anywhere. Floods go to 239.1.1.42 (a group used only on this test's bridge); each peer
+    learns the others from the group and answers by unicast."""
+    group = "239.1.1.42"
+    fabric.kernel_peer(group=group)
+    with slirpd_in(fabric, "A", tmp_path, "dhcpstart=10.0.2.15,dhcpend=10.0.2.99", [], group=group) as a, \
+            slirpd_in(fabric, "B", tmp_path, "dhcpstart=10.0.2.100,dhcpend=10.0.2.149", [], group=group) as b:
+        a.wait_log(f"VXLAN uplink: VNI 42, local 198.51.100.1, remotes none, group {group} on dev eth0")
+        b.wait_log(f"VXLAN uplink: VNI 42, local 198.51.100.2, remotes none, group {group} on dev eth0")
+        fabric.move_tap("A")
+        fabric.move_tap("B")
+        ip_a, _ = fabric.lease("A")
+        ip_b, _ = fabric.lease("B")
+        assert (ip_a, ip_b) == ("10.0.2.15", "10.0.2.100")
+
+        # slirpd to slirpd over the group, then the kernel peer both ways.
+        ping = ns_run(fabric.ns["gA"], BUSYBOX, "ping", "-c", "3", "-W", "5", ip_b, check=False, timeout=30)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        for ip in (ip_a, ip_b):
+            ping = ns_run(fabric.ns["hK"], BUSYBOX, "ping", "-c", "2", "-W", "5", ip, check=False, timeout=30)
+            assert ping.returncode == 0, f"hK -> {ip}: {ping.stdout}{ping.stderr}"
+        serve(fabric, "hK", "wwwK", "served by the kernel vxlan host", "10.0.2.200:8082")
+        assert fetch(fabric, "gA", "http://10.0.2.200:8082/") == "served by the kernel vxlan host"
+
+        # Floods went to the group; the peers became members, and unicast went to each.
+        m = metrics(a)
+        assert sample(m, "slirpd_vxlan_encapsulated_frames_total", remote=group) > 0
+        for member in ("198.51.100.2", "198.51.100.3"):
+            assert sample(m, "slirpd_vxlan_decapsulated_frames_total", remote=member) > 0, member
+            assert sample(m, "slirpd_vxlan_encapsulated_frames_total", remote=member) > 0, member
+        shown = slirpctl(a, "vxlan", "show").stdout
+        assert group in shown and "198.51.100.3" in shown, shown
+
+        # Another VNI on the group is still dropped and counted.
+        before = sample(m, "slirpd_vxlan_dropped_total", reason="wrong_vni")
+        sender = ("import socket\n"
+                  "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('198.51.100.3', 0))\n"
+                  "s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('198.51.100.3'))\n"
+                  f"s.sendto(bytes([8,0,0,0,0,0,43,0]) + bytes.fromhex('ffffffffffff020000000009') + bytes(30), ('{group}', 4789))\n")
+        ns_run(fabric.ns["hK"], "python3", "-c", sender)
+        wait_for(lambda: sample(metrics(a), "slirpd_vxlan_dropped_total", reason="wrong_vni") > before, 10,
+                 what="the group frame for VNI 43 counted")
+        assert a.alive() and b.alive()
+
+
+def test_a_group_on_a_missing_device_stops_the_daemon(tmp_path):
+    """dev= names an interface the host does not have: slirpd says so and exits non-zero
+    (before any traffic; the sockets are on loopback)."""
+    res = run_slirpd(["--no-control", "--state-dir", str(tmp_path / "state"), "--stream", str(tmp_path / "s.sock"),
+                      "--vxlan", "vni=1,local=127.0.0.1:47891,group=239.1.1.1:47891,dev=nosuchdev0"])
+    assert res.returncode != 0
+    assert "cannot bind the VXLAN uplink on 127.0.0.1:47891: if_nametoindex(nosuchdev0): No such device" in res.stdout + res.stderr
