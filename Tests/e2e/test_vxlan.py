@@ -369,15 +369,16 @@ def test_qemu_guests_on_two_hosts(tmp_path, qemu_fabric, make_guest):
     network namespace, so only slirpd (its NAT, its uplink) lives in the host namespace.
     Each gateway is 127.0.0.1 of its own namespace: the marker tells the hosts apart."""
     fabric = qemu_fabric
+    fabric.kernel_peer()
     mac = {"A": "52:54:00:5a:18:01", "B": "52:54:00:5a:18:02"}
     serve(fabric, "hA", "markerA", "marker of host A", "127.0.0.1:8080")
     serve(fabric, "hB", "markerB", "marker of host B", "127.0.0.1:8080")
     sock = {side: str(tmp_path / f"net{side}.sock") for side in "AB"}
     forward = ",hostfwd=tcp:127.0.0.1:18080-:8080"
     with slirpd_in(fabric, "A", tmp_path, "dhcpstart=10.0.2.15,dhcpend=10.0.2.99" + forward,
-                   ["198.51.100.2"], endpoint=["--stream", sock["A"]]) as a, \
+                   ["198.51.100.2", "198.51.100.3"], endpoint=["--stream", sock["A"]]) as a, \
             slirpd_in(fabric, "B", tmp_path, "dhcpstart=10.0.2.100,dhcpend=10.0.2.149" + forward,
-                      ["198.51.100.1"], endpoint=["--stream", sock["B"]]) as b:
+                      ["198.51.100.1", "198.51.100.3"], endpoint=["--stream", sock["B"]]) as b:
         a.wait_log("VXLAN uplink: VNI 42")
         b.wait_log("VXLAN uplink: VNI 42")
         # Both boot at once (TCG on shared cores: generous timeouts). Under that load the
@@ -400,6 +401,14 @@ def test_qemu_guests_on_two_hosts(tmp_path, qemu_fabric, make_guest):
             assert rc == 0, f"guest {src} -> {lease[dst]['ip']}: {out}"
             rc, out = guest[src].run(f"wget -q -O - http://{lease[dst]['ip']}:8080/", timeout=60)
             assert rc == 0 and out.strip() == f"hello from guest {mac[dst]}", f"guest {src} fetching from {dst}: {out}"
+
+        # The kernel vxlan host (no slirpd) pings both QEMU guests, and a guest fetches from it.
+        for side in "AB":
+            ping = ns_run(fabric.ns["hK"], BUSYBOX, "ping", "-c", "2", "-W", "5", lease[side]["ip"], check=False, timeout=30)
+            assert ping.returncode == 0, f"hK -> guest {side}: {ping.stdout}{ping.stderr}"
+        serve(fabric, "hK", "wwwK", "served by the kernel vxlan host", "10.0.2.200:8082")
+        rc, out = guest["A"].run("wget -q -O - http://10.0.2.200:8082/", timeout=60)
+        assert rc == 0 and out.strip() == "served by the kernel vxlan host", f"guest A fetching from hK: {out}"
 
         # Each reaches its own host's loopback service through its own gateway.
         for side in "AB":
