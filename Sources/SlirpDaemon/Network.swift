@@ -280,7 +280,8 @@ final class Network {
             set.add(socket.raw, .input)
             sources.append(.dnsUpstream)
         }
-        for listener in dns.listeners {
+        for listener in [dns.listener, dns.listener6] {
+            guard let listener else { continue }
             set.add(listener.raw, .input)
             sources.append(.dnsListener)
         }
@@ -318,10 +319,19 @@ final class Network {
 
     /// The earliest time `runTimers` has something to do.
     var nextServiceDeadline: Int64? {
-        let save = leasesDirty ? leasesSavedAt + 1_000_000_000 : nil
-        return [dns?.nextDeadline, tftp?.nextDeadline, save, nextDialAttempt, departed.first?.resetAt, framePath.nextProbeDeadline,
-                framePath.nextRetransmitDeadline]
-            .compactMap { $0 }.min()
+        // Asked every loop turn: no array of candidates, just the running minimum.
+        var earliest: Int64?
+        func consider(_ d: Int64?) {
+            if let d, d < (earliest ?? .max) { earliest = d }
+        }
+        consider(dns?.nextDeadline)
+        consider(tftp?.nextDeadline)
+        consider(leasesDirty ? leasesSavedAt + 1_000_000_000 : nil)
+        consider(nextDialAttempt)
+        consider(departed.first?.resetAt)
+        consider(framePath.nextProbeDeadline)
+        consider(framePath.nextRetransmitDeadline)
+        return earliest
     }
 
     // MARK: Stream guests
