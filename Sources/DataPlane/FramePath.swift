@@ -68,7 +68,9 @@ public final class FramePath {
     }
 
     public let natPort: PortID
-    public var settings: Settings
+    public var settings: Settings {
+        didSet { bridge.natNetwork = (settings.network, settings.mask) }
+    }
     /// The attached guest ports, by ID.
     public internal(set) var ports: [PortID: PortState] = [:]
     var bridge: EthernetSwitch
@@ -133,6 +135,12 @@ public final class FramePath {
         self.natPort = natPort
         self.settings = settings
         bridge = EthernetSwitch(natPort: natPort)
+        bridge.natNetwork = (settings.network, settings.mask)
+    }
+
+    /// Whether `mac` is one of the NAT's (see `EthernetSwitch.isNATMAC`).
+    func isNATMAC(_ mac: MACAddress) -> Bool {
+        EthernetSwitch.isNATMAC(mac, network: (settings.network, settings.mask))
     }
 
     /// A network's `max-macs=`: the MACs each guest port may use at once (the switch) and

@@ -50,7 +50,7 @@ extension FramePath {
     private func uplinkRefuses(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader, uplink: PortID, now: Int64,
                                sink: any FramePathSink) -> UplinkDrop? {
         if settings.isolateGuests { return .notLocal }
-        if EthernetSwitch.isNATMAC(header.destination) { return .gateway }
+        if isNATMAC(header.destination) { return .gateway }
         if let reason = Self.localOnly(frame, header, security.addresses) { return reason }
         if let reason = claimsLocalAddress(frame, header) { return reason }
         let verdict = bridge.ingress(from: uplink, source: header.source, destination: header.destination, now: now)
@@ -71,7 +71,7 @@ extension FramePath {
     /// Whether a local guest's frame that the switch flooded (or sent to the uplink) may go
     /// over the uplink: not the gateway's business (see the theory of operation).
     public func mayCross(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader) -> Bool {
-        guard uplinkPort != nil, !settings.isolateGuests, !EthernetSwitch.isNATMAC(header.destination) else { return false }
+        guard uplinkPort != nil, !settings.isolateGuests, !isNATMAC(header.destination) else { return false }
         return Self.localOnly(frame, header, security.addresses) == nil
     }
 

@@ -77,18 +77,27 @@ public struct EthernetSwitch: Sendable {
         self.natPort = natPort
     }
 
-    /// libslirp's MACs: 52:55 and an IPv4 address, 52:56 and the end of an IPv6 one.
+    /// libslirp's MACs: 52:55 and an IPv4 address, 52:56 and the end of an IPv6 one. With
+    /// the NAT's IPv4 `network`, a 52:55 MAC is the NAT's only when its address lies in it:
+    /// a random locally administered MAC (a namespace's tap) starts with 52:55 about once
+    /// in 16,000, and such a guest must not be locked out.
     @inlinable
-    public static func isNATMAC(_ mac: MACAddress) -> Bool {
+    public static func isNATMAC(_ mac: MACAddress, network: (address: UInt32, mask: UInt32)? = nil) -> Bool {
         let prefix = mac.raw >> 32
-        return prefix == 0x5255 || prefix == 0x5256
+        if prefix == 0x5256 { return true }
+        guard prefix == 0x5255 else { return false }
+        guard let network else { return true }
+        return UInt32(truncatingIfNeeded: mac.raw) & network.mask == network.address & network.mask
     }
+
+    /// The NAT's IPv4 network, for `isNATMAC` (nil: every 52:55 MAC is the NAT's).
+    public var natNetwork: (address: UInt32, mask: UInt32)?
 
     /// Learns from one frame and decides where it goes. `now` is in nanoseconds.
     public mutating func ingress(from port: PortID, source: MACAddress, destination: MACAddress, now: Int64) -> Verdict {
         guard !source.isGroup, source != .zero else { return .drop(.invalidSource) }
         let fromNAT = port == natPort
-        if natPort != nil, !fromNAT, Self.isNATMAC(source) { return .drop(.natMAC) }
+        if natPort != nil, !fromNAT, Self.isNATMAC(source, network: natNetwork) { return .drop(.natMAC) }
         let uncapped = fromNAT || (uplinkPort != nil && port == uplinkPort)
         if let entry = table[source], entry.port != port, now - entry.lastSeen < agingTime,
            uplinkPort == nil || entry.port != uplinkPort {

@@ -108,4 +108,18 @@ struct EthernetSwitchTests {
         #expect(sw.port(of: macNAT) == nat)
         #expect(sw.ingress(from: a, source: macA, destination: .broadcast, now: 1) == .flood)
     }
+
+    @Test("with the NAT's network known, a 52:55 MAC outside it is a guest's own (a random tap MAC)")
+    func randomMACsStartingWith5255() {
+        var sw = EthernetSwitch(natPort: nat)
+        sw.natNetwork = (0x0A00_0200, 0xFFFF_FF00)
+        let random = MACAddress(raw: 0x5255_D924_A9D1)  // 217.36.169.209: not in 10.0.2.0/24
+        #expect(sw.ingress(from: a, source: random, destination: .broadcast, now: 0) == .flood)
+        #expect(sw.port(of: random) == a)
+        #expect(sw.ingress(from: b, source: MACAddress(raw: 0x5255_0A00_0202), destination: .broadcast, now: 0) == .drop(.natMAC))
+        #expect(sw.ingress(from: b, source: MACAddress(raw: 0x5255_0A00_02FE), destination: .broadcast, now: 0) == .drop(.natMAC),
+                "any address of the network: libslirp answers ARP for guestfwd addresses too")
+        #expect(sw.ingress(from: b, source: MACAddress(raw: 0x5256_D924_A9D1), destination: .broadcast, now: 0) == .drop(.natMAC),
+                "52:56 follows IPv6 sources, any of them")
+    }
 }
