@@ -248,6 +248,40 @@ import Testing
         }
     }
 
+    /// A jumbo TCP frame within the MTU (libslirp's 32 KiB segments at MTU 65520): NEEDS_CSUM
+    /// without GSO, so the receiving kernel trusts it instead of summing it again; at or
+    /// below 1500 IP bytes, and for UDP, the header stays empty.
+    @Test(arguments: [false, true])
+    func jumboTCPFramesWithinTheMTUGetOnlyAPartialChecksum(v6: Bool) throws {
+        let ipHeader = v6 ? 40 : 20
+        for (mtu, size) in [(65520, 32768), (65520, 65480 - (v6 ? 20 : 0)), (9000, 8960 - (v6 ? 20 : 0)), (9000, 1461 - ipHeader + 20)] {
+            let full = Self.frame(v6: v6, payload: Self.payload(size), flags: 0x18)
+            #expect(full.count - 14 > 1500 && full.count - 14 <= mtu)
+            let (h, patch) = full.withUnsafeBytes { VirtioNetHeader.header(forOutgoing: $0, mtu: mtu) }
+            let l4 = Self.l4Offset(full)
+            #expect(h.gsoType == VirtioNetHeader.GSOType.none)
+            #expect(h.gsoSize == 0)
+            #expect(h.flags == VirtioNetHeader.needsChecksum)
+            #expect(Int(h.checksumStart) == l4 && h.checksumOffset == 16)
+            #expect(Int(h.headerLength) == l4 + 20)
+            let p = try #require(patch)
+            #expect(p.offset == l4 + 16)
+            var written = full
+            written[p.offset] = UInt8(p.value >> 8)
+            written[p.offset + 1] = UInt8(p.value & 0xFF)
+            #expect(written == Self.partial(full))
+            VirtioNetHeader.completeChecksum(frame: &written, start: Int(h.checksumStart), offset: Int(h.checksumOffset))
+            #expect(written == full)
+        }
+        // 1500 IP bytes exactly, at a jumbo MTU; and a jumbo UDP datagram: empty headers.
+        for f in [Self.frame(v6: v6, payload: Self.payload(1480 - ipHeader)),
+                  Self.frame(v6: v6, udp: true, payload: Self.payload(30000))] {
+            let (h, patch) = f.withUnsafeBytes { VirtioNetHeader.header(forOutgoing: $0, mtu: 65520) }
+            #expect(h == VirtioNetHeader())
+            #expect(patch == nil)
+        }
+    }
+
     @Test(arguments: [false, true])
     func largeTCPFramesGetAGSOHeaderAndAPartialChecksum(v6: Bool) throws {
         for (mtu, size) in [(1500, 1461 - (v6 ? 20 : 0)), (1500, 65000), (9000, 30000), (576, 4000)] {
