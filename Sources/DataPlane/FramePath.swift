@@ -114,6 +114,9 @@ public final class FramePath {
     public internal(set) var coalescedSegments = 0
     /// Where TCPSegmentation builds the pieces of a cut toward a guest.
     var segmentScratch: [UInt8] = []
+    /// Where a guest's TCP segment the frame path does not own is copied for the TCP
+    /// stages, which rewrite it in place (`toLibslirp`).
+    var guestScratch: [UInt8] = []
     /// The Identification of the next IPv6 Fragment header slirpd adds.
     var fragmentIdentification: UInt32 = 0
     /// The VXLAN uplink's port, when the network has one (FramePathUplink.swift). It is not
