@@ -40,6 +40,11 @@ import FrameSwitch
 // segments it holds are released by `releaseHeld`, after each guest frame and from
 // `injectPending`, once libslirp's ACKs have opened its window.
 //
+// Toward libslirp both TCP stages rewrite a guest's segment where it lies, in a buffer the
+// frame path owns (the coalescer's segment; a frame still in the guest's read buffer is
+// copied once into `guestScratch`), parsed once for both: copying each segment out to
+// change a few header bytes cost as much as libslirp's own copy of it.
+//
 // TCPEarlyACK (TCPEarlyACK.swift) wraps the shim on the guest's side: a guest's segment
 // meets it before the shim, libslirp's after the shim and before the cut to the port's
 // MTU. It keeps libslirp's data for the guest and owes libslirp an ACK for it; those ACKs
@@ -116,6 +121,9 @@ public final class FramePath {
     public internal(set) var coalescedSegments = 0
     /// Where TCPSegmentation builds the pieces of a cut toward a guest.
     var segmentScratch: [UInt8] = []
+    /// Where a guest's TCP segment the frame path does not own is copied for the TCP
+    /// stages, which rewrite it in place (`toLibslirp`).
+    var guestScratch: [UInt8] = []
     /// The Identification of the next IPv6 Fragment header slirpd adds.
     var fragmentIdentification: UInt32 = 0
     /// The VXLAN uplink's port, when the network has one (FramePathUplink.swift). It is not

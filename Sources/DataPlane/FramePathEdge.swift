@@ -114,19 +114,22 @@ extension FramePath {
             for piece in pieces { piece.withUnsafeBytes { coalesce($0, from: port, now: now, sink: sink) } }
             return
         }
-        let before = port.coalescer.merged
+        let before = port.coalescer.merged, wasHolding = port.coalescer.isHolding
         let (flushed, outcome) = port.coalescer.offer(frame)
         coalescedSegments += port.coalescer.merged - before
-        if port.coalescer.isHolding { holdingPorts.insert(port.id) }
-        if let flushed { flushed.withUnsafeBytes { toLibslirp($0, from: port, now: now, sink: sink) } }
+        // A port whose coalescer held a segment already is in the set (flushCoalesced
+        // takes it out with the segment): no hashing per frame.
+        if port.coalescer.isHolding, !wasHolding { holdingPorts.insert(port.id) }
+        // The coalescer's segment is the frame path's own: the TCP stages rewrite it in place.
+        if var flushed { flushed.withUnsafeMutableBytes { toLibslirp(owned: $0, from: port, now: now, sink: sink) } }
         if outcome == .pass { toLibslirp(frame, from: port, now: now, sink: sink) }
     }
 
     /// Sends libslirp every segment the coalescers hold (the end of a loop turn).
     public func flushCoalesced(now: Int64, sink: any FramePathSink) {
         while let id = holdingPorts.popFirst() {
-            guard let port = ports[id], let held = port.coalescer.flush() else { continue }
-            held.withUnsafeBytes { toLibslirp($0, from: port, now: now, sink: sink) }
+            guard let port = ports[id], var held = port.coalescer.flush() else { continue }
+            held.withUnsafeMutableBytes { toLibslirp(owned: $0, from: port, now: now, sink: sink) }
         }
     }
 

@@ -154,28 +154,58 @@ extension FramePath {
         return false
     }
 
-    /// The last steps toward libslirp: the MSS of a handshake raised (MSSClamp) for a port
-    /// that takes large segments, then the TCP window shim.
+    /// The last steps toward libslirp for a frame the frame path does not own (it lies in
+    /// the guest's read buffer): a TCP segment is copied once into `guestScratch`, where
+    /// the TCP stages rewrite it; any other frame goes as it is.
     func toLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
-        if port.learnsMTU, let offered = MSSClamp.mtuOffered(frame), offered > port.mtu {
+        guard Segment(frame) != nil else {
+            // Nothing for the MSS clamp or the TCP stages, which pass it.
+            if MSSClamp.isSYN(frame) { synReplay.record(frame) }
+            sink.inputToNAT(frame)
+            return releaseHeld(sink)
+        }
+        // Taken out while in use: were the frame path re-entered, it would not share it.
+        var copy = guestScratch
+        guestScratch = []
+        copy.removeAll(keepingCapacity: true)
+        copy.append(contentsOf: frame)
+        copy.withUnsafeMutableBytes { toLibslirp(owned: $0, from: port, now: now, sink: sink) }
+        guestScratch = copy
+    }
+
+    /// The last steps toward libslirp for a frame in a buffer the frame path owns (a
+    /// coalescer's segment, a cut piece, the scratch copy): the MSS of a handshake raised
+    /// (MSSClamp) for a port that takes large segments, then the TCP stages, which rewrite
+    /// the frame where it lies.
+    func toLibslirp(owned frame: UnsafeMutableRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
+        let bytes = UnsafeRawBufferPointer(frame)
+        if port.learnsMTU, let offered = MSSClamp.mtuOffered(bytes), offered > port.mtu {
             port.mtu = min(offered, MSSClamp.natMTU)
         }
         // Only a port that takes large segments whole gets them: cut for the others, a
         // resent large segment is a burst a small NIC ring drops again (SYNReplay.swift).
-        guard port.takesLargeSegments, let clamped = MSSClamp.towardNAT(frame, portMTU: port.mtu) else {
+        guard port.takesLargeSegments, var clamped = MSSClamp.towardNAT(bytes, portMTU: port.mtu) else {
             return earlyToLibslirp(frame, from: port, now: now, sink: sink)
         }
-        clamped.withUnsafeBytes { earlyToLibslirp($0, from: port, now: now, sink: sink) }
+        clamped.withUnsafeMutableBytes { earlyToLibslirp($0, from: port, now: now, sink: sink) }
     }
 
     /// TCPEarlyACK translates the guest's ACK and window (or absorbs an ACK that tells
-    /// libslirp nothing new) and may ask for resends toward the guest; then the shim.
-    private func earlyToLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
-        switch earlyACK.fromGuest(frame, port: port.id, now: now) {
-        case .pass: shimToLibslirp(frame, from: port, now: now, sink: sink)
+    /// libslirp nothing new) and may ask for resends toward the guest; then the shim. The
+    /// segment is parsed, and its flow's key made, once for both.
+    private func earlyToLibslirp(_ frame: UnsafeMutableRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
+        let bytes = UnsafeRawBufferPointer(frame)
+        guard var h = Segment(bytes) else {
+            if MSSClamp.isSYN(bytes) { synReplay.record(bytes) }
+            sink.inputToNAT(bytes)
+            return releaseHeld(sink)
+        }
+        let key = h.key(bytes, guestIsSource: true)
+        switch earlyACK.fromGuest(inPlace: frame, h, key, port: port.id, now: now) {
+        case .pass: shimToLibslirp(frame, h, key, from: port, now: now, sink: sink)
         case .rewritten:
-            let out = earlyACK.guestOutput
-            out.withUnsafeBytes { shimToLibslirp($0, from: port, now: now, sink: sink) }
+            h.rereadACK(bytes)
+            shimToLibslirp(frame, h, key, from: port, now: now, sink: sink)
         case .absorbed: break
         }
         while let (frame, id) = earlyACK.takeRetransmit() {
@@ -189,28 +219,32 @@ extension FramePath {
     /// windows are full (bounded, in case).
     func sendEarlyACKs(now: Int64, sink: any FramePathSink) {
         var rounds = 0
-        while rounds < 1024, let (frame, id) = earlyACK.nextACK() {
+        while rounds < 1024, let (ack, id) = earlyACK.nextACK() {
             rounds += 1
             guard let port = ports[id] else { continue }
-            frame.withUnsafeBytes { shimToLibslirp($0, from: port, now: now, sink: sink) }
+            var frame = ack
+            frame.withUnsafeMutableBytes { out in
+                let bytes = UnsafeRawBufferPointer(out)
+                guard let h = Segment(bytes) else { return sink.inputToNAT(bytes) }
+                shimToLibslirp(out, h, h.key(bytes, guestIsSource: true), from: port, now: now, sink: sink)
+            }
         }
     }
 
-    /// The TCP window shim passes, rewrites, holds or drops the segment; then whatever
+    /// The TCP window shim passes, rewrites (in place), holds or drops the segment; what
+    /// libslirp does not ACK of what it passed the shim keeps (`afterInput`); then whatever
     /// libslirp's ACKs have made room for is released.
-    private func shimToLibslirp(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
-        let isSYN = MSSClamp.isSYN(frame)
-        switch tcpShim.fromGuest(frame, port: port.id, now: now) {
-        case .pass:
-            if isSYN { synReplay.record(frame) }
-            sink.inputToNAT(frame)
-        case .rewritten:
-            // Copied out first: libslirp's answer re-enters the shim before this returns.
-            let out = tcpShim.guestOutput
-            out.withUnsafeBytes {
-                if isSYN { synReplay.record($0) }
-                sink.inputToNAT($0)
-            }
+    private func shimToLibslirp(_ frame: UnsafeMutableRawBufferPointer, _ h: Segment, _ key: FlowKey, from port: PortState,
+                                now: Int64, sink: any FramePathSink) {
+        let bytes = UnsafeRawBufferPointer(frame)
+        let isSYN = MSSClamp.isSYN(bytes)
+        switch tcpShim.fromGuest(inPlace: frame, h, key, port: port.id, now: now) {
+        case .pass, .rewritten:
+            if isSYN { synReplay.record(bytes) }
+            // libslirp's answer re-enters the shim (fromNAT) before this returns; the frame
+            // is the frame path's, not the shim's, so nothing it holds is overwritten.
+            sink.inputToNAT(bytes)
+            tcpShim.afterInput(bytes)
         case .queued, .held, .absorbed:
             break
         case .drop:

@@ -110,10 +110,29 @@ public struct TCPEarlyACK {
 
     // MARK: Guest -> libslirp
 
-    /// A guest's segment for libslirp (before the window shim).
+    /// A guest's segment for libslirp (before the window shim); `.rewritten`: a copy with
+    /// the ACK and window libslirp should see is in `guestOutput`. (FramePath rewrites the
+    /// frame where it lies instead: `fromGuest(inPlace:)`.)
     public mutating func fromGuest(_ frame: UnsafeRawBufferPointer, port: PortID, now: Int64) -> Verdict {
         guard enabled, let h = Segment(frame) else { return .pass }
+        var out = guestOutput
+        guestOutput = []
+        out.removeAll(keepingCapacity: true)
+        out.append(contentsOf: frame)
         let key = h.key(frame, guestIsSource: true)
+        let verdict = out.withUnsafeMutableBytes { fromGuest(inPlace: $0, h, key, port: port, now: now) }
+        guestOutput = out
+        return verdict
+    }
+
+    /// A guest's segment for libslirp, parsed (`h`, `key`: once for both TCP stages), its
+    /// ACK and window rewritten where it lies, in a buffer the caller owns: `.rewritten`
+    /// says they changed. Copying each segment out to rewrite 6 bytes cost as much as
+    /// libslirp's own copy of it.
+    mutating func fromGuest(inPlace frame: UnsafeMutableRawBufferPointer, _ h: Segment, _ key: FlowKey,
+                            port: PortID, now: Int64) -> Verdict {
+        guard enabled else { return .pass }
+        let bytes = UnsafeRawBufferPointer(frame)
         if h.flags & F.rst != 0 {
             if let i = index[key] { free(i) }
             return .pass
@@ -125,13 +144,13 @@ public struct TCPEarlyACK {
                 let i = index[key] ?? create(key, port: port, now: now)
                 guard let i else { return .pass }
                 slots[i].phase = .guestSYN
-                slots[i].guestShift = h.windowScaleOption(frame).map { min(frame[$0 + 2], 14) }
+                slots[i].guestShift = h.windowScaleOption(bytes).map { min(bytes[$0 + 2], 14) }
                 slots[i].synWindow = Int(h.window)
                 return .pass
             }
             // The guest answers libslirp's SYN (a host forward).
             guard let i = index[key], slots[i].phase == .slirpSYN else { return .pass }
-            slots[i].guestShift = h.windowScaleOption(frame).map { min(frame[$0 + 2], 14) }
+            slots[i].guestShift = h.windowScaleOption(bytes).map { min(bytes[$0 + 2], 14) }
             guard seqDiff(h.ack, slots[i].nxt) == 0 else { return .pass }
             slots[i].phase = .established
             slots[i].una = h.ack
@@ -194,8 +213,8 @@ public struct TCPEarlyACK {
         slots[i].guestWindow = window
     }
 
-    /// The guest's frame with the ACK and window libslirp should see, or absorbed.
-    private mutating func translate(_ i: Int, _ frame: UnsafeRawBufferPointer, _ h: Segment) -> Verdict {
+    /// The guest's frame given the ACK and window libslirp should see, or absorbed.
+    private mutating func translate(_ i: Int, _ frame: UnsafeMutableRawBufferPointer, _ h: Segment) -> Verdict {
         let f = slots[i]
         let ack = seqGT(h.ack, f.acked) ? h.ack : f.acked
         let field = windowField(i, ack: ack)
@@ -208,11 +227,9 @@ public struct TCPEarlyACK {
         told(i, ack: ack, field: field)
         if done { free(i) }
         guard seqDiff(ack, h.ack) != 0 || field != h.window else { return .pass }
-        guestOutput.removeAll(keepingCapacity: true)
-        guestOutput.append(contentsOf: frame)
-        TCPRewrite.setWord(&guestOutput, at: h.tcp + 8, UInt16(ack >> 16), checksumAt: h.tcp + 16)
-        TCPRewrite.setWord(&guestOutput, at: h.tcp + 10, UInt16(ack & 0xFFFF), checksumAt: h.tcp + 16)
-        TCPRewrite.setWord(&guestOutput, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(frame, at: h.tcp + 8, UInt16(ack >> 16), checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(frame, at: h.tcp + 10, UInt16(ack & 0xFFFF), checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(frame, at: h.tcp + 14, field, checksumAt: h.tcp + 16)
         return .rewritten
     }
 

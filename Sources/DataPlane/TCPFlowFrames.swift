@@ -62,6 +62,14 @@ enum TCPRewrite {
         bytes[c + 1] = UInt8(sum & 0xFF)
     }
 
+    /// The same, in a buffer the caller owns (a guest's frame rewritten where it lies).
+    static func setWord(_ bytes: UnsafeMutableRawBufferPointer, at offset: Int, _ value: UInt16, checksumAt c: Int) {
+        let old = bytes.loadNet16(at: offset)
+        guard old != value else { return }
+        bytes.storeNet16(value, at: offset)
+        bytes.storeNet16(IPChecksum.adjusted(bytes.loadNet16(at: c), replacing: old, with: value), at: c)
+    }
+
     /// `frame` with the 4 option bytes `option` before its TCP options; nil when the
     /// header or the datagram has no room for them.
     static func prependingOption(_ option: [UInt8], to frame: UnsafeRawBufferPointer, _ h: Segment) -> [UInt8]? {

@@ -31,7 +31,12 @@ import FrameSwitch
 // - Kept until ACKed. What the shim hands libslirp (a release, or a guest's resend of what
 //   libslirp needs next) stays with the flow until libslirp's ACK covers it: libslirp may
 //   take less than the edge it announced while its host does not read, and then only the
-//   shim still has the bytes (at most libslirp's 64 KiB window per flow).
+//   shim still has the bytes (at most libslirp's 64 KiB window per flow). A release is
+//   kept as it is (its own buffer); a guest's segment is copied only when libslirp's
+//   answer, which comes before slirp_input returns, leaves it unACKed (`afterInput`):
+//   copying every one cost as much as libslirp's own copy of it.
+// - In place. The guest's frames are rewritten where they lie (`fromGuest(inPlace:)`,
+//   in a buffer FramePath owns), not copied out to change a window field.
 // - Probes. While held data waits on libslirp's window, or libslirp has not ACKed what it
 //   was handed, the shim probes it (`nextProbe`, 2 ms backing off to 200 ms): with what it
 //   needs next when the shim has that, else with the first held byte. libslirp 4.7 sends
@@ -148,6 +153,18 @@ public struct TCPWindowShim {
     private var clock: Int64 = 0
     /// Per-flow caps below `flowCap` for the flows of some ports (`setFlowCap`).
     private var portCaps: [PortID: Int] = [:]
+    /// The segment `fromGuest` last passed that libslirp must ACK before `afterInput`, or the shim keeps a copy.
+    private var unconfirmed: Unconfirmed?
+
+    private struct Unconfirmed {
+        var slot: Int
+        var key: FlowKey
+        var seq: UInt32
+        var end: UInt32
+        var fin: Bool
+        /// The window field as the guest sent it (the copy kept gets it back).
+        var window: UInt16
+    }
 
     public init(flowCap: Int = 4 << 20, networkCap: Int = 64 << 20, maxFlows: Int = 65536,
                 idleTimeout: Int64 = TCPWindowShim.defaultIdleTimeout) {
@@ -172,11 +189,29 @@ public struct TCPWindowShim {
 
     // MARK: Guest -> libslirp
 
-    /// A guest's frame for libslirp (after NATIngressCheck).
+    /// A guest's frame for libslirp (after NATIngressCheck); `.rewritten`: a copy with the
+    /// unscaled window is in `guestOutput`. (FramePath rewrites the frame where it lies
+    /// instead, `fromGuest(inPlace:)`, and calls `afterInput` once libslirp has had it.)
     public mutating func fromGuest(_ frame: UnsafeRawBufferPointer, port: PortID, now: Int64) -> Verdict {
         guard let h = Segment(frame) else { return .pass }
-        clock = now
+        var out = guestOutput
+        guestOutput = []
+        out.removeAll(keepingCapacity: true)
+        out.append(contentsOf: frame)
         let key = h.key(frame, guestIsSource: true)
+        let verdict = out.withUnsafeMutableBytes { fromGuest(inPlace: $0, h, key, port: port, now: now) }
+        guestOutput = out
+        return verdict
+    }
+
+    /// A guest's frame for libslirp, parsed (`h`, `key`: once for both TCP stages), its
+    /// window (or a SYN's Window Scale) rewritten where it lies, in a buffer the caller
+    /// owns; `.rewritten` says it changed. A frame that goes on (`.pass`, `.rewritten`)
+    /// is followed by `afterInput` once libslirp has had it.
+    mutating func fromGuest(inPlace frame: UnsafeMutableRawBufferPointer, _ h: Segment, _ key: FlowKey,
+                            port: PortID, now: Int64) -> Verdict {
+        clock = now
+        unconfirmed = nil
         if h.flags & Flag.syn != 0 {
             if h.flags & Flag.ack == 0 { return guestSYN(frame, h, key, port: port, now: now) }
             return guestSYNACK(frame, h, key, now: now)
@@ -193,57 +228,58 @@ public struct TCPWindowShim {
         let fin = h.flags & Flag.fin != 0
         guard h.payload > 0 || fin else { return rewriteGuest(frame, h, window: window) }
         let end = h.seq &+ UInt32(h.payload)
-        let flow = slots[i]
-        guard flow.hasSlirpEdge, flow.hasEdge else { return rewriteGuest(frame, h, window: window) }
-        let empty = flow.head == flow.queue.count
-        if seqLE(end, flow.slirpEdge), empty || (!fin && seqLE(end, flow.queue[flow.head].seq)) {
+        let slirpAck = slots[i].slirpAck, edges = slots[i].hasSlirpEdge && slots[i].hasEdge
+        guard edges else { return rewriteGuest(frame, h, window: window) }
+        let slirpEdge = slots[i].slirpEdge, head = slots[i].head
+        let empty = head == slots[i].queue.count
+        if seqLE(end, slirpEdge), empty || (!fin && seqLE(end, slots[i].queue[head].seq)) {
             if fin {
                 slots[i].guestFin = true
                 finishIfDone(i)
             }
-            let verdict = rewriteGuest(frame, h, window: window)
-            // A resend of what libslirp needs next: kept until libslirp ACKs it, so that
-            // if libslirp drops it too the shim resends it (nextProbe), not the guest's
-            // backed-off retransmission timer.
-            if seqLE(h.seq, flow.slirpAck), seqGT(end, flow.slirpAck) || fin {
-                retain(i, Held(seq: h.seq, end: end, fin: fin, frame: Array(frame[0..<h.ipEnd])), now: now)
+            // What libslirp needs next: `afterInput` keeps a copy if libslirp's ACK does
+            // not cover it, so that the shim resends it (nextProbe), not the guest's
+            // backed-off retransmission timer. libslirp ACKs an in-order segment it takes
+            // before slirp_input returns, so in a transfer nothing is copied.
+            if seqLE(h.seq, slirpAck), seqGT(end, slirpAck) || fin {
+                unconfirmed = Unconfirmed(slot: i, key: key, seq: h.seq, end: end, fin: fin, window: h.window)
             }
-            return verdict
+            return rewriteGuest(frame, h, window: window)
         }
-        guard seqLE(end, flow.edge) else {
+        guard seqLE(end, slots[i].edge) else {
             droppedBeyondEdge += 1
             return .drop
         }
         // Beyond libslirp's edge, even a resend of what it needs next: passed on, libslirp
         // would drop what its window does not take, and nothing would hold it. Held, it
         // goes (split at the edge) as soon as libslirp's window reaches it.
-        let verdict = enqueue(i, frame, h, end: end, fin: fin)
+        let verdict = enqueue(i, UnsafeRawBufferPointer(frame), h, end: end, fin: fin)
         scheduleProbe(i, now: now)
         return verdict
     }
 
-    private mutating func guestSYN(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: FlowKey,
+    private mutating func guestSYN(_ frame: UnsafeMutableRawBufferPointer, _ h: Segment, _ key: FlowKey,
                                    port: PortID, now: Int64) -> Verdict {
         var i = index[key]
         if let old = i, slots[old].phase != .guestSYN {
             free(old)  // a new connection on the 4-tuple of an old one
             i = nil
         }
-        guard let ws = h.windowScaleOption(frame) else {
+        guard let ws = h.windowScaleOption(UnsafeRawBufferPointer(frame)) else {
             if let i { free(i) }
             return .pass
         }
         guard let slot = i ?? create(key, port: port, now: now) else { return .pass }
         slots[slot].shift = min(frame[ws + 2], Self.maxShift)
-        slots[slot].guestMSS = h.mssOption(frame) ?? Self.defaultMSS
+        slots[slot].guestMSS = h.mssOption(UnsafeRawBufferPointer(frame)) ?? Self.defaultMSS
         slots[slot].lastActive = now
         return nopOut(frame, h, option: ws)
     }
 
-    private mutating func guestSYNACK(_ frame: UnsafeRawBufferPointer, _ h: Segment, _ key: FlowKey,
+    private mutating func guestSYNACK(_ frame: UnsafeMutableRawBufferPointer, _ h: Segment, _ key: FlowKey,
                                       now: Int64) -> Verdict {
         guard let i = index[key], slots[i].phase != .guestSYN else { return .pass }
-        guard let ws = h.windowScaleOption(frame) else {
+        guard let ws = h.windowScaleOption(UnsafeRawBufferPointer(frame)) else {
             free(i)  // RFC 7323: no scaling unless both SYNs carry the option
             return .pass
         }
@@ -315,6 +351,23 @@ public struct TCPWindowShim {
         segmentsQueued += 1
         markIfReady(i)
         return .queued
+    }
+
+    /// libslirp has had the frame `fromGuest(inPlace:)` passed last (its answer, when it
+    /// had one at once, has come back through `fromNAT`): when that frame is what libslirp
+    /// needs next and its ACK does not cover it, a copy is kept until it does (see "Kept
+    /// until ACKed"), with the guest's window as the guest sent it.
+    public mutating func afterInput(_ frame: UnsafeRawBufferPointer) {
+        guard let u = unconfirmed else { return }
+        unconfirmed = nil
+        let i = u.slot
+        // Gone (an RST from libslirp, or the guest's FIN closed it), or the slot reused.
+        guard slots[i].live, slots[i].key == u.key, slots[i].phase == .scaled else { return }
+        if slots[i].hasSlirpEdge, seqGE(slots[i].slirpAck, u.fin ? u.end &+ 1 : u.end) { return }
+        guard let h = Segment(frame), h.seq == u.seq else { return }
+        var copy = Array(frame[0..<h.ipEnd])
+        TCPRewrite.setWord(&copy, at: h.tcp + 14, u.window, checksumAt: h.tcp + 16)
+        retain(i, Held(seq: u.seq, end: u.end, fin: u.fin, frame: copy), now: clock)
     }
 
     // MARK: libslirp -> guest
@@ -734,24 +787,20 @@ public struct TCPWindowShim {
 
     // MARK: Rewriting
 
-    private mutating func rewriteGuest(_ frame: UnsafeRawBufferPointer, _ h: Segment, window: UInt16) -> Verdict {
+    private func rewriteGuest(_ frame: UnsafeMutableRawBufferPointer, _ h: Segment, window: UInt16) -> Verdict {
         guard window != h.window else { return .pass }
-        guestOutput.removeAll(keepingCapacity: true)
-        guestOutput.append(contentsOf: frame)
-        TCPRewrite.setWord(&guestOutput, at: h.tcp + 14, window, checksumAt: h.tcp + 16)
+        TCPRewrite.setWord(frame, at: h.tcp + 14, window, checksumAt: h.tcp + 16)
         return .rewritten
     }
 
     /// The guest's frame with its Window Scale option (3 bytes at `option`) turned into NOPs.
-    private mutating func nopOut(_ frame: UnsafeRawBufferPointer, _ h: Segment, option: Int) -> Verdict {
-        guestOutput.removeAll(keepingCapacity: true)
-        guestOutput.append(contentsOf: frame)
+    private func nopOut(_ frame: UnsafeMutableRawBufferPointer, _ h: Segment, option: Int) -> Verdict {
         for p in option..<(option + 3) {
             // The checksum sums 16-bit words counted from the TCP header's start.
             let word = h.tcp + ((p - h.tcp) & ~1)
-            let old = read16(guestOutput, word)
-            guestOutput[p] = 1
-            TCPRewrite.fixChecksum(&guestOutput, at: h.tcp + 16, old: old, new: read16(guestOutput, word))
+            var changed = frame.loadNet16(at: word)
+            if p == word { changed = 1 << 8 | changed & 0xFF } else { changed = changed & 0xFF00 | 1 }
+            TCPRewrite.setWord(frame, at: word, changed, checksumAt: h.tcp + 16)
         }
         return .rewritten
     }
@@ -801,6 +850,12 @@ struct Segment {
         payload = layout.payloadLength
         flags = frame[tcp + 13]
         seq = read32(frame, tcp + 4)
+        ack = read32(frame, tcp + 8)
+        window = read16(frame, tcp + 14)
+    }
+
+    /// Reads the ACK and window again, after a stage rewrote them in place.
+    mutating func rereadACK(_ frame: UnsafeRawBufferPointer) {
         ack = read32(frame, tcp + 8)
         window = read16(frame, tcp + 14)
     }

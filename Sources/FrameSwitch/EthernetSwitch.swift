@@ -99,18 +99,22 @@ public struct EthernetSwitch: Sendable {
         let fromNAT = port == natPort
         if natPort != nil, !fromNAT, Self.isNATMAC(source, network: natNetwork) { return .drop(.natMAC) }
         let uncapped = fromNAT || (uplinkPort != nil && port == uplinkPort)
-        if let entry = table[source], entry.port != port, now - entry.lastSeen < agingTime,
-           uplinkPort == nil || entry.port != uplinkPort {
-            return .duplicate(owner: entry.port)
-        }
-        if let entry = table[source] {
-            if entry.port != port {
+        // One lookup of the source for the common case, a known MAC on its own port: its
+        // entry is refreshed through the index, not hashed again (this runs per frame).
+        if let at = table.index(forKey: source) {
+            let entry = table.values[at]
+            if entry.port == port {
+                table.values[at].lastSeen = now
+            } else {
+                if now - entry.lastSeen < agingTime, uplinkPort == nil || entry.port != uplinkPort {
+                    return .duplicate(owner: entry.port)
+                }
                 // An aged entry of another port (or one behind the uplink): it moves here.
                 if !uncapped, learnedPerPort[port, default: 0] >= macsPerPort { return .drop(.portMACLimit) }
                 forget(source, on: entry.port)
                 learnedPerPort[port, default: 0] += 1
+                table[source] = Entry(port: port, lastSeen: now)
             }
-            table[source] = Entry(port: port, lastSeen: now)
         } else {
             if !uncapped, learnedPerPort[port, default: 0] >= macsPerPort { return .drop(.portMACLimit) }
             guard table.count < capacity else { return .drop(.tableFull) }

@@ -41,6 +41,11 @@ extension Network: FramePathSink {
     }
 
     func serveLocally(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader, from id: PortID) -> Bool {
+        // IPv4 TCP to any address but the DNS one is no local service's (serveLocally below
+        // says no to it too): answered before the port's lookup, as it is most frames.
+        if header.etherType == 0x0800, frame.count >= 34, frame[23] == 6, read32(frame, 30) != config.options.dns.value {
+            return false
+        }
         guard let port = ports[id] else { return false }
         return serveLocally(port, frame, header)
     }

@@ -54,6 +54,14 @@ extension ShimHarness {
         return shown
     }
 
+    /// Hands libslirp one guest frame the shim passed, as FramePath does: libslirp's answer
+    /// comes back through the shim before `afterInput`.
+    mutating func feedGuest(_ frame: [UInt8], to slirp: inout SlirpReceiver) {
+        let (ack, window) = slirp.input(frame)
+        _ = nat(toGuest(seq: slirpISN + 1, ack: ack, window: window))
+        frame.withUnsafeBytes { shim.afterInput($0) }
+    }
+
     /// Runs the shim's window probes due up to `now + duration`, stepping 1 ms.
     mutating func probe(for duration: Int64, to slirp: inout SlirpReceiver) -> [[UInt8]] {
         var shown: [[UInt8]] = []
@@ -147,6 +155,30 @@ struct TCPWindowShimStallTests {
         h.feed(h.releases(), to: &slirp)
         #expect(slirp.next == h.g(80_000))
         #expect(h.shim.queuedBytes == 0)
+    }
+
+    @Test("a guest's segment libslirp ACKs at once is not kept; one it does not take is, and the shim resends it")
+    func guestSegmentKeptOnlyWhenNotTaken() {
+        var h = ShimHarness(flowCap: 1 << 20)
+        h.open()
+        _ = h.slirpAck(0)
+        var slirp = SlirpReceiver(next: h.g(0), room: 1 << 20)
+        let (v1, out1) = h.send(0)
+        #expect(v1 == .rewritten)
+        h.feedGuest(out1, to: &slirp)
+        #expect(slirp.next == h.g(1000))
+        #expect(h.shim.retainedBytes == 0 && h.shim.nextProbeDeadline == nil)
+        // libslirp's host stopped reading: it ACKs nothing of the next one.
+        slirp.room = 0
+        let (v2, out2) = h.send(1000)
+        #expect(v2 == .rewritten)
+        h.feedGuest(out2, to: &slirp)
+        #expect(h.shim.retainedBytes == 1000 && h.shim.nextProbeDeadline != nil)
+        // It reads again: the shim's probe carries the kept bytes, with no resend from the guest.
+        slirp.room = 1 << 20
+        _ = h.probe(for: 10_000_000, to: &slirp)
+        #expect(slirp.next == h.g(2000))
+        #expect(h.shim.retainedBytes == 0)
     }
 
     @Test("released data is kept only until libslirp's ACK covers it")

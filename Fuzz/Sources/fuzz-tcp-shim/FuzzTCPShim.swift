@@ -196,6 +196,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             }
             var output: [UInt8]?
             if v == .rewritten { output = fromGuest ? shim.guestOutput : shim.natOutput }
+            // libslirp has had it (its answer, if any, comes in a later step): the shim keeps
+            // what needs keeping.
+            if fromGuest, v == .pass || v == .rewritten { (output ?? bytes).withUnsafeBytes { shim.afterInput($0) } }
             if v == .held {
                 // Taken now, as at the end of a loop turn; the drain below takes any others.
                 var held: [UInt8] = []
