@@ -74,7 +74,7 @@ public final class FramePath {
 
     public let natPort: PortID
     public var settings: Settings {
-        didSet { bridge.natNetwork = (settings.network, settings.mask) }
+        didSet { refreshNATIdentity() }
     }
     /// The attached guest ports, by ID.
     public internal(set) var ports: [PortID: PortState] = [:]
@@ -143,12 +143,19 @@ public final class FramePath {
         self.natPort = natPort
         self.settings = settings
         bridge = EthernetSwitch(natPort: natPort)
-        bridge.natNetwork = (settings.network, settings.mask)
+    }
+
+    /// Tells the switch which 52:55/52:56 MACs are the NAT's, from the network and the
+    /// NAT's IPv6 addresses; call after port security's addresses change.
+    public func refreshNATIdentity() {
+        bridge.natIdentity = EthernetSwitch.NATIdentity(
+            network: settings.network, mask: settings.mask,
+            suffixes6: Set(security.addresses.reserved6.map { UInt32(truncatingIfNeeded: $0.low) }))
     }
 
     /// Whether `mac` is one of the NAT's (see `EthernetSwitch.isNATMAC`).
     func isNATMAC(_ mac: MACAddress) -> Bool {
-        EthernetSwitch.isNATMAC(mac, network: (settings.network, settings.mask))
+        EthernetSwitch.isNATMAC(mac, identity: bridge.natIdentity)
     }
 
     /// A network's `max-macs=`: the MACs each guest port may use at once (the switch) and

@@ -77,27 +77,45 @@ public struct EthernetSwitch: Sendable {
         self.natPort = natPort
     }
 
-    /// libslirp's MACs: 52:55 and an IPv4 address, 52:56 and the end of an IPv6 one. With
-    /// the NAT's IPv4 `network`, a 52:55 MAC is the NAT's only when its address lies in it:
-    /// a random locally administered MAC (a namespace's tap) starts with 52:55 about once
-    /// in 16,000, and such a guest must not be locked out.
-    @inlinable
-    public static func isNATMAC(_ mac: MACAddress, network: (address: UInt32, mask: UInt32)? = nil) -> Bool {
-        let prefix = mac.raw >> 32
-        if prefix == 0x5256 { return true }
-        guard prefix == 0x5255 else { return false }
-        guard let network else { return true }
-        return UInt32(truncatingIfNeeded: mac.raw) & network.mask == network.address & network.mask
+    /// What tells the NAT's MACs from a guest's that merely starts like one.
+    public struct NATIdentity: Sendable, Equatable {
+        /// The NAT's IPv4 network: libslirp's IPv4 MACs are 52:55 and one of its own addresses.
+        public var network: UInt32
+        public var mask: UInt32
+        /// The last four bytes of the NAT's own IPv6 addresses (gateway, DNS): 52:56 and those.
+        public var suffixes6: Set<UInt32>
+
+        public init(network: UInt32, mask: UInt32, suffixes6: Set<UInt32>) {
+            self.network = network
+            self.mask = mask
+            self.suffixes6 = suffixes6
+        }
     }
 
-    /// The NAT's IPv4 network, for `isNATMAC` (nil: every 52:55 MAC is the NAT's).
-    public var natNetwork: (address: UInt32, mask: UInt32)?
+    /// libslirp's MACs: 52:55 and an IPv4 address, 52:56 and the end of an IPv6 one. Without
+    /// `identity` every such MAC counts as the NAT's. With it, only those of the NAT's own
+    /// addresses do: a random locally administered MAC (a namespace's tap) starts with 52:55
+    /// or 52:56 about once in 8,000, and such a guest must not be locked out. (libslirp also
+    /// sends IPv6 from 52:56 and the end of each remote source address; a guest whose MAC
+    /// matched one would see it move to the NAT's port, a one in four billion chance.)
+    @inlinable
+    public static func isNATMAC(_ mac: MACAddress, identity: NATIdentity? = nil) -> Bool {
+        let prefix = mac.raw >> 32
+        guard prefix == 0x5255 || prefix == 0x5256 else { return false }
+        guard let identity else { return true }
+        let low = UInt32(truncatingIfNeeded: mac.raw)
+        if prefix == 0x5255 { return low & identity.mask == identity.network & identity.mask }
+        return identity.suffixes6.contains(low)
+    }
+
+    /// See `isNATMAC`; nil until the network's addresses are known.
+    public var natIdentity: NATIdentity?
 
     /// Learns from one frame and decides where it goes. `now` is in nanoseconds.
     public mutating func ingress(from port: PortID, source: MACAddress, destination: MACAddress, now: Int64) -> Verdict {
         guard !source.isGroup, source != .zero else { return .drop(.invalidSource) }
         let fromNAT = port == natPort
-        if natPort != nil, !fromNAT, Self.isNATMAC(source, network: natNetwork) { return .drop(.natMAC) }
+        if natPort != nil, !fromNAT, Self.isNATMAC(source, identity: natIdentity) { return .drop(.natMAC) }
         let uncapped = fromNAT || (uplinkPort != nil && port == uplinkPort)
         // One lookup of the source for the common case, a known MAC on its own port: its
         // entry is refreshed through the index, not hashed again (this runs per frame).

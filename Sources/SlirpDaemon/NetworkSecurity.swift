@@ -28,6 +28,7 @@ extension Network {
     /// change to guest forwards or static leases.
     func refreshSecurityAddresses() {
         framePath.security.addresses = Self.securityAddresses(config.options, guestForwards: guestForwardRules)
+        framePath.refreshNATIdentity()
         framePath.security.setStaticLeases(effectiveStaticLeases.map { ($0.address.value, $0.mac) })
     }
 

@@ -109,17 +109,20 @@ struct EthernetSwitchTests {
         #expect(sw.ingress(from: a, source: macA, destination: .broadcast, now: 1) == .flood)
     }
 
-    @Test("with the NAT's network known, a 52:55 MAC outside it is a guest's own (a random tap MAC)")
-    func randomMACsStartingWith5255() {
+    @Test("with the NAT's addresses known, a 52:55 or 52:56 MAC not derived from one is a guest's own (a random tap MAC)")
+    func randomMACsStartingLikeTheNATs() {
         var sw = EthernetSwitch(natPort: nat)
-        sw.natNetwork = (0x0A00_0200, 0xFFFF_FF00)
+        sw.natIdentity = .init(network: 0x0A00_0200, mask: 0xFFFF_FF00, suffixes6: [2, 3])
         let random = MACAddress(raw: 0x5255_D924_A9D1)  // 217.36.169.209: not in 10.0.2.0/24
         #expect(sw.ingress(from: a, source: random, destination: .broadcast, now: 0) == .flood)
         #expect(sw.port(of: random) == a)
-        #expect(sw.ingress(from: b, source: MACAddress(raw: 0x5255_0A00_0202), destination: .broadcast, now: 0) == .drop(.natMAC))
-        #expect(sw.ingress(from: b, source: MACAddress(raw: 0x5255_0A00_02FE), destination: .broadcast, now: 0) == .drop(.natMAC),
+        let random6 = MACAddress(raw: 0x5256_E3B6_3CFE)
+        #expect(sw.ingress(from: b, source: random6, destination: .broadcast, now: 0) == .flood)
+        #expect(sw.ingress(from: c, source: MACAddress(raw: 0x5255_0A00_0202), destination: .broadcast, now: 0) == .drop(.natMAC))
+        #expect(sw.ingress(from: c, source: MACAddress(raw: 0x5255_0A00_02FE), destination: .broadcast, now: 0) == .drop(.natMAC),
                 "any address of the network: libslirp answers ARP for guestfwd addresses too")
-        #expect(sw.ingress(from: b, source: MACAddress(raw: 0x5256_D924_A9D1), destination: .broadcast, now: 0) == .drop(.natMAC),
-                "52:56 follows IPv6 sources, any of them")
+        #expect(sw.ingress(from: c, source: MACAddress(raw: 0x5256_0000_0003), destination: .broadcast, now: 0) == .drop(.natMAC),
+                "52:56 and the end of the NAT's IPv6 DNS address")
+        #expect(!EthernetSwitch.isNATMAC(random6, identity: sw.natIdentity) && EthernetSwitch.isNATMAC(random6))
     }
 }
