@@ -31,6 +31,9 @@ import FrameSwitch
 //   the guest's ACKs, halves on a fast retransmit, restarts on a timeout, never below the
 //   64 KiB libslirp alone had in flight); the window shown to libslirp stays within it,
 //   so a small NIC ring or a tap's queue is not flooded.
+// - Lost resends. In recovery, three more duplicate ACKs after a partial ACK mean the
+//   hole's resend was lost too: it is resent again at once, not after a retransmit
+//   timeout (whose backoff cost seconds each).
 // - Window Scale. A flow the shim does not scale (MSS over its limit, table full) but
 //   whose guest offered Window Scale gets WS(0) added to libslirp's SYN or SYN-ACK here:
 //   the guest then scales its own window (what lets it offer more than 64 KiB), libslirp
@@ -171,9 +174,11 @@ public struct TCPEarlyACK {
                     // A partial ACK: the next hole, and the segments after it up to the
                     // loss point (a small NIC ring drops runs of frames, not single ones).
                     queueResend(i, segments: Self.partialACKResends, before: recover)
+                    slots[i].partialACKed = true
                 } else {
                     slots[i].recover = nil
                     slots[i].resentEnd = nil
+                    slots[i].partialACKed = false
                 }
             }
             slots[i].backoff = 0
@@ -187,6 +192,13 @@ public struct TCPEarlyACK {
                 shrinkWindow(i, timeout: false)
                 fastRetransmits += 1
                 queueResend(i, counted: false)
+            } else if slots[i].dupACKs == 3, slots[i].partialACKed {
+                // Three segments past the hole arrived after a partial ACK, the hole did
+                // not: its resend was lost as well (a NIC ring drops FIFO, it never
+                // reorders). Resend it now rather than wait out the timer.
+                slots[i].partialACKed = false
+                fastRetransmits += 1
+                resends.append((i, 0))
             }
         } else if seqLT(a, f.una) {
             return  // an old ACK, reordered: its window is stale
@@ -675,6 +687,8 @@ private struct Flow {
     var cwnd = TCPEarlyACK.minWindow
     var ssthresh = Int.max / 2
     var mss = 1460
+    /// In recovery, a partial ACK came and no duplicate since has resent the hole.
+    var partialACKed = false
     var slirpFin = false
     var finSeq: UInt32 = 0
     var lastActive: Int64

@@ -366,4 +366,28 @@ struct TCPEarlyACKTests {
         h.stage.removePort(h.port)
         #expect(h.flow == nil && h.stage.heldBytes == 0 && h.stage.flowCount == 0)
     }
+
+    @Test("in recovery, three duplicates after a partial ACK resend the hole again at once (its resend was lost)")
+    func lostResend() {
+        var h = EarlyHarness()
+        h.open()
+        for k in 0..<10 { _ = h.data(k * 1000) }
+        _ = h.acks()
+        for _ in 0..<3 { _ = h.guest(h.fromGuest(ack: h.s(0), window: 1000)) }
+        #expect(h.stage.takeRetransmit().map { TCPFrame.seq($0.0) } == h.s(0))
+        // A partial ACK: the next hole and the run after it go out.
+        _ = h.guest(h.fromGuest(ack: h.s(3000), window: 1000))
+        var resent: [UInt32] = []
+        while let r = h.stage.takeRetransmit() { resent.append(TCPFrame.seq(r.0)) }
+        #expect(resent == [h.s(3000), h.s(4000), h.s(5000), h.s(6000)])
+        // Segments past the hole arrive, the hole does not: the third duplicate resends it.
+        for _ in 0..<2 { _ = h.guest(h.fromGuest(ack: h.s(3000), window: 1000)) }
+        #expect(h.stage.takeRetransmit() == nil)
+        _ = h.guest(h.fromGuest(ack: h.s(3000), window: 1000))
+        #expect(h.stage.takeRetransmit().map { TCPFrame.seq($0.0) } == h.s(3000))
+        // Only once per partial ACK.
+        for _ in 0..<3 { _ = h.guest(h.fromGuest(ack: h.s(3000), window: 1000)) }
+        #expect(h.stage.takeRetransmit() == nil)
+        #expect(h.stage.timeoutRetransmits == 0)
+    }
 }
