@@ -36,8 +36,8 @@ import FrameSwitch
 //   lost every time, through QEMU's built-in too). That is a hard size, not congestion:
 //   a fast retransmit takes the window one segment below what was in flight when the
 //   loss happened (not half), and that becomes the flow's ceiling, which the window
-//   grows past by one segment (an eighth, if more) only after `ceilingProbe` lossless
-//   windows. Halving
+//   grows past by one segment (an eighth past 64 KiB) only after `ceilingProbe`
+//   lossless windows. Halving
 //   instead kept the window swinging between half the ring and a burst that lost
 //   its tail, a recovery every other window: with slirpd's round trip (two socket hops
 //   where the built-in's is a function call) iPXE's download was 5-10x slower.
@@ -429,11 +429,12 @@ public struct TCPEarlyACK {
         let grown = f.cwnd < f.ssthresh ? f.cwnd + acked : f.cwnd + max(1, f.mss * f.mss / f.cwnd)
         var limit = f.cap
         if let ceiling = f.ceiling {
-            // Probe past the ring ceiling after enough lossless windows: by a segment, or an
-            // eighth for a large ceiling (a fast guest's one-off loss must not pin it).
+            // Probe past the ring ceiling after enough lossless windows: by a segment (a
+            // ring's slot), or an eighth past 64 KiB, more than any emulated ring holds (a
+            // fast guest's one-off loss must not pin its window).
             slots[i].sinceLoss += acked
             if slots[i].sinceLoss >= Self.ceilingProbe * ceiling {
-                slots[i].ceiling = ceiling + max(f.mss, ceiling / 8)
+                slots[i].ceiling = ceiling + (ceiling > Self.minWindow ? max(f.mss, ceiling / 8) : f.mss)
                 slots[i].sinceLoss = 0
             }
             limit = min(limit, slots[i].ceiling ?? limit)
