@@ -366,4 +366,64 @@ struct TCPEarlyACKTests {
         h.stage.removePort(h.port)
         #expect(h.flow == nil && h.stage.heldBytes == 0 && h.stage.flowCount == 0)
     }
+
+    @Test("in recovery, three duplicates after a partial ACK resend the hole again at once (its resend was lost)")
+    func lostResend() {
+        var h = EarlyHarness()
+        h.open()
+        for k in 0..<10 { _ = h.data(k * 1000) }
+        _ = h.acks()
+        for _ in 0..<3 { _ = h.guest(h.fromGuest(ack: h.s(0), window: 1000)) }
+        #expect(h.stage.takeRetransmit().map { TCPFrame.seq($0.0) } == h.s(0))
+        // A partial ACK: the next hole and the run after it go out.
+        _ = h.guest(h.fromGuest(ack: h.s(3000), window: 1000))
+        var resent: [UInt32] = []
+        while let r = h.stage.takeRetransmit() { resent.append(TCPFrame.seq(r.0)) }
+        #expect(resent == [h.s(3000), h.s(4000), h.s(5000), h.s(6000)])
+        // Segments past the hole arrive, the hole does not: the third duplicate resends it.
+        for _ in 0..<2 { _ = h.guest(h.fromGuest(ack: h.s(3000), window: 1000)) }
+        #expect(h.stage.takeRetransmit() == nil)
+        _ = h.guest(h.fromGuest(ack: h.s(3000), window: 1000))
+        #expect(h.stage.takeRetransmit().map { TCPFrame.seq($0.0) } == h.s(3000))
+        // Only once per partial ACK.
+        for _ in 0..<3 { _ = h.guest(h.fromGuest(ack: h.s(3000), window: 1000)) }
+        #expect(h.stage.takeRetransmit() == nil)
+        #expect(h.stage.timeoutRetransmits == 0)
+    }
+
+    @Test("a fast retransmit sets the window one segment below the flight that lost (a NIC ring's size), and it grows past that only after ceilingProbe lossless windows")
+    func ringCeiling() {
+        var h = EarlyHarness()
+        h.open(shimScaled: false)  // the guest offers 128,000 bytes; libslirp reads the field in bytes
+        for k in 0..<10 { _ = h.data(k * 1000) }
+        _ = h.acks()
+        // The tenth segment's ring slot was missing: three duplicates, one resend.
+        for _ in 0..<3 { _ = h.guest(h.fromGuest(ack: h.s(0), window: 1000)) }
+        #expect(h.stage.takeRetransmit().map { TCPFrame.seq($0.0) } == h.s(0))
+        _ = h.guest(h.fromGuest(ack: h.s(10000), window: 1000))
+        // libslirp fills the edge it was shown before the loss (never retracted).
+        for k in 10..<65 { #expect(h.data(k * 1000) == .pass) }
+        #expect(h.data(65000, 535) == .pass)
+        _ = h.acks()
+        #expect(h.flow?.held == 55535)
+        // 5,535 bytes still in flight: the window is one segment (1,460 until a larger one
+        // is seen) below the 10,000 that lost, not the 5,000 halving gives.
+        let ceiling = 10000 - 1460
+        let (_, out) = h.guest(h.fromGuest(ack: h.s(60000), window: 1000))
+        #expect(Int(TCPFrame.window(out)) == ceiling - 5535)
+        // Lossless round trips of one segment: the window holds at the ceiling...
+        var n = 65535
+        _ = h.guest(h.fromGuest(ack: h.s(n), window: 1000))
+        var windows: [Int] = []
+        for _ in 0..<200 {
+            _ = h.data(n, 1000)
+            _ = h.acks()
+            n += 1000
+            windows.append(Int(TCPFrame.window(h.guest(h.fromGuest(ack: h.s(n), window: 1000)).1)))
+        }
+        #expect(windows[0..<70].allSatisfy { $0 == ceiling })
+        // ...until 16 windows' worth came through without a loss: then one segment more.
+        #expect(windows.last == ceiling + 1460)
+        #expect(h.stage.windowCuts == 1 && h.stage.timeoutRetransmits == 0)
+    }
 }
