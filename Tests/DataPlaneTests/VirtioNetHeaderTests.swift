@@ -75,6 +75,20 @@ import Testing
     }
 
     /// What the kernel hands slirpd for a NEEDS_CSUM frame: the pseudo-header sum in the field.
+    /// The patch puts the partial (pseudo-header) checksum at the TCP checksum field, which
+    /// is what the kernel sees; completing it as the kernel would gives back the full frame.
+    static func expectPatchCompletes(_ full: [UInt8], _ h: VirtioNetHeader, _ patch: VirtioNetHeader.ChecksumPatch?,
+                                     l4: Int) throws {
+        let p = try #require(patch)
+        #expect(p.offset == l4 + 16)
+        var written = full
+        written[p.offset] = UInt8(p.value >> 8)
+        written[p.offset + 1] = UInt8(p.value & 0xFF)
+        #expect(written == partial(full))
+        VirtioNetHeader.completeChecksum(frame: &written, start: Int(h.checksumStart), offset: Int(h.checksumOffset))
+        #expect(written == full)
+    }
+
     static func partial(_ f: [UInt8]) -> [UInt8] {
         var p = f
         let v6 = f[12] == 0x86
@@ -264,14 +278,7 @@ import Testing
             #expect(h.flags == VirtioNetHeader.needsChecksum)
             #expect(Int(h.checksumStart) == l4 && h.checksumOffset == 16)
             #expect(Int(h.headerLength) == l4 + 20)
-            let p = try #require(patch)
-            #expect(p.offset == l4 + 16)
-            var written = full
-            written[p.offset] = UInt8(p.value >> 8)
-            written[p.offset + 1] = UInt8(p.value & 0xFF)
-            #expect(written == Self.partial(full))
-            VirtioNetHeader.completeChecksum(frame: &written, start: Int(h.checksumStart), offset: Int(h.checksumOffset))
-            #expect(written == full)
+            try Self.expectPatchCompletes(full, h, patch, l4: l4)
         }
         // 1500 IP bytes exactly, at a jumbo MTU; and a jumbo UDP datagram: empty headers.
         for f in [Self.frame(v6: v6, payload: Self.payload(1480 - ipHeader)),
@@ -294,15 +301,7 @@ import Testing
             #expect(Int(h.headerLength) == l4 + 20)
             #expect(Int(h.checksumStart) == l4 && h.checksumOffset == 16)
             #expect(h.ecn)
-            let p = try #require(patch)
-            #expect(p.offset == l4 + 16)
-            // What the kernel sees is the partial form; completing it gives back the full checksum.
-            var written = full
-            written[p.offset] = UInt8(p.value >> 8)
-            written[p.offset + 1] = UInt8(p.value & 0xFF)
-            #expect(written == Self.partial(full))
-            VirtioNetHeader.completeChecksum(frame: &written, start: Int(h.checksumStart), offset: Int(h.checksumOffset))
-            #expect(written == full)
+            try Self.expectPatchCompletes(full, h, patch, l4: l4)
         }
     }
 }

@@ -197,6 +197,15 @@ def inner_frames(pcap: Path):
     return frames
 
 
+def kernel_host_exchanges(fabric, guest_ips, fetch_from_guest):
+    """The kernel vxlan host (hK, no slirpd) pings each guest, and a guest fetches from it."""
+    for ip in guest_ips:
+        ping = ns_run(fabric.ns["hK"], BUSYBOX, "ping", "-c", "2", "-W", "5", ip, check=False, timeout=30)
+        assert ping.returncode == 0, f"hK -> {ip}: {ping.stdout}{ping.stderr}"
+    serve(fabric, "hK", "wwwK", "served by the kernel vxlan host", "10.0.2.200:8082")
+    assert fetch_from_guest("http://10.0.2.200:8082/") == "served by the kernel vxlan host"
+
+
 def test_two_slirpd_hosts_and_a_kernel_vxlan_peer_share_a_network(tmp_path, fabric):
     if TSHARK is None:
         pytest.fail("tshark is needed to capture the underlay (apt-get install tshark)")
@@ -236,11 +245,7 @@ def test_two_slirpd_hosts_and_a_kernel_vxlan_peer_share_a_network(tmp_path, fabr
         assert fetch(fabric, "gA", f"http://{ip_b}:8081/") == "served by guest B"
 
         # The kernel vxlan host reaches both guests, and guest A fetches from it.
-        for ip in (ip_a, ip_b):
-            ping = ns_run(fabric.ns["hK"], BUSYBOX, "ping", "-c", "2", "-W", "5", ip, check=False, timeout=30)
-            assert ping.returncode == 0, f"hK -> {ip}: {ping.stdout}{ping.stderr}"
-        serve(fabric, "hK", "wwwK", "served by the kernel vxlan host", "10.0.2.200:8082")
-        assert fetch(fabric, "gA", "http://10.0.2.200:8082/") == "served by the kernel vxlan host"
+        kernel_host_exchanges(fabric, (ip_a, ip_b), lambda url: fetch(fabric, "gA", url))
 
         # Counters: frames went both ways with host B.
         m = metrics(a)
@@ -403,12 +408,8 @@ def test_qemu_guests_on_two_hosts(tmp_path, qemu_fabric, make_guest):
             assert rc == 0 and out.strip() == f"hello from guest {mac[dst]}", f"guest {src} fetching from {dst}: {out}"
 
         # The kernel vxlan host (no slirpd) pings both QEMU guests, and a guest fetches from it.
-        for side in "AB":
-            ping = ns_run(fabric.ns["hK"], BUSYBOX, "ping", "-c", "2", "-W", "5", lease[side]["ip"], check=False, timeout=30)
-            assert ping.returncode == 0, f"hK -> guest {side}: {ping.stdout}{ping.stderr}"
-        serve(fabric, "hK", "wwwK", "served by the kernel vxlan host", "10.0.2.200:8082")
-        rc, out = guest["A"].run("wget -q -O - http://10.0.2.200:8082/", timeout=60)
-        assert rc == 0 and out.strip() == "served by the kernel vxlan host", f"guest A fetching from hK: {out}"
+        kernel_host_exchanges(fabric, [lease[side]["ip"] for side in "AB"],
+                              lambda url: guest["A"].check(f"wget -q -O - {url}", timeout=60).strip())
 
         # Each reaches its own host's loopback service through its own gateway.
         for side in "AB":
@@ -444,11 +445,7 @@ def test_a_multicast_underlay(tmp_path, fabric):
         # slirpd to slirpd over the group, then the kernel peer both ways.
         ping = ns_run(fabric.ns["gA"], BUSYBOX, "ping", "-c", "3", "-W", "5", ip_b, check=False, timeout=30)
         assert ping.returncode == 0, ping.stdout + ping.stderr
-        for ip in (ip_a, ip_b):
-            ping = ns_run(fabric.ns["hK"], BUSYBOX, "ping", "-c", "2", "-W", "5", ip, check=False, timeout=30)
-            assert ping.returncode == 0, f"hK -> {ip}: {ping.stdout}{ping.stderr}"
-        serve(fabric, "hK", "wwwK", "served by the kernel vxlan host", "10.0.2.200:8082")
-        assert fetch(fabric, "gA", "http://10.0.2.200:8082/") == "served by the kernel vxlan host"
+        kernel_host_exchanges(fabric, (ip_a, ip_b), lambda url: fetch(fabric, "gA", url))
 
         # Floods went to the group; the peers became members, and unicast went to each.
         m = metrics(a)
