@@ -550,9 +550,17 @@ public struct TCPWindowShim {
                 slots[i].queue[head] = Held(seq: slots[i].slirpEdge, end: item.end, fin: item.fin, frame: rest)
                 item = Held(seq: item.seq, end: slots[i].slirpEdge, fin: false, frame: first)
                 segmentsSplit += 1
+                // (A FIN at the edge contradicts the rest's data: it goes.)
+                _ = trimBehind(i, from: head + 1, releasedTo: item.end, fin: true)
             } else {
                 slots[i].queue[head].frame = []
                 slots[i].head += 1
+                if trimBehind(i, from: head + 1, releasedTo: item.end, fin: item.fin),
+                   let h = item.frame.withUnsafeBytes({ Segment($0) }) {
+                    item.fin = true
+                    TCPRewrite.setWord(&item.frame, at: h.tcp + 12, read16(item.frame, h.tcp + 12) | UInt16(Flag.fin),
+                                       checksumAt: h.tcp + 16)
+                }
                 compact(i)
             }
             slots[i].bytes -= item.length
@@ -575,6 +583,36 @@ public struct TCPWindowShim {
             return item.frame
         }
         return nil
+    }
+
+    /// Held segments from `from` on that start before `end`, where a release just ended,
+    /// lose what it carried: one it covers goes, one that runs past it is cut to start at
+    /// `end`. They are guest retransmissions cut differently from what they overlap; left
+    /// whole, they would follow the release with bytes libslirp already has, and the rest
+    /// of a head split at libslirp's edge would sit ahead of one that starts before it,
+    /// out of sequence order. True when one that went had a FIN at `end` the release
+    /// lacks (`fin` false): the release takes it on.
+    private mutating func trimBehind(_ i: Int, from: Int, releasedTo end: UInt32, fin: Bool) -> Bool {
+        var j = from, finLeft = false
+        while j < slots[i].queue.count, seqLT(slots[i].queue[j].seq, end) {
+            let held = slots[i].queue[j]
+            var cut = held.length
+            if seqGT(held.end, end) {
+                let carried = Int(seqDiff(end, held.seq))
+                guard let (_, rest) = held.frame.withUnsafeBytes({ TCPSegmentation.split($0, payloadBytes: carried) })
+                else { break }
+                cut = carried
+                slots[i].queue[j] = Held(seq: end, end: held.end, fin: held.fin, frame: rest)
+                j += 1
+            } else {
+                if held.fin, held.end == end, !fin { finLeft = true }
+                slots[i].queue.remove(at: j)
+                droppedOther += 1
+            }
+            slots[i].bytes -= cut
+            queuedBytes -= cut
+        }
+        return finLeft
     }
 
     /// Gives a held segment the guest's latest ACK and (unscaled) window.

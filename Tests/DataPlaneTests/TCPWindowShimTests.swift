@@ -391,6 +391,45 @@ struct TCPWindowShimTests {
         #expect(h.shim.queuedBytes == 0)
     }
 
+
+    // Found by fuzz-tcp-shim in CI: the rest of a split head, left at libslirp's edge, sat
+    // ahead of an overlapping held retransmission that started before that edge.
+    @Test("a split at libslirp's edge trims the overlapping segments behind it: releases stay in sequence order, nothing is handed twice")
+    func splitThenOverlap() {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        _ = h.slirpAck(65_000, window: 0)
+        #expect(h.send(65_000, 2000).0 == .queued)     // 65,000..67,000
+        #expect(h.send(66_000, 2000).0 == .queued)     // 66,000..68,000, cut differently
+        #expect(h.send(66_200, 300, flags: TCPFrame.ackFlag | TCPFrame.psh | TCPFrame.fin).0 == .queued)  // a stray FIN inside
+        _ = h.slirpAck(65_000, window: 1500)         // the edge at 66,500
+        #expect(h.releases().map(TCPFrame.seq) == [h.g(65_000)])
+        #expect(h.shim.queuedBytes == 2000)         // 66,500..68,000 twice over; the stray FIN is gone
+        _ = h.slirpAck(66_500, window: 65535)
+        let out = h.releases()
+        #expect(out.map(TCPFrame.seq) == [h.g(66_500), h.g(67_000)])
+        #expect(out.map(SlirpReceiver.payloadLength) == [500, 1000])
+        #expect(out.allSatisfy(TCPFrame.checksumsVerify))
+        #expect(h.shim.queuedBytes == 0)
+    }
+
+    @Test("a FIN held behind a release that covers its data goes with that release")
+    func coveredFINJoinsRelease() {
+        var h = ShimHarness()
+        h.open()
+        _ = h.slirpAck(0)
+        for n in 0..<65 { _ = h.send(n * 1000) }
+        _ = h.slirpAck(65_000, window: 0)
+        #expect(h.send(65_000, 1000).0 == .queued)
+        #expect(h.send(65_500, 500, flags: TCPFrame.ackFlag | TCPFrame.fin).0 == .queued)
+        _ = h.slirpAck(65_000, window: 65535)
+        let last = h.releases()
+        #expect(last.map(TCPFrame.seq) == [h.g(65_000)])
+        #expect(last.map { $0[TCPFrame.tcpOffset($0) + 13] & TCPFrame.fin } == [TCPFrame.fin])
+        #expect(last.allSatisfy(TCPFrame.checksumsVerify))
+    }
     @Test("held data libslirp's window does not reach: probed with its first byte, backing off; a probe's empty answer is absorbed")
     func windowProbes() throws {
         var h = ShimHarness()

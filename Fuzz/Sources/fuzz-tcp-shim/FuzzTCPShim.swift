@@ -13,8 +13,8 @@
 // - a flow's recorded offered edge never moves back, and what the guest is shown (ack +
 //   field << 7) never moves back by 128 bytes or more;
 // - a flow holds at most `flowCap` bytes, the shim at most `networkCap`;
-// - releases come out in sequence order per flow within one drain, each fits the flow's
-//   libslirp edge, and has valid checksums.
+// - releases come out in sequence order per flow within one drain, none overlapping the
+//   one before, each fits the flow's libslirp edge, and has valid checksums.
 // TCPEarlyACK sits outside the shim as in FramePath (guest -> early -> shim, shim ->
 // early -> guest); action 15 adds libslirp's data and the guest's ACKs of it, the drain
 // feeds its early ACKs to the shim, and time steps fire its retransmit timers. Its
@@ -234,16 +234,19 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             }
             var held: [UInt8] = []
             while shim.takeHeldACK(into: &held) != nil { check(checksumsVerify(held), "held ACK with bad checksums") }
-            var last: [FlowID: UInt32] = [:]
+            // Keyed by the whole 4-tuple: raw frames may open flows beside the harness's own.
+            var last: [[UInt8]: UInt32] = [:]
             while let f = shim.nextRelease() {
                 check(checksumsVerify(f), "release with bad checksums")
-                let t = f[12] == 0x86 ? 54 : 34
+                guard let t = tcpOffset(f) else { continue }
                 let fid = FlowID(v6: f[12] == 0x86, port: read16(f, t))
+                let tuple = Array(f[(f[12] == 0x86 ? 22 : 26)..<t]) + Array(f[t..<(t + 4)])
                 let seq = read32(f, t + 4)
-                if let prev = last[fid] { check(Int32(bitPattern: seq &- prev) >= 0, "releases out of order") }
-                last[fid] = seq
-                if let s = flowState(shim, fid) {
-                    let payload = (f[12] == 0x86 ? Int(read16(f, 18)) + 54 : Int(read16(f, 16)) + 14) - t - Int(f[t + 12] >> 4) * 4
+                let payload = (f[12] == 0x86 ? Int(read16(f, 18)) + 54 : Int(read16(f, 16)) + 14) - t - Int(f[t + 12] >> 4) * 4
+                // Each starts where the one before ended, or later: nothing is handed twice.
+                if let prev = last[tuple] { check(Int32(bitPattern: seq &- prev) >= 0, "releases out of order or overlapping") }
+                last[tuple] = seq &+ UInt32(payload)
+                if tuple == standardTuple(fid), let s = flowState(shim, fid) {
                     check(Int32(bitPattern: seq &+ UInt32(payload) &- s.slirpEdge) <= 0, "release beyond libslirp's edge")
                 }
             }
@@ -284,6 +287,18 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         check(shim.queuedBytes <= networkCap, "the shim holds more than the network cap")
     }
     return 0
+}
+
+/// The TCP header's offset in a frame the shim parsed: IPv4 with its IHL, IPv6 without
+/// extension headers (nil with them: the checks that need it skip the frame).
+func tcpOffset(_ f: [UInt8]) -> Int? {
+    if f[12] == 0x86 { return f[20] == 6 ? 54 : nil }
+    return 14 + Int(f[14] & 0x0F) * 4
+}
+
+/// A harness flow's addresses and ports, guest first, as a release carries them.
+func standardTuple(_ id: FlowID) -> [UInt8] {
+    (id.v6 ? guest6 + gateway6 : guest4 + gateway4) + bigEndianBytes(id.port) + bigEndianBytes(UInt16(80))
 }
 
 func flowState(_ shim: TCPWindowShim, _ id: FlowID)
