@@ -79,9 +79,7 @@ struct TCPWindowShimStallTests {
     /// libslirp ACKs 65,000 with a window to 65,535, but its host stopped reading: it takes
     /// 200 bytes of the 535 the shim releases to that edge, and then has no room.
     func stalled(_ h: inout ShimHarness) -> SlirpReceiver {
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         for n in 65..<80 { #expect(h.send(n * 1000).0 == .queued) }
         var slirp = SlirpReceiver(next: h.g(65_000), room: 200)
         _ = h.nat(h.toGuest(seq: h.slirpISN + 1, ack: h.g(65_000), window: 535))
@@ -128,9 +126,7 @@ struct TCPWindowShimStallTests {
     @Test("a probe whose answer reopens libslirp's window (same ACK) is shown to the guest, not absorbed")
     func reopenedWindowShown() {
         var h = ShimHarness(flowCap: 1 << 20)
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         _ = h.slirpAck(65_000, window: 0)
         #expect(h.send(66_000).0 == .queued)     // held past a hole at 65,000 the guest will fill
         h.now += TCPWindowShim.firstProbe
@@ -146,9 +142,7 @@ struct TCPWindowShimStallTests {
           arguments: [0x8000_0000, 0x9ABC_DEF0, 0xFFFF_0000] as [UInt32])
     func upperHalfSequenceNumbers(isn: UInt32) {
         var h = ShimHarness(flowCap: 1 << 20, guestISN: isn)
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         for n in 65..<80 { #expect(h.send(n * 1000).0 == .queued) }
         var slirp = SlirpReceiver(next: h.g(65_000), room: 1 << 20)
         _ = h.nat(h.toGuest(seq: h.slirpISN + 1, ack: h.g(65_000), window: 65535))
@@ -184,9 +178,7 @@ struct TCPWindowShimStallTests {
     @Test("released data is kept only until libslirp's ACK covers it")
     func retainedUntilACKed() {
         var h = ShimHarness(flowCap: 1 << 20)
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         #expect(h.send(65_000).0 == .queued)
         _ = h.slirpAck(65_000, window: 65535)
         #expect(h.releases().map(TCPFrame.seq) == [h.g(65_000)])

@@ -72,6 +72,14 @@ struct ShimHarness {
         _ = guest(fromGuest(seq: g(0), ack: slirpISN + 1, window: 502))
     }
 
+    /// The flow opens and the guest sends libslirp's whole first window (65 segments of 1,000
+    /// bytes, 65,000 bytes, all passed), so what it sends next is held.
+    mutating func fillSlirpWindow() {
+        open()
+        _ = slirpAck(0)
+        for n in 0..<65 { _ = send(n * 1000) }
+    }
+
     /// libslirp ACKs `n` guest bytes with window `window`; returns the window field the guest sees.
     mutating func slirpAck(_ n: Int, window: UInt16 = 65535) -> UInt16 {
         TCPFrame.window(nat(toGuest(seq: slirpISN + 1, ack: g(n), window: window)).1)
@@ -255,9 +263,7 @@ struct TCPWindowShimTests {
     @Test("out-of-order segments are released in sequence order")
     func outOfOrder() {
         var h = ShimHarness()
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         for n in [68, 66, 67, 65] { #expect(h.send(n * 1000).0 == .queued) }
         _ = h.slirpAck(10_000)
         #expect(h.releases().map { TCPFrame.seq($0) } == [65, 66, 67, 68].map { h.g($0 * 1000) })
@@ -267,9 +273,7 @@ struct TCPWindowShimTests {
     @Test("duplicates and covered segments are dropped; a longer retransmission replaces what it covers")
     func duplicates() {
         var h = ShimHarness()
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         #expect(h.send(66_000).0 == .queued)
         #expect(h.send(66_000).0 == .drop)
         #expect(h.send(66_200, 500).0 == .drop)  // inside 66,000..67,000
@@ -355,9 +359,7 @@ struct TCPWindowShimTests {
     @Test("the guest resending held data libslirp needs next, past its closed window: held (libslirp would drop it), released when it opens")
     func resendProbesLibslirp() {
         var h = ShimHarness(flowCap: 5000)
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         _ = h.slirpAck(65_000, window: 0)       // closed
         #expect(h.send(65_000).0 == .queued)
         #expect(h.send(66_000).0 == .queued)
@@ -375,9 +377,7 @@ struct TCPWindowShimTests {
     @Test("a held segment straddling libslirp's edge: its start goes at once, the rest when the edge moves")
     func splitAtEdge() {
         var h = ShimHarness()
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         _ = h.slirpAck(65_000, window: 0)
         #expect(h.send(65_000, 16_000).0 == .queued)
         _ = h.slirpAck(65_000, window: 6_000)      // room for 6,000 of the 16,000 held
@@ -391,15 +391,12 @@ struct TCPWindowShimTests {
         #expect(h.shim.queuedBytes == 0)
     }
 
-
     // Found by fuzz-tcp-shim in CI: the rest of a split head, left at libslirp's edge, sat
     // ahead of an overlapping held retransmission that started before that edge.
     @Test("a split at libslirp's edge trims the overlapping segments behind it: releases stay in sequence order, nothing is handed twice")
     func splitThenOverlap() {
         var h = ShimHarness()
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         _ = h.slirpAck(65_000, window: 0)
         #expect(h.send(65_000, 2000).0 == .queued)     // 65,000..67,000
         #expect(h.send(66_000, 2000).0 == .queued)     // 66,000..68,000, cut differently
@@ -418,9 +415,7 @@ struct TCPWindowShimTests {
     @Test("a FIN held behind a release that covers its data goes with that release")
     func coveredFINJoinsRelease() {
         var h = ShimHarness()
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         _ = h.slirpAck(65_000, window: 0)
         #expect(h.send(65_000, 1000).0 == .queued)
         #expect(h.send(65_500, 500, flags: TCPFrame.ackFlag | TCPFrame.fin).0 == .queued)
@@ -433,9 +428,7 @@ struct TCPWindowShimTests {
     @Test("held data libslirp's window does not reach: probed with its first byte, backing off; a probe's empty answer is absorbed")
     func windowProbes() throws {
         var h = ShimHarness()
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         _ = h.slirpAck(65_535, window: 0)       // libslirp took it all and closed its window
         #expect(h.send(65_535, 1000).0 == .queued)
         #expect(h.shim.nextProbeDeadline == h.now + TCPWindowShim.firstProbe)
@@ -463,9 +456,7 @@ struct TCPWindowShimTests {
     @Test("zero window from libslirp with nothing to queue: the guest sees 0, then the update releases what was held")
     func zeroWindow() {
         var h = ShimHarness(flowCap: 4096)
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         #expect(h.send(65_000).0 == .queued)
         _ = h.slirpAck(65_000, window: 0)
         // The edge it announced before (65,535) still takes the first 535 bytes.
@@ -478,9 +469,7 @@ struct TCPWindowShimTests {
     @Test("a FIN after queued data waits for it; FINs both ways free the flow")
     func finAfterQueued() {
         var h = ShimHarness()
-        h.open()
-        _ = h.slirpAck(0)
-        for n in 0..<65 { _ = h.send(n * 1000) }
+        h.fillSlirpWindow()
         #expect(h.send(65_000).0 == .queued)
         #expect(h.send(66_000, 0, flags: TCPFrame.ackFlag | TCPFrame.fin).0 == .queued)
         _ = h.nat(h.toGuest(TCPFrame.ackFlag | TCPFrame.fin, seq: h.slirpISN + 1, ack: h.g(0), window: 65535))
