@@ -112,6 +112,10 @@ public final class FramePath {
     public var synsReplayed: Int { synReplay.replayed }
     /// Ports whose coalescer holds a segment for libslirp until the end of the loop turn.
     var holdingPorts: Set<PortID> = []
+    /// Ports whose merge holds libslirp's segments for them until the end of the loop turn.
+    var mergingPorts: Set<PortID> = []
+    /// libslirp's segments merged into the one before them toward a guest.
+    public internal(set) var mergedTowardGuests = 0
     /// Frames cut for a guest's MTU: TCP segments (software TSO), IP packets (fragments).
     public internal(set) var segmentedFrames = 0
     public internal(set) var fragmentedFrames = 0
@@ -243,6 +247,7 @@ public final class FramePath {
         }
         sendEarlyACKs(now: now, sink: sink)
         runRetransmitTimers(now: now, sink: sink)
+        flushMerged(sink)
     }
 
     /// When `injectPending` has a window probe to send, if ever.
@@ -259,7 +264,7 @@ public final class FramePath {
                 frame.withUnsafeBytes { put($0, to: id, sink: sink) }
             case .reset(let toGuest, let toNAT, let id):
                 sink.frameEvent(.earlyACKReset(id, count: earlyACK.flowsReset))
-                toGuest.withUnsafeBytes { sink.deliver($0, to: id) }
+                toGuest.withUnsafeBytes { deliverNow($0, to: id, sink: sink) }
                 toNAT.withUnsafeBytes { sink.inputToNAT($0) }
             }
         }

@@ -18,12 +18,59 @@ import FrameSwitch
 // held segment sends it first, so the guest's frames keep their order; `flushCoalesced`
 // sends what is held at the end of the turn, before `injectPending` lets libslirp's ACKs
 // release the TCP shim's queue.
+//
+// Toward a guest that takes large segments (a tap with TSO, vhost-user with GUEST_TSO:
+// PortState.mergeLimit), libslirp's in-order segments of one flow are merged the same way
+// (`putFromNAT`, one TCPCoalescer per port): four of natMSS make one 64 KiB frame, which
+// the guest's kernel or driver takes as one segment instead of four. Any other frame for that port sends the held one first (in
+// `put`, and `deliverNow` for what skips `put`), and `flushMerged` sends the rest at the
+// end of the turn. Only libslirp's frames are merged: their checksums are whole, which
+// the merge reads the payload's sum from; a guest's may be partial (checksum offload).
 extension FramePath {
+    /// Puts a frame from libslirp on a guest port's output, merged with the segments
+    /// before it when the port takes them together (see above), else as `put` does.
+    func putFromNAT(_ frame: UnsafeRawBufferPointer, to port: PortState, sink: any FramePathSink) {
+        guard let limit = port.mergeLimit else { return put(frame, to: port.id, sink: sink) }
+        port.fromNATMerge.maxPayload = limit
+        let before = port.fromNATMerge.merged, wasHolding = port.fromNATMerge.isHolding
+        let (flushed, outcome) = port.fromNATMerge.offer(frame)
+        mergedTowardGuests += port.fromNATMerge.merged - before
+        if port.fromNATMerge.isHolding, !wasHolding { mergingPorts.insert(port.id) }
+        if let flushed { flushed.withUnsafeBytes { cut($0, to: port, sink: sink) } }
+        if outcome == .pass { cut(frame, to: port, sink: sink) }
+    }
+
+    /// Sends every segment merged toward a guest and still held (the end of a loop turn).
+    public func flushMerged(_ sink: any FramePathSink) {
+        while let id = mergingPorts.popFirst() {
+            guard let port = ports[id], let held = port.fromNATMerge.flush() else { continue }
+            held.withUnsafeBytes { cut($0, to: port, sink: sink) }
+        }
+    }
+
+    /// Delivers a frame as it is, after what the port's merge holds (so it keeps its place).
+    func deliverNow(_ frame: UnsafeRawBufferPointer, to id: PortID, sink: any FramePathSink) {
+        if let port = ports[id], port.fromNATMerge.isHolding, let held = port.fromNATMerge.flush() {
+            held.withUnsafeBytes { cut($0, to: port, sink: sink) }
+        }
+        sink.deliver(frame, to: id)
+    }
+
     /// Puts a frame on a guest port's output, cut to the port's MTU. `source`: the guest
     /// that sent it, told the MTU (ICMP Fragmentation Needed, as a router would) when its
     /// IPv4 packet with DF is too large, so its path MTU discovery adapts.
     func put(_ frame: UnsafeRawBufferPointer, to id: PortID, from source: PortState? = nil, sink: any FramePathSink) {
-        guard let port = ports[id], frame.count - EthernetHeader.length > port.mtu else {
+        guard let port = ports[id] else { return sink.deliver(frame, to: id) }
+        if port.fromNATMerge.isHolding, let held = port.fromNATMerge.flush() {
+            held.withUnsafeBytes { cut($0, to: port, sink: sink) }
+        }
+        cut(frame, to: port, from: source, sink: sink)
+    }
+
+    /// `put` once the port's merge is out of the way.
+    private func cut(_ frame: UnsafeRawBufferPointer, to port: PortState, from source: PortState? = nil, sink: any FramePathSink) {
+        let id = port.id
+        guard frame.count - EthernetHeader.length > port.mtu else {
             return sink.deliver(frame, to: id)
         }
         if let tcpHeaders = Self.tcpHeaderLength(frame) {

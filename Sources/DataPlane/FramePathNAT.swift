@@ -93,10 +93,10 @@ extension FramePath {
     /// where the shim did not); then the frame is cut to the port's MTU (`put`).
     private func earlyToGuest(_ frame: UnsafeRawBufferPointer, _ port: PortState, now: Int64, sink: any FramePathSink) {
         switch earlyACK.fromNAT(frame, port: port.id, now: now) {
-        case .pass: put(frame, to: port.id, sink: sink)
+        case .pass: putFromNAT(frame, to: port, sink: sink)
         case .rewritten:
             let out = earlyACK.natOutput
-            out.withUnsafeBytes { put($0, to: port.id, sink: sink) }
+            out.withUnsafeBytes { putFromNAT($0, to: port, sink: sink) }
         case .absorbed: natFrameHeld = true
         }
     }
@@ -105,7 +105,7 @@ extension FramePath {
     public func deliverHeldACKs(_ sink: any FramePathSink) {
         while let id = tcpShim.takeHeldACK(into: &heldACKBuffer) {
             let frame = heldACKBuffer
-            frame.withUnsafeBytes { sink.deliver($0, to: id) }
+            frame.withUnsafeBytes { deliverNow($0, to: id, sink: sink) }
         }
     }
 

@@ -21,11 +21,13 @@ import FrameSwitch
 // `natMSS` is 16 KiB, not 64: libslirp sends a window update only once its 64 KiB window
 // has opened by two segments (tcp_output), which larger segments never do, and the TCP
 // window shim needs those updates to release what it holds (TCPWindowShim.maxScaledMSS).
+// It is a little under 16 KiB so that four of libslirp's segments fill one 64 KiB frame
+// toward the guest (FramePathEdge.putFromNAT, TCPCoalescer.payloadLimit).
 public enum MSSClamp {
     /// libslirp's MTU and MRU inside slirpd (its largest).
     public static let natMTU = 65520
     /// The MSS libslirp is told for guests that take full-sized segments.
-    public static let natMSS = TCPWindowShim.maxScaledMSS
+    public static let natMSS = TCPCoalescer.payloadLimit / 4
 
     /// A guest's SYN or SYN-ACK with its MSS raised for libslirp, or nil when it needs none.
     public static func towardNAT(_ frame: UnsafeRawBufferPointer, portMTU: Int) -> [UInt8]? {

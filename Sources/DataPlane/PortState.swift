@@ -37,8 +37,20 @@ public final class PortState {
     /// The port's writer cuts TCP segments itself (a tap with the kernel's TSO): TCP
     /// segments of any size go to it whole; other oversized frames are still fragmented.
     public var takesLargeSegments = false
-    /// Its in-order TCP segments toward libslirp, merged within a loop turn.
-    public var coalescer = TCPCoalescer(maxPayload: MSSClamp.natMSS)
+    /// Its in-order TCP segments toward libslirp, merged within a loop turn, up to what
+    /// libslirp's MRU takes behind the largest IP and TCP headers (one read batch of a
+    /// stream guest is about 64 KiB: one segment, one send to the host, one ACK).
+    public var coalescer = TCPCoalescer(maxPayload: MSSClamp.natMTU - 40 - 60)
+    /// libslirp's in-order TCP segments toward the guest, merged within a loop turn when
+    /// the port takes large segments (`mergeLimit`).
+    public var fromNATMerge = TCPCoalescer(maxPayload: 1)
+
+    /// The most TCP payload one merged frame toward this guest may carry, or nil when
+    /// libslirp's segments go to it one by one: a port that takes large segments (its
+    /// writer cuts them, or its kernel or driver takes them whole) takes one IP packet's
+    /// worth. Others are not merged: at MTU 1500 libslirp's segments already fill frames,
+    /// and two of a jumbo guest's (32 KiB, libslirp's TCP_MAXSEG_MAX) never share one.
+    public var mergeLimit: Int? { takesLargeSegments ? TCPCoalescer.payloadLimit : nil }
 
     public init(id: PortID, closesOnDuplicateMAC: Bool, flows: FlowBudget = FlowBudget(dnsAddress: nil),
                 mtu: Int = 1500, learnsMTU: Bool = true) {

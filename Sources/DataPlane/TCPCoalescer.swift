@@ -35,9 +35,12 @@ public struct TCPCoalescer {
 
     /// The most payload an IPv4 datagram can carry behind a full-size TCP header (65535 -
     /// 20 - 60); IPv4 candidates have no IP options, IPv6's payload length allows more.
-    static let payloadLimit = 65535 - 20 - 60
+    public static let payloadLimit = 65535 - 20 - 60
 
-    private let maxPayload: Int
+    /// Merged payload never exceeds it (clamped to `payloadLimit`); a change applies from the next offer.
+    public var maxPayload: Int {
+        didSet { maxPayload = max(1, min(maxPayload, Self.payloadLimit)) }
+    }
     /// The held frame (Ethernet header to the end of the payload), its layout, how many
     /// segments it holds, its payload's sum, its pseudo-header's address sum, and the
     /// sequence number that continues it.

@@ -77,7 +77,7 @@ public final class ByteBuffer {
     }
 
     /// Set by a read that filled all the free space: more is likely waiting.
-    var lastReadFilled = false
+    public internal(set) var lastReadFilled = false
 
     /// Before a stream read: compacts, and doubles when the last read filled the buffer or
     /// less than half of it is free, so a burst soon reads in large pieces and a partial

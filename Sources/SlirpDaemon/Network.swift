@@ -402,6 +402,9 @@ final class Network {
                 break
             }
             scanFrames(port, received)
+            // A stream has no message bounds, so a read that left free space emptied the
+            // socket: poll says when more comes, and the read that would fail with EAGAIN is saved.
+            if !received.lastReadFilled { break }
         }
         scheduleClose(port)
     }

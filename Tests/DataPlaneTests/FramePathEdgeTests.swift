@@ -75,7 +75,58 @@ struct FramePathEdgeTests {
         var big = TCPFrame.toGuest()
         big.payload = Self.payload(16384)
         fromNAT(path, big.bytes)
+        // Held for the turn's end, in case libslirp's next segment continues it.
+        #expect(sink.delivered(to: guest.id).count == 0)
+        path.injectPending(now: now, sink)
         #expect(sink.delivered(to: guest.id).map(\.count) == [big.bytes.count])
+    }
+
+    /// libslirp's in-order data segments of one flow toward the guest.
+    static func natSegments(v6: Bool = false, sizes: [Int], seq: UInt32 = 5000, lastPSH: Bool = false) -> [TCPFrame] {
+        var out: [TCPFrame] = []
+        var next = seq
+        for (i, size) in sizes.enumerated() {
+            var f = TCPFrame.toGuest(v6: v6)
+            f.seq = next
+            f.flags = TCPFrame.ackFlag | (lastPSH && i == sizes.count - 1 ? TCPFrame.psh : 0)
+            f.payload = Self.payload(size).map { $0 &+ UInt8(truncatingIfNeeded: i) }
+            out.append(f)
+            next &+= UInt32(size)
+        }
+        return out
+    }
+
+    @Test("libslirp's segments toward a large-segment port are merged within the turn; a pure ACK between sends the held one first",
+          arguments: [false, true])
+    func mergesTowardLargeSegmentPort(v6: Bool) throws {
+        let path = path()
+        guest.takesLargeSegments = true
+        let segments = Self.natSegments(v6: v6, sizes: [16363, 16363, 16363, 16363, 16363, 1000])
+        for f in segments.prefix(4) { fromNAT(path, f.bytes) }
+        #expect(sink.delivered(to: guest.id).count == 0)
+        fromNAT(path, segments[4].bytes)
+        #expect(sink.delivered(to: guest.id).count == 1, "the fifth would pass 64 KiB: the four go")
+        var ack = TCPFrame.toGuest(v6: v6)
+        ack.seq = segments[5].seq
+        fromNAT(path, ack.bytes)
+        fromNAT(path, segments[5].bytes)
+        path.injectPending(now: now, sink)
+        let got = sink.delivered(to: guest.id)
+        // Four filled one frame; then the fifth alone, the ACK, the last.
+        #expect(got.map { Self.tcpPayload($0).count } == [4 * 16363, 16363, 0, 1000])
+        #expect(got.allSatisfy { TCPFrame.checksumsVerify($0) })
+        #expect(got.flatMap(Self.tcpPayload) == segments.flatMap(\.payload))
+        #expect(TCPFrame.seq(got[0]) == segments[0].seq && TCPFrame.seq(got[1]) == segments[4].seq)
+        #expect(path.mergedTowardGuests == 3)
+    }
+
+    @Test("toward a port without offloads nothing is held or merged, at MTU 1500 or 65520", arguments: [1500, 65520])
+    func noMergeWithoutOffloads(mtu: Int) {
+        let path = path()
+        guest.mtu = mtu
+        for f in Self.natSegments(sizes: [700, 700]) { fromNAT(path, f.bytes) }
+        #expect(sink.delivered(to: guest.id).map { Self.tcpPayload($0).count } == [700, 700])
+        #expect(path.mergedTowardGuests == 0)
     }
 
     @Test("a UDP datagram larger than the guest's MTU arrives as fragments; with DF it is dropped and counted")
@@ -148,11 +199,11 @@ struct FramePathEdgeTests {
         bytes[11] = 0x99   // its own MAC
         bytes.withUnsafeBytes { path.fromGuest($0, from: tap, now: now, sink: sink) }
         #expect(tap.mtu == 1500)
-        // Its 30,000-byte GSO segment reaches libslirp in pieces of at most natMSS.
+        // Its 30,000-byte GSO segment is checked, cut and merged again for libslirp: one valid segment.
         path.injectPending(now: now, sink)
         let pieces = sink.toNAT.filter { $0[29] == 16 }
-        #expect(pieces.count == 2)
-        #expect(pieces.allSatisfy { Self.tcpPayload($0).count <= MSSClamp.natMSS && TCPFrame.checksumsVerify($0) })
+        #expect(pieces.count == 1)
+        #expect(pieces.allSatisfy { TCPFrame.checksumsVerify($0) })
         #expect(pieces.flatMap(Self.tcpPayload) == gso.payload)
     }
 
@@ -180,7 +231,8 @@ struct FramePathEdgeTests {
         syn.options = [2, 4, 0x05, 0xB4]   // 1460
         fromGuest(path, syn.bytes)
         let toNAT = try #require(sink.toNAT.last)
-        #expect(Array(TCPFrame.options(toNAT).prefix(4)) == (takesLargeSegments ? [2, 4, 0x40, 0x00] : [2, 4, 0x05, 0xB4]))
+        let raised: [UInt8] = [2, 4, UInt8(MSSClamp.natMSS >> 8), UInt8(MSSClamp.natMSS & 0xFF)]
+        #expect(Array(TCPFrame.options(toNAT).prefix(4)) == (takesLargeSegments ? raised : [2, 4, 0x05, 0xB4]))
         var synACK = TCPFrame.toGuest()
         synACK.flags = TCPFrame.syn | TCPFrame.ackFlag
         synACK.options = [2, 4, 0xFF, 0xC8]   // 65480
