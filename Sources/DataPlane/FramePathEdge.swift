@@ -30,7 +30,9 @@ extension FramePath {
     /// Puts a frame from libslirp on a guest port's output, merged with the segments
     /// before it when the port takes them together (see above), else as `put` does.
     func putFromNAT(_ frame: UnsafeRawBufferPointer, to port: PortState, sink: any FramePathSink) {
-        guard let limit = port.mergeLimit else { return put(frame, to: port.id, sink: sink) }
+        // A segment larger than natMSS (a jumbo guest's, up to 32 KiB) shares no frame with
+        // the next: merging would only copy it.
+        guard let limit = port.mergeLimit, frame.count <= Self.mergeableFrame else { return put(frame, to: port.id, sink: sink) }
         port.fromNATMerge.maxPayload = limit
         let before = port.fromNATMerge.merged, wasHolding = port.fromNATMerge.isHolding
         let (flushed, outcome) = port.fromNATMerge.offer(frame)
@@ -39,6 +41,9 @@ extension FramePath {
         if let flushed { flushed.withUnsafeBytes { cut($0, to: port, sink: sink) } }
         if outcome == .pass { cut(frame, to: port, sink: sink) }
     }
+
+    /// The largest frame `putFromNAT` merges: natMSS behind Ethernet, IPv6 and a full TCP header.
+    static let mergeableFrame = EthernetHeader.length + 40 + 60 + MSSClamp.natMSS
 
     /// Sends every segment merged toward a guest and still held (the end of a loop turn).
     public func flushMerged(_ sink: any FramePathSink) {
@@ -151,13 +156,13 @@ extension FramePath {
 
     /// Merges a guest's TCP segment for libslirp with the ones before it, or hands over
     /// what cannot be merged (after what was held, to keep the guest's order). A segment
-    /// larger than the port's MTU (a tap's GSO frame) is first cut to natMSS: the TCP shim
-    /// holds a segment until libslirp's window takes all of it, which libslirp's window
-    /// updates guarantee only for segments up to two of its MSS. (Checked first: cutting
-    /// recomputes checksums, which must not make a damaged segment look whole.)
+    /// larger than the port's MTU (a tap's GSO frame) goes whole when libslirp's MRU takes
+    /// it, else it is cut to the coalescer's limit first (checked first: cutting recomputes
+    /// checksums, which must not make a damaged segment look whole).
     func coalesce(_ frame: UnsafeRawBufferPointer, from port: PortState, now: Int64, sink: any FramePathSink) {
-        if frame.count - EthernetHeader.length > port.mtu, TCPSegmentation.hasValidChecksums(frame),
-           let pieces = TCPSegmentation.segment(frame, mss: MSSClamp.natMSS) {
+        if frame.count - EthernetHeader.length > port.mtu, let l = TCPSegmentLayout(frame),
+           l.payloadLength > port.coalescer.maxPayload, TCPSegmentation.hasValidChecksums(frame),
+           let pieces = TCPSegmentation.segment(frame, mss: port.coalescer.maxPayload) {
             for piece in pieces { piece.withUnsafeBytes { coalesce($0, from: port, now: now, sink: sink) } }
             return
         }

@@ -64,6 +64,9 @@ enum Metrics {
         family("slirpd_tcp_coalesced_total", "counter",
                "Guest TCP segments merged into the one before them for libslirp (software GRO).",
                nets.map { ($0.label, $0.net.framePath.coalescedSegments) })
+        family("slirpd_tcp_merged_to_guests_total", "counter",
+               "libslirp's TCP segments merged into the one before them toward a guest that takes large segments.",
+               nets.map { ($0.label, $0.net.framePath.mergedTowardGuests) })
         family("slirpd_ip_fragmented_total", "counter",
                "IP packets larger than a guest's MTU sent to it as fragments.",
                nets.map { ($0.label, $0.net.framePath.fragmentedFrames) })

@@ -120,6 +120,37 @@ struct FramePathEdgeTests {
         #expect(path.mergedTowardGuests == 3)
     }
 
+    @Test("a jumbo guest's 32 KiB segments toward a large-segment port go at once: two never share a frame")
+    func jumboSegmentsGoAtOnce() {
+        let path = path()
+        guest.takesLargeSegments = true
+        guest.mtu = 65520
+        for f in Self.natSegments(sizes: [32768, 32768]) { fromNAT(path, f.bytes) }
+        #expect(sink.delivered(to: guest.id).map { Self.tcpPayload($0).count } == [32768, 32768])
+        #expect(path.mergedTowardGuests == 0)
+    }
+
+    @Test("a tap's GSO segment goes to libslirp whole when its MRU takes it, else cut to the coalescer's limit")
+    func gsoTowardNAT() throws {
+        let path = path()
+        let tap = PortState(id: PortID(3), closesOnDuplicateMAC: false, learnsMTU: false)
+        path.addPort(tap)
+        for size in [60000, 65480] {
+            var gso = TCPFrame(source: [10, 0, 2, 16], destination: TCPFrame.gateway4, sourcePort: 1, destinationPort: 80)
+            gso.flags = TCPFrame.ackFlag | TCPFrame.psh
+            gso.payload = Self.payload(size)
+            var bytes = gso.bytes
+            bytes[11] = 0x99   // its own MAC
+            sink.toNAT.removeAll()
+            bytes.withUnsafeBytes { path.fromGuest($0, from: tap, now: now, sink: sink) }
+            path.injectPending(now: now, sink)
+            let pieces = sink.toNAT.filter { $0[29] == 16 }
+            #expect(pieces.map { Self.tcpPayload($0).count } == (size == 60000 ? [60000] : [tap.coalescer.maxPayload, 65480 - tap.coalescer.maxPayload]))
+            #expect(pieces.allSatisfy { TCPFrame.checksumsVerify($0) && $0.count - 14 <= MSSClamp.natMTU })
+            #expect(pieces.flatMap(Self.tcpPayload) == gso.payload)
+        }
+    }
+
     @Test("toward a port without offloads nothing is held or merged, at MTU 1500 or 65520", arguments: [1500, 65520])
     func noMergeWithoutOffloads(mtu: Int) {
         let path = path()

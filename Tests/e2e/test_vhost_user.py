@@ -140,6 +140,7 @@ def test_a_gib_each_way_is_intact_in_large_segments(net):
         up = time.monotonic() - t0
     assert n == times * len(net.blob) and sha == expected, "guest->host: the host got other bytes"
 
+    merged = metric(net.d, "slirpd_tcp_merged_to_guests_total")
     with HostPeer(send_then_close(net.blob, times), timeout=leg_timeout(BULK_MIB)) as peer:
         t0 = time.monotonic()
         out = g.check(f"rm -f /tmp/r; nc 10.0.2.2 {peer.port} -e sh -c 'sha256sum >/tmp/r' && cat /tmp/r",
@@ -155,6 +156,8 @@ def test_a_gib_each_way_is_intact_in_large_segments(net):
     rx = (after["rx_bytes"] - before["rx_bytes"]) / max(1, after["rx_packets"] - before["rx_packets"])
     assert tx > 4000 and rx > 4000, f"average frame: sent {tx:.0f}, received {rx:.0f} bytes"
     assert metric(net.d, "slirpd_tcp_segmented_total") == segmented
+    # libslirp's segments (natMSS) reached the guest merged, up to 64 KiB each.
+    assert metric(net.d, "slirpd_tcp_merged_to_guests_total") > merged
 
 
 def test_a_restarted_daemon_gets_the_guest_back_with_its_lease_and_forward(net):
