@@ -22,10 +22,11 @@ import FrameSwitch
 // Toward a guest that takes large segments (a tap with TSO, vhost-user with GUEST_TSO:
 // PortState.mergeLimit), libslirp's in-order segments of one flow are merged the same way
 // (`putFromNAT`, one TCPCoalescer per port): four of natMSS make one 64 KiB frame, which
-// the guest's kernel or driver takes as one segment instead of four. Any other frame for that port sends the held one first (in
-// `put`, and `deliverNow` for what skips `put`), and `flushMerged` sends the rest at the
-// end of the turn. Only libslirp's frames are merged: their checksums are whole, which
-// the merge reads the payload's sum from; a guest's may be partial (checksum offload).
+// the guest's kernel or driver takes as one segment instead of four. Any other frame for
+// that port sends the held one first (in `put`, and `deliverNow` for what skips `put`),
+// and `flushMerged` sends the rest at the end of the turn. Only libslirp's frames are
+// merged: their checksums are whole, which the merge reads the payload's sum from; a
+// guest's may be partial (checksum offload).
 extension FramePath {
     /// Puts a frame from libslirp on a guest port's output, merged with the segments
     /// before it when the port takes them together (see above), else as `put` does.
