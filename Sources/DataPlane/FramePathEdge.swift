@@ -49,16 +49,19 @@ extension FramePath {
     /// Sends every segment merged toward a guest and still held (the end of a loop turn).
     public func flushMerged(_ sink: any FramePathSink) {
         while let id = mergingPorts.popFirst() {
-            guard let port = ports[id], let held = port.fromNATMerge.flush() else { continue }
-            held.withUnsafeBytes { cut($0, to: port, sink: sink) }
+            if let port = ports[id] { sendMerged(port, sink: sink) }
         }
+    }
+
+    /// Sends what the port's merge holds, if anything.
+    private func sendMerged(_ port: PortState, sink: any FramePathSink) {
+        guard port.fromNATMerge.isHolding, let held = port.fromNATMerge.flush() else { return }
+        held.withUnsafeBytes { cut($0, to: port, sink: sink) }
     }
 
     /// Delivers a frame as it is, after what the port's merge holds (so it keeps its place).
     func deliverNow(_ frame: UnsafeRawBufferPointer, to id: PortID, sink: any FramePathSink) {
-        if let port = ports[id], port.fromNATMerge.isHolding, let held = port.fromNATMerge.flush() {
-            held.withUnsafeBytes { cut($0, to: port, sink: sink) }
-        }
+        if let port = ports[id] { sendMerged(port, sink: sink) }
         sink.deliver(frame, to: id)
     }
 
@@ -67,9 +70,7 @@ extension FramePath {
     /// IPv4 packet with DF is too large, so its path MTU discovery adapts.
     func put(_ frame: UnsafeRawBufferPointer, to id: PortID, from source: PortState? = nil, sink: any FramePathSink) {
         guard let port = ports[id] else { return sink.deliver(frame, to: id) }
-        if port.fromNATMerge.isHolding, let held = port.fromNATMerge.flush() {
-            held.withUnsafeBytes { cut($0, to: port, sink: sink) }
-        }
+        sendMerged(port, sink: sink)
         cut(frame, to: port, from: source, sink: sink)
     }
 
