@@ -75,6 +75,10 @@ final class Network {
     private(set) var natConnectionsReset = 0
     /// vhost-user connections closed for a protocol error, a bad ring or a failed mapping.
     var vhostUserCloses: [VhostUserError.Kind: Int] = [:]
+    /// vhost-user guests with frames waiting for RX buffers, and when to look at their rings
+    /// again without a kick (`VhostUserLink.rxRetryInterval`).
+    var vhostRXWaiting: [GuestPort] = []
+    var vhostRXRetryAt: Int64?
     /// Frame bytes moved either way in the current loop turn (`takeTurnBytes`).
     private var turnBytes = 0
     /// Peers kept out by guest-uids/guest-gids.
@@ -314,7 +318,20 @@ final class Network {
         dns?.expire(now: now)
         dns?.reapConnections()
         runTFTPTimers(now: now)
+        if let at = vhostRXRetryAt, now >= at { retryVhostRX() }
         saveLeases()
+    }
+
+    /// Offers waiting frames to the rings of the guests in `vhostRXWaiting` again; those
+    /// still waiting put themselves back (flushVhost).
+    private func retryVhostRX() {
+        vhostRXRetryAt = nil
+        let waiting = vhostRXWaiting
+        vhostRXWaiting.removeAll(keepingCapacity: true)
+        for port in waiting {
+            port.vhostUser?.rxWaiting = false
+            flush(port)
+        }
     }
 
     /// The earliest time `runTimers` has something to do.
@@ -331,6 +348,7 @@ final class Network {
         consider(departed.first?.resetAt)
         consider(framePath.nextProbeDeadline)
         consider(framePath.nextRetransmitDeadline)
+        consider(vhostRXRetryAt)
         return earliest
     }
 

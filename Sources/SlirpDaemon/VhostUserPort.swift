@@ -15,7 +15,9 @@ import VhostUser
 // header checked and its partial checksum completed, UDP super-frames cut), and the
 // guest is interrupted once per batch. Frames toward the guest are written straight into
 // its RX buffers; when it has none posted they wait in the port's bounded output queue
-// and the RX kick (polled only then) retries them. Calls for RX go out once per loop
+// and the RX kick (polled only then) retries them, as does a timer every
+// `rxRetryInterval`: U-Boot posts its RX buffers again without a kick (it polls the used
+// ring and expects the device to poll too). Calls for RX go out once per loop
 // turn, when the flush list is written. A protocol error or a bad ring closes the
 // connection with a log line: the device's descriptors are closed and its memory
 // unmapped when the port is reaped.
@@ -43,6 +45,8 @@ final class VhostUserLink {
     static let txBatch = 256
     /// Protocol messages handled per loop turn (QEMU's whole setup is about 30).
     static let messageBatch = 64
+    /// How soon frames waiting for RX buffers are offered again without a kick.
+    static let rxRetryInterval: Int64 = 1_000_000
 
     let device = VhostUserDevice(platform: PosixVhostPlatform())
     var assembler = MessageAssembler()
@@ -59,6 +63,8 @@ final class VhostUserLink {
     /// Frames toward the guest larger than all the buffers it posts, dropped.
     var tooLarge = 0
     var messages = 0
+    /// In `Network.vhostRXWaiting`.
+    var rxWaiting = false
 
     deinit {
         messageBuffer.deallocate()
@@ -218,6 +224,12 @@ extension Network {
             guard vhostDeliver(UnsafeRawBufferPointer(rebasing: bytes[4..<(4 + length)]), to: port, link) != .wait else { break }
             queue.consume(4 + length)
         }
-        if port.closeReason == nil { link.device.takeNotifications { signalEventCounter($0) } }
+        guard port.closeReason == nil else { return }
+        link.device.takeNotifications { signalEventCounter($0) }
+        if !queue.isEmpty, !link.rxWaiting {
+            link.rxWaiting = true
+            vhostRXWaiting.append(port)
+            if vhostRXRetryAt == nil { vhostRXRetryAt = monotonicNanoseconds() + VhostUserLink.rxRetryInterval }
+        }
     }
 }

@@ -47,15 +47,18 @@ def crc32_hex(path: Path) -> str:
 
 class Firmware:
     """QEMU running a firmware with one NIC on `netdev` (which must define id=n0).
-    `bios` is the -bios image (None: SeaBIOS); `device` the -device value without netdev=."""
+    `bios` is the -bios image (None: SeaBIOS); `device` the -device value without netdev=.
+    With netdev None, `extra` brings the NIC and RAM too: the flags `slirpctl qemu-args`
+    prints (vhost-user: -m, a shared memory backend, the chardev, -netdev and -device)."""
 
-    def __init__(self, name: str, netdev: str, device: str, log_dir: Path,
+    def __init__(self, name: str, netdev: Optional[str], device: str, log_dir: Path,
                  bios: Optional[str] = None, extra: tuple = ()):
         self.name = name
-        self.argv = [QEMU, "-accel", "tcg", "-m", str(MEMORY_MB), "-display", "none",
+        nic = ("-netdev", netdev, "-device", f"{device},netdev=n0") if netdev else ()
+        memory = () if "-m" in extra else ("-m", str(MEMORY_MB))
+        self.argv = [QEMU, "-accel", "tcg", *memory, "-display", "none",
                      "-nodefaults", "-no-reboot", "-serial", "stdio", "-monitor", "none",
-                     *(("-bios", bios) if bios else ()),
-                     "-netdev", netdev, "-device", f"{device},netdev=n0", *extra]
+                     *(("-bios", bios) if bios else ()), *nic, *extra]
         self._cond = threading.Condition()
         self._text = ""
         self.log_path = Path(log_dir) / f"{name}.console.log"
@@ -177,9 +180,9 @@ class DirHTTPServer:
 
 # --- U-Boot -----------------------------------------------------------------------------
 
-def uboot(name: str, netdev: str, log_dir: Path, model: str = "e1000", extra: tuple = ()) -> Firmware:
+def uboot(name: str, netdev: Optional[str], log_dir: Path, model: str = "e1000", extra: tuple = ()) -> Firmware:
     """U-Boot x86_64 at its prompt, autoboot stopped, DHCP done (asserted: bound to
-    10.0.2.15, server 10.0.2.2)."""
+    10.0.2.15, server 10.0.2.2). netdev None: `extra` holds the NIC's flags (see Firmware)."""
     fw = Firmware(name, netdev, model, log_dir, bios=UBOOT_ROM, extra=extra)
     try:
         fw.wait(r"Hit any key to stop autoboot", 120)

@@ -4,7 +4,8 @@
 - U-Boot x86_64 (e1000): `dhcp`, then `tftpboot` of 50 MiB from slirpd's own TFTP server,
   `crc32` equal to the host's; once with U-Boot's defaults (1468-byte blocks, one per ACK)
   and once with `tftpblocksize 1468` + `tftpwindowsize 16` (on stream an expected failure,
-  QEMU's; see STREAM_E1000_WINDOW), and the window once more on virtio-net.
+  QEMU's; see STREAM_E1000_WINDOW), and the window once more on virtio-net; both again
+  on virtio-net over slirpd's vhost-user endpoint.
 - OVMF (virtio-net, OVMF's own network stack): PXE over IPv4 (TFTP) of GRUB's EFI image,
   and UEFI HTTP boot over IPv4 of the same (DHCP answers option 60 HTTPClient); GRUB's
   embedded config prints a marker on the serial console.
@@ -16,13 +17,14 @@ Firmware under TCG is slow: bounds are generous; they are bounds, not speed goal
 """
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 
-from daemon import Slirpd, dgram_netdev, stream_netdev
-from firmware import (DirHTTPServer, crc32_hex, grub_efi, ipxe_http, ipxe_script, ovmf,
+from daemon import Slirpd, dgram_netdev, slirpctl, stream_netdev
+from firmware import (MEMORY_MB, DirHTTPServer, crc32_hex, grub_efi, ipxe_http, ipxe_script, ovmf,
                       uboot, uboot_tftp)
 
 pytestmark = pytest.mark.e2e
@@ -58,16 +60,27 @@ def network(kind, tmp_path, opts):
     return ["-o", opts, "--dgram", srv], dgram_netdev(str(tmp_path / "g.dgram"), srv)
 
 
-def _uboot_fetch(files, tmp_path, kind, model, blocksize=None, windowsize=None):
+def _uboot_fetch(files, tmp_path, kind, model, *settings):
+    """U-Boot's `tftpboot` of big.img once per (blocksize, windowsize) in `settings`
+    (None: U-Boot's own), then a file that is not there. kind "vhost-user": the NIC and RAM
+    are the flags `slirpctl qemu-args --transport vhost-user` prints."""
     _need("/usr/lib/u-boot/qemu-x86_64/u-boot.rom")
-    args, netdev = network(kind, tmp_path, f"tftp={files}")
+    if kind == "vhost-user":
+        args, netdev = ["-o", f"tftp={files}", "--vhost-user", str(tmp_path / "n.vu")], None
+    else:
+        args, netdev = network(kind, tmp_path, f"tftp={files}")
     want = crc32_hex(files / "big.img")
     with Slirpd(args, tmp_path) as d:
-        with uboot("uboot", netdev, tmp_path, model=model) as fw:
-            size, crc, took = uboot_tftp(fw, "big.img", blocksize, windowsize, timeout=600)
-            print(f"\n[firmware] U-Boot {model} {kind} blksize {blocksize or 'default'} "
-                  f"window {windowsize or 'default'}: 50 MiB in {took:.1f} s")
-            assert (size, crc) == (BIG, want)
+        flags = ()
+        if netdev is None:
+            flags = tuple(shlex.split(slirpctl(d, "qemu-args", "--transport", "vhost-user",
+                                               "--memory", f"{MEMORY_MB}M").stdout))
+        with uboot("uboot", netdev, tmp_path, model=model, extra=flags) as fw:
+            for blocksize, windowsize in settings or [(None, None)]:
+                size, crc, took = uboot_tftp(fw, "big.img", blocksize, windowsize, timeout=600)
+                print(f"\n[firmware] U-Boot {model} {kind} blksize {blocksize or 'default'} "
+                      f"window {windowsize or 'default'}: 50 MiB in {took:.1f} s")
+                assert (size, crc) == (BIG, want)
             # A file that is not there: U-Boot reports the server's ERROR.
             at = fw.mark()
             fw.type("tftpboot 1000000 no-such-file")
@@ -94,13 +107,22 @@ STREAM_E1000_WINDOW = pytest.mark.xfail(strict=True, reason="QEMU 7.2 e1000 + st
 
 @pytest.mark.parametrize("kind", [pytest.param("stream", marks=STREAM_E1000_WINDOW), "dgram"])
 def test_uboot_tftpboot_50_mib_with_blocksize_and_window(files, tmp_path, kind):
-    _uboot_fetch(files, tmp_path, kind, "e1000", blocksize=1468, windowsize=16)
+    _uboot_fetch(files, tmp_path, kind, "e1000", (1468, 16))
 
 
 @pytest.mark.parametrize("kind", ["stream", "dgram"])
 def test_uboot_virtio_tftpboot_50_mib_with_blocksize_and_window(files, tmp_path, kind):
     """virtio-net queues what its ring cannot take, so windows arrive whole on both transports."""
-    _uboot_fetch(files, tmp_path, kind, "virtio-net-pci", blocksize=1468, windowsize=16)
+    _uboot_fetch(files, tmp_path, kind, "virtio-net-pci", (1468, 16))
+
+
+def test_uboot_virtio_tftpboot_50_mib_over_vhost_user(files, tmp_path):
+    """virtio firmware on slirpd's vhost-user endpoint: slirpd writes U-Boot's receive ring
+    itself, so no QEMU socket hop sits between an ACK and the next block (the fastest
+    network boot, see BENCHMARKS.md). Defaults, blksize 1468 + window 16, then window 64:
+    twice U-Boot's 32 receive buffers, which it posts again without a kick, so the frames
+    that wait for them get there only because slirpd looks at the ring again by itself."""
+    _uboot_fetch(files, tmp_path, "vhost-user", "virtio-net-pci", (None, None), (1468, 16), (1468, 64))
 
 
 @pytest.mark.parametrize("kind", ["stream", "dgram"])
