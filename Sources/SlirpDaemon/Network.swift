@@ -318,20 +318,27 @@ final class Network {
         dns?.expire(now: now)
         dns?.reapConnections()
         runTFTPTimers(now: now)
-        if let at = vhostRXRetryAt, now >= at { retryVhostRX() }
+        if let at = vhostRXRetryAt, now >= at { retryVhostRX(now: now) }
         saveLeases()
     }
 
-    /// Offers waiting frames to the rings of the guests in `vhostRXWaiting` again; those
-    /// still waiting put themselves back (flushVhost).
-    private func retryVhostRX() {
+    /// Offers waiting frames to the rings of the guests in `vhostRXWaiting` whose retry is
+    /// due (flushVhost sets the next one); keeps those that still wait.
+    private func retryVhostRX(now: Int64) {
         vhostRXRetryAt = nil
-        let waiting = vhostRXWaiting
-        vhostRXWaiting.removeAll(keepingCapacity: true)
-        for port in waiting {
-            port.vhostUser?.rxWaiting = false
-            flush(port)
+        var kept = 0
+        for port in vhostRXWaiting {
+            guard let link = port.vhostUser else { continue }
+            if port.closeReason == nil, let at = link.rxRetryAt, at <= now { flush(port) }
+            guard port.closeReason == nil, let at = link.rxRetryAt else {
+                link.rxWaiting = false
+                continue
+            }
+            vhostRXWaiting[kept] = port
+            kept += 1
+            vhostRXRetryAt = min(vhostRXRetryAt ?? .max, at)
         }
+        vhostRXWaiting.removeLast(vhostRXWaiting.count - kept)
     }
 
     /// The earliest time `runTimers` has something to do.

@@ -15,9 +15,10 @@ import VhostUser
 // header checked and its partial checksum completed, UDP super-frames cut), and the
 // guest is interrupted once per batch. Frames toward the guest are written straight into
 // its RX buffers; when it has none posted they wait in the port's bounded output queue
-// and the RX kick (polled only then) retries them, as does a timer every
-// `rxRetryInterval`: U-Boot posts its RX buffers again without a kick (it polls the used
-// ring and expects the device to poll too). Calls for RX go out once per loop
+// and the RX kick (polled only then) retries them, as does a timer: U-Boot posts its RX
+// buffers again without a kick (it polls the used ring and expects the device to poll
+// too). The timer runs every `rxRetryInterval` while retries find buffers and backs off
+// to `rxRetryLimit` while they find none (a paused guest). Calls for RX go out once per loop
 // turn, when the flush list is written. A protocol error or a bad ring closes the
 // connection with a log line: the device's descriptors are closed and its memory
 // unmapped when the port is reaped.
@@ -45,8 +46,10 @@ final class VhostUserLink {
     static let txBatch = 256
     /// Protocol messages handled per loop turn (QEMU's whole setup is about 30).
     static let messageBatch = 64
-    /// How soon frames waiting for RX buffers are offered again without a kick.
+    /// How soon frames waiting for RX buffers are offered again without a kick, and how
+    /// far that delay doubles while the guest posts nothing.
     static let rxRetryInterval: Int64 = 1_000_000
+    static let rxRetryLimit: Int64 = 128_000_000
 
     let device = VhostUserDevice(platform: PosixVhostPlatform())
     var assembler = MessageAssembler()
@@ -63,8 +66,10 @@ final class VhostUserLink {
     /// Frames toward the guest larger than all the buffers it posts, dropped.
     var tooLarge = 0
     var messages = 0
-    /// In `Network.vhostRXWaiting`.
+    /// In `Network.vhostRXWaiting`; when its waiting frames are next offered (nil: none wait).
     var rxWaiting = false
+    var rxRetryAt: Int64?
+    var rxRetryDelay = rxRetryInterval
 
     deinit {
         messageBuffer.deallocate()
@@ -218,18 +223,28 @@ extension Network {
     /// Writes queued frames into the guest's RX buffers while it has room, then interrupts it once.
     func flushVhost(_ port: GuestPort, _ link: VhostUserLink) {
         let queue = port.queued
+        var moved = false
         while port.closeReason == nil, queue.count >= 4 {
             let bytes = queue.readable
             let length = Int(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)))
             guard vhostDeliver(UnsafeRawBufferPointer(rebasing: bytes[4..<(4 + length)]), to: port, link) != .wait else { break }
             queue.consume(4 + length)
+            moved = true
         }
         guard port.closeReason == nil else { return }
         link.device.takeNotifications { signalEventCounter($0) }
-        if !queue.isEmpty, !link.rxWaiting {
+        guard !queue.isEmpty else {
+            link.rxRetryAt = nil
+            link.rxRetryDelay = VhostUserLink.rxRetryInterval
+            return
+        }
+        link.rxRetryDelay = moved ? VhostUserLink.rxRetryInterval : min(2 * link.rxRetryDelay, VhostUserLink.rxRetryLimit)
+        let at = monotonicNanoseconds() + link.rxRetryDelay
+        link.rxRetryAt = at
+        vhostRXRetryAt = min(vhostRXRetryAt ?? .max, at)
+        if !link.rxWaiting {
             link.rxWaiting = true
             vhostRXWaiting.append(port)
-            if vhostRXRetryAt == nil { vhostRXRetryAt = monotonicNanoseconds() + VhostUserLink.rxRetryInterval }
         }
     }
 }
