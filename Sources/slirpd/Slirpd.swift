@@ -24,8 +24,11 @@ struct Slirpd: ParsableCommand {
     var name = "default"
 
     @Option(name: [.short, .customLong("options")], help: ArgumentHelp(
-        "QEMU -netdev user options, e.g. 'net=192.168.0.0/24,hostfwd=tcp::8080-:80'.", valueName: "OPTS"))
-    var options = ""
+        "QEMU -netdev user options, e.g. 'net=192.168.0.0/24,hostfwd=tcp::8080-:80'. Repeatable: the strings are joined with commas.", valueName: "OPTS"))
+    var optionStrings: [String] = []
+
+    /// Every -o as one QEMU option string (a second -o adds to the first, never replaces it).
+    private var options: String { optionStrings.filter { !$0.isEmpty }.joined(separator: ",") }
 
     @Option(help: ArgumentHelp("Listen on a Unix stream socket (QEMU -netdev stream). Repeatable.", valueName: "PATH"))
     var stream: [String] = []

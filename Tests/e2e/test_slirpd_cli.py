@@ -110,6 +110,14 @@ def test_refuses_to_replace_a_regular_file(tmp_path):
     assert f.read_text() == "precious"
 
 
+def test_repeated_options_add_up(tmp_path):
+    """A second -o adds to the first (joined with a comma) instead of replacing it."""
+    s = tmp_path / "o.sock"
+    with Slirpd(["-o", "net=10.9.0.0/24", "-o", f"tftp={tmp_path}", "--stream", str(s)], tmp_path) as d:
+        d.wait_log("network default: 10.9.0.0/24, gateway 10.9.0.2")
+        d.wait_log(f"TFTP: serving {tmp_path} read-only on 10.9.0.2:69")
+
+
 def test_socket_mode_option(tmp_path):
     s = tmp_path / "m.sock"
     with Slirpd(["--stream", str(s), "--socket-mode", "600"], tmp_path):
