@@ -204,7 +204,7 @@ def uboot(name: str, netdev: Optional[str], log_dir: Path, model: str = "e1000",
 def uboot_tftp(fw: Firmware, filename: str, blocksize: Optional[int] = None,
                windowsize: Optional[int] = None, timeout: float = 300) -> tuple[int, str, float]:
     """`tftpboot` of `filename` (then `crc32` of what arrived); returns (bytes, crc32, seconds).
-    Without blocksize/windowsize U-Boot's defaults (512-byte blocks, one per ACK) apply."""
+    Without blocksize/windowsize U-Boot's defaults (1468-byte blocks, one per ACK) apply."""
     fw.type(f"setenv tftpblocksize {blocksize or ''}; setenv tftpwindowsize {windowsize or ''}")
     at = fw.mark()
     fw.type(f"tftpboot {UBOOT_LOAD:x} {filename} && crc32 {UBOOT_LOAD:x} ${{filesize}}; echo UB-DONE")

@@ -4,8 +4,8 @@
 - U-Boot x86_64 (e1000): `dhcp`, then `tftpboot` of 50 MiB from slirpd's own TFTP server,
   `crc32` equal to the host's; once with U-Boot's defaults (1468-byte blocks, one per ACK)
   and once with `tftpblocksize 1468` + `tftpwindowsize 16` (on stream an expected failure,
-  QEMU's; see STREAM_E1000_WINDOW), and the window once more on virtio-net; both again
-  on virtio-net over slirpd's vhost-user endpoint.
+  QEMU's; see STREAM_E1000_WINDOW), and the window once more on virtio-net; on
+  virtio-net over slirpd's vhost-user endpoint: defaults, window 16, then window 64.
 - OVMF (virtio-net, OVMF's own network stack): PXE over IPv4 (TFTP) of GRUB's EFI image,
   and UEFI HTTP boot over IPv4 of the same (DHCP answers option 60 HTTPClient); GRUB's
   embedded config prints a marker on the serial console.
