@@ -239,13 +239,15 @@ def ipxe_script(path: Path, url: str) -> None:
                     ":failed\necho IPXE-FAILED\n")
 
 
-def ipxe_http(name: str, netdev: str, model: str, log_dir: Path, timeout: float = 300) -> tuple[Firmware, int, float]:
+def ipxe_http(name: str, netdev: Optional[str], model: str, log_dir: Path, timeout: float = 300,
+              flags: tuple = ()) -> tuple[Firmware, int, float]:
     """SeaBIOS network-boots the NIC's iPXE ROM (-boot n), which runs DHCP, chains the
-    script that is the DHCP boot file (see ipxe_script) and fetches the image.
+    script that is the DHCP boot file (see ipxe_script) and fetches the image. netdev None:
+    `flags` bring the NIC (see Firmware).
     Returns (firmware, image size reported by imgstat, seconds for the fetch); the caller
     stops the firmware."""
     fw = Firmware(name, netdev, model, log_dir,
-                  extra=("-boot", "n", "-fw_cfg", f"name=etc/sercon-port,file={sercon_file(log_dir)}"))
+                  extra=(*flags, "-boot", "n", "-fw_cfg", f"name=etc/sercon-port,file={sercon_file(log_dir)}"))
     try:
         fw.wait(r"Configuring \(net0 [0-9a-f:]+\)[. ]*ok", 180)
         fw.wait(r"net0: 10\.0\.2\.15/255\.255\.255\.0 gw 10\.0\.2\.2", 30)
@@ -276,11 +278,14 @@ def grub_efi(out: Path, marker: str) -> Path:
     return out
 
 
-def ovmf(name: str, netdev: str, log_dir: Path, pxe: bool = True) -> Firmware:
+def ovmf(name: str, netdev: Optional[str], log_dir: Path, pxe: bool = True, flags: tuple = ()) -> Firmware:
     """OVMF with virtio-net (OVMF's own driver: romfile= keeps iPXE's EFI ROM out) first in
     the boot order. OVMF then tries, in order: PXEv4, PXEv6, HTTPv4, HTTPv6. With pxe=False,
     OVMF's fw_cfg knobs leave PXE out, so HTTP boot over IPv4 comes first (PXEv6 alone
-    waits minutes for a DHCPv6 offer under TCG)."""
+    waits minutes for a DHCPv6 offer under TCG). netdev None: `flags` bring the NIC (see
+    Firmware); their -device gets the same romfile= and bootindex=."""
     knobs = () if pxe else ("-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
                             "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n")
-    return Firmware(name, netdev, "virtio-net-pci,romfile=,bootindex=1", log_dir, bios=OVMF, extra=knobs)
+    options = "romfile=,bootindex=1"
+    flags = tuple(f"{v},{options}" if i and flags[i - 1] == "-device" else v for i, v in enumerate(flags))
+    return Firmware(name, netdev, f"virtio-net-pci,{options}", log_dir, bios=OVMF, extra=(*flags, *knobs))

@@ -6,11 +6,12 @@
   and once with `tftpblocksize 1468` + `tftpwindowsize 16` (on stream an expected failure,
   QEMU's; see STREAM_E1000_WINDOW), and the window once more on virtio-net; on
   virtio-net over slirpd's vhost-user endpoint: defaults, window 16, then window 64.
-- OVMF (virtio-net, OVMF's own network stack): PXE over IPv4 (TFTP) of GRUB's EFI image,
-  and UEFI HTTP boot over IPv4 of the same (DHCP answers option 60 HTTPClient); GRUB's
-  embedded config prints a marker on the serial console.
+- OVMF (virtio-net, OVMF's own network stack): PXE over IPv4 (TFTP) of GRUB's EFI image
+  (also over vhost-user), and UEFI HTTP boot over IPv4 of the same (DHCP answers option 60
+  HTTPClient); GRUB's embedded config prints a marker on the serial console.
 - iPXE (QEMU's BIOS ROM for e1000): DHCP, then an iPXE script (the DHCP boot file, over
-  HTTP) fetches 50 MiB; imgstat must report every byte.
+  HTTP) fetches 50 MiB; imgstat must report every byte. The same with iPXE's virtio-net
+  driver over vhost-user.
 
 Firmware under TCG is slow: bounds are generous; they are bounds, not speed goals
 (those are in Scripts/bench). Traffic goes only to 127.0.0.1 (10.0.2.2 in the guests).
@@ -52,7 +53,10 @@ def files(tmp_path_factory):
 
 
 def network(kind, tmp_path, opts):
-    """(slirpd args, netdev) for one guest over `kind`."""
+    """(slirpd args, netdev) for one guest over `kind`; vhost-user has no netdev: the NIC
+    comes with nic_flags() once the daemon runs."""
+    if kind == "vhost-user":
+        return ["-o", opts, "--vhost-user", str(tmp_path / "n.vu")], None
     if kind == "stream":
         sock = str(tmp_path / "n.sock")
         return ["-o", opts, "--stream", sock], stream_netdev(sock)
@@ -60,22 +64,23 @@ def network(kind, tmp_path, opts):
     return ["-o", opts, "--dgram", srv], dgram_netdev(str(tmp_path / "g.dgram"), srv)
 
 
+def nic_flags(d, netdev):
+    """Without a netdev (vhost-user): the NIC and RAM flags `slirpctl qemu-args --transport
+    vhost-user` prints for daemon d, as a user would paste them."""
+    if netdev is not None:
+        return ()
+    return tuple(shlex.split(slirpctl(d, "qemu-args", "--transport", "vhost-user",
+                                      "--memory", f"{MEMORY_MB}M").stdout))
+
+
 def _uboot_fetch(files, tmp_path, kind, model, *settings):
     """U-Boot's `tftpboot` of big.img once per (blocksize, windowsize) in `settings`
-    (None: U-Boot's own), then a file that is not there. kind "vhost-user": the NIC and RAM
-    are the flags `slirpctl qemu-args --transport vhost-user` prints."""
+    (None: U-Boot's own), then a file that is not there."""
     _need("/usr/lib/u-boot/qemu-x86_64/u-boot.rom")
-    if kind == "vhost-user":
-        args, netdev = ["-o", f"tftp={files}", "--vhost-user", str(tmp_path / "n.vu")], None
-    else:
-        args, netdev = network(kind, tmp_path, f"tftp={files}")
+    args, netdev = network(kind, tmp_path, f"tftp={files}")
     want = crc32_hex(files / "big.img")
     with Slirpd(args, tmp_path) as d:
-        flags = ()
-        if netdev is None:
-            flags = tuple(shlex.split(slirpctl(d, "qemu-args", "--transport", "vhost-user",
-                                               "--memory", f"{MEMORY_MB}M").stdout))
-        with uboot("uboot", netdev, tmp_path, model=model, extra=flags) as fw:
+        with uboot("uboot", netdev, tmp_path, model=model, extra=nic_flags(d, netdev)) as fw:
             for blocksize, windowsize in settings or [(None, None)]:
                 size, crc, took = uboot_tftp(fw, "big.img", blocksize, windowsize, timeout=600)
                 print(f"\n[firmware] U-Boot {model} {kind} blksize {blocksize or 'default'} "
@@ -125,12 +130,12 @@ def test_uboot_virtio_tftpboot_50_mib_over_vhost_user(files, tmp_path):
     _uboot_fetch(files, tmp_path, "vhost-user", "virtio-net-pci", (None, None), (1468, 16), (1468, 64))
 
 
-@pytest.mark.parametrize("kind", ["stream", "dgram"])
+@pytest.mark.parametrize("kind", ["stream", "dgram", "vhost-user"])
 def test_ovmf_pxe_boots_grub(files, tmp_path, kind):
     _need("/usr/share/ovmf/OVMF.fd")
     args, netdev = network(kind, tmp_path, f"tftp={files},bootfile=grub.efi")
     with Slirpd(args, tmp_path) as d:
-        with ovmf("ovmf-pxe", netdev, tmp_path) as fw:
+        with ovmf("ovmf-pxe", netdev, tmp_path, flags=nic_flags(d, netdev)) as fw:
             fw.wait(r"Start PXE over IPv4", 120)
             fw.wait(r"NBP filename is grub\.efi", 60)
             fw.wait(r"NBP file downloaded successfully", 60)
@@ -164,6 +169,21 @@ def test_ipxe_dhcp_and_http_50_mib(files, tmp_path, kind):
             fw, size, took = ipxe_http("ipxe", netdev, "e1000", tmp_path)
             fw.stop()
             print(f"\n[firmware] iPXE e1000 {kind}: 50 MiB over HTTP in {took:.1f} s")
+            assert size == BIG
+            assert d.alive()
+        assert ("GET", "/big.img", 200) in http.requests
+
+
+def test_ipxe_virtio_http_50_mib_over_vhost_user(files, tmp_path):
+    """iPXE's virtio-net driver (QEMU's ROM for virtio-net-pci) on the vhost-user endpoint."""
+    _need("/usr/lib/ipxe/qemu/efi-virtio.rom")
+    with DirHTTPServer(files) as http:
+        ipxe_script(files / "boot-vhost-user.ipxe", http.url("big.img"))
+        args, netdev = network("vhost-user", tmp_path, f"bootfile={http.url('boot-vhost-user.ipxe')}")
+        with Slirpd(args, tmp_path) as d:
+            fw, size, took = ipxe_http("ipxe", netdev, "virtio-net-pci", tmp_path, flags=nic_flags(d, netdev))
+            fw.stop()
+            print(f"\n[firmware] iPXE virtio-net vhost-user: 50 MiB over HTTP in {took:.1f} s")
             assert size == BIG
             assert d.alive()
         assert ("GET", "/big.img", 200) in http.requests
