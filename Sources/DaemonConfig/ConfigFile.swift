@@ -448,7 +448,7 @@ private struct Loader {
         if let optionsString, !optionsString.text.isEmpty { pieces.insert(optionsString, at: 0) }
         let failure: OptionError
         do {
-            return try NetworkOptions.parse(Self.join(pieces.map(\.text)))
+            return try NetworkOptions.parse(NetworkOptions.join(pieces.map(\.text)))
         } catch {
             failure = error
         }
@@ -458,7 +458,7 @@ private struct Loader {
         var blamed = pieces.last?.line ?? lines.header(of: scope)
         for count in pieces.indices.map({ $0 + 1 }) {
             do {
-                _ = try NetworkOptions.parse(Self.join(pieces.prefix(count).map(\.text)))
+                _ = try NetworkOptions.parse(NetworkOptions.join(pieces.prefix(count).map(\.text)))
             } catch where error == failure {
                 blamed = pieces[count - 1].line
                 break
@@ -469,20 +469,6 @@ private struct Loader {
         throw ConfigError(file: file, line: blamed, message: failure.message)
     }
 
-    /// Joins option strings with one separating comma. A piece already ending in an odd
-    /// run of commas ends in a separator (`,,` is an escaped comma, and a lone trailing
-    /// comma ends the list), so adding another would glue the next item to its value.
-    /// Commas are counted in UTF-8, as OptionList reads them (see `escaped`).
-    static func join(_ pieces: [String]) -> String {
-        var result = ""
-        for piece in pieces {
-            if !result.isEmpty && result.utf8.reversed().prefix(while: { $0 == UInt8(ascii: ",") }).count % 2 == 0 {
-                result += ","
-            }
-            result += piece
-        }
-        return result
-    }
 
     /// QemuOpts' escaping: `,,` is a comma inside a value. Byte by byte, as OptionList
     /// splits: a comma and a combining mark after it are one Character, which

@@ -174,6 +174,30 @@ public struct NetworkOptions: Hashable, Sendable {
         let raw = try RawOptions(OptionList(parsing: text))
         return try raw.resolve()
     }
+
+    /// Several option strings as one (repeated `-o`; a config file's `options` and keys),
+    /// so later keys add to or override earlier ones as within one string. Each is joined
+    /// with one separating comma, except after a piece already ending in an odd run of
+    /// commas, which ends in a separator (`,,` is an escaped comma, a lone trailing comma
+    /// ends the list): another would glue the next item to its value. Commas are counted
+    /// in UTF-8, as OptionList reads them. A later piece's leading `user` (QEMU's type
+    /// word, as in a pasted `-netdev user,...` string) is dropped: in the middle it would
+    /// read as a boolean key.
+    public static func join(_ pieces: [String]) -> String {
+        var result = ""
+        for piece in pieces where !piece.isEmpty {
+            var piece = Substring(piece)
+            if !result.isEmpty, piece == "user" || piece.hasPrefix("user,") && !piece.hasPrefix("user,,") {
+                piece = piece.dropFirst(5)
+                if piece.isEmpty { continue }
+            }
+            if !result.isEmpty && result.utf8.reversed().prefix(while: { $0 == UInt8(ascii: ",") }).count % 2 == 0 {
+                result += ","
+            }
+            result += piece
+        }
+        return result
+    }
 }
 
 extension IPv6Address {

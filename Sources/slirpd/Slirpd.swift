@@ -28,7 +28,7 @@ struct Slirpd: ParsableCommand {
     var optionStrings: [String] = []
 
     /// Every -o as one QEMU option string (a second -o adds to the first, never replaces it).
-    private var options: String { optionStrings.filter { !$0.isEmpty }.joined(separator: ",") }
+    private var options: String { NetworkOptions.join(optionStrings) }
 
     @Option(help: ArgumentHelp("Listen on a Unix stream socket (QEMU -netdev stream). Repeatable.", valueName: "PATH"))
     var stream: [String] = []

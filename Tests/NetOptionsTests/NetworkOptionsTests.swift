@@ -25,6 +25,22 @@ private func v6(_ text: String) -> IPv6Address { IPv6Address(text)! }
         #expect(try NetworkOptions.parse("") == NetworkOptions())
     }
 
+    @Test func joinedStringsAddUp() throws {
+        // Repeated -o: later keys add (hostfwd) or override (net); a pasted `user,` is dropped.
+        let joined = NetworkOptions.join(["user,id=n0,net=10.9.0.0/24,hostfwd=tcp::1-:1", "",
+                                          "user,tftp=/srv,hostfwd=tcp::2-:2", "user", "bootfile=a"])
+        #expect(joined == "user,id=n0,net=10.9.0.0/24,hostfwd=tcp::1-:1,tftp=/srv,hostfwd=tcp::2-:2,bootfile=a")
+        let options = try NetworkOptions.parse(joined)
+        #expect(options.network.description == "10.9.0.0/24")
+        #expect(options.tftpRoot == "/srv" && options.bootfile == "a")
+        #expect(options.hostForwards.count == 2)
+        #expect(try NetworkOptions.parse(NetworkOptions.join(["net=10.9.0.0/24", "net=10.8.0.0/24"])).network.description == "10.8.0.0/24")
+        // A piece ending in an escaped comma keeps it; one ending in a separator gets no second.
+        #expect(NetworkOptions.join(["tftp=/a,,", "bootfile=b"]) == "tftp=/a,,,bootfile=b")
+        #expect(try NetworkOptions.parse(NetworkOptions.join(["tftp=/a,,", "bootfile=b"])).tftpRoot == "/a,")
+        #expect(NetworkOptions.join(["tftp=/a,", "bootfile=b"]) == "tftp=/a,bootfile=b")
+    }
+
     @Test func derivesFromPrefixLength() throws {
         let options = try NetworkOptions.parse("net=192.168.0.0/24")
         #expect(options.network == IPv4Network(address: v4("192.168.0.0"), prefixLength: 24))

@@ -111,9 +111,10 @@ def test_refuses_to_replace_a_regular_file(tmp_path):
 
 
 def test_repeated_options_add_up(tmp_path):
-    """A second -o adds to the first (joined with a comma) instead of replacing it."""
+    """A second -o adds to the first (joined with a comma) instead of replacing it, even
+    when pasted with QEMU's leading `user,`."""
     s = tmp_path / "o.sock"
-    with Slirpd(["-o", "net=10.9.0.0/24", "-o", f"tftp={tmp_path}", "--stream", str(s)], tmp_path) as d:
+    with Slirpd(["-o", "net=10.9.0.0/24", "-o", f"user,tftp={tmp_path}", "--stream", str(s)], tmp_path) as d:
         d.wait_log("network default: 10.9.0.0/24, gateway 10.9.0.2")
         d.wait_log(f"TFTP: serving {tmp_path} read-only on 10.9.0.2:69")
 
