@@ -469,7 +469,6 @@ private struct Loader {
         throw ConfigError(file: file, line: blamed, message: failure.message)
     }
 
-
     /// QemuOpts' escaping: `,,` is a comma inside a value. Byte by byte, as OptionList
     /// splits: a comma and a combining mark after it are one Character, which
     /// `replacing(",", with: ",,")` would leave single, ending the value there.

@@ -323,22 +323,21 @@ final class Network {
     }
 
     /// Offers waiting frames to the rings of the guests in `vhostRXWaiting` whose retry is
-    /// due (flushVhost sets the next one); keeps those that still wait.
+    /// due (flushVhost sets the next one, or clears it when nothing waits any more); keeps
+    /// those that still wait.
     private func retryVhostRX(now: Int64) {
-        vhostRXRetryAt = nil
-        var kept = 0
-        for port in vhostRXWaiting {
-            guard let link = port.vhostUser else { continue }
-            if port.closeReason == nil, let at = link.rxRetryAt, at <= now { flush(port) }
-            guard port.closeReason == nil, let at = link.rxRetryAt else {
-                link.rxWaiting = false
-                continue
-            }
-            vhostRXWaiting[kept] = port
-            kept += 1
-            vhostRXRetryAt = min(vhostRXRetryAt ?? .max, at)
+        for port in vhostRXWaiting where port.closeReason == nil {
+            if let at = port.vhostUser?.rxRetryAt, at <= now { flush(port) }
         }
-        vhostRXWaiting.removeLast(vhostRXWaiting.count - kept)
+        vhostRXWaiting.removeAll { port in
+            guard let link = port.vhostUser else { return true }
+            guard port.closeReason == nil, link.rxRetryAt != nil else {
+                link.rxWaiting = false
+                return true
+            }
+            return false
+        }
+        vhostRXRetryAt = vhostRXWaiting.lazy.compactMap { $0.vhostUser?.rxRetryAt }.min()
     }
 
     /// The earliest time `runTimers` has something to do.
