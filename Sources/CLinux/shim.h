@@ -13,6 +13,14 @@
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 extern int pipe2(int fds[2], int flags);
 
+// epoll, declared here rather than by including <sys/epoll.h>, for the reason given at
+// prctl below. The event is packed on x86_64, as the kernel's; its data is the descriptor.
+struct clinux_epoll_event { uint32_t events; int32_t fd; uint32_t pad; } __attribute__((packed));
+extern int epoll_create1(int flags);
+extern int epoll_ctl(int epfd, int op, int fd, struct clinux_epoll_event *event);
+extern int epoll_wait(int epfd, struct clinux_epoll_event *events, int maxevents, int timeout);
+enum { CLINUX_EPOLL_CLOEXEC = 02000000, CLINUX_EPOLL_CTL_ADD = 1, CLINUX_EPOLL_CTL_DEL = 2, CLINUX_EPOLL_CTL_MOD = 3 };
+
 struct clinux_ucred { int32_t pid; uint32_t uid; uint32_t gid; };
 
 // ioctl is variadic, which Swift cannot call: attach fd (from /dev/net/tun) to the tap

@@ -17,8 +17,8 @@ import CLinux
 // - nobody else wants the CPU: when the thread was preempted while spinning (involuntary
 //   context switches), spinning stays off for `backoff`, so a TCG guest's QEMU on a small
 //   machine keeps its core;
-// - the poll set is small: with hundreds of guests each poll(0) costs as much as the
-//   wake-up it would save.
+// - few descriptors are polled: each poll(0) walks libslirp's sockets (slirpd's own are
+//   in epoll, PollSet), and with hundreds of them it costs as much as the wake-up it saves.
 public struct BusyPoll: Sendable {
     /// The longest spin, in nanoseconds; 0 turns spinning off.
     public let maximum: Int64

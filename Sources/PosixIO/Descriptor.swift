@@ -3,6 +3,12 @@ import Glibc
 /// An owned file descriptor, closed exactly once: by `close()` or, failing that, on deinit.
 public final class Descriptor {
     public private(set) var raw: Int32
+    /// The epoll instance a `PollSet` registered this descriptor in (-1: none), and for
+    /// which events. It leaves that instance before it is closed: a number reused by a new
+    /// descriptor then never inherits the registration, and a description another process
+    /// shares (an eventfd QEMU also holds) is not watched on after slirpd let go of it.
+    var epollInstance: Int32 = -1
+    var epollEvents: UInt32 = 0
 
     public init(owning raw: Int32) {
         self.raw = raw
@@ -12,6 +18,10 @@ public final class Descriptor {
 
     public func close() {
         guard raw >= 0 else { return }
+        if epollInstance >= 0 {
+            EpollRegistry.remove(raw, from: epollInstance)
+            epollInstance = -1
+        }
         // close() may report EINTR/EIO, but the descriptor is released either way on Linux.
         _ = Glibc.close(raw)
         raw = -1

@@ -183,7 +183,7 @@ public final class Daemon {
         let now = monotonicNanoseconds()
         pollSet.removeAll()
         sources.removeAll(keepingCapacity: true)
-        pollSet.add(signals.descriptor.raw, .input)
+        pollSet.watch(signals.descriptor, .input)
         sources.append(.signals)
         pollSet.add(mailbox.wake.fd, .input)
         sources.append(.mailbox)
@@ -249,7 +249,7 @@ public final class Daemon {
     /// `waitMs`; tells BusyPoll what it saw.
     private func spinThenWait(_ waitMs: Int32, now: Int64) throws(IOError) -> Bool {
         guard busyPoll.maximum > 0 else { return try pollSet.wait(timeoutMilliseconds: waitMs) }
-        let spin = waitMs > 0 ? busyPoll.spin(now: now, descriptors: pollSet.count) : 0
+        let spin = waitMs > 0 ? busyPoll.spin(now: now, descriptors: pollSet.polledCount) : 0
         let switches = spin > 0 ? involuntaryContextSwitches() : 0
         var ok = true
         var caught = false

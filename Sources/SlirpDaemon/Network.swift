@@ -245,25 +245,25 @@ final class Network {
 
     func addPollDescriptors(to set: inout PollSet, sources: inout [Source], now: Int64) {
         for l in listeners where l.pausedUntil <= now {
-            set.add(l.socket.raw, .input)
+            set.watch(l.socket, .input)
             sources.append(.listener(l))
         }
         for d in datagrams {
-            set.add(d.socket.raw, .input)
+            set.watch(d.socket, .input)
             sources.append(.datagram(d))
         }
         if let uplink {
-            set.add(uplink.socket.raw, .input)
+            set.watch(uplink.socket, .input)
             sources.append(.uplink(uplink))
             if let group = uplink.groupSocket {
-                set.add(group.raw, .input)
+                set.watch(group, .input)
                 sources.append(.uplinkGroup(uplink))
             }
         }
         for port in ports.values where port.closeReason == nil {
             if let link = port.vhostUser {
                 // Messages on the socket; TX kicks always; RX kicks only while frames wait for buffers.
-                set.add(port.socket.raw, .input)
+                set.watch(port.socket, .input)
                 sources.append(.guest(port))
                 for (index, queue) in link.device.queues.enumerated() where queue.isActive {
                     guard let kick = queue.kick, index == VhostUserDevice.txQueue || !port.queued.isEmpty else { continue }
@@ -276,21 +276,21 @@ final class Network {
             let events: PollEvents = port.readsOwnDescriptor ? .input : []
             let wanted = port.queued.isEmpty ? events : events.union(.output)
             guard !wanted.isEmpty else { continue }
-            set.add(port.socket.raw, wanted)
+            set.watch(port.socket, wanted)
             sources.append(.guest(port))
         }
         guard let dns else { return }
         if let socket = dns.upstreamSocket {
-            set.add(socket.raw, .input)
+            set.watch(socket, .input)
             sources.append(.dnsUpstream)
         }
         for listener in [dns.listener, dns.listener6] {
             guard let listener else { continue }
-            set.add(listener.raw, .input)
+            set.watch(listener, .input)
             sources.append(.dnsListener)
         }
         for connection in dns.connections {
-            set.add(connection.socket.raw, connection.output.isEmpty ? .input : [.input, .output])
+            set.watch(connection.socket, connection.output.isEmpty ? .input : [.input, .output])
             sources.append(.dnsConnection(connection))
         }
     }
