@@ -38,6 +38,9 @@ public struct PollSet {
     /// What the last wait returned, by entry.
     private var revents: [Int16] = []
     private var registry: EpollRegistry?
+    /// Whether the watched descriptors changed since the registry last saw them; a
+    /// busy-poll spin waits on the same set many times and registers nothing new.
+    private var watchedChanged = true
 
     public init() {}
 
@@ -54,6 +57,7 @@ public struct PollSet {
         watchedEntry.removeAll(keepingCapacity: true)
         revents.removeAll(keepingCapacity: true)
         readyCount = 0
+        watchedChanged = true
     }
 
     /// Adds a raw descriptor for poll(2) and returns its index, the key for `events(at:)`.
@@ -73,6 +77,7 @@ public struct PollSet {
         watchedEvents.append(UInt32(UInt16(bitPattern: events.rawValue)))
         watchedEntry.append(revents.count)
         revents.append(0)
+        watchedChanged = true
         return revents.count - 1
     }
 
@@ -87,12 +92,18 @@ public struct PollSet {
     public mutating func wait(timeoutMilliseconds: Int32) throws(IOError) -> Bool {
         for index in revents.indices { revents[index] = 0 }
         readyCount = 0
-        if !watched.isEmpty, registry == nil { registry = EpollRegistry() }
-        if !watched.isEmpty, let registry, registry.sync(watched, watchedEvents, watchedEntry, &revents) {
+        if !watched.isEmpty, registry == nil {
+            registry = EpollRegistry()
+            watchedChanged = true
+        }
+        if !watched.isEmpty, let registry, watchedChanged || registry.isStale
+            ? registry.sync(watched, watchedEvents, watchedEntry, &revents) : registry.resync(&revents) {
+            watchedChanged = false
             polled[0].fd = registry.fd
         } else {
             // No epoll instance (out of descriptors): every watched descriptor is polled.
             registry = nil
+            watchedChanged = true
             polled[0].fd = -1
             guard watched.isEmpty else { return try pollEverything(timeoutMilliseconds) }
         }
@@ -158,7 +169,10 @@ final class EpollRegistry {
     private var duplicates: [(number: Int32, entry: Int, events: UInt32)] = []
     private var turn: UInt32 = 0
     private var ready: [clinux_epoll_event] = []
-    private var stale = false
+    private(set) var isStale = false
+    /// The answers `sync` gave without epoll (closed descriptors, regular files), given
+    /// again by `resync` on each further wait over the same set.
+    private var immediate: [(entry: Int, events: Int16)] = []
 
     private static let always = UInt32(POLLERR | POLLHUP)
 
@@ -192,8 +206,8 @@ final class EpollRegistry {
     /// there is no usable instance. A descriptor epoll refuses gets poll(2)'s answer at
     /// once: POLLNVAL when it is closed, always ready when it is a regular file (EPERM).
     func sync(_ watched: [Descriptor], _ events: [UInt32], _ entries: [Int], _ revents: inout [Int16]) -> Bool {
-        if stale {
-            stale = false
+        if isStale {
+            isStale = false
             forgetAll()
             close(fd)
             fd = epoll_create1(Int32(CLINUX_EPOLL_CLOEXEC))
@@ -206,11 +220,12 @@ final class EpollRegistry {
         }
         duplicates.removeAll(keepingCapacity: true)
         current.removeAll(keepingCapacity: true)
+        immediate.removeAll(keepingCapacity: true)
         for k in watched.indices {
             let descriptor = watched[k]
             let number = descriptor.raw
             guard number >= 0 else {
-                revents[entries[k]] = Int16(POLLNVAL)
+                immediate.append((entries[k], Int16(POLLNVAL)))
                 continue
             }
             if Int(number) >= stamp.count {
@@ -232,14 +247,14 @@ final class EpollRegistry {
             if descriptor.epollInstance != fd {
                 guard control(Int32(CLINUX_EPOLL_CTL_ADD), number, want) || (errno == EEXIST && control(Int32(CLINUX_EPOLL_CTL_MOD), number, want)) else {
                     let refused = errno
-                    revents[entries[k]] = refused == EPERM ? Int16(truncatingIfNeeded: want & UInt32(POLLIN | POLLOUT)) : Int16(POLLNVAL)
+                    immediate.append((entries[k], refused == EPERM ? Int16(truncatingIfNeeded: want & UInt32(POLLIN | POLLOUT)) : Int16(POLLNVAL)))
                     continue
                 }
                 descriptor.epollInstance = fd
                 descriptor.epollEvents = want
             } else if descriptor.epollEvents != want {
                 guard control(Int32(CLINUX_EPOLL_CTL_MOD), number, want) || control(Int32(CLINUX_EPOLL_CTL_ADD), number, want) else {
-                    revents[entries[k]] = Int16(POLLNVAL)
+                    immediate.append((entries[k], Int16(POLLNVAL)))
                     continue
                 }
                 descriptor.epollEvents = want
@@ -255,6 +270,12 @@ final class EpollRegistry {
         }
         swap(&registered, &current)
         current.removeAll(keepingCapacity: true)
+        return resync(&revents)
+    }
+
+    /// A further wait over the set the last `sync` saw.
+    func resync(_ revents: inout [Int16]) -> Bool {
+        for (entry, events) in immediate { revents[entry] = events }
         return true
     }
 
@@ -268,7 +289,7 @@ final class EpollRegistry {
             let events = ready[i].events
             let number = ready[i].fd
             guard number >= 0, Int(number) < stamp.count, stamp[Int(number)] == turn else {
-                stale = true
+                isStale = true
                 continue
             }
             let index = Int(number)

@@ -248,10 +248,12 @@ final class DNSService {
         if queryFragments.held > 0 { queryFragments.expire(now: now) }
     }
 
+    /// Asked every loop turn, so it allocates nothing.
     var nextDeadline: Int64? {
         let upstream = pending.values.lazy.map(\.deadline).min()
         let tcp = connections.lazy.compactMap(\.deadline).min()
-        return [upstream, tcp].compactMap { $0 }.min()
+        guard let upstream else { return tcp }
+        return min(upstream, tcp ?? upstream)
     }
 
     private func failAll() {

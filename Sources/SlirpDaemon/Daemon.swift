@@ -214,6 +214,7 @@ public final class Daemon {
             throw DaemonError("the event loop failed: \(error)")
         }
         let after = monotonicNanoseconds()
+        for net in networks { net.startTurn(now: after) }
         if ok {
             for index in 0..<ownCount {
                 let events = pollSet.events(at: index)

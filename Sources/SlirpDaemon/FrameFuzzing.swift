@@ -109,6 +109,7 @@ public final class FrameFuzzNetwork {
     /// writes what is ready (a connect that completed, data for a host peer), runs its due
     /// timers, then the loop's end of iteration.
     public func pollNAT() {
+        network.startTurn(now: monotonicNanoseconds())
         var set = PollSet()
         var timeout: UInt32 = 0
         network.stack.addPollDescriptors(to: &set, timeout: &timeout)

@@ -101,6 +101,24 @@ import Testing
         _ = d
     }
 
+    @Test func waitingAgainOnTheSameSetAnswersLikeTheFirstWait() throws {
+        let (a, b) = try socketPair(kind: .stream)
+        let (c, d) = try socketPair(kind: .stream)
+        c.close()
+        d.close()
+        var set = PollSet()
+        #expect(try turn(&set, [(a, .input, true), (c, .input, true)]) == [[], .invalid])
+        // A busy-poll spin: the same set, waited on again.
+        send(b)
+        #expect(try set.wait(timeoutMilliseconds: 1000))
+        #expect(set.events(at: 0) == .input)
+        #expect(set.events(at: 1) == .invalid)
+        drain(a)
+        #expect(try set.wait(timeoutMilliseconds: 0))
+        #expect(set.events(at: 0).isEmpty)
+        #expect(set.readyCount == 1)
+    }
+
     @Test func aDescriptorWatchedTwiceGetsEachEntryItsOwnEvents() throws {
         let (a, b) = try socketPair(kind: .stream)
         send(b)
