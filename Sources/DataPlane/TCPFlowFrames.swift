@@ -15,14 +15,10 @@ struct FlowKey: Hashable {
 
     init() {}
 
-    /// Three words instead of seven fields: the key is hashed for every segment and ACK
-    /// the two TCP stages see. For a given guest address each word is a bijection of what
-    /// varies (remote address halves, ports), so distinct flows of one guest never feed
-    /// the hasher the same words (no crafted collisions).
+    /// Hashed for every segment and ACK the two TCP stages see (`combineFlowHash`).
     func hash(into hasher: inout Hasher) {
-        hasher.combine(guestLow &* 0x9E37_79B9_7F4A_7C15 ^ remoteLow)
-        hasher.combine(guestHigh &* 0xC2B2_AE3D_27D4_EB4F ^ remoteHigh)
-        hasher.combine(UInt64(guestPort) << 32 | UInt64(remotePort) << 8 | (v6 ? 1 : 0))
+        combineFlowHash(into: &hasher, guest: (guestHigh, guestLow), remote: (remoteHigh, remoteLow),
+                        ports: UInt64(guestPort) << 32 | UInt64(remotePort) << 8 | (v6 ? 1 : 0))
     }
 
     /// The key of the connection `h` (parsed from `frame`) belongs to.
