@@ -304,6 +304,9 @@ OPTION_STRINGS = {
     "slirpd-dns": "dns-upstream=[::1]:5353,dns-domain=Lab.Internal.",
     "restricted-dns": "restrict=on,net=10.0.3.0/24,dns=10.0.3.3,ipv6-dns=fec0::53",
     "error-hostfwd": "hostfwd=tcp::80",
+    # slirpd's own keys (a bare `isolate` once rendered without its value)
+    "slirpd-keys": "user,isolate,host-loopback=off,dhcpend=10.0.2.99,max-tcp=64,max-udp=32,max-icmp=8,"
+                   "max-dns-tcp=4,max-macs=2",
 }
 
 

@@ -32,6 +32,11 @@ func render(_ o: NetworkOptions) -> String {
         items += [item("net", "\(o.network)"), item("host", "\(o.host)"), item("dns", "\(o.dns)")]
     }
     items.append(item("dhcpstart", "\(o.dhcpStart)"))
+    if let end = o.dhcpEnd { items.append(item("dhcpend", "\(end)")) }
+    // slirpd's own keys.
+    items += [item("host-loopback", o.hostLoopback ? "on" : "off"), item("isolate", o.isolateGuests ? "on" : "off"),
+              item("max-tcp", "\(o.maxTCP)"), item("max-udp", "\(o.maxUDP)"), item("max-icmp", "\(o.maxICMP)"),
+              item("max-dns-tcp", "\(o.maxDNSTCP)"), item("max-macs", "\(o.maxMACs)")]
     if o.ipv6 {
         items += [item("ipv6-net", "\(o.ipv6Prefix)/\(o.ipv6PrefixLength)"),
                   item("ipv6-host", "\(o.ipv6Host)"), item("ipv6-dns", "\(o.ipv6DNS)")]
