@@ -170,8 +170,8 @@ final class EpollRegistry {
     private var turn: UInt32 = 0
     private var ready: [clinux_epoll_event] = []
     private(set) var isStale = false
-    /// The answers `sync` gave without epoll (closed descriptors, regular files), given
-    /// again by `resync` on each further wait over the same set.
+    /// The answers `sync` gave without epoll (a descriptor closed behind its back, a regular
+    /// file), given again by `resync` on each further wait over the same set.
     private var immediate: [(entry: Int, events: Int16)] = []
 
     private static let always = UInt32(POLLERR | POLLHUP)
@@ -204,7 +204,8 @@ final class EpollRegistry {
 
     /// Brings the registrations in line with this turn's watched descriptors; false when
     /// there is no usable instance. A descriptor epoll refuses gets poll(2)'s answer at
-    /// once: POLLNVAL when it is closed, always ready when it is a regular file (EPERM).
+    /// once: POLLNVAL when its number is not open, always ready when it is a regular file
+    /// (EPERM). A closed `Descriptor` (number -1) is ignored, as poll ignores -1.
     func sync(_ watched: [Descriptor], _ events: [UInt32], _ entries: [Int], _ revents: inout [Int16]) -> Bool {
         if isStale {
             isStale = false
@@ -224,10 +225,8 @@ final class EpollRegistry {
         for k in watched.indices {
             let descriptor = watched[k]
             let number = descriptor.raw
-            guard number >= 0 else {
-                immediate.append((entries[k], Int16(POLLNVAL)))
-                continue
-            }
+            // Closed already: ignored, as poll(2) ignores a negative descriptor.
+            guard number >= 0 else { continue }
             if Int(number) >= stamp.count {
                 let size = Int(number) + 64
                 stamp += repeatElement(0, count: size - stamp.count)

@@ -103,11 +103,10 @@ import Testing
 
     @Test func waitingAgainOnTheSameSetAnswersLikeTheFirstWait() throws {
         let (a, b) = try socketPair(kind: .stream)
-        let (c, d) = try socketPair(kind: .stream)
-        c.close()
-        d.close()
+        // A number that is not open (a descriptor closed behind its wrapper's back).
+        let stale = Descriptor(owning: 999)
         var set = PollSet()
-        #expect(try turn(&set, [(a, .input, true), (c, .input, true)]) == [[], .invalid])
+        #expect(try turn(&set, [(a, .input, true), (stale, .input, true)]) == [[], .invalid])
         // A busy-poll spin: the same set, waited on again.
         send(b)
         #expect(try set.wait(timeoutMilliseconds: 1000))
@@ -117,6 +116,7 @@ import Testing
         #expect(try set.wait(timeoutMilliseconds: 0))
         #expect(set.events(at: 0).isEmpty)
         #expect(set.readyCount == 1)
+        _ = stale.raw
     }
 
     @Test func aDescriptorWatchedTwiceGetsEachEntryItsOwnEvents() throws {
@@ -127,15 +127,16 @@ import Testing
         #expect(events == [.input, .output])
     }
 
-    @Test func aClosedDescriptorIsInvalidAndAHangUpIsReported() throws {
+    @Test func aClosedDescriptorIsIgnoredAndAHangUpIsReported() throws {
         let (a, b) = try socketPair(kind: .stream)
         let (c, d) = try socketPair(kind: .stream)
         var set = PollSet()
         d.close()
         c.close()
+        // As poll(2) ignores a descriptor of -1: no event, so nothing wakes the loop for it.
         let events = try turn(&set, [(c, .input, true), (a, .input, true)])
-        #expect(events[0] == .invalid)
-        #expect(events[1].isEmpty)
+        #expect(events == [[], []])
+        #expect(set.readyCount == 0)
         b.close()
         #expect(try turn(&set, [(a, .input, true)], timeout: 1000)[0].contains(.hangup))
     }
