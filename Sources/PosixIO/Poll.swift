@@ -96,12 +96,21 @@ public struct PollSet {
             registry = EpollRegistry()
             watchedChanged = true
         }
-        if !watched.isEmpty, let registry, watchedChanged || registry.isStale
-            ? registry.sync(watched, watchedEvents, watchedEntry, &revents) : registry.resync(&revents) {
+        var registered = false
+        if !watched.isEmpty, let registry {
+            if watchedChanged || registry.isStale {
+                registered = registry.sync(watched, watchedEvents, watchedEntry, &revents)
+            } else {
+                registry.resync(&revents)
+                registered = true
+            }
+        }
+        if registered, let registry {
             watchedChanged = false
             polled[0].fd = registry.fd
         } else {
-            // No epoll instance (out of descriptors): every watched descriptor is polled.
+            // Nothing watched, or no epoll instance to be had (out of descriptors): any
+            // watched descriptor is polled.
             registry = nil
             watchedChanged = true
             polled[0].fd = -1
@@ -269,13 +278,13 @@ final class EpollRegistry {
         }
         swap(&registered, &current)
         current.removeAll(keepingCapacity: true)
-        return resync(&revents)
+        resync(&revents)
+        return true
     }
 
-    /// A further wait over the set the last `sync` saw.
-    func resync(_ revents: inout [Int16]) -> Bool {
+    /// A further wait over the set the last `sync` saw: its answers given without epoll.
+    func resync(_ revents: inout [Int16]) {
         for (entry, events) in immediate { revents[entry] = events }
-        return true
     }
 
     /// epoll_wait; the events go to the entries of this turn's watched descriptors.

@@ -97,7 +97,7 @@ public final class FrameFuzzNetwork {
         while !rest.isEmpty, guest.port.closeReason == nil {
             guard case .done(let n) = try guest.socket.send(Array(rest)) else { break }
             rest = rest.dropFirst(n)
-            network.handle(.guest(guest.port), events: .input, now: monotonicNanoseconds())
+            handle(guest, .input)
         }
         network.injectPending()
         network.flushPending()
@@ -108,6 +108,13 @@ public final class FrameFuzzNetwork {
     /// One turn of the loop for libslirp's own sockets, without waiting: it reads and
     /// writes what is ready (a connect that completed, data for a host peer), runs its due
     /// timers, then the loop's end of iteration.
+    /// One loop turn's events for a guest, at the turn's time, as the daemon's loop has it.
+    private func handle(_ guest: Guest, _ events: PollEvents) {
+        let now = monotonicNanoseconds()
+        network.startTurn(now: now)
+        network.handle(.guest(guest.port), events: events, now: now)
+    }
+
     public func pollNAT() {
         network.startTurn(now: monotonicNanoseconds())
         var set = PollSet()
@@ -151,7 +158,7 @@ public final class FrameFuzzNetwork {
             case .wouldBlock:
                 guard network.ports[guest.port.id] === guest.port, !guest.port.queued.isEmpty, flushes < 64 else { break reading }
                 flushes += 1
-                network.handle(.guest(guest.port), events: .output, now: monotonicNanoseconds())
+                handle(guest, .output)
                 network.reapClosed()
             }
         }

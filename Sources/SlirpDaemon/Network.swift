@@ -81,7 +81,7 @@ final class Network {
     var vhostRXRetryAt: Int64?
     /// Frame bytes moved either way in the current loop turn (`takeTurnBytes`).
     private var turnBytes = 0
-    /// The frame path's clock: when the loop woke for this turn (`startTurn`, `handle`).
+    /// The frame path's clock: when the loop woke for this turn (`startTurn`).
     /// A clock read per frame was 3% of slirpd's user time in a bulk transfer; what the
     /// frame path times (RTTs against a 200 ms floor, idle flows, MAC ageing) does not
     /// notice the turn's own length.
@@ -306,7 +306,6 @@ final class Network {
     }
 
     func handle(_ source: Source, events: PollEvents, now: Int64) {
-        frameClock = now
         switch source {
         case .listener(let l): acceptAll(l, now: now)
         case .datagram(let d): receiveAll(d, now: now)
